@@ -1,0 +1,133 @@
+//! A read-only store behind any static HTTP(S) host: nginx, CloudFront, an S3
+//! website endpoint, an IPFS gateway path, or `qsync serve`.
+//!
+//! Keys are appended to the base URL. 404 and 410 mean "not found"; other
+//! error statuses and transport failures are reported with the URL so the
+//! operator can reproduce them with curl.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qsync_core::ObjectKey;
+use reqwest::{Client, StatusCode};
+
+use crate::store::{ObjectMeta, ObjectSource, StoreError};
+
+/// An HTTP store rooted at a base URL.
+pub struct HttpStore {
+    base: String,
+    client: Client,
+}
+
+impl HttpStore {
+    /// A store at `base` (a trailing `/` is added if missing).
+    pub fn new(base: &str) -> Result<Self, StoreError> {
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StoreError::BadUrl {
+                url: base.into(),
+                reason: e.to_string(),
+            })?;
+        let base = if base.ends_with('/') { base.to_string() } else { format!("{base}/") };
+        Ok(HttpStore { base, client })
+    }
+
+    fn url(&self, key: &ObjectKey) -> String {
+        format!("{}{}", self.base, key)
+    }
+
+    fn transport(&self, key: &ObjectKey, e: reqwest::Error) -> StoreError {
+        StoreError::Transport {
+            location: self.location(),
+            key: key.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    fn status(&self, key: &ObjectKey, status: StatusCode) -> StoreError {
+        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            return StoreError::NotFound {
+                location: self.location(),
+                key: key.to_string(),
+            };
+        }
+        let hint = match status.as_u16() {
+            401 | 403 => "; the server refused access: check the URL, tokens or signed-URL settings",
+            416 => "; the range is outside the object: the object is shorter than expected",
+            _ => "",
+        };
+        StoreError::Http {
+            location: self.location(),
+            key: key.to_string(),
+            status: status.as_u16(),
+            hint,
+        }
+    }
+
+    async fn fetch(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+        let mut req = self.client.get(self.url(key));
+        if let Some(r) = &range {
+            if r.is_empty() {
+                return Ok(Bytes::new());
+            }
+            req = req.header(reqwest::header::RANGE, format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let resp = req.send().await.map_err(|e| self.transport(key, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(self.status(key, status));
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport(key, e))?;
+        match range {
+            // A server that ignores Range sends the whole object with 200.
+            Some(r) if status == StatusCode::OK => {
+                let end = (r.end as usize).min(body.len());
+                Ok(body.slice((r.start as usize).min(end)..end))
+            }
+            _ => Ok(body),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectSource for HttpStore {
+    fn location(&self) -> String {
+        self.base.clone()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        self.fetch(key, None).await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.fetch(key, Some(range)).await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        let resp = self
+            .client
+            .head(self.url(key))
+            .send()
+            .await
+            .map_err(|e| self.transport(key, e))?;
+        match resp.status() {
+            // `content_length()` describes the (empty) HEAD body, not the object.
+            s if s.is_success() => Ok(Some(ObjectMeta {
+                size: resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0),
+            })),
+            s => match self.status(key, s) {
+                StoreError::NotFound { .. } => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+}

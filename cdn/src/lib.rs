@@ -1,0 +1,18 @@
+//! Where qsync objects live and how they move.
+//!
+//! One small pair of traits ([`ObjectSource`], [`ObjectSink`]) over validated
+//! object keys, with a backend per kind of store: a local directory
+//! ([`local`]), any static HTTP host ([`http`]), and later S3 and IPFS. Store
+//! URLs are parsed in one place ([`open`]). [`serve`] is the read-only HTTP
+//! origin that makes a local store reachable by fetchers. Pipelines never
+//! branch on the backend: they see only the traits.
+
+pub mod http;
+pub mod local;
+pub mod open;
+pub mod serve;
+pub mod signed;
+pub mod store;
+
+pub use open::{open_sink, open_source};
+pub use store::{CacheClass, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError};

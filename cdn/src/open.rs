@@ -1,0 +1,65 @@
+//! Store URLs: the one place that maps a URL to a backend.
+//!
+//! - a path or `file://PATH`: [`LocalStore`], read and write;
+//! - `http://` or `https://`: [`HttpStore`], read-only.
+
+use std::sync::Arc;
+
+use crate::http::HttpStore;
+use crate::local::LocalStore;
+use crate::store::{ObjectSink, ObjectSource, StoreError};
+
+const SUPPORTED: &str = "use a directory path, file://PATH, or http(s)://HOST/PREFIX";
+
+fn bad(url: &str, reason: String) -> StoreError {
+    StoreError::BadUrl {
+        url: url.into(),
+        reason,
+    }
+}
+
+fn scheme(url: &str) -> Option<&str> {
+    let (s, _) = url.split_once("://")?;
+    s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)).then_some(s)
+}
+
+fn local(url: &str) -> Result<Option<LocalStore>, StoreError> {
+    match scheme(url) {
+        None if url.is_empty() => Err(bad(url, format!("empty; {SUPPORTED}"))),
+        None => Ok(Some(LocalStore::new(url))),
+        Some("file") => Ok(Some(LocalStore::new(&url["file://".len()..]))),
+        Some("http" | "https") => Ok(None),
+        Some(other) => Err(bad(url, format!("scheme {other}:// is not supported by this build; {SUPPORTED}"))),
+    }
+}
+
+/// Opens a store for reading.
+pub fn open_source(url: &str) -> Result<Arc<dyn ObjectSource>, StoreError> {
+    Ok(match local(url)? {
+        Some(l) => Arc::new(l),
+        None => Arc::new(HttpStore::new(url)?),
+    })
+}
+
+/// Opens a store for writing.
+pub fn open_sink(url: &str) -> Result<Arc<dyn ObjectSink>, StoreError> {
+    match local(url)? {
+        Some(l) => Ok(Arc::new(l)),
+        None => Err(StoreError::ReadOnly { location: url.into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_map_to_backends() {
+        assert_eq!(open_source("/tmp/x").unwrap().location(), "/tmp/x");
+        assert_eq!(open_source("file:///tmp/x").unwrap().location(), "/tmp/x");
+        assert_eq!(open_source("http://h:1/p").unwrap().location(), "http://h:1/p/");
+        assert!(matches!(open_sink("https://h/p"), Err(StoreError::ReadOnly { .. })));
+        let err = open_source("gopher://h").err().unwrap().to_string();
+        assert!(err.contains("not supported"), "{err}");
+    }
+}

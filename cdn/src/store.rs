@@ -1,0 +1,130 @@
+//! The store traits every backend implements, and their error type.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qsync_core::ObjectKey;
+
+/// Metadata of a stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Stored length in bytes.
+    pub size: u64,
+}
+
+/// How long caches may keep an object; backends that speak HTTP turn this
+/// into `Cache-Control`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheClass {
+    /// Content-addressed or never rewritten: chunks, manifests, their signatures.
+    Immutable,
+    /// Rewritten in place: pointers, the catalog and their signatures.
+    Mutable,
+}
+
+/// Options for [`ObjectSink::put`].
+#[derive(Clone, Copy, Debug)]
+pub struct PutOptions {
+    /// Cache class of the object.
+    pub cache: CacheClass,
+}
+
+/// Why a store operation failed. Every variant names the store and the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{location}: {key} not found")]
+    NotFound {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+    },
+    /// Local file-system failure.
+    #[error("{location}: {key}: {source}")]
+    Io {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{location}: {key}: HTTP {status}{hint}")]
+    Http {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+        /// HTTP status.
+        status: u16,
+        /// What to check, for statuses with a usual cause.
+        hint: &'static str,
+    },
+    /// Connection, TLS or timeout failure.
+    #[error("{location}: {key}: {source}; check the URL and that the server is reachable")]
+    Transport {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+        /// Underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write to a store that cannot be written.
+    #[error("{location} is read-only; publish to a directory path or file:// URL instead")]
+    ReadOnly {
+        /// Store location.
+        location: String,
+    },
+    /// A store URL that cannot be used.
+    #[error("store URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong and what is supported.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Transport { .. } => true,
+            StoreError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+
+    /// Whether the object is simply absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// A store objects can be read from.
+#[async_trait]
+pub trait ObjectSource: Send + Sync + 'static {
+    /// Where this store is, for error messages and logs.
+    fn location(&self) -> String;
+    /// The whole object.
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError>;
+    /// Bytes `range` of the object.
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError>;
+    /// The object's metadata, or `None` when it does not exist.
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError>;
+}
+
+/// A store objects can be written to.
+#[async_trait]
+pub trait ObjectSink: ObjectSource {
+    /// Stores `body` at `key`, atomically: readers see the old object or the
+    /// whole new one, never a part. Returns once the object is durable.
+    async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError>;
+    /// Removes the object; absent objects are not an error.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
+}

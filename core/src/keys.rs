@@ -1,0 +1,201 @@
+//! Object keys: where each kind of object lives inside a store.
+//!
+//! A store is a flat namespace of `/`-separated keys; every backend (a local
+//! directory, an HTTP origin, S3, an IPFS directory) maps keys the same way,
+//! which is what lets any static host serve a store. The layout:
+//!
+//! ```text
+//! catalog.json                                     chains in this store (signed)
+//! chains/<chain>/latest.json                       the chain's pointer (signed)
+//! chains/<chain>/manifests/<version:012>-<b3:16>.json[.zst]   one per snapshot (signed)
+//! chunks/<b3[0..2]>/<b3>                           content-addressed chunk objects
+//! <any of the signed objects above>.minisig        detached minisign signature
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, FormatError};
+
+/// A validated object key: relative, `/`-separated, no empty, `.` or `..`
+/// segments, printable ASCII only. Safe to join onto a directory or URL.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// Validates `key`.
+    pub fn new(key: impl Into<String>) -> Result<Self, FormatError> {
+        let key = key.into();
+        let ok = !key.is_empty()
+            && key.len() <= 512
+            && key.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
+        if ok {
+            Ok(ObjectKey(key))
+        } else {
+            Err(FormatError::Invalid(format!(
+                "{key:?} is not a valid object key (relative, '/'-separated, [A-Za-z0-9._-] only)"
+            )))
+        }
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key of this object's detached signature.
+    pub fn signature(&self) -> ObjectKey {
+        ObjectKey(format!("{}.minisig", self.0))
+    }
+
+    /// The key of the chunk with plaintext digest `d`.
+    pub fn chunk(d: &Digest) -> ObjectKey {
+        let hex = d.to_hex();
+        ObjectKey(format!("chunks/{}/{}", &hex[..2], hex))
+    }
+
+    /// The pointer naming the current snapshot of `chain`.
+    pub fn pointer(chain: &ChainName) -> ObjectKey {
+        ObjectKey(format!("chains/{chain}/latest.json"))
+    }
+
+    /// The manifest of snapshot `version` of `chain` whose stored bytes hash to `d`.
+    pub fn manifest(chain: &ChainName, version: u64, d: &Digest, compressed: bool) -> ObjectKey {
+        let ext = if compressed { "json.zst" } else { "json" };
+        ObjectKey(format!(
+            "chains/{chain}/manifests/{version:012}-{}.{ext}",
+            &d.to_hex()[..16]
+        ))
+    }
+
+    /// The store's list of chains.
+    pub fn catalog() -> ObjectKey {
+        ObjectKey("catalog.json".into())
+    }
+}
+
+impl TryFrom<String> for ObjectKey {
+    type Error = FormatError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ObjectKey::new(s)
+    }
+}
+
+impl From<ObjectKey> for String {
+    fn from(k: ObjectKey) -> String {
+        k.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// A chain name: 1-64 of `[a-z0-9._-]`, starting with a letter or digit. It is
+/// a path segment in every store, so nothing else is allowed.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ChainName(String);
+
+impl ChainName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, FormatError> {
+        let name = name.into();
+        let ok = (1..=64).contains(&name.len())
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if ok {
+            Ok(ChainName(name))
+        } else {
+            Err(FormatError::Invalid(format!(
+                "{name:?} is not a valid chain name: use 1-64 characters of a-z, 0-9, '.', '_', '-' (for example \"polkadot\" or \"eth-mainnet\")"
+            )))
+        }
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ChainName {
+    type Error = FormatError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ChainName::new(s)
+    }
+}
+
+impl From<ChainName> for String {
+    fn from(c: ChainName) -> String {
+        c.0
+    }
+}
+
+impl std::str::FromStr for ChainName {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ChainName::new(s)
+    }
+}
+
+impl fmt::Display for ChainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_reject_traversal_and_odd_characters() {
+        for bad in ["", "/a", "a/", "a//b", "../a", "a/./b", "a b", "a\\b", "a%2fb"] {
+            assert!(ObjectKey::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ObjectKey::new("chains/eth/latest.json").is_ok());
+    }
+
+    #[test]
+    fn chain_names() {
+        assert!(ChainName::new("eth-mainnet").is_ok());
+        for bad in ["", "Eth", "-x", "a/b", ".."] {
+            assert!(ChainName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn layout() {
+        let d = Digest::of(b"x");
+        let c = ChainName::new("eth").unwrap();
+        assert_eq!(ObjectKey::chunk(&d).as_str(), format!("chunks/{}/{}", &d.to_hex()[..2], d));
+        assert_eq!(ObjectKey::pointer(&c).signature().as_str(), "chains/eth/latest.json.minisig");
+        assert!(ObjectKey::manifest(&c, 7, &d, true).as_str().starts_with("chains/eth/manifests/000000000007-"));
+    }
+}
