@@ -15,7 +15,6 @@ use crate::store::{ObjectSource, StoreError};
 
 /// Why a signed object could not be read.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum SignedReadError {
     /// The store failed or lacks the object.
     #[error(transparent)]

@@ -1,1 +1,18 @@
-//! placeholder
+//! The restoring side: verify, plan, fetch, write, seal.
+//!
+//! [`Mirrors`] reads signed pointers and manifests and fetches chunks with
+//! failover between `--from` stores; [`restore()`] turns a destination into an
+//! exact, verified copy of the latest snapshot; [`dest`] owns the on-disk
+//! rules (markers, path confinement, free space); [`inspect`] backs
+//! `qsync verify` and `qsync ls`. Signature and freshness rules live in
+//! `qsync_core::trust`; transports in `qsync_cdn`.
+
+pub mod dest;
+pub mod error;
+pub mod inspect;
+pub mod mirrors;
+pub mod restore;
+
+pub use error::RestoreError;
+pub use mirrors::Mirrors;
+pub use restore::{restore, RestoreOptions, RestoreSummary};

@@ -1,0 +1,81 @@
+//! Why a restore, verify or listing failed, and the exit code each maps to.
+
+use std::path::PathBuf;
+
+use qsync_cdn::signed::SignedReadError;
+use qsync_cdn::StoreError;
+use qsync_core::FormatError;
+
+/// A failed fetcher operation. A failed restore never leaves a completion marker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// No mirror has a snapshot of the chain.
+    #[error("no snapshot of chain {chain} in {locations}; check --chain and --from")]
+    NoSnapshot {
+        /// Chain asked for.
+        chain: String,
+        /// Mirrors consulted.
+        locations: String,
+    },
+    /// Data failed a signature, digest, freshness, rollback or safety rule.
+    #[error(transparent)]
+    Refused(#[from] FormatError),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The destination cannot be used as asked.
+    #[error("destination {path}: {reason}")]
+    Dest {
+        /// The destination.
+        path: PathBuf,
+        /// Why and what to do.
+        reason: String,
+    },
+    /// Local I/O failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// `qsync verify` found missing or bad objects.
+    #[error("{count} object(s) of chain {chain} are missing or corrupt in {location}: {list}")]
+    BadObjects {
+        /// Chain.
+        chain: String,
+        /// Store.
+        location: String,
+        /// How many.
+        count: usize,
+        /// The first few, with reasons.
+        list: String,
+    },
+}
+
+impl RestoreError {
+    /// Process exit code for this error (documented in docs/operations.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RestoreError::Refused(_) | RestoreError::BadObjects { .. } => 3,
+            RestoreError::Dest { .. } => 4,
+            RestoreError::NoSnapshot { .. } => 5,
+            RestoreError::Store(_) | RestoreError::Io { .. } => 1,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RestoreError {
+        let path = path.into();
+        move |source| RestoreError::Io { path, source }
+    }
+}
+
+impl From<SignedReadError> for RestoreError {
+    fn from(e: SignedReadError) -> Self {
+        match e {
+            SignedReadError::Store(s) => RestoreError::Store(s),
+            SignedReadError::Format(f) => RestoreError::Refused(f),
+        }
+    }
+}

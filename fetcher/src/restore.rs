@@ -1,0 +1,351 @@
+//! `qsync restore`: pointer -> manifest -> plan -> fetch -> verify -> write -> seal.
+//!
+//! Planning hashes what the destination already holds, chunk by chunk at the
+//! manifest's offsets, so a node a few snapshots behind, or a restore killed
+//! half-way, fetches only chunks that are missing or wrong. Each needed chunk
+//! is fetched once (even when several files share it), verified against its
+//! digest, and written at its offsets into files pre-sized to their final
+//! length, so no archive ever sits beside the data. Sealing re-hashes every
+//! file against the manifest, fsyncs, and only then writes the completion
+//! marker and advances the trust state.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use qsync_core::manifest::{FileEntry, Manifest};
+use qsync_core::progress::Progress;
+use qsync_core::sign::VerifyingKey;
+use qsync_core::time::Timestamp;
+use qsync_core::trust::TrustStore;
+use qsync_core::{ChainName, Digest, FormatError};
+use serde::Serialize;
+
+use crate::dest::{self, Marker, MARKER, PARTIAL};
+use crate::{Mirrors, RestoreError};
+
+/// Space kept free beyond what the restore needs.
+const SPACE_MARGIN: u64 = 64 << 20;
+
+/// What to restore where.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Chain to restore.
+    pub chain: ChainName,
+    /// Destination directory.
+    pub dest: PathBuf,
+    /// Trust state directory (never inside `dest`).
+    pub state_dir: PathBuf,
+    /// Accept an expired pointer or manifest (with a warning).
+    pub allow_expired: bool,
+    /// Take over a non-empty destination without a qsync marker.
+    pub force: bool,
+    /// Chunks in flight at once.
+    pub concurrency: usize,
+}
+
+/// The `--json` summary of a restore.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreSummary {
+    /// Chain restored.
+    pub chain: String,
+    /// Snapshot version.
+    pub version: u64,
+    /// Block height, when known.
+    pub height: Option<u64>,
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Bytes of all files.
+    pub bytes_total: u64,
+    /// Plaintext bytes fetched from mirrors.
+    pub bytes_fetched: u64,
+    /// Bytes already present and kept.
+    pub bytes_reused: u64,
+    /// Chunk objects fetched.
+    pub chunks_fetched: u64,
+    /// Entries deleted because the snapshot does not have them.
+    pub removed: u64,
+    /// BLAKE3 of the manifest restored.
+    pub manifest_blake3: String,
+}
+
+/// Where one chunk goes.
+#[derive(Clone, Copy)]
+struct Slot {
+    file: usize,
+    offset: u64,
+}
+
+/// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
+pub async fn restore(
+    mirrors: &Mirrors,
+    vk: &VerifyingKey,
+    opts: &RestoreOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreSummary, RestoreError> {
+    let trust = TrustStore::new(&opts.state_dir);
+    refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
+    let now = Timestamp::now();
+    let pointer = mirrors.pointer(&opts.chain, vk).await?;
+    for w in trust.check(&pointer, vk, now, opts.allow_expired)? {
+        tracing::warn!("{w}");
+    }
+    let manifest = Arc::new(mirrors.manifest(&pointer.current, vk).await?);
+    check_manifest(&manifest, &pointer.current.version, &opts.chain, now, opts.allow_expired)?;
+
+    let root = dest::claim(&opts.dest, &pointer, vk.id(), opts.force)?;
+    let (removed, paths) = {
+        let (root, m) = (root.clone(), manifest.clone());
+        blocking(move || layout(&root, &m)).await?
+    };
+    let paths = Arc::new(paths);
+
+    // Plan: which chunks of which files are already right.
+    let planned: Vec<(usize, Vec<bool>, u64)> = futures::stream::iter(0..manifest.files.len())
+        .map(|i| {
+            let (m, paths) = (manifest.clone(), paths.clone());
+            blocking(move || plan_file(&paths[i], &m.files[i]).map(|(ok, have)| (i, ok, have)))
+        })
+        .buffered(2)
+        .try_collect()
+        .await?;
+    let mut needed: HashMap<Digest, (u64, Vec<Slot>)> = HashMap::new();
+    let mut growth = 0u64;
+    let mut reused = 0u64;
+    for (i, ok, have) in &planned {
+        let f = &manifest.files[*i];
+        growth += f.size.saturating_sub(*have);
+        let mut offset = 0;
+        for (c, good) in f.chunks.iter().zip(ok) {
+            if *good {
+                reused += c.size;
+            } else {
+                needed.entry(c.blake3).or_insert((c.size, Vec::new())).1.push(Slot { file: *i, offset });
+            }
+            offset += c.size;
+        }
+    }
+    let free = dest::free_space(&root)?;
+    if growth + SPACE_MARGIN > free {
+        return Err(RestoreError::Dest {
+            path: root,
+            reason: format!(
+                "needs {growth} more bytes (plus a {SPACE_MARGIN}-byte margin) but only {free} are free; free space or pick another --dest"
+            ),
+        });
+    }
+    for (i, f) in manifest.files.iter().enumerate() {
+        let path = paths[i].clone();
+        let size = f.size;
+        blocking(move || presize(&path, size)).await?;
+    }
+
+    // Fetch and write.
+    let to_write: u64 = needed.values().map(|(size, slots)| size * slots.len() as u64).sum();
+    progress.start("restore", to_write);
+    let fetched = AtomicU64::new(0);
+    let chunks_fetched = AtomicU64::new(0);
+    futures::stream::iter(needed)
+        .map(|(digest, (size, slots))| {
+            let (paths, progress, fetched, chunks_fetched) = (&paths, &progress, &fetched, &chunks_fetched);
+            async move {
+                let plain = mirrors.chunk(&qsync_core::manifest::ChunkRef { blake3: digest, size }).await?;
+                fetched.fetch_add(size, Ordering::Relaxed);
+                chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                let paths = paths.clone();
+                let n = slots.len() as u64;
+                blocking(move || {
+                    for s in &slots {
+                        let p = &paths[s.file];
+                        let f = std::fs::OpenOptions::new().write(true).open(p).map_err(RestoreError::io(p))?;
+                        f.write_all_at(&plain, s.offset).map_err(RestoreError::io(p))?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                progress.advance(size * n);
+                Ok::<_, RestoreError>(())
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<()>()
+        .await?;
+    progress.finish();
+
+    // Seal: whole-file digests, modes, fsync; then the marker, then trust.
+    progress.start("verify", manifest.total_bytes());
+    futures::stream::iter(0..manifest.files.len())
+        .map(|i| {
+            let (m, paths, progress) = (manifest.clone(), paths.clone(), progress.clone());
+            blocking(move || seal_file(&paths[i], &m.files[i], progress.as_ref()))
+        })
+        .buffer_unordered(2)
+        .try_collect::<()>()
+        .await?;
+    progress.finish();
+    {
+        let (root, m) = (root.clone(), manifest.clone());
+        blocking(move || seal_dirs(&root, &m)).await?;
+    }
+    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
+    dest::remove_marker(&root, PARTIAL)?;
+    trust.advance(&pointer, vk)?;
+
+    Ok(RestoreSummary {
+        chain: opts.chain.to_string(),
+        version: pointer.current.version,
+        height: manifest.chain.height,
+        files: manifest.files.len() as u64,
+        bytes_total: manifest.total_bytes(),
+        bytes_fetched: fetched.into_inner(),
+        bytes_reused: reused,
+        chunks_fetched: chunks_fetched.into_inner(),
+        removed,
+        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(f).await.expect("blocking task does not panic")
+}
+
+fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreError> {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if abs(state).starts_with(abs(dest)) {
+        return Err(RestoreError::Dest {
+            path: dest.into(),
+            reason: format!(
+                "--state-dir {} lies inside the destination; trust state must survive the destination being wiped, so put it elsewhere",
+                state.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_manifest(
+    m: &Manifest,
+    version: &u64,
+    chain: &ChainName,
+    now: Timestamp,
+    allow_expired: bool,
+) -> Result<(), RestoreError> {
+    if &m.chain.name != chain || m.version != *version {
+        return Err(FormatError::Invalid(format!(
+            "manifest is for chain {} version {}, but the pointer promised chain {chain} version {version}; the store is inconsistent or tampered with",
+            m.chain.name, m.version
+        ))
+        .into());
+    }
+    if m.expires_at < now {
+        let what = format!("manifest of chain {chain} version {version}");
+        if !allow_expired {
+            return Err(FormatError::expired(&what, m.expires_at).into());
+        }
+        tracing::warn!("{what} expired at {}; continuing because of --allow-expired", m.expires_at);
+    }
+    Ok(())
+}
+
+/// Removes what the snapshot lacks, creates its directories, and returns the
+/// path of every file (with the slot cleared of links and directories).
+fn layout(root: &Path, m: &Manifest) -> Result<(u64, Vec<PathBuf>), RestoreError> {
+    let removed = dest::remove_extras(root, m)?;
+    for d in &m.directories {
+        dest::ensure_dir(root, &d.path)?;
+    }
+    let paths = m
+        .files
+        .iter()
+        .map(|f| dest::ensure_file_slot(root, &f.path))
+        .collect::<Result<_, _>>()?;
+    Ok((removed, paths))
+}
+
+/// For each chunk of `f`: does the file at `path` already hold it? Also
+/// returns the file's current length.
+fn plan_file(path: &Path, f: &FileEntry) -> Result<(Vec<bool>, u64), RestoreError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![false; f.chunks.len()], 0)),
+        Err(e) => return Err(RestoreError::io(path)(e)),
+    };
+    let have = file.metadata().map_err(RestoreError::io(path))?.len();
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut ok = Vec::with_capacity(f.chunks.len());
+    for c in &f.chunks {
+        let present = offset + c.size <= have && {
+            buf.resize(c.size as usize, 0);
+            file.read_exact_at(&mut buf, offset).map_err(RestoreError::io(path))?;
+            Digest::of(&buf) == c.blake3
+        };
+        ok.push(present);
+        offset += c.size;
+    }
+    Ok((ok, have))
+}
+
+/// Creates or truncates/extends `path` to `size`, reserving the blocks.
+fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
+    // A previous restore may have left the file read-only (its snapshot mode).
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let mode = m.permissions().mode() | 0o600;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(RestoreError::io(path))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(RestoreError::io(path))?;
+    f.set_len(size).map_err(RestoreError::io(path))?;
+    if size > 0 {
+        // Not every filesystem can preallocate; the free-space check already ran.
+        let _ = fs4::fs_std::FileExt::allocate(&f, size);
+    }
+    Ok(())
+}
+
+/// Verifies the whole-file digest, applies the mode, and fsyncs.
+fn seal_file(path: &Path, f: &FileEntry, progress: &dyn Progress) -> Result<(), RestoreError> {
+    let file = std::fs::File::open(path).map_err(RestoreError::io(path))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < f.size {
+        let n = ((f.size - offset) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], offset).map_err(RestoreError::io(path))?;
+        h.update(&buf[..n]);
+        offset += n as u64;
+        progress.advance(n as u64);
+    }
+    let actual: Digest = h.finalize().into();
+    if actual != f.blake3 {
+        return Err(FormatError::DigestMismatch {
+            what: format!("restored file {}", path.display()),
+            expected: f.blake3,
+            actual,
+        }
+        .into());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(RestoreError::io(path))?;
+    file.sync_all().map_err(RestoreError::io(path))
+}
+
+/// Applies directory modes and fsyncs every directory, deepest first.
+fn seal_dirs(root: &Path, m: &Manifest) -> Result<(), RestoreError> {
+    for d in m.directories.iter().rev() {
+        let p = root.join(&d.path);
+        // Keep the owner able to write, or a later top-up could not update it.
+        let mode = (d.mode & 0o777) | 0o700;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(RestoreError::io(&p))?;
+        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(RestoreError::io(&p))?;
+    }
+    std::fs::File::open(root).and_then(|f| f.sync_all()).map_err(RestoreError::io(root))
+}

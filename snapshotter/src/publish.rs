@@ -1,0 +1,342 @@
+//! One snapshot run: scan -> chunk/hash -> upload missing chunks -> manifest
+//! -> sign -> pointer -> catalog.
+//!
+//! Files are read on blocking threads (two at a time) and cut into chunks;
+//! each chunk is checked against the store and, only if missing, compressed
+//! and uploaded, with at most `concurrency` chunks in flight so memory stays
+//! bounded by about `concurrency x max chunk size`. The manifest is written
+//! only after every chunk upload has returned, and the pointer only after the
+//! manifest, so readers never see a snapshot whose objects are missing.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use qsync_cdn::signed::get_signed;
+use qsync_cdn::{CacheClass, ObjectSink, PutOptions};
+use qsync_core::chunk::{self, ChunkerParams};
+use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
+use qsync_core::pointer::{Catalog, Pointer, SnapshotRef};
+use qsync_core::progress::Progress;
+use qsync_core::sign::SigningKey;
+use qsync_core::time::Timestamp;
+use qsync_core::{ChainName, Digest, ObjectKey};
+use serde::Serialize;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::scan::{scan, SourceFile, Stat};
+use crate::SnapshotError;
+
+/// What to publish and how.
+#[derive(Clone, Debug)]
+pub struct SnapshotOptions {
+    /// Chain name.
+    pub chain: ChainName,
+    /// Block height, when known.
+    pub height: Option<u64>,
+    /// Head block hash, when known.
+    pub block_hash: Option<String>,
+    /// How long the manifest and pointer stay valid.
+    pub expires_in: Duration,
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level for chunks.
+    pub zstd_level: i32,
+    /// Chunks in flight (checked, compressed or uploading) at once.
+    pub concurrency: usize,
+}
+
+impl SnapshotOptions {
+    /// Defaults for `chain`: 14-day expiry, default chunker, zstd 3, 8 in flight.
+    pub fn new(chain: ChainName) -> Self {
+        SnapshotOptions {
+            chain,
+            height: None,
+            block_hash: None,
+            expires_in: Duration::from_secs(14 * 24 * 3600),
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            concurrency: 8,
+        }
+    }
+}
+
+/// The `--json` summary of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotSummary {
+    /// Chain name.
+    pub chain: String,
+    /// New snapshot version.
+    pub version: u64,
+    /// Pointer sequence written.
+    pub pointer_sequence: u64,
+    /// Pointer object key.
+    pub pointer_key: String,
+    /// Manifest object key.
+    pub manifest_key: String,
+    /// BLAKE3 of the stored manifest.
+    pub manifest_blake3: String,
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Bytes of all files.
+    pub bytes_total: u64,
+    /// Bytes written to the store (chunks, manifest, pointer, signatures).
+    pub bytes_uploaded: u64,
+    /// Plaintext bytes of chunks the store did not have.
+    pub bytes_new: u64,
+    /// Chunk references in the manifest.
+    pub chunks_total: u64,
+    /// Chunk objects uploaded.
+    pub chunks_uploaded: u64,
+    /// Snapshot creation time.
+    pub created_at: String,
+    /// Expiry of manifest and pointer.
+    pub expires_at: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_uploaded: AtomicU64,
+    bytes_new: AtomicU64,
+    chunks_uploaded: AtomicU64,
+}
+
+/// Shared state of the chunk upload stage.
+struct Uploader {
+    sink: Arc<dyn ObjectSink>,
+    seen: Mutex<HashSet<Digest>>,
+    slots: Arc<Semaphore>,
+    level: i32,
+    counters: Counters,
+    progress: Arc<dyn Progress>,
+}
+
+impl Uploader {
+    /// Makes sure chunk `d` is in the store. Skips chunks this run already
+    /// handled and chunks the store holds.
+    async fn ensure(&self, d: Digest, plain: Vec<u8>) -> Result<(), SnapshotError> {
+        let len = plain.len() as u64;
+        if !self.seen.lock().expect("not poisoned").insert(d) {
+            self.progress.advance(len);
+            return Ok(());
+        }
+        let key = ObjectKey::chunk(&d);
+        if self.sink.head(&key).await?.is_none() {
+            let level = self.level;
+            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(&plain, level))
+                .await
+                .expect("encoder does not panic");
+            let stored_len = stored.len() as u64;
+            self.sink.put(&key, Bytes::from(stored), IMMUTABLE).await?;
+            self.counters.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
+            self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
+            self.counters.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+        }
+        self.progress.advance(len);
+        Ok(())
+    }
+
+    async fn put_signed(
+        &self,
+        key: &ObjectKey,
+        body: Vec<u8>,
+        signer: &SigningKey,
+        cache: CacheClass,
+    ) -> Result<(), SnapshotError> {
+        let sig = signer.sign(key, &body);
+        let n = (body.len() + sig.len()) as u64;
+        let opts = PutOptions { cache };
+        // Signature first: a reader that sees the new object also finds its signature.
+        self.sink.put(&key.signature(), Bytes::from(sig), opts).await?;
+        self.sink.put(key, Bytes::from(body), opts).await?;
+        self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+const IMMUTABLE: PutOptions = PutOptions { cache: CacheClass::Immutable };
+
+/// Publishes `source` as the next snapshot of `opts.chain` in `sink`.
+pub async fn publish(
+    source: &Path,
+    sink: Arc<dyn ObjectSink>,
+    signer: &SigningKey,
+    opts: &SnapshotOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<SnapshotSummary, SnapshotError> {
+    opts.chunker.validate()?;
+    let vk = signer.verifying_key();
+    let pointer_key = ObjectKey::pointer(&opts.chain);
+    let previous_bytes = get_signed(sink.as_ref(), &pointer_key, vk).await?;
+    let previous = previous_bytes
+        .as_deref()
+        .map(|b| Pointer::decode(b, pointer_key.as_str()))
+        .transpose()?;
+    let version = previous.as_ref().map_or(1, |p| p.current.version + 1);
+
+    let root = source.to_path_buf();
+    let listing = tokio::task::spawn_blocking(move || scan(&root))
+        .await
+        .expect("scan does not panic")?;
+    let total: u64 = listing.files.iter().map(|f| f.stat.size).sum();
+    progress.start("snapshot", total);
+
+    let up = Arc::new(Uploader {
+        sink: sink.clone(),
+        seen: Mutex::new(HashSet::new()),
+        slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        level: opts.zstd_level,
+        counters: Counters::default(),
+        progress: progress.clone(),
+    });
+    let files: Vec<FileEntry> = futures::stream::iter(listing.files)
+        .map(|f| publish_file(f, opts.chunker.clone(), up.clone()))
+        .buffered(2)
+        .try_collect()
+        .await?;
+    progress.finish();
+
+    let now = Timestamp::now();
+    let expires_at = now.plus(opts.expires_in);
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        chain: ChainMeta {
+            name: opts.chain.clone(),
+            height: opts.height,
+            block_hash: opts.block_hash.clone(),
+        },
+        version,
+        created_at: now,
+        expires_at,
+        chunker: opts.chunker.clone(),
+        directories: listing
+            .dirs
+            .into_iter()
+            .map(|(path, mode)| DirEntry { path, mode })
+            .collect(),
+        files,
+    };
+    let (stored, compressed) = manifest.encode();
+    let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
+    let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
+    up.put_signed(&manifest_key, stored, signer, CacheClass::Immutable).await?;
+
+    let pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
+    // Refuse to overwrite a pointer someone else moved meanwhile.
+    if sink.get(&pointer_key).await.ok() != previous_bytes {
+        return Err(SnapshotError::PointerRace {
+            location: sink.location(),
+            key: pointer_key.to_string(),
+        });
+    }
+    up.put_signed(&pointer_key, pointer.encode(), signer, CacheClass::Mutable).await?;
+    update_catalog(&up, signer, &opts.chain).await?;
+
+    let c = &up.counters;
+    Ok(SnapshotSummary {
+        chain: opts.chain.to_string(),
+        version,
+        pointer_sequence: pointer.sequence,
+        pointer_key: pointer_key.to_string(),
+        manifest_key: manifest_key.to_string(),
+        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+        files: manifest.files.len() as u64,
+        bytes_total: total,
+        bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+        bytes_new: c.bytes_new.load(Ordering::Relaxed),
+        chunks_total: manifest.chunk_refs() as u64,
+        chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
+        created_at: now.to_string(),
+        expires_at: expires_at.to_string(),
+    })
+}
+
+async fn update_catalog(up: &Uploader, signer: &SigningKey, chain: &ChainName) -> Result<(), SnapshotError> {
+    let key = ObjectKey::catalog();
+    let mut catalog = match get_signed(up.sink.as_ref(), &key, signer.verifying_key()).await? {
+        Some(b) => Catalog::decode(&b)?,
+        None => Catalog::default(),
+    };
+    if catalog.insert(chain) {
+        up.put_signed(&key, catalog.encode(), signer, CacheClass::Mutable).await?;
+    }
+    Ok(())
+}
+
+/// Reads, chunks and uploads one file; returns its manifest entry.
+async fn publish_file(
+    file: SourceFile,
+    params: ChunkerParams,
+    up: Arc<Uploader>,
+) -> Result<FileEntry, SnapshotError> {
+    let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(2);
+    let path = file.path.clone();
+    let before = file.stat.clone();
+    let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &before, &params, tx));
+
+    let mut chunks = Vec::new();
+    let mut uploads = tokio::task::JoinSet::new();
+    while let Some((d, plain)) = rx.recv().await {
+        chunks.push(ChunkRef { blake3: d, size: plain.len() as u64 });
+        let permit = up.slots.clone().acquire_owned().await.expect("semaphore open");
+        let up = up.clone();
+        uploads.spawn(async move {
+            let r = up.ensure(d, plain).await;
+            drop(permit);
+            r
+        });
+        while let Some(done) = uploads.try_join_next() {
+            done.expect("upload task does not panic")?;
+        }
+    }
+    let whole = reader.await.expect("reader does not panic")?;
+    while let Some(done) = uploads.join_next().await {
+        done.expect("upload task does not panic")?;
+    }
+    Ok(FileEntry {
+        path: file.rel,
+        size: file.stat.size,
+        mode: file.stat.mode,
+        blake3: whole,
+        chunks,
+    })
+}
+
+/// Blocking: cuts `path` into chunks, sends them with their digests, and
+/// returns the whole-file digest after checking the file did not change.
+fn read_chunks(
+    path: &Path,
+    before: &Stat,
+    params: &ChunkerParams,
+    tx: mpsc::Sender<(Digest, Vec<u8>)>,
+) -> Result<Digest, SnapshotError> {
+    let io = |source| SnapshotError::Source { path: path.into(), source };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let opened = Stat::of(&f.metadata().map_err(io)?);
+    let mut whole = blake3::Hasher::new();
+    let mut read = 0u64;
+    for c in params.chunks(std::io::BufReader::with_capacity(1 << 20, &f)) {
+        let (_, data) = c.map_err(io)?;
+        whole.update(&data);
+        read += data.len() as u64;
+        if tx.blocking_send((Digest::of(&data), data)).is_err() {
+            break; // the upload side failed; its error is reported
+        }
+    }
+    let after = Stat::of(&f.metadata().map_err(io)?);
+    let changed = |what: String| SnapshotError::FileChanged { path: path.into(), what };
+    if opened != *before {
+        return Err(changed("it was replaced or modified between listing and opening".into()));
+    }
+    if after != opened || read != before.size {
+        return Err(changed(format!(
+            "size {} -> {}, read {read} bytes, mtime {} -> {}",
+            before.size, after.size, before.mtime_ns, after.mtime_ns
+        )));
+    }
+    Ok(whole.finalize().into())
+}
