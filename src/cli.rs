@@ -1,0 +1,212 @@
+//! Flags and environment variables of every command (docs/operations.md
+//! lists them; a test checks that list against this file).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Signed, content-addressed chain snapshots: publish once, restore anywhere.
+#[derive(Parser, Debug)]
+#[command(name = "qsync", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// qsync commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a minisign-compatible signing key pair.
+    Keygen(KeygenArgs),
+    /// Publish a data directory as the next signed snapshot of a chain.
+    Snapshot(SnapshotArgs),
+    /// Restore the latest snapshot of a chain into a directory.
+    Restore(RestoreArgs),
+    /// Check that every object the latest snapshot reaches exists and hashes right.
+    Verify(VerifyArgs),
+    /// List the snapshots in a store.
+    Ls(LsArgs),
+    /// Serve a local store read-only over HTTP.
+    Serve(ServeArgs),
+    /// Run the whole path on generated data: snapshot, serve, restore, verify.
+    Demo(DemoArgs),
+    /// Generate or advance chain-like sample data (for demos and benchmarks).
+    Sample(SampleArgs),
+}
+
+/// `qsync keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Secret key file to create (mode 0600).
+    #[arg(long, env = "QSYNC_SECRET_KEY")]
+    pub secret_key: PathBuf,
+    /// Public key file to create.
+    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
+    pub public_key: PathBuf,
+}
+
+/// `qsync snapshot`.
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// Chain data directory to publish.
+    #[arg(long, env = "QSYNC_SOURCE")]
+    pub source: PathBuf,
+    /// Store to publish to: a directory or file:// URL.
+    #[arg(long, env = "QSYNC_STORE")]
+    pub store: String,
+    /// minisign secret key (encrypted keys read QSYNC_SECRET_KEY_PASSWORD).
+    #[arg(long, env = "QSYNC_SECRET_KEY")]
+    pub secret_key: PathBuf,
+    /// Chain name: 1-64 of a-z 0-9 . _ -
+    #[arg(long, env = "QSYNC_CHAIN")]
+    pub chain: String,
+    /// Block height of the data, recorded in the manifest.
+    #[arg(long, env = "QSYNC_HEIGHT")]
+    pub height: Option<u64>,
+    /// Head block hash of the data, recorded in the manifest.
+    #[arg(long, env = "QSYNC_BLOCK_HASH")]
+    pub block_hash: Option<String>,
+    /// How long the snapshot stays valid for fetchers (e.g. 14d, 12h).
+    #[arg(long, env = "QSYNC_EXPIRES_IN", default_value = "14d", value_parser = humantime::parse_duration)]
+    pub expires_in: Duration,
+    /// Chunks in flight at once.
+    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Print one JSON summary on stdout.
+    #[arg(long, env = "QSYNC_JSON")]
+    pub json: bool,
+}
+
+/// `qsync restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Store to read from; repeat for mirrors (env: comma-separated).
+    #[arg(long = "from", env = "QSYNC_FROM", required = true, value_delimiter = ',')]
+    pub from: Vec<String>,
+    /// The publisher's minisign public key: a .pub file or the RW... string.
+    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
+    pub public_key: String,
+    /// Chain to restore.
+    #[arg(long, env = "QSYNC_CHAIN")]
+    pub chain: String,
+    /// Destination directory (the node's data directory).
+    #[arg(long, env = "QSYNC_DEST")]
+    pub dest: PathBuf,
+    /// Trust state directory [default: $XDG_STATE_HOME/qsync or ~/.local/state/qsync].
+    #[arg(long, env = "QSYNC_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Accept an expired pointer or manifest (logs a warning).
+    #[arg(long, env = "QSYNC_ALLOW_EXPIRED")]
+    pub allow_expired: bool,
+    /// Take over a non-empty destination without a qsync marker; files not in
+    /// the snapshot are deleted.
+    #[arg(long, env = "QSYNC_FORCE")]
+    pub force: bool,
+    /// Chunks in flight at once.
+    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Print one JSON summary on stdout.
+    #[arg(long, env = "QSYNC_JSON")]
+    pub json: bool,
+}
+
+/// `qsync verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Store to check.
+    #[arg(long = "from", env = "QSYNC_FROM")]
+    pub from: String,
+    /// The publisher's minisign public key.
+    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
+    pub public_key: String,
+    /// Chain to check.
+    #[arg(long, env = "QSYNC_CHAIN")]
+    pub chain: String,
+    /// Chunks checked at once.
+    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Print one JSON report on stdout.
+    #[arg(long, env = "QSYNC_JSON")]
+    pub json: bool,
+}
+
+/// `qsync ls`.
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Store to list.
+    #[arg(long = "from", env = "QSYNC_FROM")]
+    pub from: String,
+    /// The publisher's minisign public key.
+    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
+    pub public_key: String,
+    /// Only this chain [default: every chain in the store's catalog].
+    #[arg(long, env = "QSYNC_CHAIN")]
+    pub chain: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long, env = "QSYNC_JSON")]
+    pub json: bool,
+}
+
+/// `qsync serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Local store directory to serve.
+    #[arg(long, env = "QSYNC_STORE")]
+    pub store: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the URL is printed).
+    #[arg(long, env = "QSYNC_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+}
+
+/// `qsync demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory [default: a temporary directory, removed afterwards].
+    #[arg(long, env = "QSYNC_DEMO_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Size of the generated chain data, MiB.
+    #[arg(long, env = "QSYNC_DEMO_SIZE_MIB", default_value_t = 256)]
+    pub size_mib: u64,
+}
+
+/// `qsync sample`.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SampleAction,
+}
+
+/// `qsync sample` actions.
+#[derive(Subcommand, Debug)]
+pub enum SampleAction {
+    /// Write a fresh chain-like directory.
+    Generate {
+        /// Directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Approximate size, MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Advance a sample directory like a syncing node (compaction, log growth).
+    Mutate {
+        /// Directory made by `generate`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Share of the bytes to change, percent.
+        #[arg(long, default_value_t = 5.0)]
+        percent: f64,
+        /// Random seed.
+        #[arg(long, default_value_t = 2)]
+        seed: u64,
+    },
+}

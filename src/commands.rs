@@ -1,0 +1,215 @@
+//! One function per command: turn parsed flags into library calls and print
+//! the result (human text, or one JSON document with `--json`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use qsync_cdn::{open_sink, open_source};
+use qsync_core::sign::{self, SigningKey, VerifyingKey};
+use qsync_core::trust::TrustStore;
+use qsync_core::ChainName;
+use qsync_fetcher::{inspect, Mirrors, RestoreError, RestoreOptions};
+use qsync_snapshotter::{SnapshotError, SnapshotOptions};
+
+use crate::cli::*;
+
+/// Exit code for a failed command (docs/operations.md).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<RestoreError>() {
+            return r.exit_code() as u8;
+        }
+        if let Some(s) = cause.downcast_ref::<SnapshotError>() {
+            return match s {
+                SnapshotError::Format(_) => 3,
+                _ => 1,
+            };
+        }
+        if cause.downcast_ref::<qsync_core::FormatError>().is_some() {
+            return 3;
+        }
+    }
+    1
+}
+
+/// Runs `cmd`.
+pub async fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Keygen(a) => keygen(a),
+        Command::Snapshot(a) => snapshot(a).await,
+        Command::Restore(a) => restore(a).await,
+        Command::Verify(a) => verify(a).await,
+        Command::Ls(a) => ls(a).await,
+        Command::Serve(a) => serve(a).await,
+        Command::Demo(a) => crate::demo::run(a).await,
+        Command::Sample(a) => sample(a),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn keygen(a: KeygenArgs) -> Result<()> {
+    let vk = sign::keygen(&a.secret_key, &a.public_key)?;
+    println!(
+        "key {} written: secret {} (keep it private), public {} (give it to fetchers)",
+        vk.id(),
+        a.secret_key.display(),
+        a.public_key.display()
+    );
+    Ok(())
+}
+
+async fn snapshot(a: SnapshotArgs) -> Result<()> {
+    let chain = ChainName::new(a.chain)?;
+    let signer = SigningKey::load(&a.secret_key)?;
+    let sink = open_sink(&a.store)?;
+    let mut opts = SnapshotOptions::new(chain.clone());
+    opts.height = a.height;
+    opts.block_hash = a.block_hash;
+    opts.expires_in = a.expires_in;
+    opts.concurrency = a.concurrency;
+    let started = std::time::Instant::now();
+    let s = qsync_snapshotter::publish(&a.source, sink.clone(), &signer, &opts, crate::progress::for_terminal(a.json))
+        .await
+        .with_context(|| format!("publishing {} as chain {chain} to {}", a.source.display(), sink.location()))?;
+    if a.json {
+        print_json(&s)?;
+    } else {
+        println!(
+            "published {} version {} ({} files, {} bytes; uploaded {} of {} chunks, {} bytes) in {:.1?}\n  manifest {}\n  pointer  {}",
+            s.chain, s.version, s.files, s.bytes_total, s.chunks_uploaded, s.chunks_total, s.bytes_uploaded,
+            started.elapsed(), s.manifest_key, s.pointer_key
+        );
+    }
+    Ok(())
+}
+
+fn mirrors(from: &[String]) -> Result<Mirrors> {
+    let sources = from.iter().map(|u| open_source(u)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Mirrors::new(sources))
+}
+
+fn state_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
+    arg.or_else(TrustStore::default_dir)
+        .context("no --state-dir given and neither XDG_STATE_HOME nor HOME is set; pass --state-dir")
+}
+
+async fn restore(a: RestoreArgs) -> Result<()> {
+    let chain = ChainName::new(a.chain)?;
+    let vk = VerifyingKey::load(&a.public_key)?;
+    let m = mirrors(&a.from)?;
+    let opts = RestoreOptions {
+        chain: chain.clone(),
+        dest: a.dest.clone(),
+        state_dir: state_dir(a.state_dir)?,
+        allow_expired: a.allow_expired,
+        force: a.force,
+        concurrency: a.concurrency,
+    };
+    let started = std::time::Instant::now();
+    let s = qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json))
+        .await
+        .with_context(|| format!("restoring chain {chain} from {} into {}", a.from.join(", "), a.dest.display()))?;
+    if a.json {
+        print_json(&s)?;
+    } else {
+        println!(
+            "restored {} version {} into {} ({} files, {} bytes: fetched {}, kept {}, removed {} stale entries) in {:.1?}",
+            s.chain, s.version, a.dest.display(), s.files, s.bytes_total, s.bytes_fetched, s.bytes_reused, s.removed,
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+async fn verify(a: VerifyArgs) -> Result<()> {
+    let chain = ChainName::new(a.chain)?;
+    let vk = VerifyingKey::load(&a.public_key)?;
+    let m = mirrors(std::slice::from_ref(&a.from))?;
+    let r = inspect::verify_store(&m, &vk, &chain, a.concurrency).await?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        for b in &r.bad {
+            println!("BAD {b}");
+        }
+        println!(
+            "chain {} version {}: {} chunks ({} bytes) checked, {} problem(s)",
+            r.chain, r.version, r.chunks_checked, r.bytes_checked, r.bad.len()
+        );
+    }
+    if r.bad.is_empty() {
+        return Ok(());
+    }
+    Err(RestoreError::BadObjects {
+        chain: r.chain,
+        location: a.from,
+        count: r.bad.len(),
+        list: r.bad.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+    }
+    .into())
+}
+
+async fn ls(a: LsArgs) -> Result<()> {
+    let vk = VerifyingKey::load(&a.public_key)?;
+    let chain = a.chain.map(ChainName::new).transpose()?;
+    let m = mirrors(std::slice::from_ref(&a.from))?;
+    let pointers = inspect::list(&m, &vk, chain.as_ref()).await?;
+    if a.json {
+        return print_json(&pointers);
+    }
+    println!("{:<20} {:>8} {:>12} {:<21} {:>7} {:>15}", "CHAIN", "VERSION", "HEIGHT", "CREATED", "FILES", "BYTES");
+    for p in &pointers {
+        for (i, s) in std::iter::once(&p.current).chain(&p.history).enumerate() {
+            let height = s.height.map_or("-".to_string(), |h| h.to_string());
+            let mark = if i == 0 { " (latest)" } else { "" };
+            println!(
+                "{:<20} {:>8} {:>12} {:<21} {:>7} {:>15}{mark}",
+                p.chain.as_str(), s.version, height, s.created_at.to_string(), s.files, s.bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!("serving {} on http://{addr}", a.store.display());
+    std::io::stdout().flush()?;
+    qsync_cdn::serve::serve(listener, a.store, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let r = match a.action {
+        SampleAction::Generate { dir, size_mib, seed } => crate::sample::generate(&dir, size_mib << 20, seed)?,
+        SampleAction::Mutate { dir, percent, seed } => crate::sample::mutate(&dir, percent, seed)?,
+    };
+    print_json(&r)
+}
+
+/// Opens `url` for the demo's direct library calls.
+pub fn sink_for(url: &str) -> Result<Arc<dyn qsync_cdn::ObjectSink>> {
+    Ok(open_sink(url)?)
+}
