@@ -78,9 +78,21 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.expires_in = a.expires_in;
     opts.concurrency = a.concurrency;
     let started = std::time::Instant::now();
-    let s = qsync_snapshotter::publish(&a.source, sink.clone(), &signer, &opts, crate::progress::for_terminal(a.json))
-        .await
-        .with_context(|| format!("publishing {} as chain {chain} to {}", a.source.display(), sink.location()))?;
+    let s = qsync_snapshotter::publish(
+        &a.source,
+        sink.clone(),
+        &signer,
+        &opts,
+        crate::progress::for_terminal(a.json),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "publishing {} as chain {chain} to {}",
+            a.source.display(),
+            sink.location()
+        )
+    })?;
     if a.json {
         print_json(&s)?;
     } else {
@@ -94,7 +106,10 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
 }
 
 fn mirrors(from: &[String]) -> Result<Mirrors> {
-    let sources = from.iter().map(|u| open_source(u)).collect::<Result<Vec<_>, _>>()?;
+    let sources = from
+        .iter()
+        .map(|u| open_source(u))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Mirrors::new(sources))
 }
 
@@ -118,7 +133,13 @@ async fn restore(a: RestoreArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let s = qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json))
         .await
-        .with_context(|| format!("restoring chain {chain} from {} into {}", a.from.join(", "), a.dest.display()))?;
+        .with_context(|| {
+            format!(
+                "restoring chain {chain} from {} into {}",
+                a.from.join(", "),
+                a.dest.display()
+            )
+        })?;
     if a.json {
         print_json(&s)?;
     } else {
@@ -144,7 +165,11 @@ async fn verify(a: VerifyArgs) -> Result<()> {
         }
         println!(
             "chain {} version {}: {} chunks ({} bytes) checked, {} problem(s)",
-            r.chain, r.version, r.chunks_checked, r.bytes_checked, r.bad.len()
+            r.chain,
+            r.version,
+            r.chunks_checked,
+            r.bytes_checked,
+            r.bad.len()
         );
     }
     if r.bad.is_empty() {
@@ -167,14 +192,22 @@ async fn ls(a: LsArgs) -> Result<()> {
     if a.json {
         return print_json(&pointers);
     }
-    println!("{:<20} {:>8} {:>12} {:<21} {:>7} {:>15}", "CHAIN", "VERSION", "HEIGHT", "CREATED", "FILES", "BYTES");
+    println!(
+        "{:<20} {:>8} {:>12} {:<21} {:>7} {:>15}",
+        "CHAIN", "VERSION", "HEIGHT", "CREATED", "FILES", "BYTES"
+    );
     for p in &pointers {
         for (i, s) in std::iter::once(&p.current).chain(&p.history).enumerate() {
             let height = s.height.map_or("-".to_string(), |h| h.to_string());
             let mark = if i == 0 { " (latest)" } else { "" };
             println!(
                 "{:<20} {:>8} {:>12} {:<21} {:>7} {:>15}{mark}",
-                p.chain.as_str(), s.version, height, s.created_at.to_string(), s.files, s.bytes
+                p.chain.as_str(),
+                s.version,
+                height,
+                s.created_at.to_string(),
+                s.files,
+                s.bytes
             );
         }
     }
@@ -194,7 +227,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -203,7 +237,9 @@ pub async fn shutdown_signal() {
 
 fn sample(a: SampleArgs) -> Result<()> {
     let r = match a.action {
-        SampleAction::Generate { dir, size_mib, seed } => crate::sample::generate(&dir, size_mib << 20, seed)?,
+        SampleAction::Generate { dir, size_mib, seed } => {
+            crate::sample::generate(&dir, size_mib << 20, seed)?
+        }
         SampleAction::Mutate { dir, percent, seed } => crate::sample::mutate(&dir, percent, seed)?,
     };
     print_json(&r)

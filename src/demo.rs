@@ -43,10 +43,18 @@ fn tempfile_dir() -> Result<PathBuf> {
 }
 
 async fn demo(work: &Path, size_mib: u64) -> Result<()> {
-    let (source, store, dest, state) = (work.join("source"), work.join("store"), work.join("restored"), work.join("state"));
+    let (source, store, dest, state) = (
+        work.join("source"),
+        work.join("store"),
+        work.join("restored"),
+        work.join("state"),
+    );
     for d in [&source, &store, &dest, &state] {
         if d.exists() {
-            bail!("{} already exists; give --dir an empty or new directory", d.display());
+            bail!(
+                "{} already exists; give --dir an empty or new directory",
+                d.display()
+            );
         }
     }
     println!("qsync demo in {}", work.display());
@@ -54,7 +62,16 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     let t = Instant::now();
     let (src, sz) = (source.clone(), size_mib << 20);
     let r = tokio::task::spawn_blocking(move || crate::sample::generate(&src, sz, 1)).await??;
-    stage("generate", t, format!("{} files, {} MiB of chain-like data in {}", r.files, r.bytes_total >> 20, source.display()));
+    stage(
+        "generate",
+        t,
+        format!(
+            "{} files, {} MiB of chain-like data in {}",
+            r.files,
+            r.bytes_total >> 20,
+            source.display()
+        ),
+    );
 
     let t = Instant::now();
     let (sk, pk) = (work.join("qsync.sec"), work.join("qsync.pub"));
@@ -73,7 +90,17 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
         Arc::new(NoProgress),
     )
     .await?;
-    stage("snapshot", t, format!("version {}: {} chunks, {} bytes stored in {}", s.version, s.chunks_uploaded, s.bytes_uploaded, store.display()));
+    stage(
+        "snapshot",
+        t,
+        format!(
+            "version {}: {} chunks, {} bytes stored in {}",
+            s.version,
+            s.chunks_uploaded,
+            s.bytes_uploaded,
+            store.display()
+        ),
+    );
 
     let t = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -93,11 +120,26 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
         force: false,
         concurrency: 8,
     };
-    let restored = qsync_fetcher::restore(&Mirrors::new(vec![open_source(&url)?]), &vk, &ropts, Arc::new(NoProgress)).await;
+    let restored = qsync_fetcher::restore(
+        &Mirrors::new(vec![open_source(&url)?]),
+        &vk,
+        &ropts,
+        Arc::new(NoProgress),
+    )
+    .await;
     let _ = stop.send(());
     server.await??;
     let restored = restored?;
-    stage("restore", t, format!("version {} from {url}: {} bytes fetched and verified into {}", restored.version, restored.bytes_fetched, dest.display()));
+    stage(
+        "restore",
+        t,
+        format!(
+            "version {} from {url}: {} bytes fetched and verified into {}",
+            restored.version,
+            restored.bytes_fetched,
+            dest.display()
+        ),
+    );
 
     let t = Instant::now();
     let (a, b) = (source.clone(), dest.clone());
@@ -105,7 +147,14 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     if !same {
         bail!("restored tree differs from the source; this is a bug, please report it");
     }
-    stage("verify", t, format!("{n} files byte-identical to the source; marker {}", dest.join(".qsync-restore.json").display()));
+    stage(
+        "verify",
+        t,
+        format!(
+            "{n} files byte-identical to the source; marker {}",
+            dest.join(".qsync-restore.json").display()
+        ),
+    );
     Ok(())
 }
 

@@ -13,9 +13,11 @@ impl Progress for Bar {
     fn start(&self, stage: &str, total: u64) {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(stage.to_string());
         *self.0.lock().expect("not poisoned") = Some(bar);

@@ -118,7 +118,11 @@ fn report(dir: &Path, changed: u64) -> Result<SampleReport> {
             }
         }
     }
-    Ok(SampleReport { bytes_total: bytes, bytes_changed: changed, files })
+    Ok(SampleReport {
+        bytes_total: bytes,
+        bytes_changed: changed,
+        files,
+    })
 }
 
 /// Writes a fresh sample chain directory of about `total` bytes into `dir`.
@@ -142,7 +146,10 @@ pub fn generate(dir: &Path, total: u64, seed: u64) -> Result<SampleReport> {
             break;
         }
         let n = left.min(segment);
-        fs::write(ancient.join(format!("headers.{i:04}.cdat")), log_lines(n, &mut rng))?;
+        fs::write(
+            ancient.join(format!("headers.{i:04}.cdat")),
+            log_lines(n, &mut rng),
+        )?;
         left -= n;
     }
     fs::write(db.join("LOG"), log_lines((text / 8).min(256 << 10), &mut rng))?;
@@ -159,13 +166,20 @@ pub fn generate(dir: &Path, total: u64, seed: u64) -> Result<SampleReport> {
     for i in 0..200u64 {
         let size = 64 + rng.below(4096);
         let sub = if i % 2 == 0 { &keys } else { &net };
-        write_random(&sub.join(format!("{i:04}-{:08x}", rng.next() as u32)), size, &mut rng)?;
+        write_random(
+            &sub.join(format!("{i:04}-{:08x}", rng.next() as u32)),
+            size,
+            &mut rng,
+        )?;
         small += size;
     }
     let used = report(dir, 0)?.bytes_total;
     write_ssts(&db, total.saturating_sub(used).max(small), total, &mut rng)?;
     let r = report(dir, 0)?;
-    Ok(SampleReport { bytes_changed: r.bytes_total, ..r })
+    Ok(SampleReport {
+        bytes_changed: r.bytes_total,
+        ..r
+    })
 }
 
 /// Advances a sample directory by about `percent` % of its bytes.
@@ -181,16 +195,23 @@ pub fn mutate(dir: &Path, percent: f64, seed: u64) -> Result<SampleReport> {
         .collect();
     ssts.sort();
     let log_growth = (target / 100).clamp(1, 64 << 10);
+    let manifest = 4096 + rng.below(60_000);
+    // Compaction: merge some SSTs into new ones; the output is smaller than
+    // the input because overwritten keys are dropped.
     let mut removed = 0;
-    while removed + log_growth < target && !ssts.is_empty() {
+    while removed < target && !ssts.is_empty() {
         let (p, size) = ssts.remove(rng.below(ssts.len() as u64) as usize);
         fs::remove_file(&p)?;
         removed += size;
     }
-    let written = write_ssts(&db, removed.max(1), before, &mut rng)?;
+    let written = write_ssts(
+        &db,
+        target.saturating_sub(log_growth + manifest).max(1),
+        before,
+        &mut rng,
+    )?;
     let mut log = fs::OpenOptions::new().append(true).open(db.join("LOG"))?;
     log.write_all(&log_lines(log_growth, &mut rng))?;
-    let manifest = 4096 + rng.below(60_000);
     write_random(&db.join("MANIFEST-000005"), manifest, &mut rng)?;
     report(dir, written + log_growth + manifest)
 }

@@ -33,7 +33,11 @@ impl HttpStore {
                 url: base.into(),
                 reason: e.to_string(),
             })?;
-        let base = if base.ends_with('/') { base.to_string() } else { format!("{base}/") };
+        let base = if base.ends_with('/') {
+            base.to_string()
+        } else {
+            format!("{base}/")
+        };
         Ok(HttpStore { base, client })
     }
 

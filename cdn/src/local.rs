@@ -71,7 +71,9 @@ fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
         ".{}.{}-{}.qsync-tmp",
-        path.file_name().expect("object paths have a name").to_string_lossy(),
+        path.file_name()
+            .expect("object paths have a name")
+            .to_string_lossy(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
@@ -105,7 +107,7 @@ impl ObjectSource for LocalStore {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
-        match self.blocking(key, |p| std::fs::metadata(p)).await {
+        match self.blocking(key, std::fs::metadata).await {
             Ok(m) if m.is_file() => Ok(Some(ObjectMeta { size: m.len() })),
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -120,7 +122,7 @@ impl ObjectSink for LocalStore {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        match self.blocking(key, |p| std::fs::remove_file(p)).await {
+        match self.blocking(key, std::fs::remove_file).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -139,7 +141,9 @@ mod tests {
         let k = ObjectKey::new("chunks/ab/abc").unwrap();
         assert_eq!(s.head(&k).await.unwrap(), None);
         assert!(s.get(&k).await.unwrap_err().is_not_found());
-        let opts = PutOptions { cache: CacheClass::Immutable };
+        let opts = PutOptions {
+            cache: CacheClass::Immutable,
+        };
         s.put(&k, Bytes::from_static(b"0123456789"), opts).await.unwrap();
         assert_eq!(s.get(&k).await.unwrap(), Bytes::from_static(b"0123456789"));
         assert_eq!(s.get_range(&k, 2..5).await.unwrap(), Bytes::from_static(b"234"));

@@ -20,7 +20,9 @@ fn bad(url: &str, reason: String) -> StoreError {
 
 fn scheme(url: &str) -> Option<&str> {
     let (s, _) = url.split_once("://")?;
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)).then_some(s)
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+        .then_some(s)
 }
 
 fn local(url: &str) -> Result<Option<LocalStore>, StoreError> {
@@ -29,7 +31,10 @@ fn local(url: &str) -> Result<Option<LocalStore>, StoreError> {
         None => Ok(Some(LocalStore::new(url))),
         Some("file") => Ok(Some(LocalStore::new(&url["file://".len()..]))),
         Some("http" | "https") => Ok(None),
-        Some(other) => Err(bad(url, format!("scheme {other}:// is not supported by this build; {SUPPORTED}"))),
+        Some(other) => Err(bad(
+            url,
+            format!("scheme {other}:// is not supported by this build; {SUPPORTED}"),
+        )),
     }
 }
 
@@ -58,7 +63,10 @@ mod tests {
         assert_eq!(open_source("/tmp/x").unwrap().location(), "/tmp/x");
         assert_eq!(open_source("file:///tmp/x").unwrap().location(), "/tmp/x");
         assert_eq!(open_source("http://h:1/p").unwrap().location(), "http://h:1/p/");
-        assert!(matches!(open_sink("https://h/p"), Err(StoreError::ReadOnly { .. })));
+        assert!(matches!(
+            open_sink("https://h/p"),
+            Err(StoreError::ReadOnly { .. })
+        ));
         let err = open_source("gopher://h").err().unwrap().to_string();
         assert!(err.contains("not supported"), "{err}");
     }

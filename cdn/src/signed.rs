@@ -42,7 +42,8 @@ pub async fn get_signed(
             Err(e) if e.is_not_found() && attempt > 0 => {
                 return Err(FormatError::BadSignature {
                     what: format!("{} in {}", key, source.location()),
-                    reason: "its .minisig is missing; the store is incomplete or was not published by qsync".into(),
+                    reason: "its .minisig is missing; the store is incomplete or was not published by qsync"
+                        .into(),
                 }
                 .into())
             }

@@ -72,10 +72,7 @@ impl ChunkerParams {
     }
 
     /// Cuts `source` into chunks, yielding `(offset, bytes)` in order.
-    pub fn chunks<R: Read>(
-        &self,
-        source: R,
-    ) -> impl Iterator<Item = std::io::Result<(u64, Vec<u8>)>> {
+    pub fn chunks<R: Read>(&self, source: R) -> impl Iterator<Item = std::io::Result<(u64, Vec<u8>)>> {
         let level = match self.normalization {
             0 => fastcdc::v2020::Normalization::Level0,
             1 => fastcdc::v2020::Normalization::Level1,
@@ -184,7 +181,10 @@ mod tests {
         let text = b"block 1234 hash 0xabc\n".repeat(1000);
         assert_eq!(encode(&text, 3).0, Encoding::Zstd);
         let (enc, stored) = encode(&noise, 3);
-        assert_eq!(decode(&stored, noise.len() as u64, &Digest::of(&noise)).unwrap(), noise);
+        assert_eq!(
+            decode(&stored, noise.len() as u64, &Digest::of(&noise)).unwrap(),
+            noise
+        );
         let _ = enc;
     }
 
@@ -194,7 +194,10 @@ mod tests {
         plain.extend((0..5000u32).map(|i| (i * 7919 % 251) as u8));
         let (enc, stored) = encode(&plain, 3);
         assert_eq!(enc, Encoding::Zstd);
-        assert_eq!(decode(&stored, plain.len() as u64, &Digest::of(&plain)).unwrap(), plain);
+        assert_eq!(
+            decode(&stored, plain.len() as u64, &Digest::of(&plain)).unwrap(),
+            plain
+        );
     }
 
     #[test]

@@ -37,8 +37,8 @@ impl FromStr for Digest {
                 "{s:?} is not a BLAKE3 digest (64 lowercase hex characters)"
             )));
         }
-        let h = blake3::Hash::from_hex(s)
-            .map_err(|e| FormatError::Invalid(format!("bad digest {s:?}: {e}")))?;
+        let h =
+            blake3::Hash::from_hex(s).map_err(|e| FormatError::Invalid(format!("bad digest {s:?}: {e}")))?;
         Ok(h.into())
     }
 }

@@ -194,8 +194,16 @@ mod tests {
     fn layout() {
         let d = Digest::of(b"x");
         let c = ChainName::new("eth").unwrap();
-        assert_eq!(ObjectKey::chunk(&d).as_str(), format!("chunks/{}/{}", &d.to_hex()[..2], d));
-        assert_eq!(ObjectKey::pointer(&c).signature().as_str(), "chains/eth/latest.json.minisig");
-        assert!(ObjectKey::manifest(&c, 7, &d, true).as_str().starts_with("chains/eth/manifests/000000000007-"));
+        assert_eq!(
+            ObjectKey::chunk(&d).as_str(),
+            format!("chunks/{}/{}", &d.to_hex()[..2], d)
+        );
+        assert_eq!(
+            ObjectKey::pointer(&c).signature().as_str(),
+            "chains/eth/latest.json.minisig"
+        );
+        assert!(ObjectKey::manifest(&c, 7, &d, true)
+            .as_str()
+            .starts_with("chains/eth/manifests/000000000007-"));
     }
 }

@@ -258,7 +258,14 @@ mod tests {
 
     #[test]
     fn refuses_escaping_paths() {
-        for bad in ["../x", "/etc/passwd", "a/../../x", "a//b", ".qsync-restore.json", ""] {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../../x",
+            "a//b",
+            ".qsync-restore.json",
+            "",
+        ] {
             let mut m = sample();
             m.files[0].path = bad.into();
             let (bytes, _) = m.encode();

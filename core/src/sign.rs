@@ -28,7 +28,10 @@ fn key_err(path: &Path, reason: impl std::fmt::Display) -> FormatError {
 pub fn keygen(secret_path: &Path, public_path: &Path) -> Result<VerifyingKey, FormatError> {
     for p in [secret_path, public_path] {
         if p.exists() {
-            return Err(key_err(p, "already exists; refusing to overwrite a key (move it away first)"));
+            return Err(key_err(
+                p,
+                "already exists; refusing to overwrite a key (move it away first)",
+            ));
         }
     }
     let kp = KeyPair::generate_unencrypted_keypair().map_err(|e| key_err(secret_path, e))?;
@@ -69,7 +72,10 @@ impl SigningKey {
     /// the `QSYNC_SECRET_KEY_PASSWORD` environment variable.
     pub fn load(path: &Path) -> Result<SigningKey, FormatError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            key_err(path, format!("cannot read secret key ({e}); create one with `qsync keygen`"))
+            key_err(
+                path,
+                format!("cannot read secret key ({e}); create one with `qsync keygen`"),
+            )
         })?;
         let sk_box = SecretKeyBox::from_string(&text).map_err(|e| key_err(path, e))?;
         let sk = match SecretKey::from_unencrypted_box(sk_box.clone()) {
@@ -79,7 +85,9 @@ impl SigningKey {
                 Err(_) => {
                     return Err(key_err(
                         path,
-                        format!("not a minisign secret key, or an encrypted one: set {PASSWORD_ENV} to its password"),
+                        format!(
+                        "not a minisign secret key, or an encrypted one: set {PASSWORD_ENV} to its password"
+                    ),
                     ))
                 }
             },
@@ -131,7 +139,10 @@ impl VerifyingKey {
                 .map_err(|e| key_err(p, format!("not a minisign public key: {e}")));
         }
         let text = std::fs::read_to_string(p).map_err(|e| {
-            key_err(p, format!("cannot read public key ({e}); pass the publisher's .pub file or its RW... key"))
+            key_err(
+                p,
+                format!("cannot read public key ({e}); pass the publisher's .pub file or its RW... key"),
+            )
         })?;
         PublicKeyBox::from_string(&text)
             .and_then(|b| b.into_public_key())

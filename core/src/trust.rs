@@ -85,12 +85,18 @@ impl TrustStore {
         allow_expired: bool,
     ) -> Result<Vec<String>, FormatError> {
         let mut warnings = Vec::new();
-        let what = format!("pointer of chain {} (sequence {})", pointer.chain, pointer.sequence);
+        let what = format!(
+            "pointer of chain {} (sequence {})",
+            pointer.chain, pointer.sequence
+        );
         if pointer.expires_at < now {
             if !allow_expired {
                 return Err(FormatError::expired(&what, pointer.expires_at));
             }
-            warnings.push(format!("{what} expired at {}; continuing because of --allow-expired", pointer.expires_at));
+            warnings.push(format!(
+                "{what} expired at {}; continuing because of --allow-expired",
+                pointer.expires_at
+            ));
         }
         if let Some(t) = self.load(&pointer.chain, key)? {
             if pointer.current.version < t.version || pointer.sequence < t.pointer_sequence {
@@ -106,12 +112,17 @@ impl TrustStore {
 
     /// Records that `pointer`'s snapshot was restored. Never moves backwards.
     pub fn advance(&self, pointer: &Pointer, key: &VerifyingKey) -> Result<(), FormatError> {
-        let io = |e: std::io::Error| FormatError::Invalid(format!("writing trust state in {}: {e}", self.dir.display()));
+        let io = |e: std::io::Error| {
+            FormatError::Invalid(format!("writing trust state in {}: {e}", self.dir.display()))
+        };
         let old = self.load(&pointer.chain, key)?;
         let record = Trusted {
             chain: pointer.chain.clone(),
             key_id: key.id(),
-            pointer_sequence: old.as_ref().map_or(0, |t| t.pointer_sequence).max(pointer.sequence),
+            pointer_sequence: old
+                .as_ref()
+                .map_or(0, |t| t.pointer_sequence)
+                .max(pointer.sequence),
             version: old.as_ref().map_or(0, |t| t.version).max(pointer.current.version),
             manifest_blake3: pointer.current.manifest_blake3,
             restored_at: Timestamp::now(),

@@ -69,7 +69,9 @@ pub fn read_marker(dest: &Path, name: &str) -> Option<Marker> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RestoreError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(RestoreError::io(dir))
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(RestoreError::io(dir))
 }
 
 /// Writes `name` in `dest` atomically and durably.
@@ -97,16 +99,19 @@ pub fn remove_marker(dest: &Path, name: &str) -> Result<(), RestoreError> {
 /// in-progress marker and removes the completion marker. Returns the
 /// canonical destination path.
 pub fn claim(dest: &Path, pointer: &Pointer, key_id: String, force: bool) -> Result<PathBuf, RestoreError> {
-    let refuse = |reason: String| RestoreError::Dest { path: dest.into(), reason };
+    let refuse = |reason: String| RestoreError::Dest {
+        path: dest.into(),
+        reason,
+    };
     std::fs::create_dir_all(dest).map_err(RestoreError::io(dest))?;
     let dest = dest.canonicalize().map_err(RestoreError::io(dest))?;
     let previous = read_marker(&dest, MARKER).or_else(|| read_marker(&dest, PARTIAL));
     match previous {
         Some(m) if m.chain != pointer.chain.as_str() && !force => {
             return Err(refuse(format!(
-                "holds a qsync restore of chain {}, not {}; pick another --dest, or pass --force to replace it",
-                m.chain, pointer.chain
-            )))
+            "holds a qsync restore of chain {}, not {}; pick another --dest, or pass --force to replace it",
+            m.chain, pointer.chain
+        )))
         }
         Some(_) => {}
         None => {
@@ -173,7 +178,11 @@ fn prune(dir: &Path, prefix: &str, keep: &HashSet<&str>, removed: &mut u64) -> R
         let entry = entry.map_err(RestoreError::io(dir))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let ft = entry.file_type().map_err(RestoreError::io(&path))?;
         if keep.contains(rel.as_str()) {
             if ft.is_dir() {

@@ -46,11 +46,18 @@ pub async fn verify_store(
     let mut bad = Vec::new();
     let now = Timestamp::now();
     if pointer.expires_at < now {
-        bad.push(format!("{}: expired at {}", ObjectKey::pointer(chain), pointer.expires_at));
+        bad.push(format!(
+            "{}: expired at {}",
+            ObjectKey::pointer(chain),
+            pointer.expires_at
+        ));
     }
     let manifest = mirrors.manifest(&pointer.current, vk).await?;
     if manifest.expires_at < now {
-        bad.push(format!("{}: expired at {}", pointer.current.manifest_key, manifest.expires_at));
+        bad.push(format!(
+            "{}: expired at {}",
+            pointer.current.manifest_key, manifest.expires_at
+        ));
     }
     let unique: BTreeMap<_, _> = manifest
         .files

@@ -32,7 +32,10 @@ impl Mirrors {
     /// The mirrors, in preference order. Panics on an empty list.
     pub fn new(sources: Vec<Arc<dyn ObjectSource>>) -> Self {
         assert!(!sources.is_empty(), "at least one mirror");
-        Mirrors { sources, next: AtomicUsize::new(0) }
+        Mirrors {
+            sources,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The first mirror (for single-store commands).
@@ -40,8 +43,22 @@ impl Mirrors {
         self.sources[0].as_ref()
     }
 
+    /// Logs a mirror failure. With one mirror the error itself reaches the
+    /// operator, so the log line would only repeat it.
+    fn note(&self, mirror: &dyn ObjectSource, what: std::fmt::Arguments<'_>) {
+        if self.sources.len() > 1 {
+            tracing::warn!(mirror = %mirror.location(), "{what}");
+        } else {
+            tracing::debug!(mirror = %mirror.location(), "{what}");
+        }
+    }
+
     fn locations(&self) -> String {
-        self.sources.iter().map(|s| s.location()).collect::<Vec<_>>().join(", ")
+        self.sources
+            .iter()
+            .map(|s| s.location())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The newest validly signed pointer of `chain` on any mirror.
@@ -61,16 +78,16 @@ impl Mirrors {
                         ))
                         .into());
                     }
-                    let newer = best.as_ref().is_none_or(|b| {
-                        (p.current.version, p.sequence) > (b.current.version, b.sequence)
-                    });
+                    let newer = best
+                        .as_ref()
+                        .is_none_or(|b| (p.current.version, p.sequence) > (b.current.version, b.sequence));
                     if newer {
                         best = Some(p);
                     }
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(mirror = %s.location(), "pointer unusable: {e}");
+                    self.note(s.as_ref(), format_args!("pointer unusable: {e}"));
                     last_err = Some(e);
                 }
             }
@@ -92,13 +109,20 @@ impl Mirrors {
         for s in &self.sources {
             let what = format!("{key} in {}", s.location());
             let attempt = async {
-                let bytes = get_signed(s.as_ref(), key, vk).await?.ok_or_else(|| StoreError::NotFound {
-                    location: s.location(),
-                    key: key.to_string(),
-                })?;
+                let bytes = get_signed(s.as_ref(), key, vk)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        location: s.location(),
+                        key: key.to_string(),
+                    })?;
                 let actual = Digest::of(&bytes);
                 if actual != snap.manifest_blake3 {
-                    return Err(FormatError::DigestMismatch { what: what.clone(), expected: snap.manifest_blake3, actual }.into());
+                    return Err(FormatError::DigestMismatch {
+                        what: what.clone(),
+                        expected: snap.manifest_blake3,
+                        actual,
+                    }
+                    .into());
                 }
                 let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
                     .await
@@ -108,7 +132,7 @@ impl Mirrors {
             match attempt.await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
-                    tracing::warn!(mirror = %s.location(), "manifest unusable: {e}");
+                    self.note(s.as_ref(), format_args!("manifest unusable: {e}"));
                     last = Some(e);
                 }
             }
@@ -133,13 +157,13 @@ impl Mirrors {
                     match decoded {
                         Ok(plain) => return Ok(plain),
                         Err(e) => {
-                            tracing::warn!(mirror = %s.location(), "bad copy of {key}: {e}");
+                            self.note(s.as_ref(), format_args!("bad copy of {key}: {e}"));
                             last = Some(e.into());
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(mirror = %s.location(), "cannot fetch {key}: {e}");
+                    self.note(s.as_ref(), format_args!("cannot fetch {key}: {e}"));
                     last = Some(e.into());
                 }
             }

@@ -94,7 +94,13 @@ pub async fn restore(
         tracing::warn!("{w}");
     }
     let manifest = Arc::new(mirrors.manifest(&pointer.current, vk).await?);
-    check_manifest(&manifest, &pointer.current.version, &opts.chain, now, opts.allow_expired)?;
+    check_manifest(
+        &manifest,
+        &pointer.current.version,
+        &opts.chain,
+        now,
+        opts.allow_expired,
+    )?;
 
     let root = dest::claim(&opts.dest, &pointer, vk.id(), opts.force)?;
     let (removed, paths) = {
@@ -123,7 +129,11 @@ pub async fn restore(
             if *good {
                 reused += c.size;
             } else {
-                needed.entry(c.blake3).or_insert((c.size, Vec::new())).1.push(Slot { file: *i, offset });
+                needed
+                    .entry(c.blake3)
+                    .or_insert((c.size, Vec::new()))
+                    .1
+                    .push(Slot { file: *i, offset });
             }
             offset += c.size;
         }
@@ -144,7 +154,10 @@ pub async fn restore(
     }
 
     // Fetch and write.
-    let to_write: u64 = needed.values().map(|(size, slots)| size * slots.len() as u64).sum();
+    let to_write: u64 = needed
+        .values()
+        .map(|(size, slots)| size * slots.len() as u64)
+        .sum();
     progress.start("restore", to_write);
     let fetched = AtomicU64::new(0);
     let chunks_fetched = AtomicU64::new(0);
@@ -152,7 +165,9 @@ pub async fn restore(
         .map(|(digest, (size, slots))| {
             let (paths, progress, fetched, chunks_fetched) = (&paths, &progress, &fetched, &chunks_fetched);
             async move {
-                let plain = mirrors.chunk(&qsync_core::manifest::ChunkRef { blake3: digest, size }).await?;
+                let plain = mirrors
+                    .chunk(&qsync_core::manifest::ChunkRef { blake3: digest, size })
+                    .await?;
                 fetched.fetch_add(size, Ordering::Relaxed);
                 chunks_fetched.fetch_add(1, Ordering::Relaxed);
                 let paths = paths.clone();
@@ -160,7 +175,10 @@ pub async fn restore(
                 blocking(move || {
                     for s in &slots {
                         let p = &paths[s.file];
-                        let f = std::fs::OpenOptions::new().write(true).open(p).map_err(RestoreError::io(p))?;
+                        let f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(p)
+                            .map_err(RestoreError::io(p))?;
                         f.write_all_at(&plain, s.offset).map_err(RestoreError::io(p))?;
                     }
                     Ok(())
@@ -211,7 +229,9 @@ pub async fn restore(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
 ) -> Result<T, RestoreError> {
-    tokio::task::spawn_blocking(f).await.expect("blocking task does not panic")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task does not panic")
 }
 
 fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreError> {
@@ -247,7 +267,10 @@ fn check_manifest(
         if !allow_expired {
             return Err(FormatError::expired(&what, m.expires_at).into());
         }
-        tracing::warn!("{what} expired at {}; continuing because of --allow-expired", m.expires_at);
+        tracing::warn!(
+            "{what} expired at {}; continuing because of --allow-expired",
+            m.expires_at
+        );
     }
     Ok(())
 }
@@ -282,7 +305,8 @@ fn plan_file(path: &Path, f: &FileEntry) -> Result<(Vec<bool>, u64), RestoreErro
     for c in &f.chunks {
         let present = offset + c.size <= have && {
             buf.resize(c.size as usize, 0);
-            file.read_exact_at(&mut buf, offset).map_err(RestoreError::io(path))?;
+            file.read_exact_at(&mut buf, offset)
+                .map_err(RestoreError::io(path))?;
             Digest::of(&buf) == c.blake3
         };
         ok.push(present);
@@ -296,7 +320,8 @@ fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
     // A previous restore may have left the file read-only (its snapshot mode).
     if let Ok(m) = std::fs::symlink_metadata(path) {
         let mode = m.permissions().mode() | 0o600;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(RestoreError::io(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(RestoreError::io(path))?;
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -320,7 +345,8 @@ fn seal_file(path: &Path, f: &FileEntry, progress: &dyn Progress) -> Result<(), 
     let mut offset = 0u64;
     while offset < f.size {
         let n = ((f.size - offset) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], offset).map_err(RestoreError::io(path))?;
+        file.read_exact_at(&mut buf[..n], offset)
+            .map_err(RestoreError::io(path))?;
         h.update(&buf[..n]);
         offset += n as u64;
         progress.advance(n as u64);
@@ -334,7 +360,8 @@ fn seal_file(path: &Path, f: &FileEntry, progress: &dyn Progress) -> Result<(), 
         }
         .into());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777)).map_err(RestoreError::io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777))
+        .map_err(RestoreError::io(path))?;
     file.sync_all().map_err(RestoreError::io(path))
 }
 
@@ -345,7 +372,11 @@ fn seal_dirs(root: &Path, m: &Manifest) -> Result<(), RestoreError> {
         // Keep the owner able to write, or a later top-up could not update it.
         let mode = (d.mode & 0o777) | 0o700;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(RestoreError::io(&p))?;
-        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(RestoreError::io(&p))?;
+        std::fs::File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(RestoreError::io(&p))?;
     }
-    std::fs::File::open(root).and_then(|f| f.sync_all()).map_err(RestoreError::io(root))
+    std::fs::File::open(root)
+        .and_then(|f| f.sync_all())
+        .map_err(RestoreError::io(root))
 }

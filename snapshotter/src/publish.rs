@@ -132,7 +132,9 @@ impl Uploader {
                 .expect("encoder does not panic");
             let stored_len = stored.len() as u64;
             self.sink.put(&key, Bytes::from(stored), IMMUTABLE).await?;
-            self.counters.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
+            self.counters
+                .bytes_uploaded
+                .fetch_add(stored_len, Ordering::Relaxed);
             self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
             self.counters.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
         }
@@ -158,7 +160,9 @@ impl Uploader {
     }
 }
 
-const IMMUTABLE: PutOptions = PutOptions { cache: CacheClass::Immutable };
+const IMMUTABLE: PutOptions = PutOptions {
+    cache: CacheClass::Immutable,
+};
 
 /// Publishes `source` as the next snapshot of `opts.chain` in `sink`.
 pub async fn publish(
@@ -223,7 +227,8 @@ pub async fn publish(
     let (stored, compressed) = manifest.encode();
     let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
     let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
-    up.put_signed(&manifest_key, stored, signer, CacheClass::Immutable).await?;
+    up.put_signed(&manifest_key, stored, signer, CacheClass::Immutable)
+        .await?;
 
     let pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
     // Refuse to overwrite a pointer someone else moved meanwhile.
@@ -233,7 +238,8 @@ pub async fn publish(
             key: pointer_key.to_string(),
         });
     }
-    up.put_signed(&pointer_key, pointer.encode(), signer, CacheClass::Mutable).await?;
+    up.put_signed(&pointer_key, pointer.encode(), signer, CacheClass::Mutable)
+        .await?;
     update_catalog(&up, signer, &opts.chain).await?;
 
     let c = &up.counters;
@@ -262,7 +268,8 @@ async fn update_catalog(up: &Uploader, signer: &SigningKey, chain: &ChainName) -
         None => Catalog::default(),
     };
     if catalog.insert(chain) {
-        up.put_signed(&key, catalog.encode(), signer, CacheClass::Mutable).await?;
+        up.put_signed(&key, catalog.encode(), signer, CacheClass::Mutable)
+            .await?;
     }
     Ok(())
 }
@@ -281,7 +288,10 @@ async fn publish_file(
     let mut chunks = Vec::new();
     let mut uploads = tokio::task::JoinSet::new();
     while let Some((d, plain)) = rx.recv().await {
-        chunks.push(ChunkRef { blake3: d, size: plain.len() as u64 });
+        chunks.push(ChunkRef {
+            blake3: d,
+            size: plain.len() as u64,
+        });
         let permit = up.slots.clone().acquire_owned().await.expect("semaphore open");
         let up = up.clone();
         uploads.spawn(async move {
@@ -314,7 +324,10 @@ fn read_chunks(
     params: &ChunkerParams,
     tx: mpsc::Sender<(Digest, Vec<u8>)>,
 ) -> Result<Digest, SnapshotError> {
-    let io = |source| SnapshotError::Source { path: path.into(), source };
+    let io = |source| SnapshotError::Source {
+        path: path.into(),
+        source,
+    };
     let f = std::fs::File::open(path).map_err(io)?;
     let opened = Stat::of(&f.metadata().map_err(io)?);
     let mut whole = blake3::Hasher::new();
@@ -328,9 +341,14 @@ fn read_chunks(
         }
     }
     let after = Stat::of(&f.metadata().map_err(io)?);
-    let changed = |what: String| SnapshotError::FileChanged { path: path.into(), what };
+    let changed = |what: String| SnapshotError::FileChanged {
+        path: path.into(),
+        what,
+    };
     if opened != *before {
-        return Err(changed("it was replaced or modified between listing and opening".into()));
+        return Err(changed(
+            "it was replaced or modified between listing and opening".into(),
+        ));
     }
     if after != opened || read != before.size {
         return Err(changed(format!(

@@ -85,23 +85,38 @@ fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let path = entry.path();
-        let name = entry.file_name().into_string().map_err(|_| SnapshotError::Unsupported {
-            path: path.clone(),
-            what: "file name is not UTF-8; qsync manifests carry UTF-8 paths".into(),
-        })?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| SnapshotError::Unsupported {
+                path: path.clone(),
+                what: "file name is not UTF-8; qsync manifests carry UTF-8 paths".into(),
+            })?;
         if prefix.is_empty() && RESERVED_NAMES.contains(&name.as_str()) {
             continue;
         }
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let m = std::fs::symlink_metadata(&path).map_err(io(&path))?;
         let ft = m.file_type();
         if ft.is_dir() {
             out.dirs.push((rel.clone(), m.mode() & 0o7777));
             walk(&path, &rel, out)?;
         } else if ft.is_file() {
-            out.files.push(SourceFile { rel, path, stat: Stat::of(&m) });
+            out.files.push(SourceFile {
+                rel,
+                path,
+                stat: Stat::of(&m),
+            });
         } else {
-            let kind = if ft.is_symlink() { "a symbolic link" } else { "a special file" };
+            let kind = if ft.is_symlink() {
+                "a symbolic link"
+            } else {
+                "a special file"
+            };
             return Err(SnapshotError::Unsupported {
                 path,
                 what: format!("is {kind}; qsync publishes regular files and directories only. Point --source at the real directory (or a checkpoint) instead"),

@@ -1,0 +1,153 @@
+//! The read-only commands and the demo: `verify` lists every bad object,
+//! `ls` shows versions, `demo` runs the whole path, and usage mistakes get
+//! messages that say what to do.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn verify_lists_missing_and_corrupt_chunks() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 16);
+    env.snapshot(&src, "eth", &[]);
+    let verify = || {
+        let mut c = qsync();
+        c.args(["verify", "--chain", "eth", "--from"])
+            .arg(&env.store)
+            .arg("--public-key")
+            .arg(&env.pk);
+        run(c)
+    };
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 problem(s)"), "{out}");
+
+    let mut objects: Vec<_> = std::fs::read_dir(env.store.join("chunks"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    objects.sort();
+    std::fs::remove_file(&objects[0]).unwrap();
+    let mut bytes = std::fs::read(&objects[1]).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&objects[1], bytes).unwrap();
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "{out}{err}");
+    let name = |p: &std::path::PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        out.contains(&name(&objects[0])) && out.contains("not found"),
+        "{out}"
+    );
+    assert!(out.contains(&name(&objects[1])), "{out}");
+    assert!(out.contains("2 problem(s)"), "{out}");
+}
+
+#[test]
+fn ls_shows_versions_for_one_or_all_chains() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"1").unwrap();
+    env.snapshot(&src, "eth", &["--height", "100"]);
+    std::fs::write(src.join("f"), b"2").unwrap();
+    env.snapshot(&src, "eth", &["--height", "200"]);
+    env.snapshot(&src, "dot", &[]);
+    let mut c = qsync();
+    c.arg("ls")
+        .arg("--from")
+        .arg(&env.store)
+        .arg("--public-key")
+        .arg(&env.pk);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[1].starts_with("dot ") && lines[1].ends_with("(latest)"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains(" 2 ") && lines[2].contains("200") && lines[2].ends_with("(latest)"),
+        "{out}"
+    );
+    assert!(lines[3].contains(" 1 ") && lines[3].contains("100"), "{out}");
+}
+
+#[test]
+fn demo_runs_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = qsync();
+    c.args(["demo", "--size-mib", "24", "--dir"])
+        .arg(dir.path().join("demo"));
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    for stage in ["generate", "keygen", "snapshot", "serve", "restore", "verify"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(stage)),
+            "missing stage {stage}: {out}"
+        );
+    }
+    assert!(out.contains("byte-identical"), "{out}");
+}
+
+#[test]
+fn usage_mistakes_get_actionable_errors() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut bad_chain = env.snapshot_cmd(&src, "Eth Mainnet", &[]);
+    bad_chain.env_remove("QSYNC_JSON");
+    let (code, _, err) = run(bad_chain);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not a valid chain name") && err.contains("eth-mainnet"),
+        "{err}"
+    );
+
+    let mut c = qsync();
+    c.args([
+        "snapshot",
+        "--chain",
+        "eth",
+        "--store",
+        "http://127.0.0.1:1/x",
+        "--source",
+    ])
+    .arg(&src)
+    .arg("--secret-key")
+    .arg(&env.sk);
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("read-only") && err.contains("directory path"),
+        "{err}"
+    );
+
+    let mut c = qsync();
+    c.args(["snapshot", "--chain", "eth", "--store"])
+        .arg(&env.store)
+        .arg("--source")
+        .arg(env.path("nope"))
+        .arg("--secret-key")
+        .arg(&env.sk);
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+
+    let mut c = qsync();
+    c.args(["snapshot", "--chain", "eth", "--store"])
+        .arg(&env.store)
+        .arg("--source")
+        .arg(&src)
+        .arg("--secret-key")
+        .arg(env.path("missing.sec"));
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("missing.sec") && err.contains("qsync keygen"),
+        "{err}"
+    );
+}

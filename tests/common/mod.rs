@@ -1,0 +1,250 @@
+//! Shared helpers for the end-to-end tests: run the real `qsync` binary in an
+//! isolated environment, compare trees, start `qsync serve`, and require the
+//! external tools the tests check against (installed by scripts/test.sh).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A scratch area with a key pair, a store and a state dir.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sk: PathBuf,
+    pub pk: PathBuf,
+    pub store: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let (sk, pk) = (dir.path().join("k.sec"), dir.path().join("k.pub"));
+        let out = qsync()
+            .args(["keygen", "--secret-key"])
+            .arg(&sk)
+            .arg("--public-key")
+            .arg(&pk)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = dir.path().join("store");
+        let state = dir.path().join("state");
+        Env {
+            dir,
+            sk,
+            pk,
+            store,
+            state,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `qsync snapshot --json` of `src` as chain `chain`; panics on failure.
+    pub fn snapshot(&self, src: &Path, chain: &str, extra: &[&str]) -> Value {
+        let out = self.snapshot_cmd(src, chain, extra).output().unwrap();
+        assert!(
+            out.status.success(),
+            "snapshot failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("snapshot --json prints JSON")
+    }
+
+    pub fn snapshot_cmd(&self, src: &Path, chain: &str, extra: &[&str]) -> Command {
+        let mut c = qsync();
+        c.arg("snapshot")
+            .arg("--source")
+            .arg(src)
+            .arg("--store")
+            .arg(&self.store);
+        c.arg("--secret-key")
+            .arg(&self.sk)
+            .args(["--chain", chain, "--json"])
+            .args(extra);
+        c
+    }
+
+    /// A `qsync restore --json` command from `from` into `dest`.
+    pub fn restore_cmd(&self, from: &str, chain: &str, dest: &Path) -> Command {
+        let mut c = qsync();
+        c.args(["restore", "--from", from, "--chain", chain, "--json"])
+            .arg("--public-key")
+            .arg(&self.pk);
+        c.arg("--dest").arg(dest).arg("--state-dir").arg(&self.state);
+        c
+    }
+
+    /// Restores from the local store; panics on failure.
+    pub fn restore(&self, chain: &str, dest: &Path) -> Value {
+        let out = self
+            .restore_cmd(self.store.to_str().unwrap(), chain, dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("restore --json prints JSON")
+    }
+
+    pub fn manifest_path(&self, chain: &str) -> PathBuf {
+        let p: Value = serde_json::from_slice(&std::fs::read(self.pointer_path(chain)).unwrap()).unwrap();
+        self.store.join(p["current"]["manifest_key"].as_str().unwrap())
+    }
+
+    pub fn pointer_path(&self, chain: &str) -> PathBuf {
+        self.store.join(format!("chains/{chain}/latest.json"))
+    }
+}
+
+/// The binary under test, with no QSYNC_* variables leaking in.
+pub fn qsync() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qsync"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("QSYNC_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs and returns (exit code, stdout, stderr).
+pub fn run(mut c: Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into(),
+        String::from_utf8_lossy(&stderr).into(),
+    )
+}
+
+/// Every entry under `root` (markers excluded): path -> (mode, BLAKE3 or "dir").
+pub fn tree(root: &Path) -> BTreeMap<String, (u32, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel.starts_with(".qsync-restore") {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let mode = m.permissions().mode() & 0o777;
+            if m.is_dir() {
+                out.insert(rel, (mode, "dir".into()));
+                walk(root, &e.path(), out);
+            } else {
+                let h = blake3::hash(&std::fs::read(e.path()).unwrap())
+                    .to_hex()
+                    .to_string();
+                out.insert(rel, (mode, h));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Files only (no directories, whose modes a restore may widen for the owner).
+pub fn files(root: &Path) -> BTreeMap<String, (u32, String)> {
+    tree(root).into_iter().filter(|(_, (_, h))| h != "dir").collect()
+}
+
+pub fn has_marker(dest: &Path) -> bool {
+    dest.join(".qsync-restore.json").exists()
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Generates chain-like sample data with `qsync sample generate`.
+pub fn sample(dir: &Path, mib: u64) -> Value {
+    let out = qsync()
+        .args(["sample", "generate", "--size-mib", &mib.to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Panics with an install hint when an external tool is missing.
+pub fn require(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{tool} is not installed; run ./scripts/test.sh, which installs it (apt-get install {tool})"
+    );
+}
+
+/// A `qsync serve` child process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(store: &Path) -> Server {
+        let mut child = qsync()
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "unexpected serve banner {line:?}"
+        );
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

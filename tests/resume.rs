@@ -1,0 +1,106 @@
+//! Crashes and concurrent change: a restore killed with SIGKILL at any point
+//! leaves no marker and the rerun completes; a file that changes while a
+//! snapshot reads it fails the run and leaves the previous pointer standing.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn restore_killed_with_sigkill_then_rerun_completes() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 96);
+    env.snapshot(&src, "eth", &[]);
+    let server = Server::start(&env.store);
+    let dest = env.path("dest");
+
+    let mut killed_mid_flight = 0;
+    for delay_ms in [0u64, 150, 400, 800] {
+        let mut cmd = env.restore_cmd(&server.url, "eth", &dest);
+        cmd.args(["--concurrency", "1"]);
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while !dest.join(".qsync-restore.partial.json").exists()
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            killed_mid_flight += 1;
+            assert!(
+                !has_marker(&dest),
+                "killed restore (after {delay_ms} ms) left a completion marker"
+            );
+            assert!(dest.join(".qsync-restore.partial.json").exists());
+        }
+    }
+    assert!(
+        killed_mid_flight >= 2,
+        "restores finished too fast to be interrupted"
+    );
+
+    let out = env.restore_cmd(&server.url, "eth", &dest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["bytes_reused"].as_u64().unwrap() > 0,
+        "rerun refetched everything: {r}"
+    );
+    assert_eq!(tree(&src), tree(&dest));
+    assert!(has_marker(&dest));
+    assert!(!dest.join(".qsync-restore.partial.json").exists());
+}
+
+#[test]
+fn file_changing_during_snapshot_fails_and_keeps_previous_pointer() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("stable"), b"v1").unwrap();
+    env.snapshot(&src, "eth", &[]);
+    let pointer_before = std::fs::read(env.pointer_path("eth")).unwrap();
+
+    std::fs::write(src.join("live.log"), noise(96 << 20, 5)).unwrap();
+    let mut child = env
+        .snapshot_cmd(&src, "eth", &["--concurrency", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("live.log"))
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        f.write_all(b"new block\n").unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "snapshot of a changing file succeeded");
+    assert!(
+        err.contains("changed while it was being read") && err.contains("live.log"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(env.pointer_path("eth")).unwrap(),
+        pointer_before,
+        "pointer moved"
+    );
+    std::fs::remove_file(src.join("live.log")).unwrap();
+    let dest = env.path("dest");
+    assert_eq!(env.restore("eth", &dest)["version"], 1);
+}
