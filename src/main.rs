@@ -15,6 +15,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's allocator keeps freed multi-MiB chunk buffers in per-thread arenas
+/// (its mmap threshold rises after the first large free), which tripled peak
+/// RSS in the benchmarks; mimalloc returns them. See docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

@@ -105,36 +105,51 @@ pub enum Encoding {
     Zstd,
 }
 
-/// Encodes a chunk for storage: zstd at `level` when that saves at least 1/32
-/// of the size, raw otherwise (or zstd regardless when raw would be mistaken
-/// for a frame).
-pub fn encode(plain: &[u8], level: i32) -> (Encoding, Vec<u8>) {
+/// Chunks larger than this are probed on a sample before being compressed whole.
+const PROBE_ABOVE: usize = 512 << 10;
+/// Size of the probe sample, taken from the middle of the chunk.
+const PROBE_LEN: usize = 128 << 10;
+
+/// Whether zstd saves at least 1/32 of `sample`.
+fn pays(sample: &[u8], level: i32) -> bool {
+    zstd::bulk::compress(sample, level).is_ok_and(|z| z.len() + sample.len() / 32 <= sample.len())
+}
+
+/// Encodes a chunk for storage: one zstd frame at `level` when that saves at
+/// least 1/32 of the size, the plaintext itself otherwise. Large chunks are
+/// first probed on a 128 KiB sample, because compressing already-compressed
+/// database pages costs a core-second per GB and saves nothing. A chunk that
+/// starts with the zstd magic is always framed, so readers can tell.
+pub fn encode(plain: Vec<u8>, level: i32) -> (Encoding, Vec<u8>) {
     let must_frame = plain.starts_with(&ZSTD_MAGIC);
-    match zstd::bulk::compress(plain, level) {
+    if !must_frame && plain.len() > PROBE_ABOVE {
+        let mid = plain.len() / 2 - PROBE_LEN / 2;
+        if !pays(&plain[mid..mid + PROBE_LEN], level) {
+            return (Encoding::Raw, plain);
+        }
+    }
+    match zstd::bulk::compress(&plain, level) {
         Ok(z) if must_frame || z.len() + plain.len() / 32 <= plain.len() => (Encoding::Zstd, z),
-        _ if !must_frame => (Encoding::Raw, plain.to_vec()),
+        _ if !must_frame => (Encoding::Raw, plain),
         // Compressing into memory cannot fail for valid levels; level 1 is the fallback.
-        _ => (
-            Encoding::Zstd,
-            zstd::bulk::compress(plain, 1).expect("zstd level 1"),
-        ),
+        _ => (Encoding::Zstd, zstd::bulk::compress(&plain, 1).expect("zstd level 1")),
     }
 }
 
 /// Decodes a stored chunk object, refusing anything that does not expand to
 /// exactly `size` bytes hashing to `digest`. `size` bounds the decompression,
 /// so a hostile object cannot expand past it.
-pub fn decode(stored: &[u8], size: u64, digest: &Digest) -> Result<Vec<u8>, FormatError> {
+pub fn decode(stored: Vec<u8>, size: u64, digest: &Digest) -> Result<Vec<u8>, FormatError> {
     let what = || format!("chunk {digest}");
     let plain = if stored.starts_with(&ZSTD_MAGIC) {
-        zstd::bulk::decompress(stored, size as usize).map_err(|e| {
+        zstd::bulk::decompress(&stored, size as usize).map_err(|e| {
             FormatError::Invalid(format!(
                 "{}: zstd frame does not decode to at most {size} bytes ({e}); the copy is corrupt, fetch it from another mirror",
                 what()
             ))
         })?
     } else {
-        stored.to_vec()
+        stored
     };
     if plain.len() as u64 != size {
         return Err(FormatError::Invalid(format!(
@@ -175,27 +190,33 @@ mod tests {
 
     #[test]
     fn incompressible_is_raw_and_text_is_zstd() {
-        let noise: Vec<u8> = (0..100_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let noise: Vec<u8> = (0..(2 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
             .collect();
-        let text = b"block 1234 hash 0xabc\n".repeat(1000);
-        assert_eq!(encode(&text, 3).0, Encoding::Zstd);
-        let (enc, stored) = encode(&noise, 3);
-        assert_eq!(
-            decode(&stored, noise.len() as u64, &Digest::of(&noise)).unwrap(),
-            noise
-        );
-        let _ = enc;
+        let text = b"block 1234 hash 0xabc\n".repeat(50_000);
+        assert_eq!(encode(text, 3).0, Encoding::Zstd);
+        // Small chunks are compressed whole, large ones probed first: both raw.
+        for len in [100_000, noise.len()] {
+            let (enc, stored) = encode(noise[..len].to_vec(), 3);
+            assert_eq!(enc, Encoding::Raw);
+            assert_eq!(decode(stored, len as u64, &Digest::of(&noise[..len])).unwrap(), &noise[..len]);
+        }
     }
 
     #[test]
     fn raw_chunk_starting_with_magic_is_framed() {
         let mut plain = ZSTD_MAGIC.to_vec();
         plain.extend((0..5000u32).map(|i| (i * 7919 % 251) as u8));
-        let (enc, stored) = encode(&plain, 3);
+        let (enc, stored) = encode(plain.clone(), 3);
         assert_eq!(enc, Encoding::Zstd);
         assert_eq!(
-            decode(&stored, plain.len() as u64, &Digest::of(&plain)).unwrap(),
+            decode(stored, plain.len() as u64, &Digest::of(&plain)).unwrap(),
             plain
         );
     }
@@ -203,8 +224,8 @@ mod tests {
     #[test]
     fn declared_size_bounds_decompression() {
         let plain = vec![0u8; 1 << 20];
-        let (_, stored) = encode(&plain, 3);
-        assert!(decode(&stored, 1000, &Digest::of(&plain)).is_err());
+        let (_, stored) = encode(plain.clone(), 3);
+        assert!(decode(stored, 1000, &Digest::of(&plain)).is_err());
     }
 
     proptest! {
@@ -216,8 +237,8 @@ mod tests {
                 prop_assert_eq!(offset as usize, joined.len());
                 prop_assert!(bytes.len() <= 1024);
                 let d = Digest::of(&bytes);
-                let (_, stored) = encode(&bytes, level);
-                joined.extend(decode(&stored, bytes.len() as u64, &d).unwrap());
+                let (_, stored) = encode(bytes.clone(), level);
+                joined.extend(decode(stored, bytes.len() as u64, &d).unwrap());
             }
             prop_assert_eq!(joined, data);
         }
@@ -225,10 +246,10 @@ mod tests {
         #[test]
         fn any_flipped_byte_is_caught(data in proptest::collection::vec(any::<u8>(), 1..4000), pos in any::<usize>(), bit in 0u8..8) {
             let d = Digest::of(&data);
-            let (_, mut stored) = encode(&data, 3);
+            let (_, mut stored) = encode(data.clone(), 3);
             let i = pos % stored.len();
             stored[i] ^= 1 << bit;
-            prop_assert!(decode(&stored, data.len() as u64, &d).is_err());
+            prop_assert!(decode(stored, data.len() as u64, &d).is_err());
         }
     }
 }

@@ -86,6 +86,7 @@ pub async fn restore(
     opts: &RestoreOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
+    let clock = std::time::Instant::now();
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
@@ -147,6 +148,13 @@ pub async fn restore(
             ),
         });
     }
+    tracing::info!(
+        elapsed = ?clock.elapsed(),
+        "planned: {} of {} bytes already in place, {} chunks to fetch",
+        reused,
+        manifest.total_bytes(),
+        needed.len()
+    );
     for (i, f) in manifest.files.iter().enumerate() {
         let path = paths[i].clone();
         let size = f.size;
@@ -192,6 +200,7 @@ pub async fn restore(
         .try_collect::<()>()
         .await?;
     progress.finish();
+    tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {} bytes", fetched.load(Ordering::Relaxed));
 
     // Seal: whole-file digests, modes, fsync; then the marker, then trust.
     progress.start("verify", manifest.total_bytes());
@@ -208,6 +217,7 @@ pub async fn restore(
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || seal_dirs(&root, &m)).await?;
     }
+    tracing::info!(elapsed = ?clock.elapsed(), "sealed: every file verified and synced");
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
     dest::remove_marker(&root, PARTIAL)?;
     trust.advance(&pointer, vk)?;

@@ -48,10 +48,13 @@ pub struct SnapshotOptions {
     pub zstd_level: i32,
     /// Chunks in flight (checked, compressed or uploading) at once.
     pub concurrency: usize,
+    /// Plaintext bytes of chunks in flight at once; bounds memory.
+    pub in_flight_bytes: u64,
 }
 
 impl SnapshotOptions {
-    /// Defaults for `chain`: 14-day expiry, default chunker, zstd 3, 8 in flight.
+    /// Defaults for `chain`: 14-day expiry, default chunker, zstd 3, at most 8
+    /// chunks and 64 MiB in flight.
     pub fn new(chain: ChainName) -> Self {
         SnapshotOptions {
             chain,
@@ -61,6 +64,7 @@ impl SnapshotOptions {
             chunker: ChunkerParams::default(),
             zstd_level: 3,
             concurrency: 8,
+            in_flight_bytes: 64 << 20,
         }
     }
 }
@@ -109,7 +113,11 @@ struct Counters {
 struct Uploader {
     sink: Arc<dyn ObjectSink>,
     seen: Mutex<HashSet<Digest>>,
+    /// One permit per chunk in flight.
     slots: Arc<Semaphore>,
+    /// One permit per MiB (rounded up) of chunk plaintext in flight.
+    budget: Arc<Semaphore>,
+    budget_mib: u32,
     level: i32,
     counters: Counters,
     progress: Arc<dyn Progress>,
@@ -127,7 +135,7 @@ impl Uploader {
         let key = ObjectKey::chunk(&d);
         if self.sink.head(&key).await?.is_none() {
             let level = self.level;
-            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(&plain, level))
+            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
                 .await
                 .expect("encoder does not panic");
             let stored_len = stored.len() as u64;
@@ -189,10 +197,14 @@ pub async fn publish(
     let total: u64 = listing.files.iter().map(|f| f.stat.size).sum();
     progress.start("snapshot", total);
 
+    // At least one maximal chunk must fit, or the run could not make progress.
+    let budget_mib = (opts.in_flight_bytes >> 20).max(u64::from(opts.chunker.max_size >> 20)).max(1) as u32;
     let up = Arc::new(Uploader {
         sink: sink.clone(),
         seen: Mutex::new(HashSet::new()),
         slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        budget: Arc::new(Semaphore::new(budget_mib as usize)),
+        budget_mib,
         level: opts.zstd_level,
         counters: Counters::default(),
         progress: progress.clone(),
@@ -280,7 +292,7 @@ async fn publish_file(
     params: ChunkerParams,
     up: Arc<Uploader>,
 ) -> Result<FileEntry, SnapshotError> {
-    let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(2);
+    let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(1);
     let path = file.path.clone();
     let before = file.stat.clone();
     let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &before, &params, tx));
@@ -292,11 +304,13 @@ async fn publish_file(
             blake3: d,
             size: plain.len() as u64,
         });
-        let permit = up.slots.clone().acquire_owned().await.expect("semaphore open");
+        let mib = ((plain.len() as u64).div_ceil(1 << 20) as u32).clamp(1, up.budget_mib);
+        let bytes = up.budget.clone().acquire_many_owned(mib).await.expect("semaphore open");
+        let slot = up.slots.clone().acquire_owned().await.expect("semaphore open");
         let up = up.clone();
         uploads.spawn(async move {
             let r = up.ensure(d, plain).await;
-            drop(permit);
+            drop((slot, bytes));
             r
         });
         while let Some(done) = uploads.try_join_next() {
