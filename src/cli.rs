@@ -74,6 +74,10 @@ pub struct SnapshotArgs {
     /// How long the snapshot stays valid for fetchers (e.g. 14d, 12h).
     #[arg(long, env = "QSYNC_EXPIRES_IN", default_value = "14d", value_parser = humantime::parse_duration)]
     pub expires_in: Duration,
+    /// Average chunk size in KiB (min = 1/4, max = 4x; 256-4096). Smaller
+    /// suits databases rewritten in place (MDBX); keep it fixed per chain.
+    #[arg(long, env = "QSYNC_CHUNK_SIZE", default_value_t = 4096)]
+    pub chunk_size: u32,
     /// Chunks in flight at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,

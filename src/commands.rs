@@ -77,6 +77,13 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.block_hash = a.block_hash;
     opts.expires_in = a.expires_in;
     opts.concurrency = a.concurrency;
+    let avg = a.chunk_size.saturating_mul(1024);
+    opts.chunker.min_size = avg / 4;
+    opts.chunker.avg_size = avg;
+    opts.chunker.max_size = avg.saturating_mul(4);
+    opts.chunker
+        .validate()
+        .with_context(|| format!("--chunk-size {} KiB: use 256 to 4096", a.chunk_size))?;
     let started = std::time::Instant::now();
     let s = qsync_snapshotter::publish(
         &a.source,

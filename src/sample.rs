@@ -129,9 +129,9 @@ fn report(dir: &Path, changed: u64) -> Result<SampleReport> {
 pub fn generate(dir: &Path, total: u64, seed: u64) -> Result<SampleReport> {
     let mut rng = Rng(seed);
     let db = dir.join("chains/sample/db/full");
-    let keys = dir.join("chains/sample/keystore");
+    let meta = dir.join("chains/sample/state-meta");
     let net = dir.join("chains/sample/network");
-    for d in [&db, &keys, &net, &dir.join("chains/sample/empty")] {
+    for d in [&db, &meta, &net, &dir.join("chains/sample/empty")] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     // ~8 % compressible text, ~2 % tiny files, the rest SSTs.
@@ -165,7 +165,7 @@ pub fn generate(dir: &Path, total: u64, seed: u64) -> Result<SampleReport> {
     let mut small = 0;
     for i in 0..200u64 {
         let size = 64 + rng.below(4096);
-        let sub = if i % 2 == 0 { &keys } else { &net };
+        let sub = if i % 2 == 0 { &meta } else { &net };
         write_random(
             &sub.join(format!("{i:04}-{:08x}", rng.next() as u32)),
             size,

@@ -4,8 +4,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 
@@ -18,24 +19,24 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     let server = Server::start(&env.store);
     let dest = env.path("dest");
 
+    // Kill at several points after planning finished and fetching began.
     let mut killed_mid_flight = 0;
-    for delay_ms in [0u64, 150, 400, 800] {
+    for delay_ms in [0u64, 100, 300, 600] {
         let mut cmd = env.restore_cmd(&server.url, "eth", &dest);
-        cmd.args(["--concurrency", "1"]);
-        let mut child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while !dest.join(".qsync-restore.partial.json").exists()
-            && started.elapsed() < Duration::from_secs(20)
-        {
-            if child.try_wait().unwrap().is_some() {
-                break;
+        cmd.args(["--concurrency", "1", "-v"]).env("RUST_LOG", "info");
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        // Drain stderr to the end so the child never writes into a closed pipe.
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("planned:") {
+                    let _ = tx.send(());
+                }
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("restore ended before planning finished");
         std::thread::sleep(Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -77,7 +78,7 @@ fn file_changing_during_snapshot_fails_and_keeps_previous_pointer() {
     std::fs::write(src.join("live.log"), noise(96 << 20, 5)).unwrap();
     let mut child = env
         .snapshot_cmd(&src, "eth", &["--concurrency", "1"])
-        .stderr(std::process::Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut f = std::fs::OpenOptions::new()

@@ -132,7 +132,10 @@ pub fn encode(plain: Vec<u8>, level: i32) -> (Encoding, Vec<u8>) {
         Ok(z) if must_frame || z.len() + plain.len() / 32 <= plain.len() => (Encoding::Zstd, z),
         _ if !must_frame => (Encoding::Raw, plain),
         // Compressing into memory cannot fail for valid levels; level 1 is the fallback.
-        _ => (Encoding::Zstd, zstd::bulk::compress(&plain, 1).expect("zstd level 1")),
+        _ => (
+            Encoding::Zstd,
+            zstd::bulk::compress(&plain, 1).expect("zstd level 1"),
+        ),
     }
 }
 
@@ -205,7 +208,10 @@ mod tests {
         for len in [100_000, noise.len()] {
             let (enc, stored) = encode(noise[..len].to_vec(), 3);
             assert_eq!(enc, Encoding::Raw);
-            assert_eq!(decode(stored, len as u64, &Digest::of(&noise[..len])).unwrap(), &noise[..len]);
+            assert_eq!(
+                decode(stored, len as u64, &Digest::of(&noise[..len])).unwrap(),
+                &noise[..len]
+            );
         }
     }
 

@@ -151,9 +151,10 @@ impl Mirrors {
             match fetch_with_retry(s.as_ref(), &key).await {
                 Ok(stored) => {
                     let (size, d) = (c.size, c.blake3);
-                    let decoded = tokio::task::spawn_blocking(move || chunk::decode(Vec::from(stored), size, &d))
-                        .await
-                        .expect("decode does not panic");
+                    let decoded =
+                        tokio::task::spawn_blocking(move || chunk::decode(Vec::from(stored), size, &d))
+                            .await
+                            .expect("decode does not panic");
                     match decoded {
                         Ok(plain) => return Ok(plain),
                         Err(e) => {

@@ -198,7 +198,9 @@ pub async fn publish(
     progress.start("snapshot", total);
 
     // At least one maximal chunk must fit, or the run could not make progress.
-    let budget_mib = (opts.in_flight_bytes >> 20).max(u64::from(opts.chunker.max_size >> 20)).max(1) as u32;
+    let budget_mib = (opts.in_flight_bytes >> 20)
+        .max(u64::from(opts.chunker.max_size >> 20))
+        .max(1) as u32;
     let up = Arc::new(Uploader {
         sink: sink.clone(),
         seen: Mutex::new(HashSet::new()),
@@ -305,7 +307,12 @@ async fn publish_file(
             size: plain.len() as u64,
         });
         let mib = ((plain.len() as u64).div_ceil(1 << 20) as u32).clamp(1, up.budget_mib);
-        let bytes = up.budget.clone().acquire_many_owned(mib).await.expect("semaphore open");
+        let bytes = up
+            .budget
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .expect("semaphore open");
         let slot = up.slots.clone().acquire_owned().await.expect("semaphore open");
         let up = up.clone();
         uploads.spawn(async move {

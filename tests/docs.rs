@@ -1,0 +1,52 @@
+//! docs/operations.md is the configuration reference: every flag and every
+//! environment variable the binary accepts must appear in it, so the page
+//! cannot drift from the code.
+
+mod common;
+
+use common::qsync;
+
+fn help(args: &[&str]) -> String {
+    let out = qsync().args(args).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn every_flag_and_env_var_is_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let commands = [
+        vec!["keygen"],
+        vec!["snapshot"],
+        vec!["restore"],
+        vec!["verify"],
+        vec!["ls"],
+        vec!["serve"],
+        vec!["demo"],
+        vec!["sample", "generate"],
+        vec!["sample", "mutate"],
+    ];
+    let mut checked = 0;
+    for cmd in &commands {
+        let text = help(cmd);
+        assert!(
+            doc.contains(&format!("qsync {}", cmd[0])),
+            "docs lack a section for qsync {}",
+            cmd[0]
+        );
+        for word in text.split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == ',') {
+            let word = word.trim_matches(['=', ':', '.', '(', ')']);
+            let flag = word.starts_with("--") && word.len() > 2 && word != "--help" && word != "--version";
+            let env = word.starts_with("QSYNC_");
+            if flag || env {
+                assert!(
+                    doc.contains(word),
+                    "docs/operations.md does not mention {word} (qsync {})",
+                    cmd.join(" ")
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "parsed only {checked} flags from --help");
+}
