@@ -71,9 +71,12 @@ pub struct SnapshotArgs {
     /// Head block hash of the data, recorded in the manifest.
     #[arg(long, env = "QSYNC_BLOCK_HASH")]
     pub block_hash: Option<String>,
-    /// How long the snapshot stays valid for fetchers (e.g. 14d, 12h).
+    /// How long fetchers accept the pointer without a re-sign (e.g. 14d, 12h).
     #[arg(long, env = "QSYNC_EXPIRES_IN", default_value = "14d", value_parser = humantime::parse_duration)]
     pub expires_in: Duration,
+    /// How long the snapshot itself stays restorable (manifest expiry; at least --expires-in).
+    #[arg(long, env = "QSYNC_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub max_age: Duration,
     /// Average chunk size in KiB (min = 1/4, max = 4x; 256-4096). Smaller
     /// suits databases rewritten in place (MDBX); keep it fixed per chain.
     #[arg(long, env = "QSYNC_CHUNK_SIZE", default_value_t = 4096)]

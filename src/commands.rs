@@ -76,6 +76,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.height = a.height;
     opts.block_hash = a.block_hash;
     opts.expires_in = a.expires_in;
+    opts.max_age = a.max_age;
     opts.concurrency = a.concurrency;
     let avg = a.chunk_size.saturating_mul(1024);
     opts.chunker.min_size = avg / 4;

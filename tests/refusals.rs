@@ -131,12 +131,12 @@ fn expired_pointer_unless_allowed() {
     assert!(has_marker(&dest));
 }
 
-/// Publishes a manifest whose first file path is `path`, validly signed by
-/// the publisher's key, and points the pointer at it.
-fn publish_evil_manifest(env: &Env, path: &str) {
+/// Publishes an edited copy of the current manifest, validly signed by the
+/// publisher's key (with the stock minisign), and points the pointer at it.
+fn publish_modified_manifest(env: &Env, edit: impl FnOnce(&mut Value)) {
     let mpath = env.manifest_path("eth");
     let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    m["files"][0]["path"] = path.into();
+    edit(&mut m);
     let bytes = serde_json::to_vec(&m).unwrap();
     let key = format!("chains/eth/manifests/000000000001-{}.json", &b3(&bytes)[..16]);
     let evil = env.store.join(&key);
@@ -153,9 +153,16 @@ fn publish_evil_manifest(env: &Env, path: &str) {
 }
 
 #[test]
+fn expired_snapshot_behind_a_fresh_pointer() {
+    let env = published();
+    publish_modified_manifest(&env, |m| m["expires_at"] = "2020-01-01T00:00:00Z".into());
+    assert_refused(&env, "manifest of chain eth version 1 expired", 3);
+}
+
+#[test]
 fn signed_manifest_with_parent_path_is_refused() {
     let env = published();
-    publish_evil_manifest(&env, "../escaped");
+    publish_modified_manifest(&env, |m| m["files"][0]["path"] = "../escaped".into());
     assert_refused(&env, "would escape", 3);
     assert!(!env.path("escaped").exists());
 }
@@ -164,7 +171,7 @@ fn signed_manifest_with_parent_path_is_refused() {
 fn signed_manifest_with_absolute_path_is_refused() {
     let env = published();
     let target = env.path("abs-target");
-    publish_evil_manifest(&env, target.to_str().unwrap());
+    publish_modified_manifest(&env, |m| m["files"][0]["path"] = target.to_str().unwrap().into());
     assert_refused(&env, "would escape", 3);
     assert!(!target.exists());
 }

@@ -40,8 +40,12 @@ pub struct SnapshotOptions {
     pub height: Option<u64>,
     /// Head block hash, when known.
     pub block_hash: Option<String>,
-    /// How long the manifest and pointer stay valid.
+    /// How long the pointer stays valid without a re-sign (freshness).
     pub expires_in: Duration,
+    /// How long the snapshot itself stays usable (the manifest's expiry; at
+    /// least `expires_in`). A pointer re-sign cannot extend it, because the
+    /// manifest's bytes are fixed.
+    pub max_age: Duration,
     /// Chunker parameters.
     pub chunker: ChunkerParams,
     /// zstd level for chunks.
@@ -53,7 +57,7 @@ pub struct SnapshotOptions {
 }
 
 impl SnapshotOptions {
-    /// Defaults for `chain`: 14-day expiry, default chunker, zstd 3, at most 8
+    /// Defaults for `chain`: pointer valid 14 days, snapshot 30, default chunker, zstd 3, at most 8
     /// chunks and 64 MiB in flight.
     pub fn new(chain: ChainName) -> Self {
         SnapshotOptions {
@@ -61,6 +65,7 @@ impl SnapshotOptions {
             height: None,
             block_hash: None,
             expires_in: Duration::from_secs(14 * 24 * 3600),
+            max_age: Duration::from_secs(30 * 24 * 3600),
             chunker: ChunkerParams::default(),
             zstd_level: 3,
             concurrency: 8,
@@ -98,8 +103,10 @@ pub struct SnapshotSummary {
     pub chunks_uploaded: u64,
     /// Snapshot creation time.
     pub created_at: String,
-    /// Expiry of manifest and pointer.
+    /// Expiry of the pointer.
     pub expires_at: String,
+    /// Expiry of the snapshot (manifest).
+    pub snapshot_expires_at: String,
 }
 
 #[derive(Default)]
@@ -220,6 +227,7 @@ pub async fn publish(
 
     let now = Timestamp::now();
     let expires_at = now.plus(opts.expires_in);
+    let manifest_expires_at = now.plus(opts.max_age.max(opts.expires_in));
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         chain: ChainMeta {
@@ -229,7 +237,7 @@ pub async fn publish(
         },
         version,
         created_at: now,
-        expires_at,
+        expires_at: manifest_expires_at,
         chunker: opts.chunker.clone(),
         directories: listing
             .dirs
@@ -246,7 +254,12 @@ pub async fn publish(
 
     let pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
     // Refuse to overwrite a pointer someone else moved meanwhile.
-    if sink.get(&pointer_key).await.ok() != previous_bytes {
+    let now_bytes = match sink.get(&pointer_key).await {
+        Ok(b) => Some(b),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    if now_bytes != previous_bytes {
         return Err(SnapshotError::PointerRace {
             location: sink.location(),
             key: pointer_key.to_string(),
@@ -272,6 +285,7 @@ pub async fn publish(
         chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
         created_at: now.to_string(),
         expires_at: expires_at.to_string(),
+        snapshot_expires_at: manifest_expires_at.to_string(),
     })
 }
 
