@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use qsync_core::manifest::{FileEntry, Manifest};
+use qsync_core::manifest::{ChunkRef, FileEntry, Manifest};
 use qsync_core::progress::Progress;
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
@@ -79,6 +79,16 @@ struct Slot {
     offset: u64,
 }
 
+/// What must still be written.
+struct Plan {
+    /// Each missing chunk once, with its size and every place it goes.
+    needed: HashMap<Digest, (u64, Vec<Slot>)>,
+    /// Bytes already in place.
+    reused: u64,
+    /// How much the files must grow on disk.
+    growth: u64,
+}
+
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
 pub async fn restore(
     mirrors: &Mirrors,
@@ -97,7 +107,7 @@ pub async fn restore(
     let manifest = Arc::new(mirrors.manifest(&pointer.current, vk).await?);
     check_manifest(
         &manifest,
-        &pointer.current.version,
+        pointer.current.version,
         &opts.chain,
         now,
         opts.allow_expired,
@@ -109,9 +119,56 @@ pub async fn restore(
         blocking(move || layout(&root, &m)).await?
     };
     let paths = Arc::new(paths);
+    let plan = plan(&manifest, &paths).await?;
+    let free = dest::free_space(&root)?;
+    if plan.growth + SPACE_MARGIN > free {
+        return Err(RestoreError::Dest {
+            path: root,
+            reason: format!(
+                "needs {} more bytes (plus a {SPACE_MARGIN}-byte margin) but only {free} are free; free space or pick another --dest",
+                plan.growth
+            ),
+        });
+    }
+    tracing::info!(
+        elapsed = ?clock.elapsed(),
+        "planned: {} of {} bytes already in place, {} chunks to fetch",
+        plan.reused,
+        manifest.total_bytes(),
+        plan.needed.len()
+    );
+    for (i, f) in manifest.files.iter().enumerate() {
+        let (path, size) = (paths[i].clone(), f.size);
+        blocking(move || presize(&path, size)).await?;
+    }
 
-    // Plan: which chunks of which files are already right.
-    let planned: Vec<(usize, Vec<bool>, u64)> = futures::stream::iter(0..manifest.files.len())
+    let reused = plan.reused;
+    let (bytes_fetched, chunks_fetched) =
+        fetch_and_write(mirrors, plan, &paths, opts.concurrency, &progress).await?;
+    tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
+    seal(&root, &manifest, &paths, &progress).await?;
+    tracing::info!(elapsed = ?clock.elapsed(), "sealed: every file verified and synced");
+    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
+    dest::remove_marker(&root, PARTIAL)?;
+    trust.advance(&pointer, vk)?;
+
+    Ok(RestoreSummary {
+        chain: opts.chain.to_string(),
+        version: pointer.current.version,
+        height: manifest.chain.height,
+        files: manifest.files.len() as u64,
+        bytes_total: manifest.total_bytes(),
+        bytes_fetched,
+        bytes_reused: reused,
+        chunks_fetched,
+        removed,
+        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+    })
+}
+
+/// Hashes what the destination already holds and lists what is missing.
+async fn plan(manifest: &Arc<Manifest>, paths: &Arc<Vec<PathBuf>>) -> Result<Plan, RestoreError> {
+    let checked: Vec<(usize, Vec<bool>, u64)> = futures::stream::iter(0..manifest.files.len())
         .map(|i| {
             let (m, paths) = (manifest.clone(), paths.clone());
             blocking(move || plan_file(&paths[i], &m.files[i]).map(|(ok, have)| (i, ok, have)))
@@ -119,66 +176,51 @@ pub async fn restore(
         .buffered(2)
         .try_collect()
         .await?;
-    let mut needed: HashMap<Digest, (u64, Vec<Slot>)> = HashMap::new();
-    let mut growth = 0u64;
-    let mut reused = 0u64;
-    for (i, ok, have) in &planned {
-        let f = &manifest.files[*i];
-        growth += f.size.saturating_sub(*have);
+    let mut plan = Plan {
+        needed: HashMap::new(),
+        reused: 0,
+        growth: 0,
+    };
+    for (i, ok, have) in checked {
+        let f = &manifest.files[i];
+        plan.growth += f.size.saturating_sub(have);
         let mut offset = 0;
         for (c, good) in f.chunks.iter().zip(ok) {
-            if *good {
-                reused += c.size;
+            if good {
+                plan.reused += c.size;
             } else {
-                needed
-                    .entry(c.blake3)
-                    .or_insert((c.size, Vec::new()))
-                    .1
-                    .push(Slot { file: *i, offset });
+                let entry = plan.needed.entry(c.blake3).or_insert((c.size, Vec::new()));
+                entry.1.push(Slot { file: i, offset });
             }
             offset += c.size;
         }
     }
-    let free = dest::free_space(&root)?;
-    if growth + SPACE_MARGIN > free {
-        return Err(RestoreError::Dest {
-            path: root,
-            reason: format!(
-                "needs {growth} more bytes (plus a {SPACE_MARGIN}-byte margin) but only {free} are free; free space or pick another --dest"
-            ),
-        });
-    }
-    tracing::info!(
-        elapsed = ?clock.elapsed(),
-        "planned: {} of {} bytes already in place, {} chunks to fetch",
-        reused,
-        manifest.total_bytes(),
-        needed.len()
-    );
-    for (i, f) in manifest.files.iter().enumerate() {
-        let path = paths[i].clone();
-        let size = f.size;
-        blocking(move || presize(&path, size)).await?;
-    }
+    Ok(plan)
+}
 
-    // Fetch and write.
-    let to_write: u64 = needed
+/// Fetches every needed chunk once and writes it wherever it goes. Returns
+/// plaintext bytes and chunks fetched.
+async fn fetch_and_write(
+    mirrors: &Mirrors,
+    plan: Plan,
+    paths: &Arc<Vec<PathBuf>>,
+    concurrency: usize,
+    progress: &Arc<dyn Progress>,
+) -> Result<(u64, u64), RestoreError> {
+    let to_write: u64 = plan
+        .needed
         .values()
         .map(|(size, slots)| size * slots.len() as u64)
         .sum();
     progress.start("restore", to_write);
     let fetched = AtomicU64::new(0);
-    let chunks_fetched = AtomicU64::new(0);
-    futures::stream::iter(needed)
-        .map(|(digest, (size, slots))| {
-            let (paths, progress, fetched, chunks_fetched) = (&paths, &progress, &fetched, &chunks_fetched);
+    let chunks = plan.needed.len() as u64;
+    futures::stream::iter(plan.needed)
+        .map(|(blake3, (size, slots))| {
+            let (paths, fetched) = (paths.clone(), &fetched);
             async move {
-                let plain = mirrors
-                    .chunk(&qsync_core::manifest::ChunkRef { blake3: digest, size })
-                    .await?;
+                let plain = mirrors.chunk(&ChunkRef { blake3, size }).await?;
                 fetched.fetch_add(size, Ordering::Relaxed);
-                chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                let paths = paths.clone();
                 let n = slots.len() as u64;
                 blocking(move || {
                     for s in &slots {
@@ -196,13 +238,20 @@ pub async fn restore(
                 Ok::<_, RestoreError>(())
             }
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .try_collect::<()>()
         .await?;
     progress.finish();
-    tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {} bytes", fetched.load(Ordering::Relaxed));
+    Ok((fetched.into_inner(), chunks))
+}
 
-    // Seal: whole-file digests, modes, fsync; then the marker, then trust.
+/// Whole-file digests, modes and fsync of every file and directory.
+async fn seal(
+    root: &Path,
+    manifest: &Arc<Manifest>,
+    paths: &Arc<Vec<PathBuf>>,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), RestoreError> {
     progress.start("verify", manifest.total_bytes());
     futures::stream::iter(0..manifest.files.len())
         .map(|i| {
@@ -213,27 +262,8 @@ pub async fn restore(
         .try_collect::<()>()
         .await?;
     progress.finish();
-    {
-        let (root, m) = (root.clone(), manifest.clone());
-        blocking(move || seal_dirs(&root, &m)).await?;
-    }
-    tracing::info!(elapsed = ?clock.elapsed(), "sealed: every file verified and synced");
-    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
-    dest::remove_marker(&root, PARTIAL)?;
-    trust.advance(&pointer, vk)?;
-
-    Ok(RestoreSummary {
-        chain: opts.chain.to_string(),
-        version: pointer.current.version,
-        height: manifest.chain.height,
-        files: manifest.files.len() as u64,
-        bytes_total: manifest.total_bytes(),
-        bytes_fetched: fetched.into_inner(),
-        bytes_reused: reused,
-        chunks_fetched: chunks_fetched.into_inner(),
-        removed,
-        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
-    })
+    let (root, m) = (root.to_path_buf(), manifest.clone());
+    blocking(move || seal_dirs(&root, &m)).await
 }
 
 async fn blocking<T: Send + 'static>(
@@ -260,12 +290,12 @@ fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreErro
 
 fn check_manifest(
     m: &Manifest,
-    version: &u64,
+    version: u64,
     chain: &ChainName,
     now: Timestamp,
     allow_expired: bool,
 ) -> Result<(), RestoreError> {
-    if &m.chain.name != chain || m.version != *version {
+    if &m.chain.name != chain || m.version != version {
         return Err(FormatError::Invalid(format!(
             "manifest is for chain {} version {}, but the pointer promised chain {chain} version {version}; the store is inconsistent or tampered with",
             m.chain.name, m.version
