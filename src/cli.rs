@@ -114,6 +114,10 @@ pub struct RestoreArgs {
     /// the snapshot are deleted.
     #[arg(long, env = "QSYNC_FORCE")]
     pub force: bool,
+    /// Hash everything already in the destination instead of trusting the
+    /// resume journal and the index of the last completed restore.
+    #[arg(long, env = "QSYNC_VERIFY_EXISTING")]
+    pub verify_existing: bool,
     /// Chunks in flight at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,

@@ -137,6 +137,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         allow_expired: a.allow_expired,
         force: a.force,
         concurrency: a.concurrency,
+        verify_existing: a.verify_existing,
     };
     let started = std::time::Instant::now();
     let s = qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json))

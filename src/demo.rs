@@ -119,6 +119,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
         allow_expired: false,
         force: false,
         concurrency: 8,
+        verify_existing: false,
     };
     let restored = qsync_fetcher::restore(
         &Mirrors::new(vec![open_source(&url)?]),

@@ -66,6 +66,23 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     assert!(!dest.join(".qsync-restore.partial.json").exists());
 }
 
+/// Bytes of the chunks the journal in `dest` records as written.
+fn journaled_bytes(env: &Env, dest: &std::path::Path) -> u64 {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(dest.join(".qsync-restore.journal")).unwrap();
+    let mut done = std::collections::HashSet::new();
+    for line in text.lines().skip(1).filter(|l| l.ends_with('}')) {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let f = rec["f"].as_u64().unwrap() as usize;
+        let chunks = m["files"][f]["chunks"].as_array().unwrap();
+        match rec["c"].as_array() {
+            Some(c) => done.extend(c.iter().map(|i| (f, i.as_u64().unwrap() as usize))),
+            None => done.extend((0..chunks.len()).map(|i| (f, i))),
+        }
+    }
+    done.iter().map(|(f, c)| m["files"][*f]["chunks"][*c]["size"].as_u64().unwrap()).sum()
+}
+
 #[test]
 fn file_changing_during_snapshot_fails_and_keeps_previous_pointer() {
     let env = Env::new();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -83,6 +84,41 @@ fn top_up_fetches_only_changes_and_removes_extras() {
     assert!(r["bytes_fetched"].as_u64().unwrap() <= changed, "{r}");
     assert!(r["bytes_reused"].as_u64().unwrap() >= 20 << 20, "{r}");
     assert!(r["removed"].as_u64().unwrap() >= 3, "{r}");
+}
+
+#[test]
+fn top_up_repairs_what_the_node_changed_and_verify_existing_rechecks_all() {
+    let env = Env::new();
+    let src = env.path("src");
+    fixture(&src);
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+
+    // The node appended to one file (its mtime moves): a plain top-up repairs it.
+    let log = dest.join("db/text.log");
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"more\n").unwrap();
+    let r = env.restore("eth", &dest);
+    assert_eq!(tree(&src), tree(&dest));
+    assert!(r["bytes_fetched"].as_u64().unwrap() <= 700_000, "{r}");
+
+    // Bit rot that keeps size and mtime is invisible to the index (documented);
+    // --verify-existing hashes everything and repairs it.
+    let big = dest.join("db/big.sst");
+    let mtime = std::fs::metadata(&big).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"rot", 12345).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let trusted = env.restore("eth", &dest);
+    assert_eq!(trusted["bytes_fetched"], 0, "{trusted}");
+    let mut c = env.restore_cmd(env.store.to_str().unwrap(), "eth", &dest);
+    c.arg("--verify-existing");
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["bytes_fetched"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(tree(&src), tree(&dest));
 }
 
 #[test]

@@ -21,8 +21,14 @@ pub const MANIFEST_FORMAT: &str = "qsync-manifest/1";
 pub const COMPRESS_ABOVE: usize = 64 * 1024;
 /// Largest decoded manifest a reader accepts (about 20 million chunks).
 pub const MAX_MANIFEST_BYTES: u64 = 2 << 30;
-/// Names at the root of a destination that qsync owns; never part of a snapshot.
-pub const RESERVED_NAMES: [&str; 2] = [".qsync-restore.json", ".qsync-restore.partial.json"];
+/// Names at the root of a destination that qsync owns (completion marker,
+/// in-progress marker, resume journal, file index); never part of a snapshot.
+pub const RESERVED_NAMES: [&str; 4] = [
+    ".qsync-restore.json",
+    ".qsync-restore.partial.json",
+    ".qsync-restore.journal",
+    ".qsync-restore.index.json",
+];
 
 /// What the snapshot is of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,10 @@ use crate::RestoreError;
 pub const MARKER: &str = RESERVED_NAMES[0];
 /// Name of the in-progress marker.
 pub const PARTIAL: &str = RESERVED_NAMES[1];
+/// Name of the resume journal.
+pub const JOURNAL: &str = RESERVED_NAMES[2];
+/// Name of the file index of the last completed restore.
+pub const INDEX: &str = RESERVED_NAMES[3];
 
 /// Contents of both markers.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 pub mod dest;
 pub mod error;
 pub mod inspect;
+pub mod journal;
 pub mod mirrors;
 pub mod restore;
 

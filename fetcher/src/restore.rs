@@ -9,7 +9,7 @@
 //! file against the manifest, fsyncs, and only then writes the completion
 //! marker and advances the trust state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use qsync_core::{ChainName, Digest, FormatError};
 use serde::Serialize;
 
 use crate::dest::{self, Marker, MARKER, PARTIAL};
+use crate::journal::{self, DoneSet, Index, IndexEntry, Journal};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
@@ -45,6 +46,9 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Chunks in flight at once.
     pub concurrency: usize,
+    /// Hash everything already in the destination instead of trusting the
+    /// resume journal and the index of the last completed restore.
+    pub verify_existing: bool,
 }
 
 /// The `--json` summary of a restore.
@@ -75,7 +79,8 @@ pub struct RestoreSummary {
 /// Where one chunk goes.
 #[derive(Clone, Copy)]
 struct Slot {
-    file: usize,
+    file: u32,
+    chunk: u32,
     offset: u64,
 }
 
@@ -87,6 +92,21 @@ struct Plan {
     reused: u64,
     /// How much the files must grow on disk.
     growth: u64,
+    /// Files this run changes (written, truncated or created); only these
+    /// are re-hashed at the seal.
+    touched: Vec<bool>,
+    /// What planning verified by reading, for the journal.
+    verified: Vec<(u32, Option<Vec<u32>>)>,
+}
+
+/// How planning learned what a file holds.
+enum Known {
+    /// Every chunk, from the journal or the index: nothing read.
+    Trusted,
+    /// These chunks, from the journal of this very manifest: nothing read.
+    Journaled(HashSet<u32>),
+    /// These chunks, by hashing the file's current contents.
+    Hashed(Vec<bool>),
 }
 
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
@@ -119,7 +139,17 @@ pub async fn restore(
         blocking(move || layout(&root, &m)).await?
     };
     let paths = Arc::new(paths);
-    let plan = plan(&manifest, &paths).await?;
+    let (mut journal, done) = journal::Journal::open(&root, &pointer.current.manifest_blake3)?;
+    let index = Arc::new(if opts.verify_existing {
+        Index::default()
+    } else {
+        Index::load(&root)
+    });
+    let done = (!opts.verify_existing).then(|| Arc::new(done));
+    let plan = plan(&manifest, &paths, done, index).await?;
+    if !plan.verified.is_empty() {
+        journal.record(&plan.verified)?;
+    }
     let free = dest::free_space(&root)?;
     if plan.growth + SPACE_MARGIN > free {
         return Err(RestoreError::Dest {
@@ -137,19 +167,33 @@ pub async fn restore(
         manifest.total_bytes(),
         plan.needed.len()
     );
-    for (i, f) in manifest.files.iter().enumerate() {
+    for (i, f) in manifest
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| plan.touched[*i])
+    {
         let (path, size) = (paths[i].clone(), f.size);
         blocking(move || presize(&path, size)).await?;
     }
 
-    let reused = plan.reused;
-    let (bytes_fetched, chunks_fetched) =
-        fetch_and_write(mirrors, plan, &paths, opts.concurrency, &progress).await?;
+    let (reused, touched) = (plan.reused, Arc::new(plan.touched.clone()));
+    let (bytes_fetched, chunks_fetched, journal) =
+        fetch_and_write(mirrors, plan, &paths, journal, opts.concurrency, &progress).await?;
     tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
-    seal(&root, &manifest, &paths, &progress).await?;
-    tracing::info!(elapsed = ?clock.elapsed(), "sealed: every file verified and synced");
+    let index = match seal(&root, &manifest, &paths, &touched, &progress).await {
+        Ok(index) => index,
+        Err(e) => {
+            // Never let a journal vouch for data that failed its final check.
+            journal.remove()?;
+            return Err(e);
+        }
+    };
+    tracing::info!(elapsed = ?clock.elapsed(), "sealed: changed files verified, everything synced");
+    Index::save(&root, index)?;
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
     dest::remove_marker(&root, PARTIAL)?;
+    journal.remove()?;
     trust.advance(&pointer, vk)?;
 
     Ok(RestoreSummary {
@@ -166,12 +210,33 @@ pub async fn restore(
     })
 }
 
-/// Hashes what the destination already holds and lists what is missing.
-async fn plan(manifest: &Arc<Manifest>, paths: &Arc<Vec<PathBuf>>) -> Result<Plan, RestoreError> {
-    let checked: Vec<(usize, Vec<bool>, u64)> = futures::stream::iter(0..manifest.files.len())
+/// Works out what the destination already holds (from the journal of this
+/// manifest, the index of the last completed restore, or by hashing) and
+/// lists what is missing. `done` is `None` under `--verify-existing`.
+async fn plan(
+    manifest: &Arc<Manifest>,
+    paths: &Arc<Vec<PathBuf>>,
+    done: Option<Arc<DoneSet>>,
+    index: Arc<Index>,
+) -> Result<Plan, RestoreError> {
+    let checked: Vec<(usize, Known, Option<u64>)> = futures::stream::iter(0..manifest.files.len())
         .map(|i| {
-            let (m, paths) = (manifest.clone(), paths.clone());
-            blocking(move || plan_file(&paths[i], &m.files[i]).map(|(ok, have)| (i, ok, have)))
+            let (m, paths, done, index) = (manifest.clone(), paths.clone(), done.clone(), index.clone());
+            blocking(move || {
+                let (f, path) = (&m.files[i], &paths[i]);
+                let have = std::fs::symlink_metadata(path).ok().map(|m| m.len());
+                // A partial restore sizes every file before writing into it, so a
+                // journaled file of another size was changed since: hash it.
+                let sized = have == Some(f.size);
+                let journaled = done.as_deref().and_then(|d| d.get(&(i as u32)));
+                let known = match journaled {
+                    Some(None) if sized => Known::Trusted,
+                    _ if done.is_some() && index.unchanged(path, f) => Known::Trusted,
+                    Some(Some(set)) if sized => Known::Journaled(set.clone()),
+                    _ => Known::Hashed(hash_existing(path, f)?),
+                };
+                Ok((i, known, have))
+            })
         })
         .buffered(2)
         .try_collect()
@@ -180,33 +245,57 @@ async fn plan(manifest: &Arc<Manifest>, paths: &Arc<Vec<PathBuf>>) -> Result<Pla
         needed: HashMap::new(),
         reused: 0,
         growth: 0,
+        touched: vec![false; manifest.files.len()],
+        verified: Vec::new(),
     };
-    for (i, ok, have) in checked {
+    for (i, known, have) in checked {
         let f = &manifest.files[i];
-        plan.growth += f.size.saturating_sub(have);
+        let ok = |c: usize| match &known {
+            Known::Trusted => true,
+            Known::Journaled(set) => set.contains(&(c as u32)),
+            Known::Hashed(ok) => ok[c],
+        };
+        plan.growth += f.size.saturating_sub(have.unwrap_or(0));
+        plan.touched[i] = have != Some(f.size);
+        let mut good = Vec::new();
         let mut offset = 0;
-        for (c, good) in f.chunks.iter().zip(ok) {
-            if good {
-                plan.reused += c.size;
+        for (c, chunk) in f.chunks.iter().enumerate() {
+            if ok(c) {
+                plan.reused += chunk.size;
+                good.push(c as u32);
             } else {
-                let entry = plan.needed.entry(c.blake3).or_insert((c.size, Vec::new()));
-                entry.1.push(Slot { file: i, offset });
+                plan.touched[i] = true;
+                let entry = plan
+                    .needed
+                    .entry(chunk.blake3)
+                    .or_insert((chunk.size, Vec::new()));
+                entry.1.push(Slot {
+                    file: i as u32,
+                    chunk: c as u32,
+                    offset,
+                });
             }
-            offset += c.size;
+            offset += chunk.size;
+        }
+        if let Known::Hashed(_) = known {
+            let all = good.len() == f.chunks.len();
+            plan.verified.push((i as u32, (!all).then_some(good)));
         }
     }
     Ok(plan)
 }
 
-/// Fetches every needed chunk once and writes it wherever it goes. Returns
-/// plaintext bytes and chunks fetched.
+/// Fetches every needed chunk once and writes it wherever it goes, while a
+/// flusher syncs the written files and journals the chunks every half
+/// second. Returns plaintext bytes and chunks fetched, and the journal.
 async fn fetch_and_write(
     mirrors: &Mirrors,
     plan: Plan,
     paths: &Arc<Vec<PathBuf>>,
+    journal: Journal,
     concurrency: usize,
     progress: &Arc<dyn Progress>,
-) -> Result<(u64, u64), RestoreError> {
+) -> Result<(u64, u64, Journal), RestoreError> {
     let to_write: u64 = plan
         .needed
         .values()
@@ -215,55 +304,127 @@ async fn fetch_and_write(
     progress.start("restore", to_write);
     let fetched = AtomicU64::new(0);
     let chunks = plan.needed.len() as u64;
-    futures::stream::iter(plan.needed)
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
+    let flusher = tokio::spawn(flush_journal(rx, journal, paths.clone()));
+    let result = futures::stream::iter(plan.needed)
         .map(|(blake3, (size, slots))| {
-            let (paths, fetched) = (paths.clone(), &fetched);
+            let (paths, fetched, tx) = (paths.clone(), &fetched, tx.clone());
             async move {
                 let plain = mirrors.chunk(&ChunkRef { blake3, size }).await?;
                 fetched.fetch_add(size, Ordering::Relaxed);
                 let n = slots.len() as u64;
-                blocking(move || {
+                let slots = blocking(move || {
                     for s in &slots {
-                        let p = &paths[s.file];
+                        let p = &paths[s.file as usize];
                         let f = std::fs::OpenOptions::new()
                             .write(true)
                             .open(p)
                             .map_err(RestoreError::io(p))?;
                         f.write_all_at(&plain, s.offset).map_err(RestoreError::io(p))?;
                     }
-                    Ok(())
+                    Ok(slots)
                 })
                 .await?;
+                let _ = tx.send(slots);
                 progress.advance(size * n);
                 Ok::<_, RestoreError>(())
             }
         })
         .buffer_unordered(concurrency.max(1))
         .try_collect::<()>()
-        .await?;
+        .await;
+    drop(tx);
+    // Journal what was written even when the run failed: the rerun keeps it.
+    let journal = flusher.await.expect("flusher does not panic")?;
+    result?;
     progress.finish();
-    Ok((fetched.into_inner(), chunks))
+    Ok((fetched.into_inner(), chunks, journal))
 }
 
-/// Whole-file digests, modes and fsync of every file and directory.
+/// Batches written slots; every 500 ms fdatasyncs the files they touched,
+/// then appends them to the journal. Returns the journal when `rx` closes.
+async fn flush_journal(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Slot>>,
+    journal: Journal,
+    paths: Arc<Vec<PathBuf>>,
+) -> Result<Journal, RestoreError> {
+    let journal = Arc::new(std::sync::Mutex::new(journal));
+    let mut open = true;
+    while open {
+        let mut batch: Vec<Slot> = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(slots)) => batch.extend(slots),
+                Ok(None) => {
+                    open = false;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let (journal, paths) = (journal.clone(), paths.clone());
+        blocking(move || {
+            let mut by_file: HashMap<u32, Vec<u32>> = HashMap::new();
+            for s in batch {
+                by_file.entry(s.file).or_default().push(s.chunk);
+            }
+            for f in by_file.keys() {
+                let p = &paths[*f as usize];
+                std::fs::File::open(p)
+                    .and_then(|f| f.sync_data())
+                    .map_err(RestoreError::io(p))?;
+            }
+            let entries: Vec<_> = by_file.into_iter().map(|(f, c)| (f, Some(c))).collect();
+            journal.lock().expect("not poisoned").record(&entries)
+        })
+        .await?;
+    }
+    Ok(Arc::into_inner(journal)
+        .expect("flusher holds the last reference")
+        .into_inner()
+        .expect("not poisoned"))
+}
+
+/// Verifies whole-file digests of the files this run changed, applies
+/// modes, fsyncs files and directories, and returns the index entries for
+/// the next top-up.
 async fn seal(
     root: &Path,
     manifest: &Arc<Manifest>,
     paths: &Arc<Vec<PathBuf>>,
+    touched: &Arc<Vec<bool>>,
     progress: &Arc<dyn Progress>,
-) -> Result<(), RestoreError> {
-    progress.start("verify", manifest.total_bytes());
-    futures::stream::iter(0..manifest.files.len())
+) -> Result<HashMap<String, IndexEntry>, RestoreError> {
+    let to_hash = manifest
+        .files
+        .iter()
+        .zip(touched.iter())
+        .filter(|(_, t)| **t)
+        .map(|(f, _)| f.size)
+        .sum();
+    progress.start("verify", to_hash);
+    let entries: Vec<(String, IndexEntry)> = futures::stream::iter(0..manifest.files.len())
         .map(|i| {
-            let (m, paths, progress) = (manifest.clone(), paths.clone(), progress.clone());
-            blocking(move || seal_file(&paths[i], &m.files[i], progress.as_ref()))
+            let (m, paths, touched, progress) =
+                (manifest.clone(), paths.clone(), touched.clone(), progress.clone());
+            blocking(move || {
+                let (f, path) = (&m.files[i], &paths[i]);
+                seal_file(path, f, touched[i], progress.as_ref())?;
+                let meta = std::fs::metadata(path).map_err(RestoreError::io(path))?;
+                Ok((f.path.clone(), IndexEntry::new(f.blake3, &meta)))
+            })
         })
         .buffer_unordered(2)
-        .try_collect::<()>()
+        .try_collect()
         .await?;
     progress.finish();
     let (root, m) = (root.to_path_buf(), manifest.clone());
-    blocking(move || seal_dirs(&root, &m)).await
+    blocking(move || seal_dirs(&root, &m)).await?;
+    Ok(entries.into_iter().collect())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -330,12 +491,11 @@ fn layout(root: &Path, m: &Manifest) -> Result<(u64, Vec<PathBuf>), RestoreError
     Ok((removed, paths))
 }
 
-/// For each chunk of `f`: does the file at `path` already hold it? Also
-/// returns the file's current length.
-fn plan_file(path: &Path, f: &FileEntry) -> Result<(Vec<bool>, u64), RestoreError> {
+/// For each chunk of `f`: does the file at `path` already hold it?
+fn hash_existing(path: &Path, f: &FileEntry) -> Result<Vec<bool>, RestoreError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![false; f.chunks.len()], 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![false; f.chunks.len()]),
         Err(e) => return Err(RestoreError::io(path)(e)),
     };
     let have = file.metadata().map_err(RestoreError::io(path))?.len();
@@ -352,7 +512,7 @@ fn plan_file(path: &Path, f: &FileEntry) -> Result<(Vec<bool>, u64), RestoreErro
         ok.push(present);
         offset += c.size;
     }
-    Ok((ok, have))
+    Ok(ok)
 }
 
 /// Creates or truncates/extends `path` to `size`, reserving the blocks.
@@ -377,9 +537,16 @@ fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Verifies the whole-file digest, applies the mode, and fsyncs.
-fn seal_file(path: &Path, f: &FileEntry, progress: &dyn Progress) -> Result<(), RestoreError> {
+/// Applies the mode and fsyncs; for a file this run changed, first verifies
+/// the whole-file digest (chunk digests were checked as they landed; this
+/// catches a chunk written at the wrong place).
+fn seal_file(path: &Path, f: &FileEntry, changed: bool, progress: &dyn Progress) -> Result<(), RestoreError> {
     let file = std::fs::File::open(path).map_err(RestoreError::io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777))
+        .map_err(RestoreError::io(path))?;
+    if !changed {
+        return Ok(());
+    }
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
@@ -400,8 +567,6 @@ fn seal_file(path: &Path, f: &FileEntry, progress: &dyn Progress) -> Result<(), 
         }
         .into());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777))
-        .map_err(RestoreError::io(path))?;
     file.sync_all().map_err(RestoreError::io(path))
 }
 
