@@ -53,13 +53,22 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
         killed_mid_flight >= 2,
         "restores finished too fast to be interrupted"
     );
+    let journaled = journaled_bytes(&env, &dest);
+    assert!(journaled > 0, "nothing was journaled before the kills");
 
     let out = env.restore_cmd(&server.url, "eth", &dest).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The rerun trusts exactly what the journal recorded and fetches the rest.
+    assert_eq!(r["bytes_reused"].as_u64().unwrap(), journaled, "{r}");
+    assert_eq!(
+        r["bytes_fetched"].as_u64().unwrap() + journaled,
+        r["bytes_total"].as_u64().unwrap(),
+        "{r}"
+    );
     assert!(
-        r["bytes_reused"].as_u64().unwrap() > 0,
-        "rerun refetched everything: {r}"
+        !dest.join(".qsync-restore.journal").exists(),
+        "journal left after completion"
     );
     assert_eq!(tree(&src), tree(&dest));
     assert!(has_marker(&dest));
@@ -68,7 +77,8 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
 
 /// Bytes of the chunks the journal in `dest` records as written.
 fn journaled_bytes(env: &Env, dest: &std::path::Path) -> u64 {
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
     let text = std::fs::read_to_string(dest.join(".qsync-restore.journal")).unwrap();
     let mut done = std::collections::HashSet::new();
     for line in text.lines().skip(1).filter(|l| l.ends_with('}')) {
@@ -80,7 +90,9 @@ fn journaled_bytes(env: &Env, dest: &std::path::Path) -> u64 {
             None => done.extend((0..chunks.len()).map(|i| (f, i))),
         }
     }
-    done.iter().map(|(f, c)| m["files"][*f]["chunks"][*c]["size"].as_u64().unwrap()).sum()
+    done.iter()
+        .map(|(f, c)| m["files"][*f]["chunks"][*c]["size"].as_u64().unwrap())
+        .sum()
 }
 
 #[test]

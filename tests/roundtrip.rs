@@ -97,7 +97,12 @@ fn top_up_repairs_what_the_node_changed_and_verify_existing_rechecks_all() {
 
     // The node appended to one file (its mtime moves): a plain top-up repairs it.
     let log = dest.join("db/text.log");
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"more\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
     let r = env.restore("eth", &dest);
     assert_eq!(tree(&src), tree(&dest));
     assert!(r["bytes_fetched"].as_u64().unwrap() <= 700_000, "{r}");
