@@ -75,8 +75,8 @@ pub struct SnapshotArgs {
     #[arg(long, env = "QSYNC_EXPIRES_IN", default_value = "14d", value_parser = humantime::parse_duration)]
     pub expires_in: Duration,
     /// How long the snapshot itself stays restorable (manifest expiry; at least --expires-in).
-    #[arg(long, env = "QSYNC_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
-    pub max_age: Duration,
+    #[arg(long, env = "QSYNC_LIFETIME", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
     /// Average chunk size in KiB (min = 1/4, max = 4x; 256-4096). Smaller
     /// suits databases rewritten in place (MDBX); keep it fixed per chain.
     #[arg(long, env = "QSYNC_CHUNK_SIZE", default_value_t = 4096)]
@@ -118,12 +118,26 @@ pub struct RestoreArgs {
     /// resume journal and the index of the last completed restore.
     #[arg(long, env = "QSYNC_VERIFY_EXISTING")]
     pub verify_existing: bool,
+    /// Mirror timeouts.
+    #[command(flatten)]
+    pub timeouts: Timeouts,
     /// Chunks in flight at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Print one JSON summary on stdout.
     #[arg(long, env = "QSYNC_JSON")]
     pub json: bool,
+}
+
+/// How long chunk requests may take.
+#[derive(Args, Debug)]
+pub struct Timeouts {
+    /// Longest one request to a mirror may take before it counts as failed.
+    #[arg(long, env = "QSYNC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Longest one chunk may take across all mirrors and retries before the run fails.
+    #[arg(long, env = "QSYNC_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
 }
 
 /// `qsync verify`.
@@ -138,6 +152,9 @@ pub struct VerifyArgs {
     /// Chain to check.
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
+    /// Mirror timeouts.
+    #[command(flatten)]
+    pub timeouts: Timeouts,
     /// Chunks checked at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,

@@ -11,7 +11,7 @@ use qsync_cdn::{open_sink, open_source};
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
 use qsync_core::ChainName;
-use qsync_fetcher::{inspect, Mirrors, RestoreError, RestoreOptions};
+use qsync_fetcher::{inspect, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
 use qsync_snapshotter::{SnapshotError, SnapshotOptions};
 
 use crate::cli::*;
@@ -76,7 +76,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.height = a.height;
     opts.block_hash = a.block_hash;
     opts.expires_in = a.expires_in;
-    opts.max_age = a.max_age;
+    opts.lifetime = a.lifetime;
     opts.concurrency = a.concurrency;
     let avg = a.chunk_size.saturating_mul(1024);
     opts.chunker.min_size = avg / 4;
@@ -113,12 +113,17 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     Ok(())
 }
 
-fn mirrors(from: &[String]) -> Result<Mirrors> {
+fn mirrors(from: &[String], t: Option<&Timeouts>) -> Result<Mirrors> {
     let sources = from
         .iter()
         .map(|u| open_source(u))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Mirrors::new(sources))
+    let opts = t.map_or_else(MirrorOptions::default, |t| MirrorOptions {
+        attempt_timeout: t.timeout,
+        deadline: t.deadline,
+        ..MirrorOptions::default()
+    });
+    Ok(Mirrors::with_options(sources, opts))
 }
 
 fn state_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
@@ -129,7 +134,7 @@ fn state_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 async fn restore(a: RestoreArgs) -> Result<()> {
     let chain = ChainName::new(a.chain)?;
     let vk = VerifyingKey::load(&a.public_key)?;
-    let m = mirrors(&a.from)?;
+    let m = mirrors(&a.from, Some(&a.timeouts))?;
     let opts = RestoreOptions {
         chain: chain.clone(),
         dest: a.dest.clone(),
@@ -152,6 +157,13 @@ async fn restore(a: RestoreArgs) -> Result<()> {
     if a.json {
         print_json(&s)?;
     } else {
+        for m in s.mirrors.iter().filter(|_| s.mirrors.len() > 1) {
+            let demoted = if m.demoted { " (demoted)" } else { "" };
+            println!(
+                "  mirror {}: {} chunks, {} bytes, {} errors, {} corrupt{demoted}",
+                m.location, m.chunks, m.bytes, m.errors, m.corrupt
+            );
+        }
         println!(
             "restored {} version {} into {} ({} files, {} bytes: fetched {}, kept {}, removed {} stale entries) in {:.1?}",
             s.chain, s.version, a.dest.display(), s.files, s.bytes_total, s.bytes_fetched, s.bytes_reused, s.removed,
@@ -164,7 +176,13 @@ async fn restore(a: RestoreArgs) -> Result<()> {
 async fn verify(a: VerifyArgs) -> Result<()> {
     let chain = ChainName::new(a.chain)?;
     let vk = VerifyingKey::load(&a.public_key)?;
-    let m = mirrors(std::slice::from_ref(&a.from))?;
+    let sources = vec![open_source(&a.from)?];
+    let opts = MirrorOptions {
+        attempt_timeout: a.timeouts.timeout,
+        deadline: a.timeouts.deadline,
+        demote_corrupt: false,
+    };
+    let m = Mirrors::with_options(sources, opts);
     let r = inspect::verify_store(&m, &vk, &chain, a.concurrency).await?;
     if a.json {
         print_json(&r)?;
@@ -196,7 +214,7 @@ async fn verify(a: VerifyArgs) -> Result<()> {
 async fn ls(a: LsArgs) -> Result<()> {
     let vk = VerifyingKey::load(&a.public_key)?;
     let chain = a.chain.map(ChainName::new).transpose()?;
-    let m = mirrors(std::slice::from_ref(&a.from))?;
+    let m = mirrors(std::slice::from_ref(&a.from), None)?;
     let pointers = inspect::list(&m, &vk, chain.as_ref()).await?;
     if a.json {
         return print_json(&pointers);

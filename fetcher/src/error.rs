@@ -18,6 +18,14 @@ pub enum RestoreError {
         /// Mirrors consulted.
         locations: String,
     },
+    /// Every mirror was demoted for serving corrupt data.
+    #[error("no mirror left to fetch {chunk}: every mirror ({locations}) served corrupt data this run; check the mirrors with `qsync verify`")]
+    NoMirror {
+        /// The chunk wanted.
+        chunk: String,
+        /// Mirrors configured.
+        locations: String,
+    },
     /// Data failed a signature, digest, freshness, rollback or safety rule.
     #[error(transparent)]
     Refused(#[from] FormatError),
@@ -58,7 +66,7 @@ impl RestoreError {
     /// Process exit code for this error (documented in docs/operations.md).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RestoreError::Refused(_) | RestoreError::BadObjects { .. } => 3,
+            RestoreError::Refused(_) | RestoreError::BadObjects { .. } | RestoreError::NoMirror { .. } => 3,
             RestoreError::Dest { .. } => 4,
             RestoreError::NoSnapshot { .. } => 5,
             RestoreError::Store(_) | RestoreError::Io { .. } => 1,

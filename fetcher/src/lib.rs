@@ -15,5 +15,5 @@ pub mod mirrors;
 pub mod restore;
 
 pub use error::RestoreError;
-pub use mirrors::Mirrors;
+pub use mirrors::{MirrorOptions, MirrorReport, Mirrors};
 pub use restore::{restore, RestoreOptions, RestoreSummary};

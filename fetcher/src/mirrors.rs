@@ -1,52 +1,156 @@
-//! The `--from` stores of one run, read as one: signed objects may come from
-//! any of them (the signature decides), chunks from whichever delivers.
+//! The `--from` stores of one run, read as one.
 //!
-//! A transient failure is retried with backoff on the same mirror; anything
-//! else, including a chunk whose bytes do not match its digest, moves on to
-//! the next mirror. Chunk requests start at a different mirror each time to
-//! spread load. Adaptive mirror ranking is future work.
+//! Signed objects (pointer, manifest) may come from any mirror: the signature
+//! decides, and the newest valid pointer wins. Chunks go to the mirror
+//! expected to deliver soonest: each mirror's throughput is tracked as a
+//! moving average and divided among its requests in flight; mirrors not yet
+//! measured are tried first so that every mirror gets measured. A request
+//! that takes four times longer than expected is hedged on another mirror,
+//! and the first good copy wins, so one slow or stalled mirror never holds up
+//! the restore while another works. Failures put a mirror in a jittered,
+//! growing cooldown; a mirror that serves a corrupt copy is demoted for the
+//! rest of the run. A chunk that no mirror delivers within the deadline
+//! fails the restore.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use qsync_cdn::signed::get_signed;
 use qsync_cdn::{ObjectSource, StoreError};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::{chunk, ChainName, Digest, FormatError, ObjectKey};
+use serde::Serialize;
 
 use crate::RestoreError;
 
-/// Attempts per mirror for retryable failures.
-const ATTEMPTS: u32 = 3;
+/// Timeouts of chunk fetching.
+#[derive(Clone, Copy, Debug)]
+pub struct MirrorOptions {
+    /// Longest one request may take before it counts as failed.
+    pub attempt_timeout: Duration,
+    /// Longest one chunk may take across all mirrors and retries.
+    pub deadline: Duration,
+    /// Stop using a mirror once it served a corrupt copy. Off for
+    /// `qsync verify`, which must look at every object of its one store.
+    pub demote_corrupt: bool,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        MirrorOptions {
+            attempt_timeout: Duration::from_secs(30),
+            deadline: Duration::from_secs(600),
+            demote_corrupt: true,
+        }
+    }
+}
+
+/// What one mirror did during a run (part of `restore --json`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MirrorReport {
+    /// Store location.
+    pub location: String,
+    /// Stored bytes of chunks received and accepted.
+    pub bytes: u64,
+    /// Chunks delivered.
+    pub chunks: u64,
+    /// Failed requests (errors, timeouts, missing objects).
+    pub errors: u64,
+    /// Copies that failed verification.
+    pub corrupt: u64,
+    /// Demoted for serving a corrupt copy.
+    pub demoted: bool,
+}
+
+#[derive(Default)]
+struct Health {
+    report: MirrorReport,
+    /// Moving average of bytes per second per request; `None` until measured.
+    rate: Option<f64>,
+    failures_in_row: u32,
+    cooldown_until: Option<Instant>,
+}
+
+struct Mirror {
+    source: Arc<dyn ObjectSource>,
+    health: Mutex<Health>,
+    in_flight: AtomicU32,
+}
+
+/// Decrements a mirror's in-flight count when a request ends or is dropped.
+struct InFlight<'a>(&'a Mirror);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// One or more stores holding the same chain.
 pub struct Mirrors {
-    sources: Vec<Arc<dyn ObjectSource>>,
-    next: AtomicUsize,
+    mirrors: Vec<Mirror>,
+    opts: MirrorOptions,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Good(Vec<u8>),
+    /// `permanent`: retrying this mirror for this chunk cannot help (a
+    /// corrupt copy, a missing object, a client error).
+    Failed {
+        error: RestoreError,
+        permanent: bool,
+    },
 }
 
 impl Mirrors {
-    /// The mirrors, in preference order. Panics on an empty list.
+    /// The mirrors, in preference order, with default timeouts. Panics on an empty list.
     pub fn new(sources: Vec<Arc<dyn ObjectSource>>) -> Self {
+        Self::with_options(sources, MirrorOptions::default())
+    }
+
+    /// The mirrors with explicit timeouts. Panics on an empty list.
+    pub fn with_options(sources: Vec<Arc<dyn ObjectSource>>, opts: MirrorOptions) -> Self {
         assert!(!sources.is_empty(), "at least one mirror");
-        Mirrors {
-            sources,
-            next: AtomicUsize::new(0),
-        }
+        let mirrors = sources
+            .into_iter()
+            .map(|source| Mirror {
+                health: Mutex::new(Health {
+                    report: MirrorReport {
+                        location: source.location(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+                source,
+                in_flight: AtomicU32::new(0),
+            })
+            .collect();
+        Mirrors { mirrors, opts }
     }
 
     /// The first mirror (for single-store commands).
     pub fn primary(&self) -> &dyn ObjectSource {
-        self.sources[0].as_ref()
+        self.mirrors[0].source.as_ref()
+    }
+
+    /// Per-mirror counters so far.
+    pub fn report(&self) -> Vec<MirrorReport> {
+        self.mirrors
+            .iter()
+            .map(|m| m.health.lock().expect("not poisoned").report.clone())
+            .collect()
     }
 
     /// Logs a mirror failure. With one mirror the error itself reaches the
     /// operator, so the log line would only repeat it.
     fn note(&self, mirror: &dyn ObjectSource, what: std::fmt::Arguments<'_>) {
-        if self.sources.len() > 1 {
+        if self.mirrors.len() > 1 {
             tracing::warn!(mirror = %mirror.location(), "{what}");
         } else {
             tracing::debug!(mirror = %mirror.location(), "{what}");
@@ -54,9 +158,9 @@ impl Mirrors {
     }
 
     fn locations(&self) -> String {
-        self.sources
+        self.mirrors
             .iter()
-            .map(|s| s.location())
+            .map(|m| m.source.location())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -66,8 +170,9 @@ impl Mirrors {
         let key = ObjectKey::pointer(chain);
         let mut best: Option<Pointer> = None;
         let mut last_err = None;
-        for s in &self.sources {
-            match get_signed(s.as_ref(), &key, vk).await {
+        for m in &self.mirrors {
+            let s = m.source.as_ref();
+            match get_signed(s, &key, vk).await {
                 Ok(Some(bytes)) => {
                     let p = Pointer::decode(&bytes, &format!("{key} in {}", s.location()))?;
                     if &p.chain != chain {
@@ -87,7 +192,7 @@ impl Mirrors {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.note(s.as_ref(), format_args!("pointer unusable: {e}"));
+                    self.note(s, format_args!("pointer unusable: {e}"));
                     last_err = Some(e);
                 }
             }
@@ -106,10 +211,11 @@ impl Mirrors {
     pub async fn manifest(&self, snap: &SnapshotRef, vk: &VerifyingKey) -> Result<Manifest, RestoreError> {
         let key = &snap.manifest_key;
         let mut last: Option<RestoreError> = None;
-        for s in &self.sources {
+        for m in &self.mirrors {
+            let s = m.source.as_ref();
             let what = format!("{key} in {}", s.location());
             let attempt = async {
-                let bytes = get_signed(s.as_ref(), key, vk)
+                let bytes = get_signed(s, key, vk)
                     .await?
                     .ok_or_else(|| StoreError::NotFound {
                         location: s.location(),
@@ -132,7 +238,7 @@ impl Mirrors {
             match attempt.await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
-                    self.note(s.as_ref(), format_args!("manifest unusable: {e}"));
+                    self.note(s, format_args!("manifest unusable: {e}"));
                     last = Some(e);
                 }
             }
@@ -140,51 +246,173 @@ impl Mirrors {
         Err(last.expect("at least one mirror"))
     }
 
-    /// The plaintext of chunk `c`, verified, from the first mirror that has a good copy.
-    pub async fn chunk(&self, c: &ChunkRef) -> Result<Vec<u8>, RestoreError> {
+    /// Expected seconds for mirror `i` to deliver `size` more bytes; 0 when
+    /// not yet measured (so it gets tried).
+    fn expected_secs(&self, i: usize, size: u64) -> f64 {
+        let m = &self.mirrors[i];
+        let rate = m.health.lock().expect("not poisoned").rate;
+        rate.map_or(0.0, |r| {
+            (f64::from(m.in_flight.load(Ordering::Relaxed)) + 1.0) * size as f64 / r
+        })
+    }
+
+    /// The usable mirror expected to deliver soonest, skipping `tried`.
+    /// Mirrors in cooldown are used only when nothing else is left.
+    fn pick(&self, tried: &[usize], size: u64) -> Option<usize> {
+        let now = Instant::now();
+        let usable = |i: &usize, respect_cooldown: bool| {
+            let h = self.mirrors[*i].health.lock().expect("not poisoned");
+            let cooling = respect_cooldown && h.cooldown_until.is_some_and(|t| t > now);
+            !(tried.contains(i) || h.report.demoted || cooling)
+        };
+        let best = |respect_cooldown: bool| {
+            (0..self.mirrors.len())
+                .filter(|i| usable(i, respect_cooldown))
+                .min_by(|a, b| {
+                    self.expected_secs(*a, size)
+                        .total_cmp(&self.expected_secs(*b, size))
+                })
+        };
+        best(true).or_else(|| best(false))
+    }
+
+    /// One request for chunk `c` to mirror `i`, verified.
+    async fn attempt(&self, i: usize, c: &ChunkRef) -> Attempt {
+        let m = &self.mirrors[i];
+        m.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _guard = InFlight(m);
         let key = ObjectKey::chunk(&c.blake3);
-        let n = self.sources.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let got = tokio::time::timeout(self.opts.attempt_timeout, m.source.get(&key)).await;
+        let stored: Bytes = match got {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                let permanent = !e.is_retryable();
+                return self.failed(i, e.into(), false, permanent);
+            }
+            Err(_) => {
+                let e = StoreError::Transport {
+                    location: m.source.location(),
+                    key: key.to_string(),
+                    source: format!("no answer within {:?} (--timeout)", self.opts.attempt_timeout).into(),
+                };
+                return self.failed(i, e.into(), false, false);
+            }
+        };
+        let wire = stored.len() as u64;
+        let (size, d) = (c.size, c.blake3);
+        let decoded = tokio::task::spawn_blocking(move || chunk::decode(Vec::from(stored), size, &d))
+            .await
+            .expect("decode does not panic");
+        match decoded {
+            Ok(plain) => {
+                let secs = started.elapsed().as_secs_f64().max(1e-4);
+                let mut h = m.health.lock().expect("not poisoned");
+                let sample = wire as f64 / secs;
+                h.rate = Some(h.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
+                h.report.bytes += wire;
+                h.report.chunks += 1;
+                h.failures_in_row = 0;
+                h.cooldown_until = None;
+                Attempt::Good(plain)
+            }
+            Err(e) => self.failed(i, e.into(), true, true),
+        }
+    }
+
+    /// [`Self::attempt`], tagged with the mirror, for racing attempts.
+    async fn attempt_at(&self, i: usize, c: &ChunkRef) -> (usize, Attempt) {
+        (i, self.attempt(i, c).await)
+    }
+
+    fn failed(&self, i: usize, e: RestoreError, corrupt: bool, permanent: bool) -> Attempt {
+        let m = &self.mirrors[i];
+        {
+            let mut h = m.health.lock().expect("not poisoned");
+            h.report.errors += 1;
+            if corrupt {
+                h.report.corrupt += 1;
+                h.report.demoted = self.opts.demote_corrupt;
+            }
+            h.failures_in_row += 1;
+            let backoff = jittered(Duration::from_millis(250) * 2u32.pow(h.failures_in_row.min(6)));
+            h.cooldown_until = Some(Instant::now() + backoff);
+        }
+        if corrupt && self.opts.demote_corrupt {
+            self.note(
+                m.source.as_ref(),
+                format_args!("{e}; mirror demoted for the rest of this run"),
+            );
+        } else {
+            self.note(m.source.as_ref(), format_args!("{e}"));
+        }
+        Attempt::Failed { error: e, permanent }
+    }
+
+    /// The plaintext of chunk `c`, verified, from whichever mirror delivers.
+    pub async fn chunk(&self, c: &ChunkRef) -> Result<Vec<u8>, RestoreError> {
+        let started = Instant::now();
+        // Mirrors tried this round, and mirrors that cannot deliver this chunk.
+        let mut tried: Vec<usize> = Vec::new();
+        let mut exhausted: Vec<usize> = Vec::new();
         let mut last: Option<RestoreError> = None;
-        for i in 0..n {
-            let s = &self.sources[(start + i) % n];
-            match fetch_with_retry(s.as_ref(), &key).await {
-                Ok(stored) => {
-                    let (size, d) = (c.size, c.blake3);
-                    let decoded =
-                        tokio::task::spawn_blocking(move || chunk::decode(Vec::from(stored), size, &d))
-                            .await
-                            .expect("decode does not panic");
-                    match decoded {
-                        Ok(plain) => return Ok(plain),
-                        Err(e) => {
-                            self.note(s.as_ref(), format_args!("bad copy of {key}: {e}"));
-                            last = Some(e.into());
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let Some(first) = self.pick(&tried, c.size) else {
+                // Every usable mirror failed this round: back off, then retry.
+                let hopeless = (0..self.mirrors.len()).all(|i| {
+                    exhausted.contains(&i)
+                        || self.mirrors[i]
+                            .health
+                            .lock()
+                            .expect("not poisoned")
+                            .report
+                            .demoted
+                });
+                if hopeless || started.elapsed() + pause > self.opts.deadline {
+                    return Err(last.unwrap_or_else(|| RestoreError::NoMirror {
+                        chunk: ObjectKey::chunk(&c.blake3).to_string(),
+                        locations: self.locations(),
+                    }));
+                }
+                tokio::time::sleep(jittered(pause)).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+                tried.clone_from(&exhausted);
+                continue;
+            };
+            tried.push(first);
+            let hedge_after = Duration::from_secs_f64((4.0 * self.expected_secs(first, c.size)).max(2.0));
+            let mut racing = FuturesUnordered::new();
+            racing.push(self.attempt_at(first, c));
+            let hedge = tokio::time::sleep(hedge_after);
+            tokio::pin!(hedge);
+            let mut hedged = false;
+            while !racing.is_empty() {
+                tokio::select! {
+                    Some((i, outcome)) = racing.next() => match outcome {
+                        Attempt::Good(plain) => return Ok(plain),
+                        Attempt::Failed { error, permanent } => {
+                            if permanent {
+                                exhausted.push(i);
+                            }
+                            last = Some(error);
+                        }
+                    },
+                    _ = &mut hedge, if !hedged => {
+                        hedged = true;
+                        if let Some(second) = self.pick(&tried, c.size) {
+                            tracing::debug!("hedging chunk {} on {}", c.blake3, self.mirrors[second].source.location());
+                            tried.push(second);
+                            racing.push(self.attempt_at(second, c));
                         }
                     }
                 }
-                Err(e) => {
-                    self.note(s.as_ref(), format_args!("cannot fetch {key}: {e}"));
-                    last = Some(e.into());
-                }
             }
         }
-        Err(last.expect("at least one mirror"))
     }
 }
 
-async fn fetch_with_retry(s: &dyn ObjectSource, key: &ObjectKey) -> Result<bytes::Bytes, StoreError> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match s.get(key).await {
-            Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
-                tracing::debug!("retrying {key} in {delay:?}: {e}");
-                tokio::time::sleep(delay).await;
-                delay *= 3;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+/// `d` scaled by a random factor in [0.5, 1.5), so retries do not synchronise.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64())
 }

@@ -74,6 +74,8 @@ pub struct RestoreSummary {
     pub removed: u64,
     /// BLAKE3 of the manifest restored.
     pub manifest_blake3: String,
+    /// What each mirror delivered.
+    pub mirrors: Vec<crate::mirrors::MirrorReport>,
 }
 
 /// Where one chunk goes.
@@ -207,6 +209,7 @@ pub async fn restore(
         chunks_fetched,
         removed,
         manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+        mirrors: mirrors.report(),
     })
 }
 

@@ -45,7 +45,7 @@ pub struct SnapshotOptions {
     /// How long the snapshot itself stays usable (the manifest's expiry; at
     /// least `expires_in`). A pointer re-sign cannot extend it, because the
     /// manifest's bytes are fixed.
-    pub max_age: Duration,
+    pub lifetime: Duration,
     /// Chunker parameters.
     pub chunker: ChunkerParams,
     /// zstd level for chunks.
@@ -65,7 +65,7 @@ impl SnapshotOptions {
             height: None,
             block_hash: None,
             expires_in: Duration::from_secs(14 * 24 * 3600),
-            max_age: Duration::from_secs(30 * 24 * 3600),
+            lifetime: Duration::from_secs(30 * 24 * 3600),
             chunker: ChunkerParams::default(),
             zstd_level: 3,
             concurrency: 8,
@@ -227,7 +227,7 @@ pub async fn publish(
 
     let now = Timestamp::now();
     let expires_at = now.plus(opts.expires_in);
-    let manifest_expires_at = now.plus(opts.max_age.max(opts.expires_in));
+    let manifest_expires_at = now.plus(opts.lifetime.max(opts.expires_in));
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         chain: ChainMeta {
