@@ -3,6 +3,8 @@
 //! external tools the tests check against (installed by scripts/test.sh).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
