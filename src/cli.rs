@@ -13,9 +13,24 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log format on stderr: text, json, or auto (json for `restore --init`
+    /// when stderr is not a terminal, text otherwise).
+    #[arg(long, global = true, env = "QSYNC_LOG_FORMAT", default_value = "auto")]
+    pub log_format: LogFormat,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON for init containers not on a terminal, text otherwise.
+    Auto,
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// qsync commands.
@@ -85,7 +100,7 @@ pub struct SnapshotArgs {
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Print one JSON summary on stdout.
-    #[arg(long, env = "QSYNC_JSON")]
+    #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -108,24 +123,38 @@ pub struct RestoreArgs {
     #[arg(long, env = "QSYNC_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Accept an expired pointer or manifest (logs a warning).
-    #[arg(long, env = "QSYNC_ALLOW_EXPIRED")]
+    #[arg(long, env = "QSYNC_ALLOW_EXPIRED", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_expired: bool,
     /// Take over a non-empty destination without a qsync marker; files not in
     /// the snapshot are deleted.
-    #[arg(long, env = "QSYNC_FORCE")]
+    #[arg(long, env = "QSYNC_FORCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub force: bool,
     /// Hash everything already in the destination instead of trusting the
     /// resume journal and the index of the last completed restore.
-    #[arg(long, env = "QSYNC_VERIFY_EXISTING")]
+    #[arg(long, env = "QSYNC_VERIFY_EXISTING", value_parser = clap::builder::BoolishValueParser::new())]
     pub verify_existing: bool,
     /// Mirror timeouts.
     #[command(flatten)]
     pub timeouts: Timeouts,
+    /// Init-container mode: a complete restore of this chain younger than
+    /// --max-age is left alone (no network); otherwise restore or top up.
+    #[arg(long, env = "QSYNC_INIT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub init: bool,
+    /// With --init: how old a completed restore may be before it is topped up
+    /// to the latest snapshot [default: never].
+    #[arg(long, env = "QSYNC_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Shell command that must succeed before the completion marker is written.
+    #[arg(long, env = "QSYNC_VERIFY_CMD")]
+    pub verify_cmd: Option<String>,
+    /// Write Prometheus metrics of this run to this file (node-exporter textfile collector).
+    #[arg(long, env = "QSYNC_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// Chunks in flight at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Print one JSON summary on stdout.
-    #[arg(long, env = "QSYNC_JSON")]
+    #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -159,7 +188,7 @@ pub struct VerifyArgs {
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Print one JSON report on stdout.
-    #[arg(long, env = "QSYNC_JSON")]
+    #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -176,7 +205,7 @@ pub struct LsArgs {
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: Option<String>,
     /// Print JSON on stdout.
-    #[arg(long, env = "QSYNC_JSON")]
+    #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }
 

@@ -132,7 +132,21 @@ fn state_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 async fn restore(a: RestoreArgs) -> Result<()> {
-    let chain = ChainName::new(a.chain)?;
+    let chain = ChainName::new(a.chain.clone())?;
+    let started = std::time::Instant::now();
+    if a.init {
+        if let Some(m) = crate::init::still_fresh(&a.dest, &chain, a.max_age) {
+            tracing::info!(
+                chain = %chain, version = m.version, restored = %m.written_at,
+                "{} already holds a complete restore of {chain} (version {}); nothing to do",
+                a.dest.display(), m.version
+            );
+            if let Some(path) = &a.metrics_file {
+                crate::metrics_file::write(path, &chain, &crate::metrics_file::Run::skipped(&m))?;
+            }
+            return Ok(());
+        }
+    }
     let vk = VerifyingKey::load(&a.public_key)?;
     let m = mirrors(&a.from, Some(&a.timeouts))?;
     let opts = RestoreOptions {
@@ -143,17 +157,21 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         force: a.force,
         concurrency: a.concurrency,
         verify_existing: a.verify_existing,
+        verify_cmd: a.verify_cmd.clone(),
     };
-    let started = std::time::Instant::now();
-    let s = qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json))
-        .await
-        .with_context(|| {
-            format!(
-                "restoring chain {chain} from {} into {}",
-                a.from.join(", "),
-                a.dest.display()
-            )
-        })?;
+    let result =
+        qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json || a.init)).await;
+    if let Some(path) = &a.metrics_file {
+        let run = crate::metrics_file::Run::finished(result.as_ref().ok(), m.report(), started.elapsed());
+        crate::metrics_file::write(path, &chain, &run)?;
+    }
+    let s = result.with_context(|| {
+        format!(
+            "restoring chain {chain} from {} into {}",
+            a.from.join(", "),
+            a.dest.display()
+        )
+    })?;
     if a.json {
         print_json(&s)?;
     } else {

@@ -120,6 +120,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
         force: false,
         concurrency: 8,
         verify_existing: false,
+        verify_cmd: None,
     };
     let restored = qsync_fetcher::restore(
         &Mirrors::new(vec![open_source(&url)?]),

@@ -8,6 +8,8 @@
 mod cli;
 mod commands;
 mod demo;
+mod init;
+mod metrics_file;
 mod progress;
 mod sample;
 
@@ -23,6 +25,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let init = matches!(&cli.command, cli::Command::Restore(a) if a.init);
+    let json_logs = match cli.log_format {
+        cli::LogFormat::Json => true,
+        cli::LogFormat::Text => false,
+        cli::LogFormat::Auto => init && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.verbose {
             0 => "warn,qsync=info",
@@ -30,12 +38,16 @@ fn main() -> ExitCode {
             _ => "debug",
         })
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,11 +55,21 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("qsync: error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+            let code = commands::exit_code(&e);
+            if json_logs {
+                let why = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+                tracing::error!(exit_code = code, "{why}");
+            } else if init {
+                // Init containers: one line, so `kubectl logs` shows the whole reason.
+                let why = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+                eprintln!("qsync: error: {why}");
+            } else {
+                eprintln!("qsync: error: {e}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
             }
-            ExitCode::from(commands::exit_code(&e))
+            ExitCode::from(code)
         }
     }
 }

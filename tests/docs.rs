@@ -50,3 +50,23 @@ fn every_flag_and_env_var_is_documented() {
     }
     assert!(checked > 40, "parsed only {checked} flags from --help");
 }
+
+#[test]
+fn boolean_env_vars_accept_one_and_zero() {
+    // Kubernetes manifests commonly say QSYNC_INIT=1; clap's default only takes true/false.
+    for (value, ok) in [
+        ("1", true),
+        ("0", true),
+        ("yes", true),
+        ("true", true),
+        ("maybe", false),
+    ] {
+        let out = qsync()
+            .args(["ls", "--from", "/nonexistent", "--public-key", "RWQ"])
+            .env("QSYNC_JSON", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(!err.contains("invalid value"), ok, "QSYNC_JSON={value}: {err}");
+    }
+}

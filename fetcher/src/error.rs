@@ -41,12 +41,22 @@ pub enum RestoreError {
         reason: String,
     },
     /// Local I/O failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", no_space_hint(source))]
     Io {
         /// File or directory.
         path: PathBuf,
         /// Underlying error.
         source: std::io::Error,
+    },
+    /// The operator's `--verify-cmd` rejected the restored data.
+    #[error("--verify-cmd {command:?} failed ({status}){stderr}; the destination was left without a completion marker")]
+    VerifyCmd {
+        /// The command.
+        command: String,
+        /// How it ended.
+        status: String,
+        /// The end of its stderr, prefixed with ": " when not empty.
+        stderr: String,
     },
     /// `qsync verify` found missing or bad objects.
     #[error("{count} object(s) of chain {chain} are missing or corrupt in {location}: {list}")]
@@ -68,6 +78,7 @@ impl RestoreError {
         match self {
             RestoreError::Refused(_) | RestoreError::BadObjects { .. } | RestoreError::NoMirror { .. } => 3,
             RestoreError::Dest { .. } => 4,
+            RestoreError::VerifyCmd { .. } => 6,
             RestoreError::NoSnapshot { .. } => 5,
             RestoreError::Store(_) | RestoreError::Io { .. } => 1,
         }
@@ -76,6 +87,14 @@ impl RestoreError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RestoreError {
         let path = path.into();
         move |source| RestoreError::Io { path, source }
+    }
+}
+
+fn no_space_hint(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(28) {
+        "; the destination filesystem is full: free space or pick another --dest, then run again (what was written is kept)"
+    } else {
+        ""
     }
 }
 

@@ -49,6 +49,10 @@ pub struct RestoreOptions {
     /// Hash everything already in the destination instead of trusting the
     /// resume journal and the index of the last completed restore.
     pub verify_existing: bool,
+    /// Shell command that must succeed before the completion marker is
+    /// written (run with `sh -c`, `QSYNC_DEST`, `QSYNC_CHAIN`,
+    /// `QSYNC_VERSION`, `QSYNC_HEIGHT` and `QSYNC_BLOCK_HASH` set).
+    pub verify_cmd: Option<String>,
 }
 
 /// The `--json` summary of a restore.
@@ -193,6 +197,10 @@ pub async fn restore(
     };
     tracing::info!(elapsed = ?clock.elapsed(), "sealed: changed files verified, everything synced");
     Index::save(&root, index)?;
+    if let Some(cmd) = &opts.verify_cmd {
+        run_verify_cmd(cmd, &root, &manifest).await?;
+        tracing::info!(elapsed = ?clock.elapsed(), "--verify-cmd accepted the restore");
+    }
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
@@ -428,6 +436,45 @@ async fn seal(
     let (root, m) = (root.to_path_buf(), manifest.clone());
     blocking(move || seal_dirs(&root, &m)).await?;
     Ok(entries.into_iter().collect())
+}
+
+/// Runs the operator's check; a non-zero exit keeps the marker away.
+async fn run_verify_cmd(cmd: &str, root: &Path, m: &Manifest) -> Result<(), RestoreError> {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c")
+        .arg(cmd)
+        .current_dir(root)
+        .stdin(std::process::Stdio::null());
+    c.env("QSYNC_DEST", root)
+        .env("QSYNC_CHAIN", m.chain.name.as_str())
+        .env("QSYNC_VERSION", m.version.to_string())
+        .env(
+            "QSYNC_HEIGHT",
+            m.chain.height.map(|h| h.to_string()).unwrap_or_default(),
+        )
+        .env("QSYNC_BLOCK_HASH", m.chain.block_hash.clone().unwrap_or_default());
+    let out = c.output().await.map_err(RestoreError::io(root))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let tail: String = text
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect();
+    Err(RestoreError::VerifyCmd {
+        command: cmd.into(),
+        status: out.status.to_string(),
+        stderr: if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        },
+    })
 }
 
 async fn blocking<T: Send + 'static>(
