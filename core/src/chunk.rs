@@ -8,6 +8,7 @@
 //! is the BLAKE3 of the plaintext, so the encoding can differ between
 //! publishers without breaking deduplication.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
@@ -141,18 +142,19 @@ pub fn encode(plain: Vec<u8>, level: i32) -> (Encoding, Vec<u8>) {
 
 /// Decodes a stored chunk object, refusing anything that does not expand to
 /// exactly `size` bytes hashing to `digest`. `size` bounds the decompression,
-/// so a hostile object cannot expand past it.
-pub fn decode(stored: Vec<u8>, size: u64, digest: &Digest) -> Result<Vec<u8>, FormatError> {
+/// so a hostile object cannot expand past it. A raw chunk is returned
+/// borrowed: restores write it straight from the network buffer.
+pub fn decode<'a>(stored: &'a [u8], size: u64, digest: &Digest) -> Result<Cow<'a, [u8]>, FormatError> {
     let what = || format!("chunk {digest}");
     let plain = if stored.starts_with(&ZSTD_MAGIC) {
-        zstd::bulk::decompress(&stored, size as usize).map_err(|e| {
+        Cow::Owned(zstd::bulk::decompress(stored, size as usize).map_err(|e| {
             FormatError::Invalid(format!(
                 "{}: zstd frame does not decode to at most {size} bytes ({e}); the copy is corrupt, fetch it from another mirror",
                 what()
             ))
-        })?
+        })?)
     } else {
-        stored
+        Cow::Borrowed(stored)
     };
     if plain.len() as u64 != size {
         return Err(FormatError::Invalid(format!(
@@ -209,7 +211,9 @@ mod tests {
             let (enc, stored) = encode(noise[..len].to_vec(), 3);
             assert_eq!(enc, Encoding::Raw);
             assert_eq!(
-                decode(stored, len as u64, &Digest::of(&noise[..len])).unwrap(),
+                decode(&stored, len as u64, &Digest::of(&noise[..len]))
+                    .unwrap()
+                    .into_owned(),
                 &noise[..len]
             );
         }
@@ -222,7 +226,9 @@ mod tests {
         let (enc, stored) = encode(plain.clone(), 3);
         assert_eq!(enc, Encoding::Zstd);
         assert_eq!(
-            decode(stored, plain.len() as u64, &Digest::of(&plain)).unwrap(),
+            decode(&stored, plain.len() as u64, &Digest::of(&plain))
+                .unwrap()
+                .into_owned(),
             plain
         );
     }
@@ -231,7 +237,7 @@ mod tests {
     fn declared_size_bounds_decompression() {
         let plain = vec![0u8; 1 << 20];
         let (_, stored) = encode(plain.clone(), 3);
-        assert!(decode(stored, 1000, &Digest::of(&plain)).is_err());
+        assert!(decode(&stored, 1000, &Digest::of(&plain)).is_err());
     }
 
     proptest! {
@@ -244,7 +250,7 @@ mod tests {
                 prop_assert!(bytes.len() <= 1024);
                 let d = Digest::of(&bytes);
                 let (_, stored) = encode(bytes.clone(), level);
-                joined.extend(decode(stored, bytes.len() as u64, &d).unwrap());
+                joined.extend(decode(&stored, bytes.len() as u64, &d).unwrap().into_owned());
             }
             prop_assert_eq!(joined, data);
         }
@@ -255,7 +261,7 @@ mod tests {
             let (_, mut stored) = encode(data.clone(), 3);
             let i = pos % stored.len();
             stored[i] ^= 1 << bit;
-            prop_assert!(decode(stored, data.len() as u64, &d).is_err());
+            prop_assert!(decode(&stored, data.len() as u64, &d).is_err());
         }
     }
 }

@@ -97,9 +97,28 @@ pub struct Mirrors {
     opts: MirrorOptions,
 }
 
+/// A verified chunk: the stored object itself when it was raw (no copy),
+/// or the decompressed bytes.
+pub enum Plain {
+    /// The network buffer, verified.
+    Stored(Bytes),
+    /// Decompressed and verified.
+    Decoded(Vec<u8>),
+}
+
+impl std::ops::Deref for Plain {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Plain::Stored(b) => b,
+            Plain::Decoded(v) => v,
+        }
+    }
+}
+
 /// How one attempt ended.
 enum Attempt {
-    Good(Vec<u8>),
+    Good(Plain),
     /// `permanent`: retrying this mirror for this chunk cannot help (a
     /// corrupt copy, a missing object, a client error).
     Failed {
@@ -301,9 +320,15 @@ impl Mirrors {
         };
         let wire = stored.len() as u64;
         let (size, d) = (c.size, c.blake3);
-        let decoded = tokio::task::spawn_blocking(move || chunk::decode(Vec::from(stored), size, &d))
-            .await
-            .expect("decode does not panic");
+        let decoded = tokio::task::spawn_blocking(move || {
+            let owned = chunk::decode(&stored, size, &d).map(|p| match p {
+                std::borrow::Cow::Owned(v) => Some(v),
+                std::borrow::Cow::Borrowed(_) => None,
+            });
+            owned.map(|o| o.map_or(Plain::Stored(stored), Plain::Decoded))
+        })
+        .await
+        .expect("decode does not panic");
         match decoded {
             Ok(plain) => {
                 let secs = started.elapsed().as_secs_f64().max(1e-4);
@@ -350,7 +375,7 @@ impl Mirrors {
     }
 
     /// The plaintext of chunk `c`, verified, from whichever mirror delivers.
-    pub async fn chunk(&self, c: &ChunkRef) -> Result<Vec<u8>, RestoreError> {
+    pub async fn chunk(&self, c: &ChunkRef) -> Result<Plain, RestoreError> {
         let started = Instant::now();
         // Mirrors tried this round, and mirrors that cannot deliver this chunk.
         let mut tried: Vec<usize> = Vec::new();
