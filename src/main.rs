@@ -48,7 +48,12 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    // Few blocking threads: each keeps its own allocator cache of multi-MiB
+    // chunk buffers, and tokio's default (512) let peak RSS grow with the
+    // length of a run (docs/benchmarks.md). The work they do is CPU- and
+    // disk-bound, so more threads than this buy nothing on any machine.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .expect("tokio runtime");
