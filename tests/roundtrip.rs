@@ -29,6 +29,15 @@ fn fixture(root: &Path) {
     std::fs::set_permissions(p("db/deep"), std::fs::Permissions::from_mode(0o750)).unwrap();
 }
 
+/// A store holding the fixture as chain "eth"; returns the env and the source.
+fn published() -> (Env, std::path::PathBuf) {
+    let env = Env::new();
+    let src = env.path("src");
+    fixture(&src);
+    env.snapshot(&src, "eth", &[]);
+    (env, src)
+}
+
 #[test]
 fn round_trip_is_byte_identical_from_directory_and_http() {
     let env = Env::new();
@@ -60,10 +69,7 @@ fn round_trip_is_byte_identical_from_directory_and_http() {
 
 #[test]
 fn top_up_fetches_only_changes_and_removes_extras() {
-    let env = Env::new();
-    let src = env.path("src");
-    fixture(&src);
-    env.snapshot(&src, "eth", &[]);
+    let (env, src) = published();
     let dest = env.path("dest");
     env.restore("eth", &dest);
 
@@ -88,10 +94,7 @@ fn top_up_fetches_only_changes_and_removes_extras() {
 
 #[test]
 fn top_up_repairs_what_the_node_changed_and_verify_existing_rechecks_all() {
-    let env = Env::new();
-    let src = env.path("src");
-    fixture(&src);
-    env.snapshot(&src, "eth", &[]);
+    let (env, src) = published();
     let dest = env.path("dest");
     env.restore("eth", &dest);
 
@@ -128,10 +131,7 @@ fn top_up_repairs_what_the_node_changed_and_verify_existing_rechecks_all() {
 
 #[test]
 fn non_empty_destination_needs_force() {
-    let env = Env::new();
-    let src = env.path("src");
-    fixture(&src);
-    env.snapshot(&src, "eth", &[]);
+    let (env, src) = published();
     let dest = env.path("dest");
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::write(dest.join("precious"), b"operator data").unwrap();
@@ -154,10 +154,7 @@ fn non_empty_destination_needs_force() {
 
 #[test]
 fn a_restore_of_another_chain_is_not_overwritten_silently() {
-    let env = Env::new();
-    let src = env.path("src");
-    fixture(&src);
-    env.snapshot(&src, "eth", &[]);
+    let (env, src) = published();
     env.snapshot(&src, "bsc", &[]);
     let dest = env.path("dest");
     env.restore("eth", &dest);
@@ -169,10 +166,7 @@ fn a_restore_of_another_chain_is_not_overwritten_silently() {
 
 #[test]
 fn restore_is_configurable_by_environment_alone() {
-    let env = Env::new();
-    let src = env.path("src");
-    fixture(&src);
-    env.snapshot(&src, "eth", &[]);
+    let (env, src) = published();
     let dest = env.path("dest");
     let out = qsync()
         .arg("restore")
