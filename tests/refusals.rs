@@ -197,6 +197,30 @@ fn symlink_in_destination_is_not_followed() {
 }
 
 #[test]
+fn oversized_object_is_refused_without_reading_it_all() {
+    let env = published();
+    // A mirror serves 64 MiB where the manifest promises a chunk of at most 3 MiB.
+    let chunks = env.store.join("chunks");
+    let dir = std::fs::read_dir(&chunks)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let chunk = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&chunk, noise(64 << 20, 2)).unwrap();
+    let server = Server::start(&env.store);
+    let dest = env.path("dest-oversized");
+    let (code, _, err) = run(env.restore_cmd(&server.url, "eth", &dest));
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("larger than") && err.contains("use another mirror"),
+        "{err}"
+    );
+    assert!(!has_marker(&dest));
+}
+
+#[test]
 fn wrong_chain_or_missing_store_says_what_to_check() {
     let env = published();
     let (code, _, err) = run(env.restore_cmd(env.store.to_str().unwrap(), "polkadot", &env.path("d")));

@@ -108,6 +108,38 @@ impl ObjectSource for HttpStore {
         self.fetch(key, None).await
     }
 
+    async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
+        let too_large = || StoreError::TooLarge {
+            location: self.location(),
+            key: key.to_string(),
+            limit,
+        };
+        let mut resp = self
+            .client
+            .get(self.url(key))
+            .send()
+            .await
+            .map_err(|e| self.transport(key, e))?;
+        if !resp.status().is_success() {
+            return Err(self.status(key, resp.status()));
+        }
+        let declared = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        while let Some(frame) = resp.chunk().await.map_err(|e| self.transport(key, e))? {
+            if (body.len() + frame.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&frame);
+        }
+        Ok(body.freeze())
+    }
+
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
         self.fetch(key, Some(range)).await
     }

@@ -95,6 +95,28 @@ impl ObjectSource for LocalStore {
         self.blocking(key, |p| std::fs::read(p).map(Bytes::from)).await
     }
 
+    async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
+        let body = self
+            .blocking(key, move |p| {
+                let f = std::fs::File::open(p)?;
+                if f.metadata()?.len() > limit {
+                    return Ok(None);
+                }
+                let mut buf = Vec::new();
+                f.take(limit + 1).read_to_end(&mut buf)?;
+                Ok(Some(buf))
+            })
+            .await?;
+        match body {
+            Some(b) if b.len() as u64 <= limit => Ok(Bytes::from(b)),
+            _ => Err(StoreError::TooLarge {
+                location: self.location(),
+                key: key.to_string(),
+                limit,
+            }),
+        }
+    }
+
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
         self.blocking(key, move |p| {
             let mut f = std::fs::File::open(p)?;

@@ -56,6 +56,11 @@ mod tests {
         assert_eq!(&s.get(&k).await.unwrap()[..], b"hello world");
         assert_eq!(&s.get_range(&k, 6..11).await.unwrap()[..], b"world");
         assert_eq!(s.head(&k).await.unwrap().unwrap().size, 11);
+        assert_eq!(&s.get_limited(&k, 11).await.unwrap()[..], b"hello world");
+        assert!(matches!(
+            s.get_limited(&k, 10).await,
+            Err(crate::StoreError::TooLarge { .. })
+        ));
         let missing = ObjectKey::new("chunks/aa/none").unwrap();
         assert!(s.get(&missing).await.unwrap_err().is_not_found());
         assert_eq!(s.head(&missing).await.unwrap(), None);

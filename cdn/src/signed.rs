@@ -24,20 +24,25 @@ pub enum SignedReadError {
     Format(#[from] FormatError),
 }
 
-/// The verified bytes of `key` from `source`, or `None` when the object is absent.
+/// Largest `.minisig` a reader accepts (real ones are about 300 bytes).
+const MAX_SIGNATURE_BYTES: u64 = 16 << 10;
+
+/// The verified bytes of `key` from `source`, or `None` when the object is
+/// absent. Objects longer than `limit` bytes are refused unread.
 pub async fn get_signed(
     source: &dyn ObjectSource,
     key: &ObjectKey,
     vk: &VerifyingKey,
+    limit: u64,
 ) -> Result<Option<Bytes>, SignedReadError> {
     let mut attempt = 0;
     loop {
-        let body = match source.get(key).await {
+        let body = match source.get_limited(key, limit).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let sig = match source.get(&key.signature()).await {
+        let sig = match source.get_limited(&key.signature(), MAX_SIGNATURE_BYTES).await {
             Ok(s) => s,
             Err(e) if e.is_not_found() && attempt > 0 => {
                 return Err(FormatError::BadSignature {

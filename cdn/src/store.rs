@@ -80,6 +80,16 @@ pub enum StoreError {
         /// Store location.
         location: String,
     },
+    /// An object larger than what its signed parent declares.
+    #[error("{location}: {key} is larger than the {limit} bytes allowed for it; the mirror serves the wrong object, use another mirror")]
+    TooLarge {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+        /// The limit.
+        limit: u64,
+    },
     /// A store URL that cannot be used.
     #[error("store URL {url:?}: {reason}")]
     BadUrl {
@@ -113,6 +123,20 @@ pub trait ObjectSource: Send + Sync + 'static {
     fn location(&self) -> String;
     /// The whole object.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError>;
+    /// The whole object, refusing (without reading it all) one longer than
+    /// `limit` bytes: readers pass what the signed manifest or pointer
+    /// declares, so a hostile store cannot exhaust memory.
+    async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
+        let body = self.get(key).await?;
+        if body.len() as u64 > limit {
+            return Err(StoreError::TooLarge {
+                location: self.location(),
+                key: key.to_string(),
+                limit,
+            });
+        }
+        Ok(body)
+    }
     /// Bytes `range` of the object.
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError>;
     /// The object's metadata, or `None` when it does not exist.

@@ -17,6 +17,8 @@ use crate::{ChainName, Digest, FormatError, ObjectKey};
 pub const POINTER_FORMAT: &str = "qsync-pointer/1";
 /// `format` field of a v1 catalog.
 pub const CATALOG_FORMAT: &str = "qsync-catalog/1";
+/// Largest pointer or catalog a reader accepts (real ones are a few KiB).
+pub const MAX_BYTES: u64 = 1 << 20;
 /// How many earlier snapshots a pointer remembers.
 pub const HISTORY_LEN: usize = 32;
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use qsync_cdn::signed::get_signed;
 use qsync_core::manifest::ChunkRef;
-use qsync_core::pointer::{Catalog, Pointer};
+use qsync_core::pointer::{self, Catalog, Pointer};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, ObjectKey};
@@ -97,7 +97,7 @@ pub async fn list(
         Some(c) => vec![c.clone()],
         None => {
             let store = mirrors.primary();
-            match get_signed(store, &ObjectKey::catalog(), vk).await? {
+            match get_signed(store, &ObjectKey::catalog(), vk, pointer::MAX_BYTES).await? {
                 Some(bytes) => Catalog::decode(&bytes)?.chains,
                 None => {
                     return Err(RestoreError::NoSnapshot {

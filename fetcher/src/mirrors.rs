@@ -191,7 +191,7 @@ impl Mirrors {
         let mut last_err = None;
         for m in &self.mirrors {
             let s = m.source.as_ref();
-            match get_signed(s, &key, vk).await {
+            match get_signed(s, &key, vk, qsync_core::pointer::MAX_BYTES).await {
                 Ok(Some(bytes)) => {
                     let p = Pointer::decode(&bytes, &format!("{key} in {}", s.location()))?;
                     if &p.chain != chain {
@@ -234,12 +234,12 @@ impl Mirrors {
             let s = m.source.as_ref();
             let what = format!("{key} in {}", s.location());
             let attempt = async {
-                let bytes = get_signed(s, key, vk)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound {
+                let bytes = get_signed(s, key, vk, snap.manifest_size).await?.ok_or_else(|| {
+                    StoreError::NotFound {
                         location: s.location(),
                         key: key.to_string(),
-                    })?;
+                    }
+                })?;
                 let actual = Digest::of(&bytes);
                 if actual != snap.manifest_blake3 {
                     return Err(FormatError::DigestMismatch {
@@ -302,7 +302,9 @@ impl Mirrors {
         let _guard = InFlight(m);
         let key = ObjectKey::chunk(&c.blake3);
         let started = Instant::now();
-        let got = tokio::time::timeout(self.opts.attempt_timeout, m.source.get(&key)).await;
+        // A raw chunk is its plaintext; a zstd frame of it is at most a little larger.
+        let limit = c.size + c.size / 128 + 4096;
+        let got = tokio::time::timeout(self.opts.attempt_timeout, m.source.get_limited(&key, limit)).await;
         let stored: Bytes = match got {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {

@@ -20,7 +20,7 @@ use qsync_cdn::signed::get_signed;
 use qsync_cdn::{CacheClass, ObjectSink, PutOptions};
 use qsync_core::chunk::{self, ChunkerParams};
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
-use qsync_core::pointer::{Catalog, Pointer, SnapshotRef};
+use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::time::Timestamp;
@@ -190,7 +190,7 @@ pub async fn publish(
     opts.chunker.validate()?;
     let vk = signer.verifying_key();
     let pointer_key = ObjectKey::pointer(&opts.chain);
-    let previous_bytes = get_signed(sink.as_ref(), &pointer_key, vk).await?;
+    let previous_bytes = get_signed(sink.as_ref(), &pointer_key, vk, pointer::MAX_BYTES).await?;
     let previous = previous_bytes
         .as_deref()
         .map(|b| Pointer::decode(b, pointer_key.as_str()))
@@ -291,10 +291,11 @@ pub async fn publish(
 
 async fn update_catalog(up: &Uploader, signer: &SigningKey, chain: &ChainName) -> Result<(), SnapshotError> {
     let key = ObjectKey::catalog();
-    let mut catalog = match get_signed(up.sink.as_ref(), &key, signer.verifying_key()).await? {
-        Some(b) => Catalog::decode(&b)?,
-        None => Catalog::default(),
-    };
+    let mut catalog =
+        match get_signed(up.sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await? {
+            Some(b) => Catalog::decode(&b)?,
+            None => Catalog::default(),
+        };
     if catalog.insert(chain) {
         up.put_signed(&key, catalog.encode(), signer, CacheClass::Mutable)
             .await?;
