@@ -218,6 +218,21 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long, env = "QSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Publisher's public key; enables /tar/<chain>/<version> streams, checked against it.
+    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
+    pub public_key: Option<String>,
+    /// File of bearer tokens, one per line; requests must carry one (except /healthz).
+    #[arg(long, env = "QSYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Client networks allowed (repeatable, e.g. 10.0.0.0/8); others get 403.
+    #[arg(long = "allow", env = "QSYNC_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Cache max-age for pointers and the catalog (chunks and manifests are immutable).
+    #[arg(long, env = "QSYNC_POINTER_MAX_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub pointer_max_age: Duration,
+    /// Longest time to start answering an object request.
+    #[arg(long, env = "QSYNC_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
 }
 
 /// `qsync demo`.

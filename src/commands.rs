@@ -260,13 +260,38 @@ async fn ls(a: LsArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = qsync_cdn::serve::ServeConfig::new(&a.store);
+    cfg.public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
+    if let Some(path) = &a.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --token-file {}", path.display()))?;
+        cfg.tokens = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        anyhow::ensure!(
+            !cfg.tokens.is_empty(),
+            "--token-file {} holds no token",
+            path.display()
+        );
+    }
+    cfg.allow = a
+        .allow
+        .iter()
+        .map(|c| c.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()
+        .context("--allow")?;
+    cfg.pointer_max_age = a.pointer_max_age;
+    cfg.request_timeout = a.request_timeout;
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
     println!("serving {} on http://{addr}", a.store.display());
     std::io::stdout().flush()?;
-    qsync_cdn::serve::serve(listener, a.store, shutdown_signal()).await?;
+    qsync_cdn::serve::serve(listener, cfg, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -106,9 +106,13 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(qsync_cdn::serve::serve(listener, store.clone(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(qsync_cdn::serve::serve(
+        listener,
+        qsync_cdn::serve::ServeConfig::new(&store),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     stage("serve", t, format!("store at {url}"));
 
     let t = Instant::now();

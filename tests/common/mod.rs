@@ -225,9 +225,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(store: &Path) -> Server {
+        Self::start_with(store, &[])
+    }
+
+    pub fn start_with(store: &Path, extra: &[&str]) -> Server {
         let mut child = qsync()
             .args(["serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(store)
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
