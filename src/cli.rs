@@ -212,9 +212,18 @@ pub struct LsArgs {
 /// `qsync serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Local store directory to serve.
+    /// Store to serve: a local directory, or any store URL with --cache-dir (pull-through).
     #[arg(long, env = "QSYNC_STORE")]
-    pub store: PathBuf,
+    pub store: String,
+    /// Pull-through cache directory (required for a remote --store).
+    #[arg(long, env = "QSYNC_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Cache size limit, e.g. 50GiB or 512MiB; least recently used objects are evicted.
+    #[arg(long, env = "QSYNC_CACHE_SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Upstream requests at once (pull-through mode).
+    #[arg(long, env = "QSYNC_UPSTREAM_CONCURRENCY", default_value_t = 16)]
+    pub upstream_concurrency: usize,
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long, env = "QSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -233,6 +242,26 @@ pub struct ServeArgs {
     /// Longest time to start answering an object request.
     #[arg(long, env = "QSYNC_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+}
+
+/// Parses `512MiB`, `10GiB`, `2T` or plain bytes (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512MiB or 10GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `qsync demo`.

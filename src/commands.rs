@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use qsync_cdn::serve::cache::PullThrough;
 use qsync_cdn::{open_sink, open_source};
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
@@ -260,7 +261,27 @@ async fn ls(a: LsArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let mut cfg = qsync_cdn::serve::ServeConfig::new(&a.store);
+    let mut cfg = match (qsync_cdn::open::local_dir(&a.store)?, &a.cache_dir) {
+        (Some(dir), None) => qsync_cdn::serve::ServeConfig::new(dir),
+        (_, None) => anyhow::bail!(
+            "serving the remote store {} needs --cache-dir (a pull-through cache)",
+            a.store
+        ),
+        (_, Some(dir)) => {
+            let upstream = open_source(&a.store)?;
+            let cache = PullThrough::open(
+                upstream,
+                dir,
+                a.cache_size,
+                a.pointer_max_age,
+                a.upstream_concurrency,
+            )
+            .with_context(|| format!("opening --cache-dir {}", dir.display()))?;
+            let mut cfg = qsync_cdn::serve::ServeConfig::new(dir);
+            cfg.pull_through = Some(Arc::new(cache));
+            cfg
+        }
+    };
     cfg.public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
     if let Some(path) = &a.token_file {
         let text = std::fs::read_to_string(path)
@@ -289,7 +310,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    println!("serving {} on http://{addr}", a.store.display());
+    println!("serving {} on http://{addr}", a.store);
     std::io::stdout().flush()?;
     qsync_cdn::serve::serve(listener, cfg, shutdown_signal()).await?;
     Ok(())

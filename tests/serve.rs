@@ -116,3 +116,132 @@ fn tar_needs_a_public_key_and_objects_carry_cache_headers() {
         "{head}"
     );
 }
+
+/// A counter line of a `qsync serve` /metrics page.
+fn metric(url: &str, line_prefix: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sf"])
+        .arg(format!("{url}/metrics"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn pull_through_cache_serves_repeat_restores_without_upstream() {
+    require("curl");
+    let (env, src) = published();
+    let upstream = Server::start(&env.store);
+    let cache = env.path("cache");
+    let mirror = Server::start_with(
+        &upstream.url,
+        &["--cache-dir", cache.to_str().unwrap(), "--cache-size", "1GiB"],
+    );
+    let chunk_hits = "qsync_serve_requests_total{kind=\"chunk\",status=\"200\"}";
+
+    let first = env.path("first");
+    let out = env.restore_cmd(&mirror.url, "eth", &first).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(&src), tree(&first));
+    let upstream_chunks = metric(&upstream.url, chunk_hits);
+    assert!(upstream_chunks > 0);
+
+    let second = env.path("second");
+    let out = env.restore_cmd(&mirror.url, "eth", &second).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(&src), tree(&second));
+    assert_eq!(
+        metric(&upstream.url, chunk_hits),
+        upstream_chunks,
+        "second restore went upstream"
+    );
+    assert!(metric(&mirror.url, "qsync_serve_cache_hits_total") >= upstream_chunks);
+}
+
+#[test]
+fn corrupt_upstream_chunk_is_neither_cached_nor_served() {
+    require("curl");
+    let (env, _) = published();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
+    let h = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|f| f["chunks"][0]["blake3"].as_str())
+        .unwrap()
+        .to_string();
+    let key = format!("chunks/{}/{h}", &h[..2]);
+    let mut bytes = std::fs::read(env.store.join(&key)).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(env.store.join(&key), bytes).unwrap();
+    let upstream = Server::start(&env.store);
+    let cache = env.path("cache");
+    let mirror = Server::start_with(&upstream.url, &["--cache-dir", cache.to_str().unwrap()]);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/{key}", mirror.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+    assert!(!cache.join(&key).exists(), "a corrupt chunk was cached");
+    assert_eq!(metric(&mirror.url, "qsync_serve_upstream_corrupt_total"), 1);
+    // 502 is transient to a fetcher (the upstream may be repaired): it retries until --deadline.
+    let dest = env.path("dest");
+    let mut c = env.restore_cmd(&mirror.url, "eth", &dest);
+    c.args(["--timeout", "2s", "--deadline", "3s"]);
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0, "{err}");
+    assert!(!has_marker(&dest));
+}
+
+#[test]
+fn cache_evicts_least_recently_used_beyond_its_size() {
+    require("curl");
+    let (env, src) = published();
+    let upstream = Server::start(&env.store);
+    let cache = env.path("cache");
+    let args = [
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--cache-size",
+        "4MiB",
+        "--pointer-max-age",
+        "1s",
+    ];
+    let mirror = Server::start_with(&upstream.url, &args);
+    let first = env.path("first");
+    assert!(env
+        .restore_cmd(&mirror.url, "eth", &first)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // Objects idle for longer than the eviction grace make room for new ones.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::fs::write(src.join("more.sst"), noise(3 << 20, 8)).unwrap();
+    env.snapshot(&src, "eth", &[]);
+    let second = env.path("second");
+    let out = env.restore_cmd(&mirror.url, "eth", &second).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(metric(&mirror.url, "qsync_serve_cache_evictions_total") > 0);
+    assert_eq!(tree(&src), tree(&second));
+    // Objects used in the last two seconds are protected (the limit is soft
+    // during a burst); the next miss after that brings the cache back under it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .arg(format!("{}/chains/eth/latest.json", mirror.url))
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let cached = metric(&mirror.url, "qsync_serve_cache_bytes");
+    assert!(
+        cached <= (4 << 20) + (64 << 10),
+        "cache holds {cached} bytes, limit 4 MiB"
+    );
+}

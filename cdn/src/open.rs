@@ -38,6 +38,11 @@ fn local(url: &str) -> Result<Option<LocalStore>, StoreError> {
     }
 }
 
+/// The directory of a local store URL, `None` for remote stores.
+pub fn local_dir(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    Ok(local(url)?.map(|l| l.root().to_path_buf()))
+}
+
 /// Opens a store for reading.
 pub fn open_source(url: &str) -> Result<Arc<dyn ObjectSource>, StoreError> {
     Ok(match local(url)? {

@@ -90,6 +90,16 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
+    /// An object whose bytes do not match its content address.
+    #[error("{location}: {key} is corrupt ({reason}); it was not cached or served")]
+    Corrupt {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+        /// What did not match.
+        reason: String,
+    },
     /// A store URL that cannot be used.
     #[error("store URL {url:?}: {reason}")]
     BadUrl {

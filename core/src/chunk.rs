@@ -174,6 +174,30 @@ pub fn decode<'a>(stored: &'a [u8], size: u64, digest: &Digest) -> Result<Cow<'a
     Ok(plain)
 }
 
+/// Checks a stored chunk object against the digest in its key when its
+/// plaintext size is not known (a cache has only the key): decompression is
+/// bounded by `max_size`.
+pub fn verify_stored(stored: &[u8], digest: &Digest, max_size: u64) -> Result<(), FormatError> {
+    let plain = if stored.starts_with(&ZSTD_MAGIC) {
+        Cow::Owned(zstd::bulk::decompress(stored, max_size as usize).map_err(|e| {
+            FormatError::Invalid(format!(
+                "chunk {digest}: zstd frame does not decode within {max_size} bytes ({e})"
+            ))
+        })?)
+    } else {
+        Cow::Borrowed(stored)
+    };
+    let actual = Digest::of(&plain);
+    if &actual != digest {
+        return Err(FormatError::DigestMismatch {
+            what: format!("chunk {digest}"),
+            expected: *digest,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -228,7 +228,7 @@ impl Server {
         Self::start_with(store, &[])
     }
 
-    pub fn start_with(store: &Path, extra: &[&str]) -> Server {
+    pub fn start_with(store: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
         let mut child = qsync()
             .args(["serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(store)

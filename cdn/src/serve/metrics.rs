@@ -78,8 +78,56 @@ impl Metrics {
 
 /// `GET /metrics`.
 pub async fn handler(State(st): State<Arc<ServeState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
+    let mut text = st.metrics.render();
+    if let Some(c) = &st.cfg.pull_through {
+        let s = &c.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        for (name, help, kind, v) in [
+            (
+                "qsync_serve_cache_hits_total",
+                "Objects served from the cache.",
+                "counter",
+                load(&s.hits),
+            ),
+            (
+                "qsync_serve_cache_misses_total",
+                "Objects fetched from upstream.",
+                "counter",
+                load(&s.misses),
+            ),
+            (
+                "qsync_serve_cache_evictions_total",
+                "Objects evicted from the cache.",
+                "counter",
+                load(&s.evictions),
+            ),
+            (
+                "qsync_serve_cache_bytes",
+                "Bytes in the cache.",
+                "gauge",
+                c.cached_bytes() as f64,
+            ),
+            (
+                "qsync_serve_upstream_errors_total",
+                "Failed upstream requests.",
+                "counter",
+                load(&s.upstream_errors),
+            ),
+            (
+                "qsync_serve_upstream_corrupt_total",
+                "Upstream copies that failed verification.",
+                "counter",
+                load(&s.upstream_corrupt),
+            ),
+            (
+                "qsync_serve_upstream_seconds_total",
+                "Time spent in successful upstream requests.",
+                "counter",
+                load(&s.upstream_micros) / 1e6,
+            ),
+        ] {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -8,10 +8,12 @@
 //! snapshot, signature-checked and assembled from verified chunks ([`tar`]),
 //! for tools that only know `curl | tar -x`. Optional bearer tokens and
 //! client networks guard private mirrors ([`access`]); `/healthz` and
-//! `/metrics` serve probes and Prometheus ([`metrics`]). Pull-through
-//! caching of remote stores is not here yet.
+//! `/metrics` serve probes and Prometheus ([`metrics`]). In front of a
+//! remote store, objects are fetched once, verified and kept in a bounded
+//! local cache ([`cache`]).
 
 pub mod access;
+pub mod cache;
 pub mod metrics;
 pub mod objects;
 pub mod tar;
@@ -30,12 +32,15 @@ use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::local::LocalStore;
+use crate::store::ObjectSource;
 
 /// How `qsync serve` behaves.
 #[derive(Clone)]
 pub struct ServeConfig {
-    /// Store directory.
+    /// Store directory (the cache directory in pull-through mode).
     pub root: PathBuf,
+    /// Pull-through cache of a remote store, filling `root`.
+    pub pull_through: Option<Arc<cache::PullThrough>>,
     /// Key that tar streams are checked against; without it `/tar` is off.
     pub public_key: Option<VerifyingKey>,
     /// Bearer tokens accepted; empty means no token needed.
@@ -53,6 +58,7 @@ impl ServeConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ServeConfig {
             root: root.into(),
+            pull_through: None,
             public_key: None,
             tokens: Vec::new(),
             allow: Vec::new(),
@@ -65,7 +71,8 @@ impl ServeConfig {
 /// Shared state of the app.
 pub struct ServeState {
     cfg: ServeConfig,
-    store: Arc<LocalStore>,
+    /// Where objects come from: the directory, or the pull-through cache.
+    store: Arc<dyn ObjectSource>,
     metrics: metrics::Metrics,
 }
 
@@ -77,8 +84,12 @@ pub fn app(cfg: ServeConfig) -> Router {
         .append_index_html_on_directories(false)
         .with_buf_chunk_size(1 << 20);
     let timeout = cfg.request_timeout;
+    let store: Arc<dyn ObjectSource> = match &cfg.pull_through {
+        Some(p) => p.clone(),
+        None => Arc::new(LocalStore::new(&cfg.root)),
+    };
     let state = Arc::new(ServeState {
-        store: Arc::new(LocalStore::new(&cfg.root)),
+        store,
         cfg,
         metrics: metrics::Metrics::default(),
     });
@@ -119,7 +130,6 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::http::HttpStore;
-    use crate::store::ObjectSource;
     use qsync_core::ObjectKey;
 
     #[tokio::test]

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use qsync_core::{Digest, ObjectKey};
 
 use super::ServeState;
-use crate::store::ObjectSource;
 
 /// What a key names, for caching and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +75,22 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
         return (StatusCode::NOT_FOUND, "not an object key\n").into_response();
     };
     let kind = Kind::of(key.as_str());
+    if let Some(cache) = &st.cfg.pull_through {
+        if let Err(e) = cache.ensure(&key).await {
+            let status = match &e {
+                e if e.is_not_found() => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            tracing::warn!("{e}");
+            st.metrics.record(kind.label(), status, 0);
+            let msg = if status == StatusCode::NOT_FOUND {
+                "not found\n"
+            } else {
+                "upstream failed or served a corrupt copy\n"
+            };
+            return (status, msg).into_response();
+        }
+    }
     let (etag, cache) = match kind {
         Kind::Chunk | Kind::Manifest => {
             let name = key.as_str().rsplit('/').next().expect("keys are non-empty");

@@ -23,7 +23,6 @@ use qsync_core::{chunk, ChainName, Digest, ObjectKey};
 use tokio::sync::mpsc;
 
 use super::ServeState;
-use crate::local::LocalStore;
 use crate::signed::get_signed;
 use crate::store::ObjectSource;
 
@@ -118,9 +117,10 @@ pub async fn handler(
             sent: 0,
         };
         let result = if zst {
-            zstd::Encoder::new(out, 3).and_then(|enc| write_tar(enc, &manifest, &store, &handle)?.finish())
+            zstd::Encoder::new(out, 3)
+                .and_then(|enc| write_tar(enc, &manifest, store.as_ref(), &handle)?.finish())
         } else {
-            write_tar(out, &manifest, &store, &handle)
+            write_tar(out, &manifest, store.as_ref(), &handle)
         };
         match result.and_then(|mut sink| sink.flush().map(|_| sink.sent)) {
             Ok(sent) => metrics_st.metrics.add_bytes("tar", sent),
@@ -154,7 +154,7 @@ pub async fn handler(
 fn write_tar<W: Write>(
     w: W,
     m: &Manifest,
-    store: &LocalStore,
+    store: &dyn ObjectSource,
     handle: &tokio::runtime::Handle,
 ) -> std::io::Result<W> {
     let mut b = tar::Builder::new(w);
@@ -184,12 +184,12 @@ struct FileReader<'a> {
     current: Bytes,
     whole: blake3::Hasher,
     file: &'a FileEntry,
-    store: &'a LocalStore,
+    store: &'a dyn ObjectSource,
     handle: &'a tokio::runtime::Handle,
 }
 
 impl<'a> FileReader<'a> {
-    fn new(file: &'a FileEntry, store: &'a LocalStore, handle: &'a tokio::runtime::Handle) -> Self {
+    fn new(file: &'a FileEntry, store: &'a dyn ObjectSource, handle: &'a tokio::runtime::Handle) -> Self {
         FileReader {
             chunks: file.chunks.iter(),
             current: Bytes::new(),
