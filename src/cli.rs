@@ -136,6 +136,9 @@ pub struct RestoreArgs {
     /// Mirror timeouts.
     #[command(flatten)]
     pub timeouts: Timeouts,
+    /// HTTP store credentials.
+    #[command(flatten)]
+    pub http: HttpAuth,
     /// Init-container mode: a complete restore of this chain younger than
     /// --max-age is left alone (no network); otherwise restore or top up.
     #[arg(long, env = "QSYNC_INIT", value_parser = clap::builder::BoolishValueParser::new())]
@@ -156,6 +159,23 @@ pub struct RestoreArgs {
     /// Print one JSON summary on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+}
+
+/// How to reach HTTP stores.
+#[derive(Args, Debug)]
+pub struct HttpAuth {
+    /// Bearer token sent to HTTP stores (a `qsync serve --token-file` mirror).
+    #[arg(long, env = "QSYNC_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+}
+
+impl HttpAuth {
+    /// As store options.
+    pub fn options(&self) -> qsync_cdn::SourceOptions {
+        qsync_cdn::SourceOptions {
+            http_token: self.http_token.clone(),
+        }
+    }
 }
 
 /// How long chunk requests may take.
@@ -184,6 +204,9 @@ pub struct VerifyArgs {
     /// Mirror timeouts.
     #[command(flatten)]
     pub timeouts: Timeouts,
+    /// HTTP store credentials.
+    #[command(flatten)]
+    pub http: HttpAuth,
     /// Chunks checked at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
@@ -204,6 +227,9 @@ pub struct LsArgs {
     /// Only this chain [default: every chain in the store's catalog].
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: Option<String>,
+    /// HTTP store credentials.
+    #[command(flatten)]
+    pub http: HttpAuth,
     /// Print JSON on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -224,6 +250,9 @@ pub struct ServeArgs {
     /// Upstream requests at once (pull-through mode).
     #[arg(long, env = "QSYNC_UPSTREAM_CONCURRENCY", default_value_t = 16)]
     pub upstream_concurrency: usize,
+    /// Credentials for an HTTP upstream.
+    #[command(flatten)]
+    pub http: HttpAuth,
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long, env = "QSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
-use qsync_cdn::{open_sink, open_source};
+use qsync_cdn::{open_sink, open_source_with};
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
 use qsync_core::ChainName;
@@ -114,10 +114,11 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     Ok(())
 }
 
-fn mirrors(from: &[String], t: Option<&Timeouts>) -> Result<Mirrors> {
+fn mirrors(from: &[String], t: Option<&Timeouts>, http: &HttpAuth) -> Result<Mirrors> {
+    let store_opts = http.options();
     let sources = from
         .iter()
-        .map(|u| open_source(u))
+        .map(|u| open_source_with(u, &store_opts))
         .collect::<Result<Vec<_>, _>>()?;
     let opts = t.map_or_else(MirrorOptions::default, |t| MirrorOptions {
         attempt_timeout: t.timeout,
@@ -149,7 +150,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         }
     }
     let vk = VerifyingKey::load(&a.public_key)?;
-    let m = mirrors(&a.from, Some(&a.timeouts))?;
+    let m = mirrors(&a.from, Some(&a.timeouts), &a.http)?;
     let opts = RestoreOptions {
         chain: chain.clone(),
         dest: a.dest.clone(),
@@ -195,7 +196,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
 async fn verify(a: VerifyArgs) -> Result<()> {
     let chain = ChainName::new(a.chain)?;
     let vk = VerifyingKey::load(&a.public_key)?;
-    let sources = vec![open_source(&a.from)?];
+    let sources = vec![open_source_with(&a.from, &a.http.options())?];
     let opts = MirrorOptions {
         attempt_timeout: a.timeouts.timeout,
         deadline: a.timeouts.deadline,
@@ -233,7 +234,7 @@ async fn verify(a: VerifyArgs) -> Result<()> {
 async fn ls(a: LsArgs) -> Result<()> {
     let vk = VerifyingKey::load(&a.public_key)?;
     let chain = a.chain.map(ChainName::new).transpose()?;
-    let m = mirrors(std::slice::from_ref(&a.from), None)?;
+    let m = mirrors(std::slice::from_ref(&a.from), None, &a.http)?;
     let pointers = inspect::list(&m, &vk, chain.as_ref()).await?;
     if a.json {
         return print_json(&pointers);
@@ -268,7 +269,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             a.store
         ),
         (_, Some(dir)) => {
-            let upstream = open_source(&a.store)?;
+            let upstream = open_source_with(&a.store, &a.http.options())?;
             let cache = PullThrough::open(
                 upstream,
                 dir,

@@ -245,3 +245,67 @@ fn cache_evicts_least_recently_used_beyond_its_size() {
         "cache holds {cached} bytes, limit 4 MiB"
     );
 }
+
+#[test]
+fn private_mirror_needs_the_token_and_qsync_restore_can_send_it() {
+    let (env, src) = published();
+    let tokens = env.path("tokens");
+    std::fs::write(&tokens, "# fleet token\ns3cret-fleet\n").unwrap();
+    let server = Server::start_with(&env.store, &["--token-file", tokens.to_str().unwrap()]);
+    let dest = env.path("dest");
+    let (code, _, err) = run(env.restore_cmd(&server.url, "eth", &dest));
+    assert_ne!(code, 0);
+    assert!(err.contains("401") && err.contains("refused access"), "{err}");
+    let mut c = env.restore_cmd(&server.url, "eth", &dest);
+    c.env("QSYNC_HTTP_TOKEN", "s3cret-fleet");
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tree(&src), tree(&dest));
+}
+
+#[test]
+fn concurrent_misses_make_one_upstream_fetch() {
+    require("curl");
+    let (env, _) = published();
+    let upstream = Server::start(&env.store);
+    let cache = env.path("cache");
+    let mirror = Server::start_with(&upstream.url, &["--cache-dir", cache.to_str().unwrap()]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
+    let big = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|f| f["size"].as_u64().unwrap())
+        .unwrap();
+    let h = big["chunks"][0]["blake3"].as_str().unwrap();
+    let url = format!("{}/chunks/{}/{h}", mirror.url, &h[..2]);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(&url)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(
+        metric(
+            &upstream.url,
+            "qsync_serve_requests_total{kind=\"chunk\",status=\"200\"}"
+        ),
+        1
+    );
+    assert_eq!(metric(&mirror.url, "qsync_serve_cache_misses_total"), 1);
+}
+
+#[test]
+fn sigterm_stops_serve_cleanly() {
+    let (env, _) = published();
+    let mut server = Server::start(&env.store);
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+}

@@ -24,7 +24,25 @@ pub struct HttpStore {
 impl HttpStore {
     /// A store at `base` (a trailing `/` is added if missing).
     pub fn new(base: &str) -> Result<Self, StoreError> {
+        Self::with_token(base, None)
+    }
+
+    /// A store at `base` whose requests carry `Authorization: Bearer <token>`
+    /// (a private `qsync serve --token-file` mirror).
+    pub fn with_token(base: &str, token: Option<&str>) -> Result<Self, StoreError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                StoreError::BadUrl {
+                    url: base.into(),
+                    reason: "the HTTP token has characters a header cannot carry".into(),
+                }
+            })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let client = Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))

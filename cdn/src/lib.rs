@@ -14,5 +14,5 @@ pub mod serve;
 pub mod signed;
 pub mod store;
 
-pub use open::{open_sink, open_source};
+pub use open::{open_sink, open_source, open_source_with, SourceOptions};
 pub use store::{CacheClass, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError};

@@ -43,11 +43,23 @@ pub fn local_dir(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
     Ok(local(url)?.map(|l| l.root().to_path_buf()))
 }
 
+/// How to reach remote stores.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// Bearer token for HTTP stores (private `qsync serve` mirrors).
+    pub http_token: Option<String>,
+}
+
 /// Opens a store for reading.
 pub fn open_source(url: &str) -> Result<Arc<dyn ObjectSource>, StoreError> {
+    open_source_with(url, &SourceOptions::default())
+}
+
+/// Opens a store for reading with `opts`.
+pub fn open_source_with(url: &str, opts: &SourceOptions) -> Result<Arc<dyn ObjectSource>, StoreError> {
     Ok(match local(url)? {
         Some(l) => Arc::new(l),
-        None => Arc::new(HttpStore::new(url)?),
+        None => Arc::new(HttpStore::with_token(url, opts.http_token.as_deref())?),
     })
 }
 
