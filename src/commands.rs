@@ -336,8 +336,3 @@ fn sample(a: SampleArgs) -> Result<()> {
     };
     print_json(&r)
 }
-
-/// Opens `url` for the demo's direct library calls.
-pub fn sink_for(url: &str) -> Result<Arc<dyn qsync_cdn::ObjectSink>> {
-    Ok(open_sink(url)?)
-}

@@ -84,7 +84,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     opts.height = Some(1_000_000);
     let s = qsync_snapshotter::publish(
         &source,
-        crate::commands::sink_for(store.to_str().context("UTF-8 path")?)?,
+        qsync_cdn::open_sink(store.to_str().context("UTF-8 path")?)?,
         &SigningKey::load(&sk)?,
         &opts,
         Arc::new(NoProgress),

@@ -51,11 +51,6 @@ impl TrustStore {
             .map(|d| d.join("qsync"))
     }
 
-    /// Where this store lives.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn file(&self, chain: &ChainName, key: &VerifyingKey) -> PathBuf {
         self.dir.join(format!("{chain}.{}.json", key.id()))
     }

@@ -10,13 +10,13 @@
 //! marker and advances the trust state.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use qsync_core::manifest::{ChunkRef, FileEntry, Manifest};
+use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::progress::Progress;
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
@@ -24,7 +24,7 @@ use qsync_core::trust::TrustStore;
 use qsync_core::{ChainName, Digest, FormatError};
 use serde::Serialize;
 
-use crate::dest::{self, Marker, MARKER, PARTIAL};
+use crate::dest::{self, hash_existing, layout, presize, seal_dirs, seal_file, Marker, MARKER, PARTIAL};
 use crate::journal::{self, DoneSet, Index, IndexEntry, Journal};
 use crate::{Mirrors, RestoreError};
 
@@ -524,114 +524,4 @@ fn check_manifest(
         );
     }
     Ok(())
-}
-
-/// Removes what the snapshot lacks, creates its directories, and returns the
-/// path of every file (with the slot cleared of links and directories).
-fn layout(root: &Path, m: &Manifest) -> Result<(u64, Vec<PathBuf>), RestoreError> {
-    let removed = dest::remove_extras(root, m)?;
-    for d in &m.directories {
-        dest::ensure_dir(root, &d.path)?;
-    }
-    let paths = m
-        .files
-        .iter()
-        .map(|f| dest::ensure_file_slot(root, &f.path))
-        .collect::<Result<_, _>>()?;
-    Ok((removed, paths))
-}
-
-/// For each chunk of `f`: does the file at `path` already hold it?
-fn hash_existing(path: &Path, f: &FileEntry) -> Result<Vec<bool>, RestoreError> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![false; f.chunks.len()]),
-        Err(e) => return Err(RestoreError::io(path)(e)),
-    };
-    let have = file.metadata().map_err(RestoreError::io(path))?.len();
-    let mut buf = Vec::new();
-    let mut offset = 0u64;
-    let mut ok = Vec::with_capacity(f.chunks.len());
-    for c in &f.chunks {
-        let present = offset + c.size <= have && {
-            buf.resize(c.size as usize, 0);
-            file.read_exact_at(&mut buf, offset)
-                .map_err(RestoreError::io(path))?;
-            Digest::of(&buf) == c.blake3
-        };
-        ok.push(present);
-        offset += c.size;
-    }
-    Ok(ok)
-}
-
-/// Creates or truncates/extends `path` to `size`, reserving the blocks.
-fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
-    // A previous restore may have left the file read-only (its snapshot mode).
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        let mode = m.permissions().mode() | 0o600;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(RestoreError::io(path))?;
-    }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(RestoreError::io(path))?;
-    f.set_len(size).map_err(RestoreError::io(path))?;
-    if size > 0 {
-        // Not every filesystem can preallocate; the free-space check already ran.
-        let _ = fs4::fs_std::FileExt::allocate(&f, size);
-    }
-    Ok(())
-}
-
-/// Applies the mode and fsyncs; for a file this run changed, first verifies
-/// the whole-file digest (chunk digests were checked as they landed; this
-/// catches a chunk written at the wrong place).
-fn seal_file(path: &Path, f: &FileEntry, changed: bool, progress: &dyn Progress) -> Result<(), RestoreError> {
-    let file = std::fs::File::open(path).map_err(RestoreError::io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777))
-        .map_err(RestoreError::io(path))?;
-    if !changed {
-        return Ok(());
-    }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < f.size {
-        let n = ((f.size - offset) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], offset)
-            .map_err(RestoreError::io(path))?;
-        h.update(&buf[..n]);
-        offset += n as u64;
-        progress.advance(n as u64);
-    }
-    let actual: Digest = h.finalize().into();
-    if actual != f.blake3 {
-        return Err(FormatError::DigestMismatch {
-            what: format!("restored file {}", path.display()),
-            expected: f.blake3,
-            actual,
-        }
-        .into());
-    }
-    file.sync_all().map_err(RestoreError::io(path))
-}
-
-/// Applies directory modes and fsyncs every directory, deepest first.
-fn seal_dirs(root: &Path, m: &Manifest) -> Result<(), RestoreError> {
-    for d in m.directories.iter().rev() {
-        let p = root.join(&d.path);
-        // Keep the owner able to write, or a later top-up could not update it.
-        let mode = (d.mode & 0o777) | 0o700;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(RestoreError::io(&p))?;
-        std::fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(RestoreError::io(&p))?;
-    }
-    std::fs::File::open(root)
-        .and_then(|f| f.sync_all())
-        .map_err(RestoreError::io(root))
 }

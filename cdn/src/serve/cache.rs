@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -346,9 +346,4 @@ impl ObjectSource for PullThrough {
             Err(e) => Err(e),
         }
     }
-}
-
-/// For tests and tools: the path a key is cached at.
-pub fn cached_path(dir: &Path, key: &ObjectKey) -> PathBuf {
-    dir.join(key.as_str())
 }
