@@ -311,20 +311,25 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
+    // Handlers first: a SIGTERM right after the banner must stop us gracefully.
+    let shutdown = shutdown_signal()?;
     println!("serving {} on http://{addr}", a.store);
     std::io::stdout().flush()?;
-    qsync_cdn::serve::serve(listener, cfg, shutdown_signal()).await?;
+    qsync_cdn::serve::serve(listener, cfg, shutdown).await?;
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Registers SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
