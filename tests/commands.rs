@@ -24,12 +24,7 @@ fn verify_lists_missing_and_corrupt_chunks() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 problem(s)"), "{out}");
 
-    let mut objects: Vec<_> = std::fs::read_dir(env.store.join("chunks"))
-        .unwrap()
-        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .collect();
-    objects.sort();
+    let objects = env.chunk_objects();
     std::fs::remove_file(&objects[0]).unwrap();
     let mut bytes = std::fs::read(&objects[1]).unwrap();
     bytes[0] ^= 1;

@@ -56,14 +56,7 @@ fn b3(bytes: &[u8]) -> String {
 #[test]
 fn flipped_byte_in_a_chunk() {
     let env = published();
-    let chunks = env.store.join("chunks");
-    let dir = std::fs::read_dir(&chunks)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let chunk = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+    let chunk = env.chunk_objects().swap_remove(0);
     let mut bytes = std::fs::read(&chunk).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
@@ -200,14 +193,7 @@ fn symlink_in_destination_is_not_followed() {
 fn oversized_object_is_refused_without_reading_it_all() {
     let env = published();
     // A mirror serves 64 MiB where the manifest promises a chunk of at most 3 MiB.
-    let chunks = env.store.join("chunks");
-    let dir = std::fs::read_dir(&chunks)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let chunk = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+    let chunk = env.chunk_objects().swap_remove(0);
     std::fs::write(&chunk, noise(64 << 20, 2)).unwrap();
     let server = Server::start(&env.store);
     let dest = env.path("dest-oversized");

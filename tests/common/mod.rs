@@ -107,6 +107,17 @@ impl Env {
         self.store.join(p["current"]["manifest_key"].as_str().unwrap())
     }
 
+    /// Every chunk object in the store, sorted.
+    pub fn chunk_objects(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = std::fs::read_dir(self.store.join("chunks"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().path())
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn pointer_path(&self, chain: &str) -> PathBuf {
         self.store.join(format!("chains/{chain}/latest.json"))
     }
