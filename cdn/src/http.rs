@@ -90,30 +90,6 @@ impl HttpStore {
             hint,
         }
     }
-
-    async fn fetch(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
-        let mut req = self.client.get(self.url(key));
-        if let Some(r) = &range {
-            if r.is_empty() {
-                return Ok(Bytes::new());
-            }
-            req = req.header(reqwest::header::RANGE, format!("bytes={}-{}", r.start, r.end - 1));
-        }
-        let resp = req.send().await.map_err(|e| self.transport(key, e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(self.status(key, status));
-        }
-        let body = resp.bytes().await.map_err(|e| self.transport(key, e))?;
-        match range {
-            // A server that ignores Range sends the whole object with 200.
-            Some(r) if status == StatusCode::OK => {
-                let end = (r.end as usize).min(body.len());
-                Ok(body.slice((r.start as usize).min(end)..end))
-            }
-            _ => Ok(body),
-        }
-    }
 }
 
 #[async_trait]
@@ -123,7 +99,7 @@ impl ObjectSource for HttpStore {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
-        self.fetch(key, None).await
+        self.get_limited(key, u64::MAX).await
     }
 
     async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
@@ -159,7 +135,30 @@ impl ObjectSource for HttpStore {
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.fetch(key, Some(range)).await
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let resp = self
+            .client
+            .get(self.url(key))
+            .header(
+                reqwest::header::RANGE,
+                format!("bytes={}-{}", range.start, range.end - 1),
+            )
+            .send()
+            .await
+            .map_err(|e| self.transport(key, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(self.status(key, status));
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport(key, e))?;
+        if status == StatusCode::PARTIAL_CONTENT {
+            return Ok(body);
+        }
+        // A server that ignores Range sends the whole object with 200.
+        let end = (range.end as usize).min(body.len());
+        Ok(body.slice((range.start as usize).min(end)..end))
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {

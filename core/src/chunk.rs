@@ -140,54 +140,28 @@ pub fn encode(plain: Vec<u8>, level: i32) -> (Encoding, Vec<u8>) {
     }
 }
 
-/// Decodes a stored chunk object, refusing anything that does not expand to
-/// exactly `size` bytes hashing to `digest`. `size` bounds the decompression,
-/// so a hostile object cannot expand past it. A raw chunk is returned
-/// borrowed: restores write it straight from the network buffer.
-pub fn decode<'a>(stored: &'a [u8], size: u64, digest: &Digest) -> Result<Cow<'a, [u8]>, FormatError> {
-    let what = || format!("chunk {digest}");
-    let plain = if stored.starts_with(&ZSTD_MAGIC) {
-        Cow::Owned(zstd::bulk::decompress(stored, size as usize).map_err(|e| {
-            FormatError::Invalid(format!(
-                "{}: zstd frame does not decode to at most {size} bytes ({e}); the copy is corrupt, fetch it from another mirror",
-                what()
-            ))
-        })?)
-    } else {
-        Cow::Borrowed(stored)
-    };
-    if plain.len() as u64 != size {
-        return Err(FormatError::Invalid(format!(
-            "{}: decodes to {} bytes, manifest says {size}; the copy is corrupt or truncated, fetch it from another mirror",
-            what(),
-            plain.len()
-        )));
-    }
-    let actual = Digest::of(&plain);
-    if &actual != digest {
-        return Err(FormatError::DigestMismatch {
-            what: what(),
-            expected: *digest,
-            actual,
-        });
-    }
-    Ok(plain)
+/// Largest stored object a chunk of `size` plaintext bytes may be: the
+/// plaintext itself, or a zstd frame of it (which may be slightly larger
+/// when the data does not compress). Readers refuse longer downloads.
+pub fn stored_limit(size: u64) -> u64 {
+    size + size / 128 + 4096
 }
 
-/// Checks a stored chunk object against the digest in its key when its
-/// plaintext size is not known (a cache has only the key): decompression is
-/// bounded by `max_size`.
-pub fn verify_stored(stored: &[u8], digest: &Digest, max_size: u64) -> Result<(), FormatError> {
-    let plain = if stored.starts_with(&ZSTD_MAGIC) {
-        Cow::Owned(zstd::bulk::decompress(stored, max_size as usize).map_err(|e| {
-            FormatError::Invalid(format!(
-                "chunk {digest}: zstd frame does not decode within {max_size} bytes ({e})"
-            ))
-        })?)
-    } else {
-        Cow::Borrowed(stored)
-    };
-    let actual = Digest::of(&plain);
+/// The plaintext of a stored chunk object, decompressing at most `max` bytes
+/// so a hostile object cannot expand past it. Raw chunks are borrowed.
+fn expand<'a>(stored: &'a [u8], max: u64, digest: &Digest) -> Result<Cow<'a, [u8]>, FormatError> {
+    if !stored.starts_with(&ZSTD_MAGIC) {
+        return Ok(Cow::Borrowed(stored));
+    }
+    zstd::bulk::decompress(stored, max as usize).map(Cow::Owned).map_err(|e| {
+        FormatError::Invalid(format!(
+            "chunk {digest}: zstd frame does not decode to at most {max} bytes ({e}); the copy is corrupt, fetch it from another mirror"
+        ))
+    })
+}
+
+fn check_digest(plain: &[u8], digest: &Digest) -> Result<(), FormatError> {
+    let actual = Digest::of(plain);
     if &actual != digest {
         return Err(FormatError::DigestMismatch {
             what: format!("chunk {digest}"),
@@ -196,6 +170,28 @@ pub fn verify_stored(stored: &[u8], digest: &Digest, max_size: u64) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Decodes a stored chunk object, refusing anything that does not expand to
+/// exactly `size` bytes hashing to `digest`. A raw chunk is returned
+/// borrowed: restores write it straight from the network buffer.
+pub fn decode<'a>(stored: &'a [u8], size: u64, digest: &Digest) -> Result<Cow<'a, [u8]>, FormatError> {
+    let plain = expand(stored, size, digest)?;
+    if plain.len() as u64 != size {
+        return Err(FormatError::Invalid(format!(
+            "chunk {digest}: decodes to {} bytes, manifest says {size}; the copy is corrupt or truncated, fetch it from another mirror",
+            plain.len()
+        )));
+    }
+    check_digest(&plain, digest)?;
+    Ok(plain)
+}
+
+/// Checks a stored chunk object against the digest in its key when its
+/// plaintext size is not known (a cache has only the key): decompression is
+/// bounded by `max_size`.
+pub fn verify_stored(stored: &[u8], digest: &Digest, max_size: u64) -> Result<(), FormatError> {
+    check_digest(&expand(stored, max_size, digest)?, digest)
 }
 
 #[cfg(test)]

@@ -302,8 +302,7 @@ impl Mirrors {
         let _guard = InFlight(m);
         let key = ObjectKey::chunk(&c.blake3);
         let started = Instant::now();
-        // A raw chunk is its plaintext; a zstd frame of it is at most a little larger.
-        let limit = c.size + c.size / 128 + 4096;
+        let limit = chunk::stored_limit(c.size);
         let got = tokio::time::timeout(self.opts.attempt_timeout, m.source.get_limited(&key, limit)).await;
         let stored: Bytes = match got {
             Ok(Ok(b)) => b,

@@ -26,8 +26,8 @@ use super::objects::Kind;
 use crate::local::LocalStore;
 use crate::store::{CacheClass, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError};
 
-/// Largest chunk object accepted from upstream (16 MiB chunks, zstd slack).
-const MAX_CHUNK: u64 = (16 << 20) + (1 << 20);
+/// Largest chunk plaintext any valid manifest allows (FastCDC's maximum).
+const MAX_CHUNK_PLAIN: u64 = 16 << 20;
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -182,7 +182,7 @@ impl PullThrough {
     async fn fetch(&self, key: &ObjectKey, kind: Kind) -> Result<(), StoreError> {
         let limit = match kind {
             _ if key.as_str().ends_with(".minisig") => 16 << 10,
-            Kind::Chunk => MAX_CHUNK,
+            Kind::Chunk => chunk::stored_limit(MAX_CHUNK_PLAIN),
             Kind::Manifest => 1 << 30,
             _ => qsync_core::pointer::MAX_BYTES,
         };
@@ -279,7 +279,7 @@ fn verify(key: &ObjectKey, kind: Kind, body: &[u8]) -> Result<(), String> {
     match kind {
         Kind::Chunk => {
             let digest: Digest = name.parse().map_err(|e: qsync_core::FormatError| e.to_string())?;
-            chunk::verify_stored(body, &digest, MAX_CHUNK).map_err(|e| e.to_string())
+            chunk::verify_stored(body, &digest, MAX_CHUNK_PLAIN).map_err(|e| e.to_string())
         }
         Kind::Manifest => {
             let prefix = name

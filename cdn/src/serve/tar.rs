@@ -216,7 +216,7 @@ impl Read for FileReader<'_> {
                 return Ok(0);
             };
             let key = ObjectKey::chunk(&c.blake3);
-            let limit = c.size + c.size / 128 + 4096;
+            let limit = chunk::stored_limit(c.size);
             let stored = self
                 .handle
                 .block_on(self.store.get_limited(&key, limit))
