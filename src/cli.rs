@@ -71,9 +71,19 @@ pub struct SnapshotArgs {
     /// Chain data directory to publish.
     #[arg(long, env = "QSYNC_SOURCE")]
     pub source: PathBuf,
-    /// Store to publish to: a directory or file:// URL.
+    /// Store to publish to: a directory, file:// URL or s3://BUCKET/PREFIX.
     #[arg(long, env = "QSYNC_STORE")]
     pub store: String,
+    /// S3 settings.
+    #[command(flatten)]
+    pub s3: S3Flags,
+    /// Cache max-age written on the pointer and catalog (S3); chunks and manifests are immutable.
+    #[arg(long, env = "QSYNC_POINTER_MAX_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub pointer_max_age: Duration,
+    /// CloudFront distribution in front of the store: after publishing,
+    /// invalidate the pointer paths that changed (AWS_ENDPOINT_URL_CLOUDFRONT is honoured).
+    #[arg(long, env = "QSYNC_CLOUDFRONT_DISTRIBUTION_ID")]
+    pub cloudfront_distribution_id: Option<String>,
     /// minisign secret key (encrypted keys read QSYNC_SECRET_KEY_PASSWORD).
     #[arg(long, env = "QSYNC_SECRET_KEY")]
     pub secret_key: PathBuf,
@@ -136,9 +146,9 @@ pub struct RestoreArgs {
     /// Mirror timeouts.
     #[command(flatten)]
     pub timeouts: Timeouts,
-    /// HTTP store credentials.
+    /// Remote store settings.
     #[command(flatten)]
-    pub http: HttpAuth,
+    pub remote: Remote,
     /// Init-container mode: a complete restore of this chain younger than
     /// --max-age is left alone (no network); otherwise restore or top up.
     #[arg(long, env = "QSYNC_INIT", value_parser = clap::builder::BoolishValueParser::new())]
@@ -161,19 +171,79 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
-/// How to reach HTTP stores.
+/// How to reach remote stores when reading.
 #[derive(Args, Debug)]
-pub struct HttpAuth {
+pub struct Remote {
     /// Bearer token sent to HTTP stores (a `qsync serve --token-file` mirror).
     #[arg(long, env = "QSYNC_HTTP_TOKEN", hide_env_values = true)]
     pub http_token: Option<String>,
+    /// CloudFront key pair (public key) ID for signing requests to a private distribution.
+    #[arg(
+        long,
+        env = "QSYNC_CLOUDFRONT_KEY_PAIR_ID",
+        requires = "cloudfront_private_key"
+    )]
+    pub cloudfront_key_pair_id: Option<String>,
+    /// PEM RSA private key of that key pair; https:// stores get canned-policy signed URLs.
+    #[arg(
+        long,
+        env = "QSYNC_CLOUDFRONT_PRIVATE_KEY",
+        requires = "cloudfront_key_pair_id"
+    )]
+    pub cloudfront_private_key: Option<PathBuf>,
+    /// S3 settings.
+    #[command(flatten)]
+    pub s3: S3Flags,
 }
 
-impl HttpAuth {
+impl Remote {
     /// As store options.
-    pub fn options(&self) -> qsync_cdn::SourceOptions {
-        qsync_cdn::SourceOptions {
+    pub fn options(&self) -> anyhow::Result<qsync_cdn::StoreOptions> {
+        let cloudfront = match (&self.cloudfront_key_pair_id, &self.cloudfront_private_key) {
+            (Some(id), Some(pem)) => Some(std::sync::Arc::new(qsync_cdn::cloudfront::UrlSigner::load(
+                id, pem,
+            )?)),
+            _ => None,
+        };
+        Ok(qsync_cdn::StoreOptions {
             http_token: self.http_token.clone(),
+            cloudfront,
+            s3: self.s3.options(),
+        })
+    }
+}
+
+/// How to reach S3 stores (credentials and region come from the standard
+/// AWS environment: AWS_* variables, profiles, IRSA, instance metadata).
+#[derive(Args, Debug)]
+pub struct S3Flags {
+    /// Endpoint of an S3-compatible server (MinIO, Garage, Ceph, R2);
+    /// AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL are honoured too.
+    #[arg(long, env = "QSYNC_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Path-style addressing (ENDPOINT/BUCKET/KEY), which most S3-compatible servers need.
+    #[arg(long, env = "QSYNC_S3_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub s3_path_style: bool,
+    /// `requester` to read or write a requester-pays bucket (you pay for the requests and transfer).
+    #[arg(long, env = "QSYNC_REQUEST_PAYER")]
+    pub request_payer: Option<RequestPayer>,
+}
+
+/// Who pays for S3 requests.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestPayer {
+    /// The requester (x-amz-request-payer: requester).
+    Requester,
+}
+
+impl S3Flags {
+    /// As S3 options.
+    pub fn options(&self) -> qsync_cdn::s3::S3Options {
+        qsync_cdn::s3::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            path_style: self.s3_path_style,
+            requester_pays: self.request_payer.is_some(),
+            ..Default::default()
         }
     }
 }
@@ -204,9 +274,9 @@ pub struct VerifyArgs {
     /// Mirror timeouts.
     #[command(flatten)]
     pub timeouts: Timeouts,
-    /// HTTP store credentials.
+    /// Remote store settings.
     #[command(flatten)]
-    pub http: HttpAuth,
+    pub remote: Remote,
     /// Chunks checked at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
@@ -227,9 +297,9 @@ pub struct LsArgs {
     /// Only this chain [default: every chain in the store's catalog].
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: Option<String>,
-    /// HTTP store credentials.
+    /// Remote store settings.
     #[command(flatten)]
-    pub http: HttpAuth,
+    pub remote: Remote,
     /// Print JSON on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -250,9 +320,9 @@ pub struct ServeArgs {
     /// Upstream requests at once (pull-through mode).
     #[arg(long, env = "QSYNC_UPSTREAM_CONCURRENCY", default_value_t = 16)]
     pub upstream_concurrency: usize,
-    /// Credentials for an HTTP upstream.
+    /// Remote upstream settings.
     #[command(flatten)]
-    pub http: HttpAuth,
+    pub remote: Remote,
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long, env = "QSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
-use qsync_cdn::{open_sink, open_source_with};
+use qsync_cdn::{open_sink_with, open_source_with};
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
 use qsync_core::ChainName;
@@ -69,10 +69,41 @@ fn keygen(a: KeygenArgs) -> Result<()> {
     Ok(())
 }
 
+/// Invalidates the CloudFront paths of `keys`; the invalidation ID, or
+/// `None` after a warning (the snapshot is published either way, and edges
+/// pick it up within `--pointer-max-age`).
+async fn invalidate(distribution: &str, store: &str, keys: &[String]) -> Option<String> {
+    // The distribution serves the bucket at its root: paths include the S3 prefix.
+    let prefix = store
+        .strip_prefix("s3://")
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, p)| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+        .map_or(String::new(), |p| format!("{p}/"));
+    let paths = keys.iter().map(|k| format!("/{prefix}{k}")).collect();
+    match qsync_cdn::cloudfront::invalidate(distribution, paths).await {
+        Ok(id) => {
+            tracing::info!("CloudFront invalidation {id} created on {distribution}");
+            Some(id)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the snapshot is published, but {e}; edges serve the old pointer until its max-age runs out"
+            );
+            None
+        }
+    }
+}
+
 async fn snapshot(a: SnapshotArgs) -> Result<()> {
     let chain = ChainName::new(a.chain)?;
     let signer = SigningKey::load(&a.secret_key)?;
-    let sink = open_sink(&a.store)?;
+    let mut store_opts = qsync_cdn::StoreOptions {
+        s3: a.s3.options(),
+        ..Default::default()
+    };
+    store_opts.s3.pointer_max_age = a.pointer_max_age;
+    let sink = open_sink_with(&a.store, &store_opts)?;
     let mut opts = SnapshotOptions::new(chain.clone());
     opts.height = a.height;
     opts.block_hash = a.block_hash;
@@ -102,8 +133,16 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
             sink.location()
         )
     })?;
+    let invalidation = match &a.cloudfront_distribution_id {
+        Some(id) => Some(invalidate(id, &a.store, &s.rewritten).await),
+        None => None,
+    };
     if a.json {
-        print_json(&s)?;
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(i) = &invalidation {
+            v["cloudfront_invalidation"] = i.clone().into();
+        }
+        print_json(&v)?;
     } else {
         println!(
             "published {} version {} ({} files, {} bytes; uploaded {} of {} chunks, {} bytes) in {:.1?}\n  manifest {}\n  pointer  {}",
@@ -114,8 +153,8 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     Ok(())
 }
 
-fn mirrors(from: &[String], t: Option<&Timeouts>, http: &HttpAuth) -> Result<Mirrors> {
-    let store_opts = http.options();
+fn mirrors(from: &[String], t: Option<&Timeouts>, remote: &Remote) -> Result<Mirrors> {
+    let store_opts = remote.options()?;
     let sources = from
         .iter()
         .map(|u| open_source_with(u, &store_opts))
@@ -150,7 +189,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         }
     }
     let vk = VerifyingKey::load(&a.public_key)?;
-    let m = mirrors(&a.from, Some(&a.timeouts), &a.http)?;
+    let m = mirrors(&a.from, Some(&a.timeouts), &a.remote)?;
     let opts = RestoreOptions {
         chain: chain.clone(),
         dest: a.dest.clone(),
@@ -196,7 +235,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
 async fn verify(a: VerifyArgs) -> Result<()> {
     let chain = ChainName::new(a.chain)?;
     let vk = VerifyingKey::load(&a.public_key)?;
-    let sources = vec![open_source_with(&a.from, &a.http.options())?];
+    let sources = vec![open_source_with(&a.from, &a.remote.options()?)?];
     let opts = MirrorOptions {
         attempt_timeout: a.timeouts.timeout,
         deadline: a.timeouts.deadline,
@@ -234,7 +273,7 @@ async fn verify(a: VerifyArgs) -> Result<()> {
 async fn ls(a: LsArgs) -> Result<()> {
     let vk = VerifyingKey::load(&a.public_key)?;
     let chain = a.chain.map(ChainName::new).transpose()?;
-    let m = mirrors(std::slice::from_ref(&a.from), None, &a.http)?;
+    let m = mirrors(std::slice::from_ref(&a.from), None, &a.remote)?;
     let pointers = inspect::list(&m, &vk, chain.as_ref()).await?;
     if a.json {
         return print_json(&pointers);
@@ -269,7 +308,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             a.store
         ),
         (_, Some(dir)) => {
-            let upstream = open_source_with(&a.store, &a.http.options())?;
+            let upstream = open_source_with(&a.store, &a.remote.options()?)?;
             let cache = PullThrough::open(
                 upstream,
                 dir,

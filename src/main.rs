@@ -33,8 +33,10 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.verbose {
-            0 => "warn,qsync=info",
-            1 => "info",
+            // The AWS SDK warns about every credential or region source it
+            // tries and skips (IMDS off-cloud); a real failure reaches the error.
+            0 => "warn,qsync=info,aws_config=error",
+            1 => "info,aws_config=warn",
             _ => "debug",
         })
     });

@@ -12,14 +12,31 @@ use serde_json::Value;
 #[test]
 fn minisign_verifies_pointer_manifest_and_catalog() {
     require("minisign");
+    require("b3sum");
     let env = Env::new();
     let src = env.path("src");
     sample(&src, 8);
     env.snapshot(&src, "eth", &[]);
-    for obj in [
-        env.pointer_path("eth"),
-        env.manifest_path("eth"),
-        env.store.join("catalog.json"),
+    // Objects rewritten in place have one signature per version, named by
+    // the BLAKE3 of the signed bytes.
+    let versioned_sig = |obj: &std::path::Path| {
+        let out = Command::new("b3sum").arg("--no-names").arg(obj).output().unwrap();
+        assert!(out.status.success());
+        let hex = String::from_utf8(out.stdout).unwrap();
+        let name = obj.file_name().unwrap().to_str().unwrap();
+        obj.with_file_name(format!("{name}.sigs/{}.minisig", hex.trim()))
+    };
+    let manifest = env.manifest_path("eth");
+    let manifest_sig = manifest.with_file_name(format!(
+        "{}.minisig",
+        manifest.file_name().unwrap().to_str().unwrap()
+    ));
+    let pointer = env.pointer_path("eth");
+    let catalog = env.store.join("catalog.json");
+    for (obj, sig) in [
+        (pointer.clone(), versioned_sig(&pointer)),
+        (catalog.clone(), versioned_sig(&catalog)),
+        (manifest, manifest_sig),
     ] {
         let out = Command::new("minisign")
             .arg("-V")
@@ -27,6 +44,8 @@ fn minisign_verifies_pointer_manifest_and_catalog() {
             .arg(&env.pk)
             .arg("-m")
             .arg(&obj)
+            .arg("-x")
+            .arg(&sig)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

@@ -6,6 +6,7 @@
 //! operator can reproduce them with curl.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,12 +14,14 @@ use bytes::Bytes;
 use qsync_core::ObjectKey;
 use reqwest::{Client, StatusCode};
 
+use crate::cloudfront::UrlSigner;
 use crate::store::{ObjectMeta, ObjectSource, StoreError};
 
 /// An HTTP store rooted at a base URL.
 pub struct HttpStore {
     base: String,
     client: Client,
+    signer: Option<Arc<UrlSigner>>,
 }
 
 impl HttpStore {
@@ -56,11 +59,25 @@ impl HttpStore {
         } else {
             format!("{base}/")
         };
-        Ok(HttpStore { base, client })
+        Ok(HttpStore {
+            base,
+            client,
+            signer: None,
+        })
+    }
+
+    /// This store with every request URL signed by `signer` (a private
+    /// CloudFront distribution).
+    pub fn with_signer(self, signer: Option<Arc<UrlSigner>>) -> Self {
+        HttpStore { signer, ..self }
     }
 
     fn url(&self, key: &ObjectKey) -> String {
-        format!("{}{}", self.base, key)
+        let url = format!("{}{}", self.base, key);
+        match &self.signer {
+            Some(s) => s.sign(&url),
+            None => url,
+        }
     }
 
     fn transport(&self, key: &ObjectKey, e: reqwest::Error) -> StoreError {

@@ -3,7 +3,9 @@
 //! Writes go to a temporary file in the target directory, are fsynced, then
 //! renamed into place and the directory fsynced, so a crash leaves either the
 //! old object or the complete new one. Leftover `*.qsync-tmp` files from a
-//! crash are ignored by readers.
+//! crash are ignored by readers. Conditional writes hold an exclusive lock on
+//! the object's directory while they compare and rename, so they exclude
+//! each other across processes; a version is the BLAKE3 of the file.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -14,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use qsync_core::ObjectKey;
 
-use crate::store::{ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError};
+use crate::store::{Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
 
 /// A directory store.
 pub struct LocalStore {
@@ -64,6 +66,42 @@ impl LocalStore {
     }
 }
 
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let f = std::fs::File::open(path)?;
+    if f.metadata()?.len() > limit {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
+}
+
+fn version_of(body: &[u8]) -> Version {
+    Version(blake3::hash(body).to_hex().to_string())
+}
+
+/// Compares the object at `path` with `expect` and, if it matches, replaces
+/// it; `Ok(false)` on a mismatch.
+fn compare_and_write(path: &Path, body: &[u8], expect: &Expect) -> std::io::Result<bool> {
+    let dir = path.parent().expect("object paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::open(dir)?;
+    lock.lock()?;
+    let current = match std::fs::read(path) {
+        Ok(b) => Some(version_of(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let matches = match expect {
+        Expect::Absent => current.is_none(),
+        Expect::Version(v) => current.as_ref() == Some(v),
+    };
+    if matches {
+        write_atomically(path, body)?;
+    }
+    Ok(matches)
+}
+
 fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("object paths have a parent");
     std::fs::create_dir_all(dir)?;
@@ -96,20 +134,9 @@ impl ObjectSource for LocalStore {
     }
 
     async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
-        let body = self
-            .blocking(key, move |p| {
-                let f = std::fs::File::open(p)?;
-                if f.metadata()?.len() > limit {
-                    return Ok(None);
-                }
-                let mut buf = Vec::new();
-                f.take(limit + 1).read_to_end(&mut buf)?;
-                Ok(Some(buf))
-            })
-            .await?;
-        match body {
-            Some(b) if b.len() as u64 <= limit => Ok(Bytes::from(b)),
-            _ => Err(StoreError::TooLarge {
+        match self.blocking(key, move |p| read_limited(&p, limit)).await? {
+            Some(b) => Ok(Bytes::from(b)),
+            None => Err(StoreError::TooLarge {
                 location: self.location(),
                 key: key.to_string(),
                 limit,
@@ -143,6 +170,39 @@ impl ObjectSink for LocalStore {
         self.blocking(key, move |p| write_atomically(&p, &body)).await
     }
 
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> Result<Option<(Bytes, Version)>, StoreError> {
+        match self.get_limited(key, limit).await {
+            Ok(b) => Ok(Some((b.clone(), version_of(&b)))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        _: PutOptions,
+        expect: &Expect,
+    ) -> Result<(), StoreError> {
+        let expect = expect.clone();
+        if self
+            .blocking(key, move |p| compare_and_write(&p, &body, &expect))
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                location: self.location(),
+                key: key.to_string(),
+            })
+        }
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         match self.blocking(key, std::fs::remove_file).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
@@ -173,5 +233,43 @@ mod tests {
         s.delete(&k).await.unwrap();
         s.delete(&k).await.unwrap();
         assert_eq!(s.head(&k).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_let_one_writer_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(LocalStore::new(dir.path()));
+        let k = ObjectKey::new("chains/eth/latest.json").unwrap();
+        let opts = PutOptions {
+            cache: CacheClass::Mutable,
+        };
+        s.put_if(&k, Bytes::from_static(b"v1"), opts, &Expect::Absent)
+            .await
+            .unwrap();
+        let err = s
+            .put_if(&k, Bytes::from_static(b"x"), opts, &Expect::Absent)
+            .await;
+        assert!(matches!(err, Err(StoreError::Conflict { .. })), "{err:?}");
+        let (body, v1) = s.get_versioned(&k, 100).await.unwrap().unwrap();
+        assert_eq!(body, Bytes::from_static(b"v1"));
+        // Eight writers expect v1; exactly one replaces it.
+        let writers = (0..8).map(|i| {
+            let (s, k, v1) = (s.clone(), k.clone(), v1.clone());
+            tokio::spawn(async move {
+                s.put_if(&k, Bytes::from(format!("w{i}")), opts, &Expect::Version(v1))
+                    .await
+            })
+        });
+        let won = futures::future::join_all(writers)
+            .await
+            .into_iter()
+            .filter(|r| r.as_ref().unwrap().is_ok())
+            .count();
+        assert_eq!(won, 1);
+        assert!(s
+            .get_versioned(&ObjectKey::new("nope").unwrap(), 1)
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -1,15 +1,18 @@
 //! Store URLs: the one place that maps a URL to a backend.
 //!
 //! - a path or `file://PATH`: [`LocalStore`], read and write;
-//! - `http://` or `https://`: [`HttpStore`], read-only.
+//! - `http://` or `https://`: [`HttpStore`], read-only;
+//! - `s3://BUCKET/PREFIX`: [`S3Store`], read and write.
 
 use std::sync::Arc;
 
+use crate::cloudfront::UrlSigner;
 use crate::http::HttpStore;
 use crate::local::LocalStore;
+use crate::s3::{S3Options, S3Store};
 use crate::store::{ObjectSink, ObjectSource, StoreError};
 
-const SUPPORTED: &str = "use a directory path, file://PATH, or http(s)://HOST/PREFIX";
+const SUPPORTED: &str = "use a directory path, file://PATH, s3://BUCKET/PREFIX or http(s)://HOST/PREFIX";
 
 fn bad(url: &str, reason: String) -> StoreError {
     StoreError::BadUrl {
@@ -30,7 +33,7 @@ fn local(url: &str) -> Result<Option<LocalStore>, StoreError> {
         None if url.is_empty() => Err(bad(url, format!("empty; {SUPPORTED}"))),
         None => Ok(Some(LocalStore::new(url))),
         Some("file") => Ok(Some(LocalStore::new(&url["file://".len()..]))),
-        Some("http" | "https") => Ok(None),
+        Some("http" | "https" | "s3") => Ok(None),
         Some(other) => Err(bad(
             url,
             format!("scheme {other}:// is not supported by this build; {SUPPORTED}"),
@@ -45,28 +48,41 @@ pub fn local_dir(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
 
 /// How to reach remote stores.
 #[derive(Clone, Debug, Default)]
-pub struct SourceOptions {
+pub struct StoreOptions {
     /// Bearer token for HTTP stores (private `qsync serve` mirrors).
     pub http_token: Option<String>,
+    /// Signs requests to https:// stores (a private CloudFront distribution).
+    pub cloudfront: Option<Arc<UrlSigner>>,
+    /// S3 endpoint, addressing and request options.
+    pub s3: S3Options,
 }
 
 /// Opens a store for reading.
 pub fn open_source(url: &str) -> Result<Arc<dyn ObjectSource>, StoreError> {
-    open_source_with(url, &SourceOptions::default())
+    open_source_with(url, &StoreOptions::default())
 }
 
 /// Opens a store for reading with `opts`.
-pub fn open_source_with(url: &str, opts: &SourceOptions) -> Result<Arc<dyn ObjectSource>, StoreError> {
+pub fn open_source_with(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectSource>, StoreError> {
     Ok(match local(url)? {
         Some(l) => Arc::new(l),
-        None => Arc::new(HttpStore::with_token(url, opts.http_token.as_deref())?),
+        None if url.starts_with("s3://") => Arc::new(S3Store::new(url, opts.s3.clone())?),
+        None => Arc::new(
+            HttpStore::with_token(url, opts.http_token.as_deref())?.with_signer(opts.cloudfront.clone()),
+        ),
     })
 }
 
 /// Opens a store for writing.
 pub fn open_sink(url: &str) -> Result<Arc<dyn ObjectSink>, StoreError> {
+    open_sink_with(url, &StoreOptions::default())
+}
+
+/// Opens a store for writing with `opts`.
+pub fn open_sink_with(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectSink>, StoreError> {
     match local(url)? {
         Some(l) => Ok(Arc::new(l)),
+        None if url.starts_with("s3://") => Ok(Arc::new(S3Store::new(url, opts.s3.clone())?)),
         None => Err(StoreError::ReadOnly { location: url.into() }),
     }
 }
@@ -80,6 +96,7 @@ mod tests {
         assert_eq!(open_source("/tmp/x").unwrap().location(), "/tmp/x");
         assert_eq!(open_source("file:///tmp/x").unwrap().location(), "/tmp/x");
         assert_eq!(open_source("http://h:1/p").unwrap().location(), "http://h:1/p/");
+        assert_eq!(open_sink("s3://bkt/p/q").unwrap().location(), "s3://bkt/p/q/");
         assert!(matches!(
             open_sink("https://h/p"),
             Err(StoreError::ReadOnly { .. })

@@ -1,11 +1,8 @@
 //! Reading signed objects: fetch the bytes and the `.minisig`, verify under
 //! the pinned key, and only then hand the bytes to a parser.
-//!
-//! The object and its signature are two writes, so a reader can catch a
-//! pointer between them; a signature failure is therefore retried once after
-//! a short pause before it is reported.
-
-use std::time::Duration;
+//! Pointers and the catalog have one signature object per version (see
+//! [`ObjectKey::signature_for`]), so a body is never paired with the
+//! signature of another version and no retry is needed.
 
 use bytes::Bytes;
 use qsync_core::sign::VerifyingKey;
@@ -35,40 +32,40 @@ pub async fn get_signed(
     vk: &VerifyingKey,
     limit: u64,
 ) -> Result<Option<Bytes>, SignedReadError> {
-    let mut attempt = 0;
-    loop {
-        let body = match source.get_limited(key, limit).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let sig = match source.get_limited(&key.signature(), MAX_SIGNATURE_BYTES).await {
-            Ok(s) => s,
-            Err(e) if e.is_not_found() && attempt > 0 => {
-                return Err(FormatError::BadSignature {
-                    what: format!("{} in {}", key, source.location()),
-                    reason: "its .minisig is missing; the store is incomplete or was not published by qsync"
-                        .into(),
-                }
-                .into())
-            }
-            Err(e) if e.is_not_found() => Bytes::new(),
-            Err(e) => return Err(e.into()),
-        };
-        match vk.verify(key, &body, &sig) {
-            Ok(()) => return Ok(Some(body)),
-            Err(_) if attempt == 0 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(FormatError::BadSignature { reason, .. }) => {
-                return Err(FormatError::BadSignature {
-                    what: format!("{} in {}", key, source.location()),
-                    reason,
-                }
-                .into())
-            }
-            Err(e) => return Err(e.into()),
+    let body = match source.get_limited(key, limit).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    verify_body(source, key, &body, vk).await?;
+    Ok(Some(body))
+}
+
+/// Checks `body`, read from `key` in `source`, against its signature there.
+pub async fn verify_body(
+    source: &dyn ObjectSource,
+    key: &ObjectKey,
+    body: &[u8],
+    vk: &VerifyingKey,
+) -> Result<(), SignedReadError> {
+    let sig_key = key.signature_for(body);
+    let sig = match source.get_limited(&sig_key, MAX_SIGNATURE_BYTES).await {
+        Ok(s) => s,
+        Err(e) if e.is_not_found() => return Err(FormatError::BadSignature {
+            what: format!("{} in {}", key, source.location()),
+            reason: format!(
+                "its signature {sig_key} is missing; the store is incomplete or was not published by qsync"
+            ),
         }
-    }
+        .into()),
+        Err(e) => return Err(e.into()),
+    };
+    vk.verify(key, body, &sig).map_err(|e| match e {
+        FormatError::BadSignature { reason, .. } => FormatError::BadSignature {
+            what: format!("{} in {}", key, source.location()),
+            reason,
+        }
+        .into(),
+        e => e.into(),
+    })
 }

@@ -30,6 +30,32 @@ pub struct PutOptions {
     pub cache: CacheClass,
 }
 
+/// The version of a stored object as its store tells it apart (an S3 ETag,
+/// the BLAKE3 of a local file); only compared for equality.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// What [`ObjectSink::put_if`] expects to find at the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No object.
+    Absent,
+    /// The object at this version.
+    Version(Version),
+}
+
+impl PutOptions {
+    /// The options every object at `key` is written with.
+    pub fn for_key(key: &ObjectKey) -> PutOptions {
+        let cache = if key.is_mutable() {
+            CacheClass::Mutable
+        } else {
+            CacheClass::Immutable
+        };
+        PutOptions { cache }
+    }
+}
+
 /// Why a store operation failed. Every variant names the store and the key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,7 +101,7 @@ pub enum StoreError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A write to a store that cannot be written.
-    #[error("{location} is read-only; publish to a directory path or file:// URL instead")]
+    #[error("{location} is read-only; publish to a directory path, file:// URL or s3:// bucket instead")]
     ReadOnly {
         /// Store location.
         location: String,
@@ -99,6 +125,27 @@ pub enum StoreError {
         key: String,
         /// What did not match.
         reason: String,
+    },
+    /// A conditional write found another version than it expected.
+    #[error("{location}: {key} was changed by another writer meanwhile; nothing was overwritten")]
+    Conflict {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+    },
+    /// The store refused the request for a reason the operator must fix
+    /// (credentials, permission, region, a missing bucket).
+    #[error("{location}: {key}: {code}; {hint}")]
+    Refused {
+        /// Store location.
+        location: String,
+        /// Object key.
+        key: String,
+        /// The store's error code.
+        code: String,
+        /// What to check.
+        hint: String,
     },
     /// A store URL that cannot be used.
     #[error("store URL {url:?}: {reason}")]
@@ -159,6 +206,24 @@ pub trait ObjectSink: ObjectSource {
     /// Stores `body` at `key`, atomically: readers see the old object or the
     /// whole new one, never a part. Returns once the object is durable.
     async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError>;
+    /// The object (refused unread beyond `limit` bytes) and its version, or
+    /// `None` when it does not exist.
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> Result<Option<(Bytes, Version)>, StoreError>;
+    /// Stores `body` at `key` like [`ObjectSink::put`], but only if the object
+    /// is still as `expect` says; otherwise fails with
+    /// [`StoreError::Conflict`] and changes nothing. Of two writers that
+    /// expect the same version, at most one succeeds.
+    async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        opts: PutOptions,
+        expect: &Expect,
+    ) -> Result<(), StoreError>;
     /// Removes the object; absent objects are not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
 }

@@ -9,7 +9,8 @@
 //! chains/<chain>/latest.json                       the chain's pointer (signed)
 //! chains/<chain>/manifests/<version:012>-<b3:16>.json[.zst]   one per snapshot (signed)
 //! chunks/<b3[0..2]>/<b3>                           content-addressed chunk objects
-//! <any of the signed objects above>.minisig        detached minisign signature
+//! <manifest key>.minisig                           its detached minisign signature
+//! <pointer or catalog key>.sigs/<b3>.minisig       signature of the version whose BLAKE3 is <b3>
 //! ```
 
 use std::fmt;
@@ -52,9 +53,26 @@ impl ObjectKey {
         &self.0
     }
 
-    /// The key of this object's detached signature.
-    pub fn signature(&self) -> ObjectKey {
-        ObjectKey(format!("{}.minisig", self.0))
+    /// Whether the object is rewritten in place (a pointer or the catalog);
+    /// every other object is written once and never changes.
+    pub fn is_mutable(&self) -> bool {
+        self.0 == "catalog.json" || (self.0.starts_with("chains/") && self.0.ends_with("/latest.json"))
+    }
+
+    /// The key of the detached signature of `body` stored at this key.
+    ///
+    /// An object written once has its signature at `<key>.minisig`. An object
+    /// rewritten in place has one signature per version, at
+    /// `<key>.sigs/<BLAKE3 of body>.minisig`: a publisher uploads it before
+    /// the body without changing what readers see, a failed or losing
+    /// publisher leaves only an unreferenced file, and a reader or CDN cache
+    /// never pairs a body with the signature of another version.
+    pub fn signature_for(&self, body: &[u8]) -> ObjectKey {
+        if self.is_mutable() {
+            ObjectKey(format!("{}.sigs/{}.minisig", self.0, Digest::of(body).to_hex()))
+        } else {
+            ObjectKey(format!("{}.minisig", self.0))
+        }
     }
 
     /// The key of the chunk with plaintext digest `d`.
@@ -199,9 +217,16 @@ mod tests {
             format!("chunks/{}/{}", &d.to_hex()[..2], d)
         );
         assert_eq!(
-            ObjectKey::pointer(&c).signature().as_str(),
-            "chains/eth/latest.json.minisig"
+            ObjectKey::pointer(&c).signature_for(b"x").as_str(),
+            format!("chains/eth/latest.json.sigs/{d}.minisig")
         );
+        assert_eq!(
+            ObjectKey::catalog().signature_for(b"x").as_str(),
+            format!("catalog.json.sigs/{d}.minisig")
+        );
+        let m = ObjectKey::manifest(&c, 7, &d, false);
+        assert!(!m.is_mutable());
+        assert_eq!(m.signature_for(b"x").as_str(), format!("{m}.minisig"));
         assert!(ObjectKey::manifest(&c, 7, &d, true)
             .as_str()
             .starts_with("chains/eth/manifests/000000000007-"));

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use qsync_cdn::signed::get_signed;
-use qsync_cdn::{CacheClass, ObjectSink, PutOptions};
+use qsync_cdn::signed::verify_body;
+use qsync_cdn::{Expect, ObjectSink, PutOptions, StoreError};
 use qsync_core::chunk::{self, ChunkerParams};
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
@@ -101,6 +101,9 @@ pub struct SnapshotSummary {
     pub chunks_total: u64,
     /// Chunk objects uploaded.
     pub chunks_uploaded: u64,
+    /// Keys rewritten in place (the pointer, and the catalog when the chain
+    /// is new): what a CDN in front of the store must invalidate.
+    pub rewritten: Vec<String>,
     /// Snapshot creation time.
     pub created_at: String,
     /// Expiry of the pointer.
@@ -146,7 +149,9 @@ impl Uploader {
                 .await
                 .expect("encoder does not panic");
             let stored_len = stored.len() as u64;
-            self.sink.put(&key, Bytes::from(stored), IMMUTABLE).await?;
+            self.sink
+                .put(&key, Bytes::from(stored), PutOptions::for_key(&key))
+                .await?;
             self.counters
                 .bytes_uploaded
                 .fetch_add(stored_len, Ordering::Relaxed);
@@ -157,27 +162,30 @@ impl Uploader {
         Ok(())
     }
 
+    /// Writes `body` at `key` with its signature. The signature goes first, so
+    /// a reader that sees the body also finds its signature. With `expect`,
+    /// the body is written only if the object is still as expected.
     async fn put_signed(
         &self,
         key: &ObjectKey,
         body: Vec<u8>,
         signer: &SigningKey,
-        cache: CacheClass,
-    ) -> Result<(), SnapshotError> {
+        expect: Option<&Expect>,
+    ) -> Result<(), StoreError> {
         let sig = signer.sign(key, &body);
         let n = (body.len() + sig.len()) as u64;
-        let opts = PutOptions { cache };
-        // Signature first: a reader that sees the new object also finds its signature.
-        self.sink.put(&key.signature(), Bytes::from(sig), opts).await?;
-        self.sink.put(key, Bytes::from(body), opts).await?;
+        let sig_key = key.signature_for(&body);
+        let sig_opts = PutOptions::for_key(&sig_key);
+        self.sink.put(&sig_key, Bytes::from(sig), sig_opts).await?;
+        let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
+        match expect {
+            Some(expect) => self.sink.put_if(key, body, opts, expect).await?,
+            None => self.sink.put(key, body, opts).await?,
+        }
         self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 }
-
-const IMMUTABLE: PutOptions = PutOptions {
-    cache: CacheClass::Immutable,
-};
 
 /// Publishes `source` as the next snapshot of `opts.chain` in `sink`.
 pub async fn publish(
@@ -190,11 +198,16 @@ pub async fn publish(
     opts.chunker.validate()?;
     let vk = signer.verifying_key();
     let pointer_key = ObjectKey::pointer(&opts.chain);
-    let previous_bytes = get_signed(sink.as_ref(), &pointer_key, vk, pointer::MAX_BYTES).await?;
-    let previous = previous_bytes
-        .as_deref()
-        .map(|b| Pointer::decode(b, pointer_key.as_str()))
-        .transpose()?;
+    let (previous, expect) = match sink.get_versioned(&pointer_key, pointer::MAX_BYTES).await? {
+        Some((bytes, at)) => {
+            verify_body(sink.as_ref(), &pointer_key, &bytes, vk).await?;
+            (
+                Some(Pointer::decode(&bytes, pointer_key.as_str())?),
+                Expect::Version(at),
+            )
+        }
+        None => (None, Expect::Absent),
+    };
     let version = previous.as_ref().map_or(1, |p| p.current.version + 1);
 
     let root = source.to_path_buf();
@@ -249,25 +262,24 @@ pub async fn publish(
     let (stored, compressed) = manifest.encode();
     let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
     let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
-    up.put_signed(&manifest_key, stored, signer, CacheClass::Immutable)
-        .await?;
+    up.put_signed(&manifest_key, stored, signer, None).await?;
 
     let pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
-    // Refuse to overwrite a pointer someone else moved meanwhile.
-    let now_bytes = match sink.get(&pointer_key).await {
-        Ok(b) => Some(b),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-    };
-    if now_bytes != previous_bytes {
-        return Err(SnapshotError::PointerRace {
-            location: sink.location(),
-            key: pointer_key.to_string(),
-        });
+    // Written only over the pointer this run started from: of two publishers
+    // racing on one chain, the second finds the pointer moved and fails.
+    match up
+        .put_signed(&pointer_key, pointer.encode(), signer, Some(&expect))
+        .await
+    {
+        Err(StoreError::Conflict { location, key }) => {
+            return Err(SnapshotError::PointerRace { location, key })
+        }
+        r => r?,
     }
-    up.put_signed(&pointer_key, pointer.encode(), signer, CacheClass::Mutable)
-        .await?;
-    update_catalog(&up, signer, &opts.chain).await?;
+    let mut rewritten = vec![pointer_key.to_string()];
+    if update_catalog(&up, signer, &opts.chain).await? {
+        rewritten.push(ObjectKey::catalog().to_string());
+    }
 
     let c = &up.counters;
     Ok(SnapshotSummary {
@@ -283,24 +295,42 @@ pub async fn publish(
         bytes_new: c.bytes_new.load(Ordering::Relaxed),
         chunks_total: manifest.chunk_refs() as u64,
         chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
+        rewritten,
         created_at: now.to_string(),
         expires_at: expires_at.to_string(),
         snapshot_expires_at: manifest_expires_at.to_string(),
     })
 }
 
-async fn update_catalog(up: &Uploader, signer: &SigningKey, chain: &ChainName) -> Result<(), SnapshotError> {
+/// Adds `chain` to the catalog; true when it was not listed. Publishers of
+/// other chains may update it at the same time, so the write is conditional
+/// and retried on a conflict.
+async fn update_catalog(
+    up: &Uploader,
+    signer: &SigningKey,
+    chain: &ChainName,
+) -> Result<bool, SnapshotError> {
     let key = ObjectKey::catalog();
-    let mut catalog =
-        match get_signed(up.sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await? {
-            Some(b) => Catalog::decode(&b)?,
-            None => Catalog::default(),
+    let mut attempts = 0;
+    loop {
+        let (mut catalog, expect) = match up.sink.get_versioned(&key, pointer::MAX_BYTES).await? {
+            Some((bytes, at)) => {
+                verify_body(up.sink.as_ref(), &key, &bytes, signer.verifying_key()).await?;
+                (Catalog::decode(&bytes)?, Expect::Version(at))
+            }
+            None => (Catalog::default(), Expect::Absent),
         };
-    if catalog.insert(chain) {
-        up.put_signed(&key, catalog.encode(), signer, CacheClass::Mutable)
-            .await?;
+        if !catalog.insert(chain) {
+            return Ok(false);
+        }
+        match up.put_signed(&key, catalog.encode(), signer, Some(&expect)).await {
+            Err(StoreError::Conflict { .. }) if attempts < 8 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
+            }
+            r => return Ok(r.map(|()| true)?),
+        }
     }
-    Ok(())
 }
 
 /// Reads, chunks and uploads one file; returns its manifest entry.

@@ -7,8 +7,8 @@
 //!
 //! | kind | ETag | Cache-Control |
 //! |---|---|---|
-//! | chunk, manifest, and their signatures | the content address in the key | a year, immutable |
-//! | pointer, catalog, and their signatures | BLAKE3 of the current bytes | `--pointer-max-age` |
+//! | chunk, manifest, every signature | the content address in the key | a year, immutable |
+//! | pointer, catalog | BLAKE3 of the current bytes | `--pointer-max-age` |
 //! | anything else in the directory | none | no-cache |
 //!
 //! `If-None-Match` with the current ETag answers 304 without reading the
@@ -33,6 +33,8 @@ pub enum Kind {
     Manifest,
     /// `chains/<chain>/latest.json`, `catalog.json`
     Pointer,
+    /// `<pointer or catalog>.sigs/<b3>.minisig`: named by what it signs.
+    Signature,
     /// Anything else.
     Other,
 }
@@ -41,7 +43,9 @@ impl Kind {
     /// The kind of `key` (a signature has its object's kind).
     pub fn of(key: &str) -> Kind {
         let key = key.strip_suffix(".minisig").unwrap_or(key);
-        if key.starts_with("chunks/") {
+        if key.contains(".sigs/") {
+            Kind::Signature
+        } else if key.starts_with("chunks/") {
             Kind::Chunk
         } else if key.starts_with("chains/") && key.contains("/manifests/") {
             Kind::Manifest
@@ -58,6 +62,7 @@ impl Kind {
             Kind::Chunk => "chunk",
             Kind::Manifest => "manifest",
             Kind::Pointer => "pointer",
+            Kind::Signature => "signature",
             Kind::Other => "other",
         }
     }
@@ -92,7 +97,7 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
         }
     }
     let (etag, cache) = match kind {
-        Kind::Chunk | Kind::Manifest => {
+        Kind::Chunk | Kind::Manifest | Kind::Signature => {
             let name = key.as_str().rsplit('/').next().expect("keys are non-empty");
             (
                 Some(format!("\"{name}\"")),
