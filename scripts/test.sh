@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs the external tools the
-# tests check qsync against (minisign, b3sum, zstd, curl from Debian), then
-# runs format and lint checks and every unit and end-to-end test.
+# The whole test suite, from a fresh machine: installs the external tools and
+# servers the tests check qsync against (minisign, b3sum, zstd, curl from
+# Debian; the s3s-fs S3 server from crates.io; moto from PyPI), then runs
+# format and lint checks and every unit and end-to-end test. The tests start
+# the servers themselves, on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# A real S3 server that checks SigV4 signatures (about 3 minutes to build;
+# 0.14.1 is the last release this toolchain builds).
+command -v s3s-fs >/dev/null 2>&1 || {
+  echo "installing s3s-fs (cargo install)"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+}
+# moto's server is the local CloudFront API; botocore (which it brings) is
+# AWS's reference CloudFront URL signer the tests compare against.
+python3 -c 'import moto, botocore, cryptography' 2>/dev/null || {
+  echo "installing moto[server] (pip)"
+  python3 -m pip install --quiet 'moto[server]==5.*'
+}
 # The machine image ships both; rustup's own server is not reachable from CI.
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

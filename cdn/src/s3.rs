@@ -19,6 +19,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, RequestPayer};
 use aws_sdk_s3::Client;
+use aws_smithy_runtime::client::retries::{RetryPartition, TokenBucket};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use qsync_core::ObjectKey;
@@ -449,7 +450,14 @@ async fn build_client(opts: &S3Options) -> Client {
     // S3-compatible servers rarely care about the region, but SigV4 needs one.
     let default_region = custom_endpoint.then_some("us-east-1");
     let shared = aws_config(opts.max_attempts, opts.read_timeout, default_region).await;
+    // The SDK's retry quota fails requests outright once many retried
+    // recently; a publish of thousands of chunks over a flaky link would then
+    // fail as a whole. Attempts per request stay bounded by `max_attempts`.
+    let partition = RetryPartition::custom("qsync-s3")
+        .token_bucket(TokenBucket::unlimited())
+        .build();
     let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+        .retry_partition(partition)
         .force_path_style(opts.path_style)
         // Many S3-compatible servers reject the SDK's default trailing
         // checksums; objects are content-addressed and verified on read anyway.

@@ -51,13 +51,15 @@ pub async fn verify_body(
     let sig_key = key.signature_for(body);
     let sig = match source.get_limited(&sig_key, MAX_SIGNATURE_BYTES).await {
         Ok(s) => s,
-        Err(e) if e.is_not_found() => return Err(FormatError::BadSignature {
-            what: format!("{} in {}", key, source.location()),
-            reason: format!(
+        Err(e) if e.is_not_found() => {
+            return Err(FormatError::BadSignature {
+                what: format!("{} in {}", key, source.location()),
+                reason: format!(
                 "its signature {sig_key} is missing; the store is incomplete or was not published by qsync"
             ),
+            }
+            .into())
         }
-        .into()),
         Err(e) => return Err(e.into()),
     };
     vk.verify(key, body, &sig).map_err(|e| match e {

@@ -131,6 +131,8 @@ struct Uploader {
     level: i32,
     counters: Counters,
     progress: Arc<dyn Progress>,
+    /// Chunk uploads not yet awaited.
+    uploads: Mutex<tokio::task::JoinSet<Result<(), SnapshotError>>>,
 }
 
 impl Uploader {
@@ -230,12 +232,17 @@ pub async fn publish(
         level: opts.zstd_level,
         counters: Counters::default(),
         progress: progress.clone(),
+        uploads: Mutex::new(tokio::task::JoinSet::new()),
     });
     let files: Vec<FileEntry> = futures::stream::iter(listing.files)
         .map(|f| publish_file(f, opts.chunker.clone(), up.clone()))
         .buffered(2)
         .try_collect()
         .await?;
+    let mut uploads = std::mem::take(&mut *up.uploads.lock().expect("not poisoned"));
+    while let Some(done) = uploads.join_next().await {
+        done.expect("upload task does not panic")?;
+    }
     progress.finish();
 
     let now = Timestamp::now();
@@ -333,7 +340,10 @@ async fn update_catalog(
     }
 }
 
-/// Reads, chunks and uploads one file; returns its manifest entry.
+/// Reads and chunks one file and starts the uploads of its chunks; returns
+/// its manifest entry once the file is read. Uploads run on, bounded by the
+/// slots and the byte budget, so many small files keep the store busy while
+/// only two are read at a time; [`publish`] awaits them all.
 async fn publish_file(
     file: SourceFile,
     params: ChunkerParams,
@@ -345,7 +355,6 @@ async fn publish_file(
     let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &before, &params, tx));
 
     let mut chunks = Vec::new();
-    let mut uploads = tokio::task::JoinSet::new();
     while let Some((d, plain)) = rx.recv().await {
         chunks.push(ChunkRef {
             blake3: d,
@@ -359,20 +368,19 @@ async fn publish_file(
             .await
             .expect("semaphore open");
         let slot = up.slots.clone().acquire_owned().await.expect("semaphore open");
-        let up = up.clone();
+        let task = up.clone();
+        let mut uploads = up.uploads.lock().expect("not poisoned");
         uploads.spawn(async move {
-            let r = up.ensure(d, plain).await;
+            let r = task.ensure(d, plain).await;
             drop((slot, bytes));
             r
         });
+        // Report a failed upload (of any file) as soon as it is seen.
         while let Some(done) = uploads.try_join_next() {
             done.expect("upload task does not panic")?;
         }
     }
     let whole = reader.await.expect("reader does not panic")?;
-    while let Some(done) = uploads.join_next().await {
-        done.expect("upload task does not panic")?;
-    }
     Ok(FileEntry {
         path: file.rel,
         size: file.stat.size,

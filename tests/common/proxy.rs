@@ -1,9 +1,10 @@
 //! A fault-injecting HTTP proxy on loopback, for mirror failover tests.
 //!
-//! One request per connection: it reads the request line, and for chunk
-//! objects draws a fault: a 503, a connection closed without an answer, a
-//! stall of `stall_secs` (bounded), or the upstream answer with one body
-//! byte flipped. Everything else is forwarded to the upstream `qsync serve`.
+//! One request per connection: it reads the request, and for chunk objects
+//! (GET or PUT, any prefix) draws a fault: a 503, a connection closed without
+//! an answer, a stall, or (for GETs) the upstream answer with one body byte
+//! flipped. Everything else is forwarded verbatim, headers and body, to the
+//! upstream (`qsync serve` or an S3 server, whose signatures still verify).
 //! Counts of each fault are kept so tests can check faults really happened.
 
 use std::io::{Read, Write};
@@ -90,12 +91,27 @@ fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let Some(head) = read_head(&mut conn) else { return };
     let mut words = head.split_whitespace();
-    let (method, path) = (
-        words.next().unwrap_or("GET").to_string(),
-        words.next().unwrap_or("/").to_string(),
-    );
+    let method = words.next().unwrap_or("GET").to_string();
+    let path = words.next().unwrap_or("/").to_string();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        && conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+    {
+        return;
+    }
+    let mut body = vec![0u8; length];
+    if conn.read_exact(&mut body).is_err() {
+        return;
+    }
     counts.requests.fetch_add(1, Ordering::Relaxed);
-    let chunk = path.starts_with("/chunks/");
+    // Chunk objects of a qsync store, under any prefix (S3 paths carry the bucket).
+    let chunk = path.contains("/chunks/");
     let mut edge = 0;
     let mut hit = |per_mille: u64| {
         edge += per_mille;
@@ -116,12 +132,27 @@ fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts
         std::thread::sleep(Duration::from_secs(8));
         return;
     }
-    let corrupt = hit(faults.corrupt);
+    let corrupt = hit(faults.corrupt) && method == "GET";
     let Ok(mut up) = TcpStream::connect(upstream) else {
         return;
     };
-    let request = format!("{method} {path} HTTP/1.1\r\nhost: {upstream}\r\nconnection: close\r\n\r\n");
-    if up.write_all(request.as_bytes()).is_err() {
+    // The request as the client sent it (so signatures over its headers
+    // still verify), but one request per connection.
+    let mut request: String = head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or_default().trim();
+            !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("expect")
+        })
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    request.push_str("connection: close\r\n\r\n");
+    if up
+        .write_all(request.as_bytes())
+        .and_then(|()| up.write_all(&body))
+        .is_err()
+    {
         return;
     }
     let mut response = Vec::new();
