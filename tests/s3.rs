@@ -155,9 +155,18 @@ fn publish_and_restore_survive_a_faulty_network() {
     let proxy = FaultProxy::start(&s3.endpoint, faults, 17);
     let url = s3.url("faulty");
     snapshot(&env, &proxy.url, &url, &src);
+    assert_eq!(proxy.count(|c| &c.requester_pays), 0);
+    // The reader pays for its requests, as a requester-pays bucket demands.
     let dest = env.path("dest");
-    restore(&env, &proxy.url, &url, &dest);
+    let mut c = env.restore_cmd(&url, "eth", &dest);
+    aws_env(&mut c, &proxy.url).args(["--request-payer", "requester"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(tree(&dest), tree(&src));
+    assert!(
+        proxy.count(|c| &c.requester_pays) >= 220,
+        "requests without x-amz-request-payer"
+    );
     for (what, n) in [
         ("503s", proxy.count(|c| &c.errors)),
         ("resets", proxy.count(|c| &c.resets)),

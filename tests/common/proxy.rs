@@ -29,6 +29,8 @@ pub struct Counts {
     pub resets: AtomicU64,
     pub stalls: AtomicU64,
     pub corrupted: AtomicU64,
+    /// Requests carrying `x-amz-request-payer: requester`.
+    pub requester_pays: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -110,6 +112,9 @@ fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts
         return;
     }
     counts.requests.fetch_add(1, Ordering::Relaxed);
+    if header("x-amz-request-payer").is_some_and(|v| v == "requester") {
+        counts.requester_pays.fetch_add(1, Ordering::Relaxed);
+    }
     // Chunk objects of a qsync store, under any prefix (S3 paths carry the bucket).
     let chunk = path.contains("/chunks/");
     let mut edge = 0;
