@@ -71,7 +71,7 @@ pub struct SnapshotArgs {
     /// Chain data directory to publish.
     #[arg(long, env = "QSYNC_SOURCE")]
     pub source: PathBuf,
-    /// Store to publish to: a directory, file:// URL or s3://BUCKET/PREFIX.
+    /// Store to publish to: a directory, file:// URL, s3://BUCKET/PREFIX or ipfs+http://HOST:PORT[/MFS/DIR].
     #[arg(long, env = "QSYNC_STORE")]
     pub store: String,
     /// S3 settings.
@@ -194,6 +194,12 @@ pub struct Remote {
     /// S3 settings.
     #[command(flatten)]
     pub s3: S3Flags,
+    /// IPFS gateway for ipfs://CID stores.
+    #[arg(long, env = "QSYNC_IPFS_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    pub ipfs_gateway: String,
+    /// Kubo RPC API (e.g. http://127.0.0.1:5001) to read ipfs://CID stores with `cat` instead of a gateway.
+    #[arg(long, env = "QSYNC_IPFS_API")]
+    pub ipfs_api: Option<String>,
 }
 
 impl Remote {
@@ -209,6 +215,8 @@ impl Remote {
             http_token: self.http_token.clone(),
             cloudfront,
             s3: self.s3.options(),
+            ipfs_gateway: Some(self.ipfs_gateway.clone()),
+            ipfs_api: self.ipfs_api.clone(),
         })
     }
 }

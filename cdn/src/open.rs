@@ -2,17 +2,21 @@
 //!
 //! - a path or `file://PATH`: [`LocalStore`], read and write;
 //! - `http://` or `https://`: [`HttpStore`], read-only;
-//! - `s3://BUCKET/PREFIX`: [`S3Store`], read and write.
+//! - `s3://BUCKET/PREFIX`: [`S3Store`], read and write;
+//! - `ipfs+http://HOST:PORT[/MFS/DIR]`: [`IpfsStore`] in a node's MFS, read and write;
+//! - `ipfs://CID`: a published IPFS directory, read through a gateway or the RPC API.
 
 use std::sync::Arc;
 
 use crate::cloudfront::UrlSigner;
 use crate::http::HttpStore;
+use crate::ipfs::{self, IpfsStore};
 use crate::local::LocalStore;
 use crate::s3::{S3Options, S3Store};
 use crate::store::{ObjectSink, ObjectSource, StoreError};
 
-const SUPPORTED: &str = "use a directory path, file://PATH, s3://BUCKET/PREFIX or http(s)://HOST/PREFIX";
+const SUPPORTED: &str =
+    "use a directory path, file://PATH, s3://BUCKET/PREFIX, ipfs+http://HOST:PORT, ipfs://CID or http(s)://HOST/PREFIX";
 
 fn bad(url: &str, reason: String) -> StoreError {
     StoreError::BadUrl {
@@ -33,7 +37,7 @@ fn local(url: &str) -> Result<Option<LocalStore>, StoreError> {
         None if url.is_empty() => Err(bad(url, format!("empty; {SUPPORTED}"))),
         None => Ok(Some(LocalStore::new(url))),
         Some("file") => Ok(Some(LocalStore::new(&url["file://".len()..]))),
-        Some("http" | "https" | "s3") => Ok(None),
+        Some("http" | "https" | "s3" | "ipfs" | "ipfs+http" | "ipfs+https") => Ok(None),
         Some(other) => Err(bad(
             url,
             format!("scheme {other}:// is not supported by this build; {SUPPORTED}"),
@@ -55,6 +59,10 @@ pub struct StoreOptions {
     pub cloudfront: Option<Arc<UrlSigner>>,
     /// S3 endpoint, addressing and request options.
     pub s3: S3Options,
+    /// Gateway for `ipfs://CID` stores [default: `http://127.0.0.1:8080`].
+    pub ipfs_gateway: Option<String>,
+    /// RPC API for `ipfs://CID` stores; when set, reads use `cat` instead of the gateway.
+    pub ipfs_api: Option<String>,
 }
 
 /// Opens a store for reading.
@@ -67,6 +75,12 @@ pub fn open_source_with(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Object
     Ok(match local(url)? {
         Some(l) => Arc::new(l),
         None if url.starts_with("s3://") => Arc::new(S3Store::new(url, opts.s3.clone())?),
+        None if url.starts_with("ipfs+") => Arc::new(IpfsStore::new(url)?),
+        None if url.starts_with("ipfs://") => ipfs::open_cid(
+            url,
+            opts.ipfs_gateway.as_deref().unwrap_or("http://127.0.0.1:8080"),
+            opts.ipfs_api.as_deref(),
+        )?,
         None => Arc::new(
             HttpStore::with_token(url, opts.http_token.as_deref())?.with_signer(opts.cloudfront.clone()),
         ),
@@ -83,6 +97,7 @@ pub fn open_sink_with(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectSi
     match local(url)? {
         Some(l) => Ok(Arc::new(l)),
         None if url.starts_with("s3://") => Ok(Arc::new(S3Store::new(url, opts.s3.clone())?)),
+        None if url.starts_with("ipfs+") => Ok(Arc::new(IpfsStore::new(url)?)),
         None => Err(StoreError::ReadOnly { location: url.into() }),
     }
 }

@@ -224,6 +224,12 @@ pub trait ObjectSink: ObjectSource {
         opts: PutOptions,
         expect: &Expect,
     ) -> Result<(), StoreError>;
+    /// After a publish: the backend's own name for the store as it now is,
+    /// kept available (the pinned root CID of an IPFS directory); `None` for
+    /// backends where the location already says it.
+    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
     /// Removes the object; absent objects are not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
 }

@@ -104,6 +104,9 @@ pub struct SnapshotSummary {
     /// Keys rewritten in place (the pointer, and the catalog when the chain
     /// is new): what a CDN in front of the store must invalidate.
     pub rewritten: Vec<String>,
+    /// Root CID of the store directory after this publish, pinned (IPFS stores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipfs_root_cid: Option<String>,
     /// Snapshot creation time.
     pub created_at: String,
     /// Expiry of the pointer.
@@ -287,6 +290,7 @@ pub async fn publish(
     if update_catalog(&up, signer, &opts.chain).await? {
         rewritten.push(ObjectKey::catalog().to_string());
     }
+    let ipfs_root_cid = sink.snapshot_root().await?;
 
     let c = &up.counters;
     Ok(SnapshotSummary {
@@ -303,6 +307,7 @@ pub async fn publish(
         chunks_total: manifest.chunk_refs() as u64,
         chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
         rewritten,
+        ipfs_root_cid,
         created_at: now.to_string(),
         expires_at: expires_at.to_string(),
         snapshot_expires_at: manifest_expires_at.to_string(),

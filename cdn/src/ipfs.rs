@@ -1,0 +1,483 @@
+//! IPFS through the Kubo RPC API: a store kept in the node's MFS (the
+//! mutable file system), published as one UnixFS directory per snapshot.
+//!
+//! - `ipfs+http://HOST:PORT[/MFS/DIR]` (default directory `/qsync`) is a
+//!   read-write store: every object is added (CIDv1, raw leaves, one request
+//!   per object so memory stays bounded by the object) and linked into the
+//!   directory at its key, so the directory is laid out exactly like a
+//!   store. Objects already linked are found by `files/stat` and not added
+//!   again. [`IpfsStore::snapshot_root`] returns the directory's CID and pins
+//!   it recursively: `GATEWAY/ipfs/<CID>/` is then a complete read-only
+//!   store that anyone can pin and mirror.
+//! - `ipfs://CID` is a read-only store: through a gateway (an [`HttpStore`]
+//!   at `GATEWAY/ipfs/CID/`), or through the RPC API's `cat` when an API URL
+//!   is given.
+//!
+//! A small client on reqwest rather than `ipfs-api-backend-hyper`: that crate
+//! drags in a second HTTP stack (hyper 0.14), needs the yanked `core2 0.4.0`
+//! pinned to resolve, and rejects js-ipfs's numeric `Size` (docs/backends/ipfs.md).
+//!
+//! Conditional writes compare the MFS entry's CID before replacing it; the
+//! node serialises MFS changes, but two publishers on one node could still
+//! interleave between the compare and the replace. Run one publisher per
+//! MFS directory.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qsync_core::ObjectKey;
+use std::sync::{Arc, Mutex};
+
+use reqwest::Client;
+use serde::Deserialize;
+
+use crate::http::HttpStore;
+use crate::store::{Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+
+/// Longest one RPC call may take: a node asked for a CID it does not have
+/// searches the network indefinitely.
+const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Kubo-compatible RPC endpoint.
+#[derive(Clone)]
+struct Rpc {
+    api: String,
+    client: Client,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Added {
+    hash: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Stat {
+    hash: String,
+    /// A number from js-ipfs, sometimes a string from other nodes.
+    size: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RpcError {
+    message: String,
+}
+
+impl Rpc {
+    fn new(api: &str) -> Result<Rpc, StoreError> {
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(RPC_TIMEOUT)
+            .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StoreError::BadUrl {
+                url: api.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Rpc {
+            api: api.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    /// Calls `command` with `args`; the body on success, a [`StoreError`]
+    /// about `key` otherwise.
+    async fn call(
+        &self,
+        command: &str,
+        args: &[(&str, &str)],
+        form: Option<reqwest::multipart::Form>,
+        key: &str,
+    ) -> Result<Bytes, StoreError> {
+        let mut req = self
+            .client
+            .post(format!("{}/api/v0/{command}", self.api))
+            .query(args);
+        if let Some(f) = form {
+            req = req.multipart(f);
+        }
+        let resp = req.send().await.map_err(|e| StoreError::Transport {
+            location: self.api.clone(),
+            key: key.into(),
+            source: format!(
+                "IPFS RPC API {command}: {e}; is the node running and its API at {}?",
+                self.api
+            )
+            .into(),
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| StoreError::Transport {
+            location: self.api.clone(),
+            key: key.into(),
+            source: Box::new(e),
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<RpcError>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        let absent = ["does not exist", "not found", "no link named", "no such file"];
+        if absent.iter().any(|m| message.to_lowercase().contains(m)) {
+            return Err(StoreError::NotFound {
+                location: self.api.clone(),
+                key: key.into(),
+            });
+        }
+        Err(StoreError::Refused {
+            location: self.api.clone(),
+            key: key.into(),
+            code: format!("{command}: HTTP {}", status.as_u16()),
+            hint: message,
+        })
+    }
+
+    async fn stat(&self, path: &str, key: &str) -> Result<Option<Stat>, StoreError> {
+        match self.call("files/stat", &[("arg", path)], None, key).await {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Refused {
+                    location: self.api.clone(),
+                    key: key.into(),
+                    code: "files/stat".into(),
+                    hint: format!("unexpected answer ({e}); is this a Kubo-compatible RPC API?"),
+                }),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A store in a directory of an IPFS node's MFS.
+pub struct IpfsStore {
+    rpc: Rpc,
+    /// MFS directory, no trailing `/`.
+    dir: String,
+    /// MFS directories this process created or found.
+    dirs: Mutex<HashSet<String>>,
+}
+
+impl IpfsStore {
+    /// Parses `ipfs+http://HOST:PORT[/MFS/DIR]` (or `ipfs+https://`).
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| StoreError::BadUrl {
+            url: url.into(),
+            reason: "use ipfs+http://HOST:PORT[/MFS/DIR]".into(),
+        })?;
+        let http = scheme.strip_prefix("ipfs+").unwrap_or("http");
+        let (host, dir) = rest.split_once('/').unwrap_or((rest, "qsync"));
+        let dir = dir.trim_matches('/');
+        let dir = if dir.is_empty() { "qsync" } else { dir };
+        ObjectKey::new(dir).map_err(|e| StoreError::BadUrl {
+            url: url.into(),
+            reason: format!("MFS directory: {e}"),
+        })?;
+        Ok(IpfsStore {
+            rpc: Rpc::new(&format!("{http}://{host}"))?,
+            dir: format!("/{dir}"),
+            dirs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn path(&self, key: &ObjectKey) -> String {
+        format!("{}/{}", self.dir, key)
+    }
+
+    /// The CID of the store's directory as it is now, pinned recursively so
+    /// that this snapshot stays available whatever the directory becomes.
+    pub async fn snapshot_root(&self) -> Result<String, StoreError> {
+        let stat = self
+            .rpc
+            .stat(&self.dir, &self.dir)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                location: self.location(),
+                key: self.dir.clone(),
+            })?;
+        self.rpc
+            .call(
+                "pin/add",
+                &[("arg", &stat.hash), ("recursive", "true")],
+                None,
+                &self.dir,
+            )
+            .await?;
+        Ok(stat.hash)
+    }
+
+    /// Unpins a snapshot root pinned by [`IpfsStore::snapshot_root`] (for
+    /// retention); its blocks go at the node's next garbage collection unless
+    /// something else still holds them.
+    pub async fn unpin(&self, cid: &str) -> Result<(), StoreError> {
+        self.rpc
+            .call("pin/rm", &[("arg", cid), ("recursive", "true")], None, cid)
+            .await
+            .map(drop)
+    }
+
+    async fn link(&self, key: &ObjectKey, body: Bytes) -> Result<(), StoreError> {
+        let k = key.as_str();
+        // js-ipfs refuses parts without a content type.
+        let part = reqwest::multipart::Part::stream(body)
+            .file_name("object")
+            .mime_str("application/octet-stream")
+            .expect("valid MIME type");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let added = self
+            .rpc
+            .call(
+                "add",
+                &[
+                    ("cid-version", "1"),
+                    ("raw-leaves", "true"),
+                    ("pin", "false"),
+                    ("quieter", "true"),
+                ],
+                Some(form),
+                k,
+            )
+            .await?;
+        let added: Added = serde_json::from_slice(&added).map_err(|e| StoreError::Refused {
+            location: self.location(),
+            key: k.into(),
+            code: "add".into(),
+            hint: format!("unexpected answer ({e})"),
+        })?;
+        let path = self.path(key);
+        let parent = &path[..path.rfind('/').expect("paths have a parent")];
+        // Every MFS call names CIDv1, or js-ipfs rewrites the directories
+        // it touches as CIDv0.
+        let v1 = ("cid-version", "1");
+        if !self.dirs.lock().expect("not poisoned").contains(parent) {
+            self.rpc
+                .call(
+                    "files/mkdir",
+                    &[("arg", parent), ("parents", "true"), v1],
+                    None,
+                    k,
+                )
+                .await?;
+            self.dirs.lock().expect("not poisoned").insert(parent.to_string());
+        }
+        if key.is_mutable() {
+            match self.rpc.call("files/rm", &[("arg", &path), v1], None, k).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        let source = format!("/ipfs/{}", added.hash);
+        match self
+            .rpc
+            .call("files/cp", &[("arg", &source), ("arg", &path), v1], None, k)
+            .await
+        {
+            // Content-named and already linked (a concurrent or earlier put): the same bytes.
+            Err(StoreError::Refused { hint, .. }) if hint.contains("already has entry") => Ok(()),
+            r => r.map(drop),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectSource for IpfsStore {
+    fn location(&self) -> String {
+        format!("{} (MFS {})", self.rpc.api, self.dir)
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        self.rpc
+            .call("files/read", &[("arg", &self.path(key))], None, key.as_str())
+            .await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let (offset, count) = (range.start.to_string(), (range.end - range.start).to_string());
+        self.rpc
+            .call(
+                "files/read",
+                &[("arg", &self.path(key)), ("offset", &offset), ("count", &count)],
+                None,
+                key.as_str(),
+            )
+            .await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        Ok(self
+            .rpc
+            .stat(&self.path(key), key.as_str())
+            .await?
+            .map(|s| ObjectMeta {
+                size: match s.size {
+                    serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
+                    serde_json::Value::String(s) => s.parse().unwrap_or(0),
+                    _ => 0,
+                },
+            }))
+    }
+}
+
+#[async_trait]
+impl ObjectSink for IpfsStore {
+    async fn put(&self, key: &ObjectKey, body: Bytes, _: PutOptions) -> Result<(), StoreError> {
+        self.link(key, body).await
+    }
+
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let Some(stat) = self.rpc.stat(&self.path(key), key.as_str()).await? else {
+            return Ok(None);
+        };
+        let body = self
+            .rpc
+            .call("cat", &[("arg", &stat.hash)], None, key.as_str())
+            .await?;
+        if body.len() as u64 > limit {
+            return Err(StoreError::TooLarge {
+                location: self.location(),
+                key: key.to_string(),
+                limit,
+            });
+        }
+        Ok(Some((body, Version(stat.hash))))
+    }
+
+    async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        opts: PutOptions,
+        expect: &Expect,
+    ) -> Result<(), StoreError> {
+        let current = self
+            .rpc
+            .stat(&self.path(key), key.as_str())
+            .await?
+            .map(|s| Version(s.hash));
+        let matches = match expect {
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current.as_ref() == Some(v),
+        };
+        if !matches {
+            return Err(StoreError::Conflict {
+                location: self.location(),
+                key: key.to_string(),
+            });
+        }
+        self.put(key, body, opts).await
+    }
+
+    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
+        IpfsStore::snapshot_root(self).await.map(Some)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        match self
+            .rpc
+            .call(
+                "files/rm",
+                &[("arg", &self.path(key)), ("cid-version", "1")],
+                None,
+                key.as_str(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A snapshot directory `ipfs://CID`, read through the RPC API's `cat`.
+pub struct IpfsCidStore {
+    rpc: Rpc,
+    cid: String,
+}
+
+impl IpfsCidStore {
+    fn path(&self, key: &ObjectKey) -> String {
+        format!("/ipfs/{}/{}", self.cid, key)
+    }
+}
+
+#[async_trait]
+impl ObjectSource for IpfsCidStore {
+    fn location(&self) -> String {
+        format!("ipfs://{} (via {})", self.cid, self.rpc.api)
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        self.rpc
+            .call("cat", &[("arg", &self.path(key))], None, key.as_str())
+            .await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let (offset, length) = (range.start.to_string(), (range.end - range.start).to_string());
+        self.rpc
+            .call(
+                "cat",
+                &[("arg", &self.path(key)), ("offset", &offset), ("length", &length)],
+                None,
+                key.as_str(),
+            )
+            .await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.get(key).await {
+            Ok(b) => Ok(Some(ObjectMeta { size: b.len() as u64 })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Opens `ipfs://CID` for reading: through `api` (`cat`) when given,
+/// otherwise through `gateway`.
+pub fn open_cid(url: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn ObjectSource>, StoreError> {
+    let cid = url.strip_prefix("ipfs://").unwrap_or(url).trim_matches('/');
+    let valid = !cid.is_empty() && cid.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !valid {
+        return Err(StoreError::BadUrl {
+            url: url.into(),
+            reason: "use ipfs://CID, the root CID a publish printed (ipfs_root_cid)".into(),
+        });
+    }
+    Ok(match api {
+        Some(api) => Arc::new(IpfsCidStore {
+            rpc: Rpc::new(api)?,
+            cid: cid.into(),
+        }),
+        None => Arc::new(HttpStore::new(&format!(
+            "{}/ipfs/{cid}/",
+            gateway.trim_end_matches('/')
+        ))?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let s = IpfsStore::new("ipfs+http://127.0.0.1:5001").unwrap();
+        assert_eq!(s.location(), "http://127.0.0.1:5001 (MFS /qsync)");
+        let s = IpfsStore::new("ipfs+http://h:5001/snapshots/eth/").unwrap();
+        assert_eq!(s.path(&ObjectKey::catalog()), "/snapshots/eth/catalog.json");
+        assert!(IpfsStore::new("ipfs+http://h:5001/../x").is_err());
+        assert!(open_cid("ipfs://", "http://g", None).is_err());
+        let g = open_cid("ipfs://bafyabc", "http://g:8080/", None).unwrap();
+        assert_eq!(g.location(), "http://g:8080/ipfs/bafyabc/");
+    }
+}
