@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the external tools and
 # servers the tests check qsync against (minisign, b3sum, zstd, curl from
-# Debian; the s3s-fs S3 server from crates.io; moto from PyPI), then runs
+# Debian; the s3s-fs S3 server from crates.io; moto from PyPI; js-ipfs from
+# npm), then runs
 # format and lint checks and every unit and end-to-end test. The tests start
 # the servers themselves, on 127.0.0.1 only.
 set -euo pipefail
@@ -29,6 +30,14 @@ command -v s3s-fs >/dev/null 2>&1 || {
 python3 -c 'import moto, botocore, cryptography' 2>/dev/null || {
   echo "installing moto[server] (pip)"
   python3 -m pip install --quiet 'moto[server]==5.*'
+}
+# A real IPFS node: js-ipfs 0.66.1 from npm, pinned by the lockfile in
+# tests/ipfs-node (about 3 minutes on a cold npm cache).
+[ -x tests/ipfs-node/node_modules/.bin/jsipfs ] || {
+  echo "installing js-ipfs (npm install in tests/ipfs-node)"
+  # npm ci refuses this lockfile (npm 11 reports an optional dependency of
+  # a dependency missing); install honours it.
+  npm install --prefix tests/ipfs-node --no-audit --no-fund --loglevel=error
 }
 # The machine image ships both; rustup's own server is not reachable from CI.
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

@@ -80,6 +80,10 @@ pub struct SnapshotArgs {
     /// Cache max-age written on the pointer and catalog (S3); chunks and manifests are immutable.
     #[arg(long, env = "QSYNC_POINTER_MAX_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub pointer_max_age: Duration,
+    /// Another store holding this snapshot's chunks (e.g. ipfs://CID from a
+    /// publish to IPFS), recorded in the pointer as a hint for readers; repeatable.
+    #[arg(long = "mirror-hint", env = "QSYNC_MIRROR_HINT", value_delimiter = ',')]
+    pub mirror_hints: Vec<String>,
     /// CloudFront distribution in front of the store: after publishing,
     /// invalidate the pointer paths that changed (AWS_ENDPOINT_URL_CLOUDFRONT is honoured).
     #[arg(long, env = "QSYNC_CLOUDFRONT_DISTRIBUTION_ID")]

@@ -110,6 +110,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.expires_in = a.expires_in;
     opts.lifetime = a.lifetime;
     opts.concurrency = a.concurrency;
+    opts.mirror_hints = a.mirror_hints;
     let avg = a.chunk_size.saturating_mul(1024);
     opts.chunker.min_size = avg / 4;
     opts.chunker.avg_size = avg;
@@ -295,6 +296,9 @@ async fn ls(a: LsArgs) -> Result<()> {
                 s.files,
                 s.bytes
             );
+        }
+        for hint in &p.mirrors {
+            println!("{:<20} also at {hint} (unverified hint)", p.chain.as_str());
         }
     }
     Ok(())

@@ -15,12 +15,7 @@ use common::*;
 use serde_json::Value;
 
 fn snapshot_cmd(env: &Env, endpoint: &str, url: &str, src: &Path) -> Command {
-    let mut c = qsync();
-    c.args(["snapshot", "--chain", "eth", "--json", "--store", url])
-        .arg("--source")
-        .arg(src)
-        .arg("--secret-key")
-        .arg(&env.sk);
+    let mut c = env.snapshot_to(src, url, "eth");
     aws_env(&mut c, endpoint);
     c
 }

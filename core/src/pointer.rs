@@ -80,6 +80,12 @@ pub struct Pointer {
     /// Earlier snapshots, newest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: Vec<SnapshotRef>,
+    /// Other stores that hold this snapshot's chunks (for example
+    /// `ipfs://<root CID>`), as the publisher was told. Hints for finding
+    /// more mirrors, never trusted: whatever is read there is verified
+    /// against the digests like any mirror's bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
 }
 
 impl Pointer {
@@ -129,6 +135,7 @@ impl Pointer {
             expires_at,
             current,
             history,
+            mirrors: Vec::new(),
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct SnapshotOptions {
     pub concurrency: usize,
     /// Plaintext bytes of chunks in flight at once; bounds memory.
     pub in_flight_bytes: u64,
+    /// Other stores holding this snapshot's chunks, recorded in the pointer.
+    pub mirror_hints: Vec<String>,
 }
 
 impl SnapshotOptions {
@@ -70,6 +72,7 @@ impl SnapshotOptions {
             zstd_level: 3,
             concurrency: 8,
             in_flight_bytes: 64 << 20,
+            mirror_hints: Vec::new(),
         }
     }
 }
@@ -274,7 +277,8 @@ pub async fn publish(
     let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
     up.put_signed(&manifest_key, stored, signer, None).await?;
 
-    let pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
+    let mut pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
+    pointer.mirrors = opts.mirror_hints.clone();
     // Written only over the pointer this run started from: of two publishers
     // racing on one chain, the second finds the pointer moved and fails.
     match up

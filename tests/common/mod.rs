@@ -3,6 +3,7 @@
 //! external tools the tests check against (installed by scripts/test.sh).
 #![allow(dead_code)]
 
+pub mod ipfs;
 pub mod proxy;
 pub mod s3;
 
@@ -66,16 +67,21 @@ impl Env {
     }
 
     pub fn snapshot_cmd(&self, src: &Path, chain: &str, extra: &[&str]) -> Command {
+        let mut c = self.snapshot_to(src, self.store.to_str().unwrap(), chain);
+        c.args(extra);
+        c
+    }
+
+    /// A `qsync snapshot --json` command of `src` as `chain` into any store URL.
+    pub fn snapshot_to(&self, src: &Path, store: &str, chain: &str) -> Command {
         let mut c = qsync();
         c.arg("snapshot")
             .arg("--source")
             .arg(src)
-            .arg("--store")
-            .arg(&self.store);
+            .args(["--store", store]);
         c.arg("--secret-key")
             .arg(&self.sk)
-            .args(["--chain", chain, "--json"])
-            .args(extra);
+            .args(["--chain", chain, "--json"]);
         c
     }
 
@@ -276,5 +282,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port` (a server a test started).
+pub fn wait_for_port(port: u16, what: &str, limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < limit, "{what} did not start within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -2,12 +2,11 @@
 //! which checks SigV4 signatures, on a free loopback port, and helpers to
 //! point `qsync` at it.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::require;
+use super::{free_port, require, wait_for_port};
 
 pub const ACCESS_KEY: &str = "qsync-test";
 pub const SECRET_KEY: &str = "qsync-test-secret-key";
@@ -18,14 +17,6 @@ pub struct S3Server {
     pub endpoint: String,
     pub root: PathBuf,
     child: Child,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl S3Server {
@@ -52,14 +43,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "s3s-fs did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, "s3s-fs", Duration::from_secs(20));
         S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             root: root.to_path_buf(),

@@ -1,0 +1,164 @@
+//! Publishing to a real IPFS node (js-ipfs, networking off) and restoring
+//! from `ipfs://<root CID>` through its gateway and through its RPC API;
+//! CIDs checked by the node's own `add --only-hash`; a gateway serving
+//! corrupt chunks; an unreachable node.
+
+mod common;
+
+use std::path::Path;
+
+use common::ipfs::IpfsNode;
+use common::proxy::{FaultProxy, Faults};
+use common::*;
+use serde_json::Value;
+
+fn publish(env: &Env, node: &IpfsNode, src: &Path) -> Value {
+    let store = format!("ipfs+{}/snapshots", node.api);
+    let (code, out, err) = run(env.snapshot_to(src, &store, "eth"));
+    assert_eq!(code, 0, "publish to {store}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn publish_then_restore_through_gateway_and_api() {
+    let env = Env::new();
+    let node = IpfsNode::start();
+    let src = env.path("src");
+    sample(&src, 4);
+    let first = publish(&env, &node, &src);
+    let root = first["ipfs_root_cid"]
+        .as_str()
+        .expect("ipfs_root_cid in the summary")
+        .to_string();
+    let from = format!("ipfs://{root}");
+
+    let dest = env.path("via-gateway");
+    let mut c = env.restore_cmd(&from, "eth", &dest);
+    c.args(["--ipfs-gateway", &node.gateway]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tree(&dest), tree(&src));
+
+    let dest = env.path("via-api");
+    let mut c = env.restore_cmd(&from, "eth", &dest);
+    c.args(["--ipfs-api", &node.api]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tree(&dest), tree(&src));
+
+    // The node's own hashing agrees with the CID the directory links a chunk under.
+    let pointer: Value = serde_json::from_slice(
+        &std::process::Command::new("curl")
+            .args([
+                "-sf",
+                &format!("{}/ipfs/{root}/chains/eth/latest.json", node.gateway),
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(pointer["chain"], "eth");
+    let listing = node.rpc("ls", &format!("arg=/ipfs/{root}/chunks"), None);
+    let shard = listing["Objects"][0]["Links"][0]["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listing = node.rpc("ls", &format!("arg=/ipfs/{root}/chunks/{shard}"), None);
+    let link = &listing["Objects"][0]["Links"][0];
+    let (name, linked_cid) = (link["Name"].as_str().unwrap(), link["Hash"].as_str().unwrap());
+    let bytes = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            &format!("{}/ipfs/{root}/chunks/{shard}/{name}", node.gateway),
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    let file = env.path("chunk.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let hashed = node.rpc("add", "only-hash=true&cid-version=1&raw-leaves=true", Some(&file));
+    assert_eq!(hashed["Hash"].as_str().unwrap(), linked_cid);
+
+    // Unchanged data is not added again.
+    let second = publish(&env, &node, &src);
+    assert_eq!(second["chunks_uploaded"], 0, "{second}");
+    assert_eq!(second["version"], 2);
+
+    // A publish elsewhere records the IPFS copy in its pointer, as a hint.
+    let mut c = env.snapshot_cmd(&src, "eth", &[]);
+    c.args(["--mirror-hint", &from]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run({
+        let mut c = qsync();
+        c.args(["ls", "--from", env.store.to_str().unwrap(), "--public-key"])
+            .arg(&env.pk);
+        c
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("also at {from} (unverified hint)")),
+        "{out}"
+    );
+}
+
+#[test]
+fn corrupt_gateway_fails_over_or_fails_clean() {
+    let env = Env::new();
+    let node = IpfsNode::start();
+    let src = env.path("src");
+    sample(&src, 2);
+    let root = publish(&env, &node, &src)["ipfs_root_cid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let from = format!("ipfs://{root}");
+    let every_chunk_corrupt = Faults {
+        corrupt: 1000,
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&node.gateway, every_chunk_corrupt, 5);
+
+    // Only the corrupting gateway: refused, nothing looks complete.
+    let dest = env.path("dest");
+    let mut c = env.restore_cmd(&from, "eth", &dest);
+    c.args(["--ipfs-gateway", &proxy.url]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(!has_marker(&dest));
+    assert!(proxy.count(|c| &c.corrupted) > 0);
+
+    // With a second mirror (the node's API for the same CID), the restore fails over.
+    let mut c = env.restore_cmd(&from, "eth", &dest);
+    c.args(["--ipfs-gateway", &proxy.url]);
+    c.args(["--from", &format!("{}/ipfs/{root}", node.gateway)]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tree(&dest), tree(&src));
+    assert!(out.contains("\"corrupt\":"), "{out}");
+}
+
+#[test]
+fn unreachable_node_is_named() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 1);
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = run(env.snapshot_to(&src, &format!("ipfs+{api}"), "eth"));
+    assert_ne!(code, 0);
+    assert!(err.contains(&api) && err.contains("is the node running"), "{err}");
+
+    let mut c = env.restore_cmd(
+        "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "eth",
+        &env.path("d"),
+    );
+    c.args(["--ipfs-gateway", &api]);
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("{api}/ipfs/")), "{err}");
+    assert!(!has_marker(&env.path("d")));
+}
