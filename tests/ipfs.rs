@@ -85,6 +85,21 @@ fn publish_then_restore_through_gateway_and_api() {
     assert_eq!(second["chunks_uploaded"], 0, "{second}");
     assert_eq!(second["version"], 2);
 
+    // Retention will unpin retired roots through the store.
+    let pinned = |cid: &str| {
+        node.rpc("pin/ls", "type=recursive", None)["Keys"]
+            .get(cid)
+            .is_some()
+    };
+    assert!(pinned(&root), "the published root is not pinned");
+    let store = qsync_cdn::ipfs::IpfsStore::new(&format!("ipfs+{}/snapshots", node.api)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.unpin(&root)).unwrap();
+    assert!(!pinned(&root), "unpin left the root pinned");
+
     // A publish elsewhere records the IPFS copy in its pointer, as a hint.
     let mut c = env.snapshot_cmd(&src, "eth", &[]);
     c.args(["--mirror-hint", &from]);
