@@ -147,6 +147,10 @@ pub struct RestoreArgs {
     /// resume journal and the index of the last completed restore.
     #[arg(long, env = "QSYNC_VERIFY_EXISTING", value_parser = clap::builder::BoolishValueParser::new())]
     pub verify_existing: bool,
+    /// Also fetch chunks from the stores the pointer names as mirror hints
+    /// (e.g. an IPFS copy); everything read there is verified as usual.
+    #[arg(long, env = "QSYNC_MIRROR_HINTS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub mirror_hints: bool,
     /// Mirror timeouts.
     #[command(flatten)]
     pub timeouts: Timeouts,

@@ -190,7 +190,22 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         }
     }
     let vk = VerifyingKey::load(&a.public_key)?;
-    let m = mirrors(&a.from, Some(&a.timeouts), &a.remote)?;
+    let mut m = mirrors(&a.from, Some(&a.timeouts), &a.remote)?;
+    if a.mirror_hints {
+        let store_opts = a.remote.options()?;
+        let mut from = a.from.clone();
+        for hint in m.pointer(&chain, &vk).await?.mirrors {
+            match open_source_with(&hint, &store_opts) {
+                _ if from.contains(&hint) => {}
+                Ok(_) => {
+                    tracing::info!("also fetching from {hint}, a mirror the pointer names");
+                    from.push(hint);
+                }
+                Err(e) => tracing::warn!("skipping the pointer's mirror hint: {e}"),
+            }
+        }
+        m = mirrors(&from, Some(&a.timeouts), &a.remote)?;
+    }
     let opts = RestoreOptions {
         chain: chain.clone(),
         dest: a.dest.clone(),

@@ -116,6 +116,16 @@ fn publish_then_restore_through_gateway_and_api() {
         out.contains(&format!("also at {from} (unverified hint)")),
         "{out}"
     );
+
+    // With the local store's chunks gone, --mirror-hints finds them on IPFS.
+    std::fs::remove_dir_all(env.store.join("chunks")).unwrap();
+    let dest = env.path("via-hint");
+    let mut c = env.restore_cmd(env.store.to_str().unwrap(), "eth", &dest);
+    c.args(["--mirror-hints", "--ipfs-gateway", &node.gateway]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tree(&dest), tree(&src));
+    assert!(out.contains(&format!("{}/ipfs/{root}/", node.gateway)), "{out}");
 }
 
 #[test]

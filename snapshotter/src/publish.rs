@@ -151,15 +151,14 @@ impl Uploader {
             return Ok(());
         }
         let key = ObjectKey::chunk(&d);
-        if self.sink.head(&key).await?.is_none() {
+        if retrying(|| self.sink.head(&key)).await?.is_none() {
             let level = self.level;
             let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
                 .await
                 .expect("encoder does not panic");
+            let stored = Bytes::from(stored);
             let stored_len = stored.len() as u64;
-            self.sink
-                .put(&key, Bytes::from(stored), PutOptions::for_key(&key))
-                .await?;
+            retrying(|| self.sink.put(&key, stored.clone(), PutOptions::for_key(&key))).await?;
             self.counters
                 .bytes_uploaded
                 .fetch_add(stored_len, Ordering::Relaxed);
@@ -184,15 +183,41 @@ impl Uploader {
         let n = (body.len() + sig.len()) as u64;
         let sig_key = key.signature_for(&body);
         let sig_opts = PutOptions::for_key(&sig_key);
-        self.sink.put(&sig_key, Bytes::from(sig), sig_opts).await?;
+        let sig = Bytes::from(sig);
+        retrying(|| self.sink.put(&sig_key, sig.clone(), sig_opts)).await?;
         let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
+        // A conditional write retried after a lost answer may meet its own
+        // first attempt; backends recognise that (see `S3Store::put_if`).
         match expect {
-            Some(expect) => self.sink.put_if(key, body, opts, expect).await?,
-            None => self.sink.put(key, body, opts).await?,
+            Some(expect) => retrying(|| self.sink.put_if(key, body.clone(), opts, expect)).await?,
+            None => retrying(|| self.sink.put(key, body.clone(), opts)).await?,
         }
         self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Runs a store operation, trying again with growing pauses while it fails
+/// with a transient error. Backends retry single requests themselves; this
+/// rides out a longer outage (about a minute) instead of failing a publish
+/// that may have run for hours over one chunk.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(500);
+    for _ in 0..7 {
+        match op().await {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!("{e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            r => return r,
+        }
+    }
+    op().await
 }
 
 /// Publishes `source` as the next snapshot of `opts.chain` in `sink`.
