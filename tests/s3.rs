@@ -1,6 +1,7 @@
 //! Publishing to and restoring from a real S3 server (s3s-fs, which checks
 //! SigV4 signatures) on loopback: round trips over S3 and over plain HTTP,
-//! incremental uploads, clear errors for wrong credentials and missing buckets, faults injected between qsync and the
+//! incremental uploads, `qsync serve` pulling through from S3, clear errors
+//! for wrong credentials and missing buckets, faults injected between qsync and the
 //! server, and a publish killed with SIGKILL.
 
 mod common;
@@ -102,6 +103,24 @@ fn publish_and_restore_through_s3_and_plain_http() {
     assert_eq!(s3.chunk_count("snapshots/mainnet"), before + uploaded as usize);
     restore(&env, &s3.endpoint, &url, &env.path("dest-s3"));
     assert_eq!(tree(&env.path("dest-s3")), tree(&src));
+}
+
+#[test]
+fn serve_pulls_through_from_s3() {
+    let env = Env::new();
+    let s3 = S3Server::start(&env.path("s3"));
+    let src = env.path("src");
+    sample(&src, 4);
+    let url = s3.url("origin");
+    snapshot(&env, &s3.endpoint, &url, &src);
+    let cache = env.path("cache");
+    let mut serve = Server::command(&url, &["--cache-dir", cache.to_str().unwrap()]);
+    aws_env(&mut serve, &s3.endpoint);
+    let server = Server::spawn(serve);
+    let dest = env.path("dest");
+    restore(&env, &s3.endpoint, &server.url, &dest);
+    assert_eq!(tree(&dest), tree(&src));
+    assert!(cache.join("chunks").exists(), "nothing was cached");
 }
 
 #[test]

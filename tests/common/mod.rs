@@ -247,13 +247,21 @@ impl Server {
     }
 
     pub fn start_with(store: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
-        let mut child = qsync()
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        Self::spawn(Self::command(store, extra))
+    }
+
+    /// The `qsync serve` command [`Server::start_with`] runs, to adjust first.
+    pub fn command(store: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Command {
+        let mut c = qsync();
+        c.args(["serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(store)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args(extra);
+        c
+    }
+
+    /// Runs `serve` (a `qsync serve` command) and waits for its URL.
+    pub fn spawn(mut serve: Command) -> Server {
+        let mut child = serve.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
