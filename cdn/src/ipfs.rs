@@ -366,13 +366,17 @@ impl ObjectSink for IpfsStore {
             Expect::Absent => current.is_none(),
             Expect::Version(v) => current.as_ref() == Some(v),
         };
-        if !matches {
-            return Err(StoreError::Conflict {
-                location: self.location(),
-                key: key.to_string(),
-            });
+        if matches {
+            return self.put(key, body, opts).await;
         }
-        self.put(key, body, opts).await
+        // A retry whose first attempt landed unseen finds its own write.
+        if current.is_some() && self.get(key).await.is_ok_and(|now| now == body) {
+            return Ok(());
+        }
+        Err(StoreError::Conflict {
+            location: self.location(),
+            key: key.to_string(),
+        })
     }
 
     async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
