@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
-use qsync_cdn::{open_sink_with, open_source_with};
+use qsync_cdn::{open_sink_with, open_source_with, ObjectSource};
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
 use qsync_core::ChainName;
@@ -73,14 +73,15 @@ fn keygen(a: KeygenArgs) -> Result<()> {
 /// `None` after a warning (the snapshot is published either way, and edges
 /// pick it up within `--pointer-max-age`).
 async fn invalidate(distribution: &str, store: &str, keys: &[String]) -> Option<String> {
-    // The distribution serves the bucket at its root: paths include the S3 prefix.
-    let prefix = store
-        .strip_prefix("s3://")
-        .and_then(|r| r.split_once('/'))
-        .map(|(_, p)| p.trim_matches('/'))
-        .filter(|p| !p.is_empty())
-        .map_or(String::new(), |p| format!("{p}/"));
-    let paths = keys.iter().map(|k| format!("/{prefix}{k}")).collect();
+    // The distribution serves the bucket at its root: paths are object names.
+    let s3 = qsync_cdn::s3::S3Store::new(store, Default::default()).ok();
+    let paths = keys
+        .iter()
+        .map(|k| match (&s3, qsync_core::ObjectKey::new(k.as_str())) {
+            (Some(s3), Ok(key)) => format!("/{}", s3.object(&key)),
+            _ => format!("/{k}"),
+        })
+        .collect();
     match qsync_cdn::cloudfront::invalidate(distribution, paths).await {
         Ok(id) => {
             tracing::info!("CloudFront invalidation {id} created on {distribution}");
@@ -155,17 +156,23 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
 }
 
 fn mirrors(from: &[String], t: Option<&Timeouts>, remote: &Remote) -> Result<Mirrors> {
-    let store_opts = remote.options()?;
-    let sources = from
+    let sources = open_all(from, &remote.options()?)?;
+    Ok(Mirrors::with_options(sources, mirror_options(t)))
+}
+
+fn open_all(from: &[String], opts: &qsync_cdn::StoreOptions) -> Result<Vec<Arc<dyn ObjectSource>>> {
+    Ok(from
         .iter()
-        .map(|u| open_source_with(u, &store_opts))
-        .collect::<Result<Vec<_>, _>>()?;
-    let opts = t.map_or_else(MirrorOptions::default, |t| MirrorOptions {
+        .map(|u| open_source_with(u, opts))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn mirror_options(t: Option<&Timeouts>) -> MirrorOptions {
+    t.map_or_else(MirrorOptions::default, |t| MirrorOptions {
         attempt_timeout: t.timeout,
         deadline: t.deadline,
         ..MirrorOptions::default()
-    });
-    Ok(Mirrors::with_options(sources, opts))
+    })
 }
 
 fn state_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
@@ -190,22 +197,24 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         }
     }
     let vk = VerifyingKey::load(&a.public_key)?;
-    let mut m = mirrors(&a.from, Some(&a.timeouts), &a.remote)?;
+    let store_opts = a.remote.options()?;
+    let mut sources = open_all(&a.from, &store_opts)?;
+    let opts = mirror_options(Some(&a.timeouts));
     if a.mirror_hints {
-        let store_opts = a.remote.options()?;
-        let mut from = a.from.clone();
-        for hint in m.pointer(&chain, &vk).await?.mirrors {
-            match open_source_with(&hint, &store_opts) {
-                _ if from.contains(&hint) => {}
-                Ok(_) => {
+        let pointer = Mirrors::with_options(sources.clone(), opts)
+            .pointer(&chain, &vk)
+            .await?;
+        for hint in pointer.mirrors.iter().filter(|h| !a.from.contains(h)) {
+            match open_source_with(hint, &store_opts) {
+                Ok(s) => {
                     tracing::info!("also fetching from {hint}, a mirror the pointer names");
-                    from.push(hint);
+                    sources.push(s);
                 }
                 Err(e) => tracing::warn!("skipping the pointer's mirror hint: {e}"),
             }
         }
-        m = mirrors(&from, Some(&a.timeouts), &a.remote)?;
     }
+    let m = Mirrors::with_options(sources, opts);
     let opts = RestoreOptions {
         chain: chain.clone(),
         dest: a.dest.clone(),

@@ -17,6 +17,40 @@ use reqwest::{Client, StatusCode};
 use crate::cloudfront::UrlSigner;
 use crate::store::{ObjectMeta, ObjectSource, StoreError};
 
+/// The client settings every backend that speaks HTTP shares.
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Why [`read_body`] stopped.
+pub(crate) enum BodyError {
+    /// The body is longer than the limit; the rest was not read.
+    TooLarge,
+    /// The connection failed.
+    Transport(reqwest::Error),
+}
+
+/// `resp`'s body, abandoned unread once it would exceed `limit` bytes.
+pub(crate) async fn read_body(mut resp: reqwest::Response, limit: u64) -> Result<Bytes, BodyError> {
+    let declared = resp
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    while let Some(frame) = resp.chunk().await.map_err(BodyError::Transport)? {
+        if (body.len() + frame.len()) as u64 > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&frame);
+    }
+    Ok(body.freeze())
+}
+
 /// An HTTP store rooted at a base URL.
 pub struct HttpStore {
     base: String,
@@ -44,11 +78,9 @@ impl HttpStore {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let client = Client::builder()
+        let client = client_builder()
             .default_headers(headers)
-            .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StoreError::BadUrl {
                 url: base.into(),
@@ -125,7 +157,7 @@ impl ObjectSource for HttpStore {
             key: key.to_string(),
             limit,
         };
-        let mut resp = self
+        let resp = self
             .client
             .get(self.url(key))
             .send()
@@ -134,21 +166,10 @@ impl ObjectSource for HttpStore {
         if !resp.status().is_success() {
             return Err(self.status(key, resp.status()));
         }
-        let declared = resp
-            .headers()
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large());
-        }
-        let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-        while let Some(frame) = resp.chunk().await.map_err(|e| self.transport(key, e))? {
-            if (body.len() + frame.len()) as u64 > limit {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&frame);
-        }
-        Ok(body.freeze())
+        read_body(resp, limit).await.map_err(|e| match e {
+            BodyError::TooLarge => too_large(),
+            BodyError::Transport(e) => self.transport(key, e),
+        })
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {

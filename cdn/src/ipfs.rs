@@ -34,12 +34,14 @@ use std::sync::{Arc, Mutex};
 use reqwest::Client;
 use serde::Deserialize;
 
-use crate::http::HttpStore;
+use crate::http::{client_builder, read_body, BodyError, HttpStore};
 use crate::store::{Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
 
 /// Longest one RPC call may take: a node asked for a CID it does not have
 /// searches the network indefinitely.
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest answer to a command that returns JSON rather than object bytes.
+const ANSWER_LIMIT: u64 = 1 << 20;
 
 /// A Kubo-compatible RPC endpoint.
 #[derive(Clone)]
@@ -70,10 +72,8 @@ struct RpcError {
 
 impl Rpc {
     fn new(api: &str) -> Result<Rpc, StoreError> {
-        let client = Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+        let client = client_builder()
             .timeout(RPC_TIMEOUT)
-            .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StoreError::BadUrl {
                 url: api.into(),
@@ -85,14 +85,26 @@ impl Rpc {
         })
     }
 
-    /// Calls `command` with `args`; the body on success, a [`StoreError`]
-    /// about `key` otherwise.
+    /// Calls `command` with `args`; its (small, JSON) answer on success.
     async fn call(
         &self,
         command: &str,
         args: &[(&str, &str)],
         form: Option<reqwest::multipart::Form>,
         key: &str,
+    ) -> Result<Bytes, StoreError> {
+        self.send(command, args, form, key, ANSWER_LIMIT).await
+    }
+
+    /// Calls `command` with `args`; its answer (refused unread beyond
+    /// `limit` bytes) on success, a [`StoreError`] about `key` otherwise.
+    async fn send(
+        &self,
+        command: &str,
+        args: &[(&str, &str)],
+        form: Option<reqwest::multipart::Form>,
+        key: &str,
+        limit: u64,
     ) -> Result<Bytes, StoreError> {
         let mut req = self
             .client
@@ -101,20 +113,26 @@ impl Rpc {
         if let Some(f) = form {
             req = req.multipart(f);
         }
-        let resp = req.send().await.map_err(|e| StoreError::Transport {
+        let transport = |e: String| StoreError::Transport {
             location: self.api.clone(),
             key: key.into(),
-            source: format!(
+            source: e.into(),
+        };
+        let resp = req.send().await.map_err(|e| {
+            transport(format!(
                 "IPFS RPC API {command}: {e}; is the node running and its API at {}?",
                 self.api
-            )
-            .into(),
+            ))
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| StoreError::Transport {
-            location: self.api.clone(),
-            key: key.into(),
-            source: Box::new(e),
+        let limit = if status.is_success() { limit } else { ANSWER_LIMIT };
+        let body = read_body(resp, limit).await.map_err(|e| match e {
+            BodyError::TooLarge => StoreError::TooLarge {
+                location: self.api.clone(),
+                key: key.into(),
+                limit,
+            },
+            BodyError::Transport(e) => transport(e.to_string()),
         })?;
         if status.is_success() {
             return Ok(body);
@@ -155,9 +173,8 @@ impl Rpc {
 
 /// A store in a directory of an IPFS node's MFS.
 pub struct IpfsStore {
-    rpc: Rpc,
-    /// MFS directory, no trailing `/`.
-    dir: String,
+    /// Reads, rooted at the MFS directory.
+    read: Reader,
     /// MFS directories this process created or found.
     dirs: Mutex<HashSet<String>>,
 }
@@ -177,34 +194,42 @@ impl IpfsStore {
             url: url.into(),
             reason: format!("MFS directory: {e}"),
         })?;
+        let api = format!("{http}://{host}");
         Ok(IpfsStore {
-            rpc: Rpc::new(&format!("{http}://{host}"))?,
-            dir: format!("/{dir}"),
+            read: Reader {
+                rpc: Rpc::new(&api)?,
+                root: format!("/{dir}"),
+                location: format!("{api} (MFS /{dir})"),
+            },
             dirs: Mutex::new(HashSet::new()),
         })
     }
 
+    fn rpc(&self) -> &Rpc {
+        &self.read.rpc
+    }
+
     fn path(&self, key: &ObjectKey) -> String {
-        format!("{}/{}", self.dir, key)
+        self.read.path(key)
     }
 
     /// The CID of the store's directory as it is now, pinned recursively so
     /// that this snapshot stays available whatever the directory becomes.
     pub async fn snapshot_root(&self) -> Result<String, StoreError> {
         let stat = self
-            .rpc
-            .stat(&self.dir, &self.dir)
+            .rpc()
+            .stat(&self.read.root, &self.read.root)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 location: self.location(),
-                key: self.dir.clone(),
+                key: self.read.root.clone(),
             })?;
-        self.rpc
+        self.rpc()
             .call(
                 "pin/add",
                 &[("arg", &stat.hash), ("recursive", "true")],
                 None,
-                &self.dir,
+                &self.read.root,
             )
             .await?;
         Ok(stat.hash)
@@ -214,7 +239,7 @@ impl IpfsStore {
     /// retention); its blocks go at the node's next garbage collection unless
     /// something else still holds them.
     pub async fn unpin(&self, cid: &str) -> Result<(), StoreError> {
-        self.rpc
+        self.rpc()
             .call("pin/rm", &[("arg", cid), ("recursive", "true")], None, cid)
             .await
             .map(drop)
@@ -229,7 +254,7 @@ impl IpfsStore {
             .expect("valid MIME type");
         let form = reqwest::multipart::Form::new().part("file", part);
         let added = self
-            .rpc
+            .rpc()
             .call(
                 "add",
                 &[
@@ -254,7 +279,7 @@ impl IpfsStore {
         // it touches as CIDv0.
         let v1 = ("cid-version", "1");
         if !self.dirs.lock().expect("not poisoned").contains(parent) {
-            self.rpc
+            self.rpc()
                 .call(
                     "files/mkdir",
                     &[("arg", parent), ("parents", "true"), v1],
@@ -265,14 +290,14 @@ impl IpfsStore {
             self.dirs.lock().expect("not poisoned").insert(parent.to_string());
         }
         if key.is_mutable() {
-            match self.rpc.call("files/rm", &[("arg", &path), v1], None, k).await {
+            match self.rpc().call("files/rm", &[("arg", &path), v1], None, k).await {
                 Err(e) if !e.is_not_found() => return Err(e),
                 _ => {}
             }
         }
         let source = format!("/ipfs/{}", added.hash);
         match self
-            .rpc
+            .rpc()
             .call("files/cp", &[("arg", &source), ("arg", &path), v1], None, k)
             .await
         {
@@ -286,25 +311,154 @@ impl IpfsStore {
 #[async_trait]
 impl ObjectSource for IpfsStore {
     fn location(&self) -> String {
-        format!("{} (MFS {})", self.rpc.api, self.dir)
+        self.read.location()
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
-        self.rpc
-            .call("files/read", &[("arg", &self.path(key))], None, key.as_str())
-            .await
+        self.read.get(key).await
+    }
+
+    async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
+        self.read.get_limited(key, limit).await
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
-        let (offset, count) = (range.start.to_string(), (range.end - range.start).to_string());
-        self.rpc
+        self.read.get_range(key, range).await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        self.read.head(key).await
+    }
+}
+
+#[async_trait]
+impl ObjectSink for IpfsStore {
+    async fn put(&self, key: &ObjectKey, body: Bytes, _: PutOptions) -> Result<(), StoreError> {
+        self.link(key, body).await
+    }
+
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let Some(stat) = self.rpc().stat(&self.path(key), key.as_str()).await? else {
+            return Ok(None);
+        };
+        // By CID, so the bytes are the version the CID names.
+        let path = format!("/ipfs/{}", stat.hash);
+        let body = self
+            .rpc()
+            .send("cat", &[("arg", &path)], None, key.as_str(), limit)
+            .await?;
+        Ok(Some((body, Version(stat.hash))))
+    }
+
+    async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        opts: PutOptions,
+        expect: &Expect,
+    ) -> Result<(), StoreError> {
+        let current = self
+            .rpc()
+            .stat(&self.path(key), key.as_str())
+            .await?
+            .map(|s| Version(s.hash));
+        let matches = match expect {
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current.as_ref() == Some(v),
+        };
+        if !matches {
+            return Err(StoreError::Conflict {
+                location: self.location(),
+                key: key.to_string(),
+            });
+        }
+        self.put(key, body, opts).await
+    }
+
+    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
+        IpfsStore::snapshot_root(self).await.map(Some)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        match self
+            .rpc()
             .call(
-                "files/read",
-                &[("arg", &self.path(key)), ("offset", &offset), ("count", &count)],
+                "files/rm",
+                &[("arg", &self.path(key)), ("cid-version", "1")],
                 None,
                 key.as_str(),
             )
             .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads objects under a path through the RPC API: `files/read` under an
+/// MFS directory, `cat` under `/ipfs/<CID>`. Sizes come from `files/stat`,
+/// which takes both kinds of path.
+struct Reader {
+    rpc: Rpc,
+    /// `/<MFS dir>` or `/ipfs/<CID>`, no trailing `/`.
+    root: String,
+    location: String,
+}
+
+impl Reader {
+    fn path(&self, key: &ObjectKey) -> String {
+        format!("{}/{}", self.root, key)
+    }
+
+    fn mfs(&self) -> bool {
+        !self.root.starts_with("/ipfs/")
+    }
+
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+        limit: u64,
+    ) -> Result<Bytes, StoreError> {
+        let (command, length) = if self.mfs() {
+            ("files/read", "count")
+        } else {
+            ("cat", "length")
+        };
+        let path = self.path(key);
+        let mut args = vec![("arg", path)];
+        if let Some(r) = range {
+            args.push(("offset", r.start.to_string()));
+            args.push((length, (r.end - r.start).to_string()));
+        }
+        let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.rpc.send(command, &args, None, key.as_str(), limit).await
+    }
+}
+
+#[async_trait]
+impl ObjectSource for Reader {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        self.read(key, None, u64::MAX).await
+    }
+
+    async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
+        self.read(key, None, limit).await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let len = range.end - range.start;
+        self.read(key, Some(range), len).await
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
@@ -322,130 +476,6 @@ impl ObjectSource for IpfsStore {
     }
 }
 
-#[async_trait]
-impl ObjectSink for IpfsStore {
-    async fn put(&self, key: &ObjectKey, body: Bytes, _: PutOptions) -> Result<(), StoreError> {
-        self.link(key, body).await
-    }
-
-    async fn get_versioned(
-        &self,
-        key: &ObjectKey,
-        limit: u64,
-    ) -> Result<Option<(Bytes, Version)>, StoreError> {
-        let Some(stat) = self.rpc.stat(&self.path(key), key.as_str()).await? else {
-            return Ok(None);
-        };
-        let body = self
-            .rpc
-            .call("cat", &[("arg", &stat.hash)], None, key.as_str())
-            .await?;
-        if body.len() as u64 > limit {
-            return Err(StoreError::TooLarge {
-                location: self.location(),
-                key: key.to_string(),
-                limit,
-            });
-        }
-        Ok(Some((body, Version(stat.hash))))
-    }
-
-    async fn put_if(
-        &self,
-        key: &ObjectKey,
-        body: Bytes,
-        opts: PutOptions,
-        expect: &Expect,
-    ) -> Result<(), StoreError> {
-        let current = self
-            .rpc
-            .stat(&self.path(key), key.as_str())
-            .await?
-            .map(|s| Version(s.hash));
-        let matches = match expect {
-            Expect::Absent => current.is_none(),
-            Expect::Version(v) => current.as_ref() == Some(v),
-        };
-        if matches {
-            return self.put(key, body, opts).await;
-        }
-        // A retry whose first attempt landed unseen finds its own write.
-        if current.is_some() && self.get(key).await.is_ok_and(|now| now == body) {
-            return Ok(());
-        }
-        Err(StoreError::Conflict {
-            location: self.location(),
-            key: key.to_string(),
-        })
-    }
-
-    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
-        IpfsStore::snapshot_root(self).await.map(Some)
-    }
-
-    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        match self
-            .rpc
-            .call(
-                "files/rm",
-                &[("arg", &self.path(key)), ("cid-version", "1")],
-                None,
-                key.as_str(),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// A snapshot directory `ipfs://CID`, read through the RPC API's `cat`.
-pub struct IpfsCidStore {
-    rpc: Rpc,
-    cid: String,
-}
-
-impl IpfsCidStore {
-    fn path(&self, key: &ObjectKey) -> String {
-        format!("/ipfs/{}/{}", self.cid, key)
-    }
-}
-
-#[async_trait]
-impl ObjectSource for IpfsCidStore {
-    fn location(&self) -> String {
-        format!("ipfs://{} (via {})", self.cid, self.rpc.api)
-    }
-
-    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
-        self.rpc
-            .call("cat", &[("arg", &self.path(key))], None, key.as_str())
-            .await
-    }
-
-    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
-        let (offset, length) = (range.start.to_string(), (range.end - range.start).to_string());
-        self.rpc
-            .call(
-                "cat",
-                &[("arg", &self.path(key)), ("offset", &offset), ("length", &length)],
-                None,
-                key.as_str(),
-            )
-            .await
-    }
-
-    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
-        match self.get(key).await {
-            Ok(b) => Ok(Some(ObjectMeta { size: b.len() as u64 })),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
 /// Opens `ipfs://CID` for reading: through `api` (`cat`) when given,
 /// otherwise through `gateway`.
 pub fn open_cid(url: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn ObjectSource>, StoreError> {
@@ -458,9 +488,10 @@ pub fn open_cid(url: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn O
         });
     }
     Ok(match api {
-        Some(api) => Arc::new(IpfsCidStore {
+        Some(api) => Arc::new(Reader {
             rpc: Rpc::new(api)?,
-            cid: cid.into(),
+            root: format!("/ipfs/{cid}"),
+            location: format!("ipfs://{cid} (via {api})"),
         }),
         None => Arc::new(HttpStore::new(&format!(
             "{}/ipfs/{cid}/",

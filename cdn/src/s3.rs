@@ -118,7 +118,8 @@ impl S3Store {
         self.client.get_or_init(|| build_client(&self.opts)).await
     }
 
-    fn object(&self, key: &ObjectKey) -> String {
+    /// The bucket's name for `key`: the prefix, then the key.
+    pub fn object(&self, key: &ObjectKey) -> String {
         format!("{}{}", self.prefix, key)
     }
 
@@ -548,21 +549,7 @@ impl ObjectSink for S3Store {
         opts: PutOptions,
         expect: &Expect,
     ) -> Result<(), StoreError> {
-        match self.put_object(key, body.clone(), opts, Some(expect)).await {
-            // A retried request whose first attempt succeeded unseen fails
-            // its precondition against its own write: check for that.
-            Err(StoreError::Conflict {
-                location,
-                key: object,
-            }) => match self.get_limited(key, body.len() as u64).await {
-                Ok(now) if now == body => Ok(()),
-                _ => Err(StoreError::Conflict {
-                    location,
-                    key: object,
-                }),
-            },
-            r => r,
-        }
+        self.put_object(key, body, opts, Some(expect)).await
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {

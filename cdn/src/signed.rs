@@ -8,7 +8,7 @@ use bytes::Bytes;
 use qsync_core::sign::VerifyingKey;
 use qsync_core::{FormatError, ObjectKey};
 
-use crate::store::{ObjectSource, StoreError};
+use crate::store::{Expect, ObjectSink, ObjectSource, StoreError};
 
 /// Why a signed object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,23 @@ pub async fn get_signed(
     };
     verify_body(source, key, &body, vk).await?;
     Ok(Some(body))
+}
+
+/// For a conditional rewrite of `key` in `sink`: its verified bytes (`None`
+/// when absent) and what [`ObjectSink::put_if`] must expect to find.
+pub async fn get_signed_for_update(
+    sink: &dyn ObjectSink,
+    key: &ObjectKey,
+    vk: &VerifyingKey,
+    limit: u64,
+) -> Result<(Option<Bytes>, Expect), SignedReadError> {
+    match sink.get_versioned(key, limit).await? {
+        Some((bytes, at)) => {
+            verify_body(sink, key, &bytes, vk).await?;
+            Ok((Some(bytes), Expect::Version(at)))
+        }
+        None => Ok((None, Expect::Absent)),
+    }
 }
 
 /// Checks `body`, read from `key` in `source`, against its signature there.

@@ -216,7 +216,9 @@ pub trait ObjectSink: ObjectSource {
     /// Stores `body` at `key` like [`ObjectSink::put`], but only if the object
     /// is still as `expect` says; otherwise fails with
     /// [`StoreError::Conflict`] and changes nothing. Of two writers that
-    /// expect the same version, at most one succeeds.
+    /// expect the same version, at most one succeeds. A request retried
+    /// after its answer was lost can report a conflict with its own first
+    /// attempt; callers that retry tell the two apart by reading the object.
     async fn put_if(
         &self,
         key: &ObjectKey,

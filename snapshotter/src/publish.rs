@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use qsync_cdn::signed::verify_body;
+use qsync_cdn::signed::get_signed_for_update;
 use qsync_cdn::{Expect, ObjectSink, PutOptions, StoreError};
 use qsync_core::chunk::{self, ChunkerParams};
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
@@ -186,10 +186,18 @@ impl Uploader {
         let sig = Bytes::from(sig);
         retrying(|| self.sink.put(&sig_key, sig.clone(), sig_opts)).await?;
         let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
-        // A conditional write retried after a lost answer may meet its own
-        // first attempt; backends recognise that (see `S3Store::put_if`).
         match expect {
-            Some(expect) => retrying(|| self.sink.put_if(key, body.clone(), opts, expect)).await?,
+            Some(expect) => match retrying(|| self.sink.put_if(key, body.clone(), opts, expect)).await {
+                // Retried (here or in the backend) after a lost answer, the
+                // write can meet its own first attempt: not a conflict.
+                Err(StoreError::Conflict { .. })
+                    if self
+                        .sink
+                        .get_limited(key, body.len() as u64)
+                        .await
+                        .is_ok_and(|now| now == body) => {}
+                r => r?,
+            },
             None => retrying(|| self.sink.put(key, body.clone(), opts)).await?,
         }
         self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
@@ -231,16 +239,11 @@ pub async fn publish(
     opts.chunker.validate()?;
     let vk = signer.verifying_key();
     let pointer_key = ObjectKey::pointer(&opts.chain);
-    let (previous, expect) = match sink.get_versioned(&pointer_key, pointer::MAX_BYTES).await? {
-        Some((bytes, at)) => {
-            verify_body(sink.as_ref(), &pointer_key, &bytes, vk).await?;
-            (
-                Some(Pointer::decode(&bytes, pointer_key.as_str())?),
-                Expect::Version(at),
-            )
-        }
-        None => (None, Expect::Absent),
-    };
+    let (previous, expect) =
+        get_signed_for_update(sink.as_ref(), &pointer_key, vk, pointer::MAX_BYTES).await?;
+    let previous = previous
+        .map(|b| Pointer::decode(&b, pointer_key.as_str()))
+        .transpose()?;
     let version = previous.as_ref().map_or(1, |p| p.current.version + 1);
 
     let root = source.to_path_buf();
@@ -354,12 +357,11 @@ async fn update_catalog(
     let key = ObjectKey::catalog();
     let mut attempts = 0;
     loop {
-        let (mut catalog, expect) = match up.sink.get_versioned(&key, pointer::MAX_BYTES).await? {
-            Some((bytes, at)) => {
-                verify_body(up.sink.as_ref(), &key, &bytes, signer.verifying_key()).await?;
-                (Catalog::decode(&bytes)?, Expect::Version(at))
-            }
-            None => (Catalog::default(), Expect::Absent),
+        let vk = signer.verifying_key();
+        let (bytes, expect) = get_signed_for_update(up.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
+        let mut catalog = match bytes {
+            Some(b) => Catalog::decode(&b)?,
+            None => Catalog::default(),
         };
         if !catalog.insert(chain) {
             return Ok(false);
