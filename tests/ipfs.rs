@@ -10,6 +10,7 @@ use std::path::Path;
 use common::ipfs::IpfsNode;
 use common::proxy::{FaultProxy, Faults};
 use common::*;
+use qsync_cdn::ObjectSource;
 use serde_json::Value;
 
 fn publish(env: &Env, node: &IpfsNode, src: &Path) -> Value {
@@ -97,6 +98,15 @@ fn publish_then_restore_through_gateway_and_api() {
         .enable_all()
         .build()
         .unwrap();
+    // Sizes through the API come from files/stat, the same for MFS and /ipfs paths.
+    let by_cid = qsync_cdn::ipfs::open_cid(&from, &node.gateway, Some(&node.api)).unwrap();
+    let catalog = qsync_core::ObjectKey::catalog();
+    let (in_mfs, in_root) = rt.block_on(async { (store.head(&catalog).await, by_cid.head(&catalog).await) });
+    assert!(in_mfs.unwrap().is_some());
+    assert_eq!(
+        in_root.unwrap().unwrap().size,
+        rt.block_on(by_cid.get(&catalog)).unwrap().len() as u64
+    );
     rt.block_on(store.unpin(&root)).unwrap();
     assert!(!pinned(&root), "unpin left the root pinned");
 
@@ -155,14 +165,26 @@ fn corrupt_gateway_fails_over_or_fails_clean() {
     assert!(!has_marker(&dest));
     assert!(proxy.count(|c| &c.corrupted) > 0);
 
-    // With a second mirror (the node's API for the same CID), the restore fails over.
+    // With a second mirror (the node's gateway, not through the proxy), the restore fails over.
     let mut c = env.restore_cmd(&from, "eth", &dest);
     c.args(["--ipfs-gateway", &proxy.url]);
     c.args(["--from", &format!("{}/ipfs/{root}", node.gateway)]);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{err}");
     assert_eq!(tree(&dest), tree(&src));
-    assert!(out.contains("\"corrupt\":"), "{out}");
+    // Every chunk came from the honest gateway; the corrupting one delivered none.
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let mirror = |needle: &str| {
+        r["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["location"].as_str().unwrap().contains(needle))
+            .cloned()
+            .unwrap_or_else(|| panic!("no mirror {needle} in {r}"))
+    };
+    assert_eq!(mirror(&proxy.url)["chunks"], 0, "{r}");
+    assert_eq!(mirror(&node.gateway)["chunks"], r["chunks_fetched"], "{r}");
 }
 
 #[test]
