@@ -40,6 +40,11 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Publish a data directory as the next signed snapshot of a chain.
     Snapshot(SnapshotArgs),
+    /// Run the snapshot agent: every configured chain on its schedule, with
+    /// /healthz and /metrics.
+    Agent(AgentArgs),
+    /// Delete manifests no pointer keeps and chunks no kept manifest references.
+    Gc(GcArgs),
     /// Restore the latest snapshot of a chain into a directory.
     Restore(RestoreArgs),
     /// Check that every object the latest snapshot reaches exists and hashes right.
@@ -68,12 +73,19 @@ pub struct KeygenArgs {
 /// `qsync snapshot`.
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
+    /// Agent configuration: run one cycle of --chain as configured there
+    /// (freeze, metadata, every store, retention); needs --once.
+    #[arg(long, env = "QSYNC_CONFIG", requires = "once", conflicts_with_all = ["source", "store", "secret_key"])]
+    pub config: Option<PathBuf>,
+    /// With --config: run one cycle and exit (for a Kubernetes CronJob).
+    #[arg(long, requires = "config")]
+    pub once: bool,
     /// Chain data directory to publish.
-    #[arg(long, env = "QSYNC_SOURCE")]
-    pub source: PathBuf,
+    #[arg(long, env = "QSYNC_SOURCE", required_unless_present = "config")]
+    pub source: Option<PathBuf>,
     /// Store to publish to: a directory, file:// URL, s3://BUCKET/PREFIX or ipfs+http://HOST:PORT[/MFS/DIR].
-    #[arg(long, env = "QSYNC_STORE")]
-    pub store: String,
+    #[arg(long, env = "QSYNC_STORE", required_unless_present = "config")]
+    pub store: Option<String>,
     /// S3 settings.
     #[command(flatten)]
     pub s3: S3Flags,
@@ -89,8 +101,8 @@ pub struct SnapshotArgs {
     #[arg(long, env = "QSYNC_CLOUDFRONT_DISTRIBUTION_ID")]
     pub cloudfront_distribution_id: Option<String>,
     /// minisign secret key (encrypted keys read QSYNC_SECRET_KEY_PASSWORD).
-    #[arg(long, env = "QSYNC_SECRET_KEY")]
-    pub secret_key: PathBuf,
+    #[arg(long, env = "QSYNC_SECRET_KEY", required_unless_present = "config")]
+    pub secret_key: Option<PathBuf>,
     /// Chain name: 1-64 of a-z 0-9 . _ -
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
@@ -114,6 +126,41 @@ pub struct SnapshotArgs {
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Print one JSON summary on stdout.
+    #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+}
+
+/// `qsync agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Agent configuration file (TOML; see qsync.example.toml).
+    #[arg(long, env = "QSYNC_CONFIG")]
+    pub config: PathBuf,
+    /// Check the configuration (keys, schedules, stores) and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `qsync gc`.
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Store to collect: a directory, s3://BUCKET/PREFIX or ipfs+http://HOST:PORT[/MFS/DIR].
+    #[arg(long, env = "QSYNC_STORE")]
+    pub store: String,
+    /// The publisher's public key: pointers and manifests must verify under
+    /// it, or nothing is deleted.
+    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
+    pub public_key: String,
+    /// Unreferenced objects younger than this are kept.
+    #[arg(long, env = "QSYNC_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Only report what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// S3 settings.
+    #[command(flatten)]
+    pub s3: S3Flags,
+    /// Print one JSON report on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
 }

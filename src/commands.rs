@@ -13,6 +13,8 @@ use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
 use qsync_core::ChainName;
 use qsync_fetcher::{inspect, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
+use qsync_snapshotter::config::Config;
+use qsync_snapshotter::cycle::ChainJob;
 use qsync_snapshotter::{SnapshotError, SnapshotOptions};
 
 use crate::cli::*;
@@ -41,6 +43,8 @@ pub async fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Keygen(a) => keygen(a),
         Command::Snapshot(a) => snapshot(a).await,
+        Command::Agent(a) => agent(a).await,
+        Command::Gc(a) => gc(a).await,
         Command::Restore(a) => restore(a).await,
         Command::Verify(a) => verify(a).await,
         Command::Ls(a) => ls(a).await,
@@ -69,42 +73,21 @@ fn keygen(a: KeygenArgs) -> Result<()> {
     Ok(())
 }
 
-/// Invalidates the CloudFront paths of `keys`; the invalidation ID, or
-/// `None` after a warning (the snapshot is published either way, and edges
-/// pick it up within `--pointer-max-age`).
-async fn invalidate(distribution: &str, store: &str, keys: &[String]) -> Option<String> {
-    // The distribution serves the bucket at its root: paths are object names.
-    let s3 = qsync_cdn::s3::S3Store::new(store, Default::default()).ok();
-    let paths = keys
-        .iter()
-        .map(|k| match (&s3, qsync_core::ObjectKey::new(k.as_str())) {
-            (Some(s3), Ok(key)) => format!("/{}", s3.object(&key)),
-            _ => format!("/{k}"),
-        })
-        .collect();
-    match qsync_cdn::cloudfront::invalidate(distribution, paths).await {
-        Ok(id) => {
-            tracing::info!("CloudFront invalidation {id} created on {distribution}");
-            Some(id)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "the snapshot is published, but {e}; edges serve the old pointer until its max-age runs out"
-            );
-            None
-        }
-    }
-}
-
 async fn snapshot(a: SnapshotArgs) -> Result<()> {
+    if let Some(config) = &a.config {
+        return snapshot_cycle(config, &a.chain, a.json).await;
+    }
+    let (Some(source), Some(store), Some(secret_key)) = (a.source, a.store, a.secret_key) else {
+        anyhow::bail!("snapshot needs --source, --store and --secret-key, or --config with --once");
+    };
     let chain = ChainName::new(a.chain)?;
-    let signer = SigningKey::load(&a.secret_key)?;
+    let signer = SigningKey::load(&secret_key)?;
     let mut store_opts = qsync_cdn::StoreOptions {
         s3: a.s3.options(),
         ..Default::default()
     };
     store_opts.s3.pointer_max_age = a.pointer_max_age;
-    let sink = open_sink_with(&a.store, &store_opts)?;
+    let sink = open_sink_with(&store, &store_opts)?;
     let mut opts = SnapshotOptions::new(chain.clone());
     opts.height = a.height;
     opts.block_hash = a.block_hash;
@@ -121,7 +104,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
         .with_context(|| format!("--chunk-size {} KiB: use 256 to 4096", a.chunk_size))?;
     let started = std::time::Instant::now();
     let s = qsync_snapshotter::publish(
-        &a.source,
+        &source,
         sink.clone(),
         &signer,
         &opts,
@@ -131,12 +114,12 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     .with_context(|| {
         format!(
             "publishing {} as chain {chain} to {}",
-            a.source.display(),
+            source.display(),
             sink.location()
         )
     })?;
     let invalidation = match &a.cloudfront_distribution_id {
-        Some(id) => Some(invalidate(id, &a.store, &s.rewritten).await),
+        Some(id) => Some(qsync_cdn::cloudfront::invalidate_keys(id, &store, &s.rewritten).await),
         None => None,
     };
     if a.json {
@@ -152,6 +135,119 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
             started.elapsed(), s.manifest_key, s.pointer_key
         );
     }
+    Ok(())
+}
+
+/// A watch that turns true on SIGTERM or SIGINT.
+fn stop_on_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
+    let signal = shutdown_signal()?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        tracing::warn!(
+            "stopping: the running cycle is aborted before any pointer moves, and its post hook runs"
+        );
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// `qsync snapshot --config F --chain N --once`.
+async fn snapshot_cycle(config: &std::path::Path, chain: &str, json: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let c = cfg.chain(chain).map_err(anyhow::Error::msg)?.clone();
+    let job = ChainJob::open(c, &cfg.agent.state_dir)?;
+    let stop = stop_on_signal()?;
+    let started = std::time::Instant::now();
+    let r = job.run(crate::progress::for_terminal(json), stop).await;
+    let report = match &r {
+        Ok(rep) => rep,
+        Err(e) => &e.partial,
+    };
+    if json {
+        print_json(report)?;
+    } else {
+        for s in &report.stores {
+            match (&s.summary, &s.error) {
+                (Some(sum), None) => println!(
+                    "{}: version {} ({} files, {} bytes; uploaded {} of {} chunks, {} bytes)",
+                    s.location,
+                    sum.version,
+                    sum.files,
+                    sum.bytes_total,
+                    sum.chunks_uploaded,
+                    sum.chunks_total,
+                    sum.bytes_uploaded
+                ),
+                (_, Some(e)) => println!("{}: FAILED: {e}", s.location),
+                _ => {}
+            }
+        }
+        println!(
+            "cycle of {chain} ({}) in {:.1?}: frozen {:.2}s, {} files unchanged",
+            report.strategy,
+            started.elapsed(),
+            report.freeze_seconds,
+            report.files_unchanged
+        );
+    }
+    r?;
+    Ok(())
+}
+
+async fn agent(a: AgentArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    if a.check {
+        for c in cfg.chains {
+            let job = ChainJob::open(c, &cfg.agent.state_dir)?;
+            println!(
+                "chain {}: key {} and {} store(s) ok",
+                job.chain,
+                job.signer().verifying_key().id(),
+                job.sinks().count()
+            );
+        }
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.agent.listen)
+        .await
+        .with_context(|| format!("listening on {} ([agent] listen)", cfg.agent.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = stop_on_signal()?;
+    println!(
+        "agent: {} chain(s); health and metrics on http://{addr}",
+        cfg.chains.len()
+    );
+    std::io::stdout().flush()?;
+    qsync_snapshotter::agent::run(cfg, listener, stop, crate::progress::for_terminal(true)).await
+}
+
+async fn gc(a: GcArgs) -> Result<()> {
+    let vk = VerifyingKey::load(&a.public_key)?;
+    let opts = qsync_cdn::StoreOptions {
+        s3: a.s3.options(),
+        ..Default::default()
+    };
+    let sink = open_sink_with(&a.store, &opts)?;
+    let r = qsync_snapshotter::gc::collect(sink, &vk, None, a.grace, a.dry_run)
+        .await
+        .with_context(|| format!("collecting garbage in {}", a.store))?;
+    if a.json {
+        return print_json(&r);
+    }
+    if let Some(why) = &r.deferred {
+        println!("nothing collected: {why}; run again later");
+        return Ok(());
+    }
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    for m in &r.manifests_deleted {
+        println!("{verb} {m}");
+    }
+    println!(
+        "{} chain(s), {} snapshot(s) kept, {} chunks referenced; {verb} {} manifests, {} chunks ({} bytes), {} old signatures; {} unreferenced chunks younger than {} kept",
+        r.chains.len(), r.manifests_kept, r.chunks_referenced, r.manifests_deleted.len(), r.chunks_deleted,
+        r.bytes_deleted, r.signatures_deleted, r.chunks_in_grace, humantime::format_duration(a.grace)
+    );
     Ok(())
 }
 

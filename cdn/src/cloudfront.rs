@@ -115,6 +115,34 @@ impl UrlSigner {
     }
 }
 
+/// After a publish to `store`: invalidates the paths of the rewritten `keys`
+/// on `distribution` (which serves the bucket at its root, so paths are
+/// object names). The invalidation ID, or `None` after a warning: the
+/// snapshot is published either way, and edges pick it up within the
+/// pointer's max-age.
+pub async fn invalidate_keys(distribution: &str, store: &str, keys: &[String]) -> Option<String> {
+    let s3 = crate::s3::S3Store::new(store, Default::default()).ok();
+    let paths = keys
+        .iter()
+        .map(|k| match (&s3, qsync_core::ObjectKey::new(k.as_str())) {
+            (Some(s3), Ok(key)) => format!("/{}", s3.object(&key)),
+            _ => format!("/{k}"),
+        })
+        .collect();
+    match invalidate(distribution, paths).await {
+        Ok(id) => {
+            tracing::info!("CloudFront invalidation {id} created on {distribution}");
+            Some(id)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the snapshot is published, but {e}; edges serve the old pointer until its max-age runs out"
+            );
+            None
+        }
+    }
+}
+
 /// Invalidates `paths` (each starting with `/`) on `distribution`; returns
 /// the invalidation ID. Honours `AWS_ENDPOINT_URL_CLOUDFRONT`.
 pub async fn invalidate(distribution: &str, paths: Vec<String>) -> Result<String, CloudFrontError> {

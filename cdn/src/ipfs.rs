@@ -35,7 +35,7 @@ use reqwest::Client;
 use serde::Deserialize;
 
 use crate::http::{client_builder, read_body, BodyError, HttpStore};
-use crate::store::{Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+use crate::store::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
 
 /// Longest one RPC call may take: a node asked for a CID it does not have
 /// searches the network indefinitely.
@@ -399,6 +399,61 @@ impl ObjectSink for IpfsStore {
             Err(e) => Err(e),
         }
     }
+
+    /// Walks the MFS directories with `files/ls`; MFS keeps no write times,
+    /// so `modified` is `None`.
+    async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_string()];
+        while let Some(key) = todo.pop() {
+            let path = format!("{}/{key}", self.read.root);
+            let body = match self
+                .rpc()
+                .call("files/ls", &[("arg", &path), ("long", "true")], None, &key)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let ls: Ls = serde_json::from_slice(&body).map_err(|e| StoreError::Refused {
+                location: self.location(),
+                key: key.clone(),
+                code: "files/ls".into(),
+                hint: format!("unexpected answer ({e}); is this a Kubo-compatible RPC API?"),
+            })?;
+            for entry in ls.entries.unwrap_or_default() {
+                let child = format!("{key}/{}", entry.name);
+                if entry.kind == 1 {
+                    todo.push(child);
+                } else if let Ok(key) = ObjectKey::new(child) {
+                    out.push(Listed {
+                        key,
+                        size: number(&entry.size).unwrap_or(0),
+                        modified: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ls {
+    entries: Option<Vec<LsEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LsEntry {
+    name: String,
+    /// 0 file, 1 directory.
+    #[serde(rename = "Type")]
+    kind: u8,
+    /// A number from js-ipfs, a string from some nodes.
+    size: serde_json::Value,
 }
 
 /// Reads objects under a path through the RPC API: `files/read` under an
@@ -467,12 +522,17 @@ impl ObjectSource for Reader {
             .stat(&self.path(key), key.as_str())
             .await?
             .map(|s| ObjectMeta {
-                size: match s.size {
-                    serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
-                    serde_json::Value::String(s) => s.parse().unwrap_or(0),
-                    _ => 0,
-                },
+                size: number(&s.size).unwrap_or(0),
             }))
+    }
+}
+
+/// A size field: a number from js-ipfs, a string from other nodes.
+fn number(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
     }
 }
 

@@ -18,4 +18,6 @@ pub mod signed;
 pub mod store;
 
 pub use open::{open_sink, open_sink_with, open_source, open_source_with, StoreOptions};
-pub use store::{CacheClass, Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+pub use store::{
+    CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
+};

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use qsync_core::ObjectKey;
 
-use crate::store::{Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+use crate::store::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
 
 /// A directory store.
 pub struct LocalStore {
@@ -209,6 +209,44 @@ impl ObjectSink for LocalStore {
             Err(e) => Err(e),
         }
     }
+
+    async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        let prefix = dir.as_str().to_string();
+        match self.blocking(dir, move |p| list_dir(&p, &prefix)).await {
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            r => r,
+        }
+    }
+}
+
+/// Objects under `path` (the directory of key `prefix`), recursively. Names
+/// that are not object keys (temporary files of writes in progress) are skipped.
+fn list_dir(path: &Path, prefix: &str) -> std::io::Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    let mut todo = vec![(path.to_path_buf(), prefix.to_string())];
+    while let Some((dir, prefix)) = todo.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let key = format!("{prefix}/{name}");
+            let m = entry.metadata()?;
+            if m.is_dir() {
+                todo.push((entry.path(), key));
+            } else if let Ok(key) = ObjectKey::new(key) {
+                out.push(Listed {
+                    key,
+                    size: m.len(),
+                    modified: m.modified().ok(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use qsync_core::ObjectKey;
 use tokio::sync::OnceCell;
 
 use crate::store::{
-    CacheClass, Expect, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
+    CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
 };
 
 /// Objects larger than this are uploaded in parts (the AWS CLI's default).
@@ -563,6 +563,39 @@ impl ObjectSink for S3Store {
             .await
             .map(drop)
             .map_err(|e| self.error(key, e))
+    }
+
+    async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        let prefix = format!("{}/", self.object(dir));
+        let mut pages = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .set_request_payer(self.payer())
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(dir, e))?;
+            for o in page.contents() {
+                let Some(name) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                let Ok(key) = ObjectKey::new(name) else {
+                    continue;
+                };
+                out.push(Listed {
+                    key,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -13,6 +13,17 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// An object as a store listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: ObjectKey,
+    /// Stored length in bytes.
+    pub size: u64,
+    /// When it was last written, where the backend records it (IPFS MFS does not).
+    pub modified: Option<std::time::SystemTime>,
+}
+
 /// How long caches may keep an object; backends that speak HTTP turn this
 /// into `Cache-Control`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,4 +245,7 @@ pub trait ObjectSink: ObjectSource {
     }
     /// Removes the object; absent objects are not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
+    /// Every object whose key lies under `dir/`, in no particular order.
+    /// Retention and garbage collection use it; readers never list.
+    async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError>;
 }

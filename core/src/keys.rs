@@ -11,6 +11,7 @@
 //! chunks/<b3[0..2]>/<b3>                           content-addressed chunk objects
 //! <manifest key>.minisig                           its detached minisign signature
 //! <pointer or catalog key>.sigs/<b3>.minisig       signature of the version whose BLAKE3 is <b3>
+//! locks/<chain>.json, locks/gc.json                publisher leases (unsigned, never read by fetchers)
 //! ```
 
 use std::fmt;
@@ -56,7 +57,9 @@ impl ObjectKey {
     /// Whether the object is rewritten in place (a pointer or the catalog);
     /// every other object is written once and never changes.
     pub fn is_mutable(&self) -> bool {
-        self.0 == "catalog.json" || (self.0.starts_with("chains/") && self.0.ends_with("/latest.json"))
+        self.0 == "catalog.json"
+            || (self.0.starts_with("chains/") && self.0.ends_with("/latest.json"))
+            || self.0.starts_with("locks/")
     }
 
     /// The key of the detached signature of `body` stored at this key.
@@ -98,6 +101,18 @@ impl ObjectKey {
     /// The store's list of chains.
     pub fn catalog() -> ObjectKey {
         ObjectKey("catalog.json".into())
+    }
+
+    /// A publisher's lease on the store: `locks/<chain>.json` while a
+    /// snapshot of that chain is published, `locks/gc.json` during garbage
+    /// collection. Never read by fetchers and never signed.
+    pub fn lock(name: &str) -> Result<ObjectKey, FormatError> {
+        ObjectKey::new(format!("locks/{name}.json"))
+    }
+
+    /// The directory holding `chain`'s manifests.
+    pub fn manifests_dir(chain: &ChainName) -> ObjectKey {
+        ObjectKey(format!("chains/{chain}/manifests"))
     }
 }
 

@@ -43,6 +43,16 @@ pub enum SnapshotError {
         /// Pointer key.
         key: String,
     },
+    /// The run was told to stop (SIGTERM) before any pointer moved.
+    #[error("stopped before publishing: nothing was written that a reader can see")]
+    Cancelled,
+    /// The node could not be thawed (the post hook failed) after reading;
+    /// no pointer was moved.
+    #[error("{0}; no pointer was moved")]
+    Thaw(String),
+    /// Another agent holds the store's lease.
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -1,13 +1,25 @@
-//! The publishing side: turn a chain data directory into a signed snapshot.
+//! The publishing side: turn a chain data directory into a signed snapshot,
+//! once or on a schedule.
 //!
 //! [`scan`] lists what will be published; [`publish`] chunks, hashes and
-//! compresses it, uploads only chunks the store lacks, then writes the
-//! manifest, its signature and, last, the chain pointer. Freezing the node
-//! (hooks, hard links, checkpoints) and scheduling are not here yet.
+//! compresses it, uploads only chunks the stores lack, then writes the
+//! manifest, its signature and, last, the chain pointer. The agent side
+//! builds on it: [`config`] (the TOML file), [`freeze`] (hooks and hard-link
+//! staging), [`chainmeta`] (the head block), [`lease`] (one publisher per
+//! store and chain), [`gc`] (retention and garbage collection), [`cycle`]
+//! (one scheduled run) and [`agent`] (the schedule, re-signing, health and
+//! metrics).
 
+pub mod agent;
+pub mod chainmeta;
+pub mod config;
+pub mod cycle;
 pub mod error;
+pub mod freeze;
+pub mod gc;
+pub mod lease;
 pub mod publish;
 pub mod scan;
 
 pub use error::SnapshotError;
-pub use publish::{publish, SnapshotOptions, SnapshotSummary};
+pub use publish::{publish, publish_many, KnownFiles, Published, SnapshotOptions, SnapshotSummary};

@@ -1,14 +1,20 @@
 //! One snapshot run: scan -> chunk/hash -> upload missing chunks -> manifest
-//! -> sign -> pointer -> catalog.
+//! -> sign -> pointer -> catalog, to one store or several at once.
 //!
 //! Files are read on blocking threads (two at a time) and cut into chunks;
-//! each chunk is checked against the store and, only if missing, compressed
-//! and uploaded, with at most `concurrency` chunks in flight so memory stays
-//! bounded by about `concurrency x max chunk size`. The manifest is written
-//! only after every chunk upload has returned, and the pointer only after the
-//! manifest, so readers never see a snapshot whose objects are missing.
+//! each chunk is checked against every store and, where missing, compressed
+//! once and uploaded, with at most `concurrency` chunks in flight so memory
+//! stays bounded by about `concurrency x max chunk size`. Each store's
+//! manifest is written only after every chunk upload to it has returned, and
+//! its pointer only after the manifest, so readers never see a snapshot
+//! whose objects are missing. A store that fails drops out of the run (its
+//! pointer stays where it was) while the others go on.
+//!
+//! A file whose stat data matches [`KnownFiles`] from the previous run, when
+//! every store still holds that run's snapshot, is not read again: its
+//! manifest entry is reused.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,9 +31,11 @@ use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, ObjectKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::config::Retention;
+use crate::lease;
 use crate::scan::{scan, SourceFile, Stat};
 use crate::SnapshotError;
 
@@ -56,6 +64,9 @@ pub struct SnapshotOptions {
     pub in_flight_bytes: u64,
     /// Other stores holding this snapshot's chunks, recorded in the pointer.
     pub mirror_hints: Vec<String>,
+    /// Which earlier snapshots the pointer keeps; `None` keeps the last
+    /// [`pointer::HISTORY_LEN`].
+    pub retention: Option<Retention>,
 }
 
 impl SnapshotOptions {
@@ -73,6 +84,7 @@ impl SnapshotOptions {
             concurrency: 8,
             in_flight_bytes: 64 << 20,
             mirror_hints: Vec::new(),
+            retention: None,
         }
     }
 }
@@ -125,53 +137,30 @@ struct Counters {
     chunks_uploaded: AtomicU64,
 }
 
-/// Shared state of the chunk upload stage.
-struct Uploader {
+/// One store of a run.
+struct Target {
     sink: Arc<dyn ObjectSink>,
-    seen: Mutex<HashSet<Digest>>,
-    /// One permit per chunk in flight.
-    slots: Arc<Semaphore>,
-    /// One permit per MiB (rounded up) of chunk plaintext in flight.
-    budget: Arc<Semaphore>,
-    budget_mib: u32,
-    level: i32,
     counters: Counters,
-    progress: Arc<dyn Progress>,
-    /// Chunk uploads not yet awaited.
-    uploads: Mutex<tokio::task::JoinSet<Result<(), SnapshotError>>>,
+    /// Set when the store failed; it takes no further part in the run.
+    failed: Mutex<Option<SnapshotError>>,
 }
 
-impl Uploader {
-    /// Makes sure chunk `d` is in the store. Skips chunks this run already
-    /// handled and chunks the store holds.
-    async fn ensure(&self, d: Digest, plain: Vec<u8>) -> Result<(), SnapshotError> {
-        let len = plain.len() as u64;
-        if !self.seen.lock().expect("not poisoned").insert(d) {
-            self.progress.advance(len);
-            return Ok(());
-        }
-        let key = ObjectKey::chunk(&d);
-        if retrying(|| self.sink.head(&key)).await?.is_none() {
-            let level = self.level;
-            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
-                .await
-                .expect("encoder does not panic");
-            let stored = Bytes::from(stored);
-            let stored_len = stored.len() as u64;
-            retrying(|| self.sink.put(&key, stored.clone(), PutOptions::for_key(&key))).await?;
-            self.counters
-                .bytes_uploaded
-                .fetch_add(stored_len, Ordering::Relaxed);
-            self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
-            self.counters.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
-        }
-        self.progress.advance(len);
-        Ok(())
+impl Target {
+    fn live(&self) -> bool {
+        self.failed.lock().expect("not poisoned").is_none()
     }
 
-    /// Writes `body` at `key` with its signature. The signature goes first, so
-    /// a reader that sees the body also finds its signature. With `expect`,
-    /// the body is written only if the object is still as expected.
+    fn fail(&self, e: SnapshotError) {
+        tracing::warn!(
+            "{}: {e}; this store keeps its previous snapshot",
+            self.sink.location()
+        );
+        self.failed.lock().expect("not poisoned").get_or_insert(e);
+    }
+
+    /// Writes `body` at `key` with its signature. The signature goes first,
+    /// so a reader that sees the body also finds its signature. With
+    /// `expect`, the body is written only if the object is still as expected.
     async fn put_signed(
         &self,
         key: &ObjectKey,
@@ -205,6 +194,78 @@ impl Uploader {
     }
 }
 
+/// Shared state of the chunk upload stage.
+struct Uploader {
+    targets: Vec<Arc<Target>>,
+    seen: Mutex<HashSet<Digest>>,
+    /// One permit per chunk in flight.
+    slots: Arc<Semaphore>,
+    /// One permit per MiB (rounded up) of chunk plaintext in flight.
+    budget: Arc<Semaphore>,
+    budget_mib: u32,
+    level: i32,
+    progress: Arc<dyn Progress>,
+    /// Chunk uploads not yet awaited.
+    uploads: Mutex<tokio::task::JoinSet<Result<(), SnapshotError>>>,
+}
+
+impl Uploader {
+    /// Makes sure chunk `d` is in every live store. Skips chunks this run
+    /// already handled and stores that hold the chunk; compresses once for
+    /// all stores that lack it. A store that fails is dropped from the run;
+    /// only when none is left does the run fail.
+    async fn ensure(&self, d: Digest, plain: Vec<u8>) -> Result<(), SnapshotError> {
+        let len = plain.len() as u64;
+        if !self.seen.lock().expect("not poisoned").insert(d) {
+            self.progress.advance(len);
+            return Ok(());
+        }
+        let key = ObjectKey::chunk(&d);
+        let mut lacking = Vec::new();
+        for t in self.targets.iter().filter(|t| t.live()) {
+            match retrying(|| t.sink.head(&key)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => lacking.push(t.clone()),
+                Err(e) => t.fail(e.into()),
+            }
+        }
+        if !lacking.is_empty() {
+            let level = self.level;
+            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
+                .await
+                .expect("encoder does not panic");
+            let stored = Bytes::from(stored);
+            let stored_len = stored.len() as u64;
+            let puts = lacking.iter().map(|t| {
+                let stored = stored.clone();
+                let key = &key;
+                async move {
+                    match retrying(|| t.sink.put(key, stored.clone(), PutOptions::for_key(key))).await {
+                        Ok(()) => {
+                            let c = &t.counters;
+                            c.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
+                            c.bytes_new.fetch_add(len, Ordering::Relaxed);
+                            c.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => t.fail(e.into()),
+                    }
+                }
+            });
+            futures::future::join_all(puts).await;
+        }
+        if !self.targets.iter().any(|t| t.live()) {
+            return Err(self.targets[0]
+                .failed
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .unwrap_or(SnapshotError::Cancelled));
+        }
+        self.progress.advance(len);
+        Ok(())
+    }
+}
+
 /// Runs a store operation, trying again with growing pauses while it fails
 /// with a transient error. Backends retry single requests themselves; this
 /// rides out a longer outage (about a minute) instead of failing a publish
@@ -228,7 +289,40 @@ where
     op().await
 }
 
-/// Publishes `source` as the next snapshot of `opts.chain` in `sink`.
+/// What the previous run left: each store's manifest and each file's stat
+/// data with its manifest entry. Kept in the agent's state directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KnownFiles {
+    /// BLAKE3 of the manifest each store's pointer named after the run.
+    pub manifests: BTreeMap<String, Digest>,
+    /// Per file: stat data when read, and its entry.
+    pub files: HashMap<String, (Stat, FileEntry)>,
+}
+
+/// One store's outcome.
+#[derive(Debug)]
+pub struct StoreOutcome {
+    /// The store.
+    pub location: String,
+    /// Its summary, or why its pointer did not move.
+    pub result: Result<SnapshotSummary, SnapshotError>,
+}
+
+/// A run over several stores.
+#[derive(Debug)]
+pub struct Published {
+    /// Per store, in the order given.
+    pub stores: Vec<StoreOutcome>,
+    /// What the next run may trust (only stores that succeeded are recorded).
+    pub known: KnownFiles,
+    /// Files taken from [`KnownFiles`] without reading.
+    pub files_unchanged: u64,
+    /// Bytes of those files.
+    pub bytes_unchanged: u64,
+}
+
+/// Publishes `source` as the next snapshot of `opts.chain` in `sink`, under
+/// a lease on the store (one publisher per store and chain at a time).
 pub async fn publish(
     source: &Path,
     sink: Arc<dyn ObjectSink>,
@@ -236,15 +330,84 @@ pub async fn publish(
     opts: &SnapshotOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<SnapshotSummary, SnapshotError> {
+    let lease = lease::acquire_for_publish(sink.clone(), &opts.chain).await?;
+    let r = publish_many(source, vec![sink], signer, opts, progress, None, None, None).await;
+    lease.release().await;
+    r?.stores.pop().expect("one store").result
+}
+
+/// Resolves when `cancel` turns true; never without one.
+async fn cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
+    match cancel {
+        Some(mut c) => {
+            let _ = c.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs between reading and committing; an error stops the run before any
+/// manifest or pointer is written.
+pub type CommitGate = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Publishes `source` to every store in `sinks`; the caller holds each
+/// store's publish lease. Fails as a whole only when the source cannot be
+/// read consistently, `cancel` fires or `gate` fails before any pointer
+/// moves; a store that fails is reported in its [`StoreOutcome`].
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_many(
+    source: &Path,
+    sinks: Vec<Arc<dyn ObjectSink>>,
+    signer: &SigningKey,
+    opts: &SnapshotOptions,
+    progress: Arc<dyn Progress>,
+    known: Option<&KnownFiles>,
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    gate: Option<CommitGate>,
+) -> Result<Published, SnapshotError> {
     opts.chunker.validate()?;
     let vk = signer.verifying_key();
     let pointer_key = ObjectKey::pointer(&opts.chain);
-    let (previous, expect) =
-        get_signed_for_update(sink.as_ref(), &pointer_key, vk, pointer::MAX_BYTES).await?;
-    let previous = previous
-        .map(|b| Pointer::decode(&b, pointer_key.as_str()))
-        .transpose()?;
-    let version = previous.as_ref().map_or(1, |p| p.current.version + 1);
+    let targets: Vec<Arc<Target>> = sinks
+        .into_iter()
+        .map(|sink| {
+            Arc::new(Target {
+                sink,
+                counters: Counters::default(),
+                failed: Mutex::new(None),
+            })
+        })
+        .collect();
+    let mut previous = Vec::new();
+    for t in &targets {
+        let r = async {
+            let (bytes, expect) =
+                get_signed_for_update(t.sink.as_ref(), &pointer_key, vk, pointer::MAX_BYTES).await?;
+            let p = bytes
+                .map(|b| Pointer::decode(&b, pointer_key.as_str()))
+                .transpose()?;
+            Ok::<_, SnapshotError>((p, expect))
+        }
+        .await;
+        match r {
+            Ok(p) => previous.push(Some(p)),
+            Err(e) => {
+                t.fail(e);
+                previous.push(None);
+            }
+        }
+    }
+    if !targets.iter().any(|t| t.live()) {
+        return Ok(finish_failed(targets));
+    }
+    // Reuse last run's entries only if every store still holds that run's
+    // snapshot, whose chunks are then all there.
+    let reuse = known.filter(|k| {
+        targets.iter().zip(&previous).all(|(t, p)| match p {
+            Some((Some(p), _)) => k.manifests.get(&t.sink.location()) == Some(&p.current.manifest_blake3),
+            _ => !t.live(),
+        })
+    });
 
     let root = source.to_path_buf();
     let listing = tokio::task::spawn_blocking(move || scan(&root))
@@ -258,59 +421,186 @@ pub async fn publish(
         .max(u64::from(opts.chunker.max_size >> 20))
         .max(1) as u32;
     let up = Arc::new(Uploader {
-        sink: sink.clone(),
+        targets: targets.clone(),
         seen: Mutex::new(HashSet::new()),
         slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         budget: Arc::new(Semaphore::new(budget_mib as usize)),
         budget_mib,
         level: opts.zstd_level,
-        counters: Counters::default(),
         progress: progress.clone(),
         uploads: Mutex::new(tokio::task::JoinSet::new()),
     });
-    let files: Vec<FileEntry> = futures::stream::iter(listing.files)
-        .map(|f| publish_file(f, opts.chunker.clone(), up.clone()))
-        .buffered(2)
-        .try_collect()
-        .await?;
-    let mut uploads = std::mem::take(&mut *up.uploads.lock().expect("not poisoned"));
-    while let Some(done) = uploads.join_next().await {
-        done.expect("upload task does not panic")?;
-    }
+    let stats: Vec<Stat> = listing.files.iter().map(|f| f.stat.clone()).collect();
+    let (mut files_unchanged, mut bytes_unchanged) = (0, 0);
+    let work: Vec<_> = listing
+        .files
+        .into_iter()
+        .map(|f| match reuse.and_then(|k| k.files.get(&f.rel)) {
+            Some((stat, entry)) if *stat == f.stat && entry.size == f.stat.size => {
+                files_unchanged += 1;
+                bytes_unchanged += f.stat.size;
+                Err(entry.clone())
+            }
+            _ => Ok(f),
+        })
+        .collect();
+    let read_all = async {
+        let files: Vec<FileEntry> = futures::stream::iter(work)
+            .map(|w| {
+                let up = up.clone();
+                let params = opts.chunker.clone();
+                async move {
+                    match w {
+                        Ok(f) => publish_file(f, params, up).await,
+                        Err(entry) => {
+                            up.progress.advance(entry.size);
+                            Ok(entry)
+                        }
+                    }
+                }
+            })
+            .buffered(2)
+            .try_collect()
+            .await?;
+        let mut uploads = std::mem::take(&mut *up.uploads.lock().expect("not poisoned"));
+        while let Some(done) = uploads.join_next().await {
+            done.expect("upload task does not panic")?;
+        }
+        Ok::<_, SnapshotError>(files)
+    };
+    // Cancelling here is clean: no manifest or pointer has been written.
+    let files = tokio::select! {
+        r = read_all => r?,
+        () = cancelled(cancel) => {
+            up.uploads.lock().expect("not poisoned").abort_all();
+            return Err(SnapshotError::Cancelled);
+        }
+    };
     progress.finish();
+    if let Some(gate) = gate {
+        gate.await.map_err(SnapshotError::Thaw)?;
+    }
 
     let now = Timestamp::now();
     let expires_at = now.plus(opts.expires_in);
     let manifest_expires_at = now.plus(opts.lifetime.max(opts.expires_in));
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT.into(),
-        chain: ChainMeta {
-            name: opts.chain.clone(),
-            height: opts.height,
-            block_hash: opts.block_hash.clone(),
-        },
-        version,
-        created_at: now,
-        expires_at: manifest_expires_at,
-        chunker: opts.chunker.clone(),
-        directories: listing
-            .dirs
-            .into_iter()
-            .map(|(path, mode)| DirEntry { path, mode })
+    let directories: Vec<DirEntry> = listing
+        .dirs
+        .into_iter()
+        .map(|(path, mode)| DirEntry { path, mode })
+        .collect();
+    let mut known_next = KnownFiles {
+        manifests: BTreeMap::new(),
+        files: files
+            .iter()
+            .zip(stats)
+            .map(|(e, s)| (e.path.clone(), (s, e.clone())))
             .collect(),
-        files,
     };
+    let mut stores = Vec::new();
+    for (t, prev) in targets.iter().zip(previous) {
+        let location = t.sink.location();
+        let failed = t.failed.lock().expect("not poisoned").take();
+        let result = match (failed, prev) {
+            (Some(e), _) => Err(e),
+            (None, None) => unreachable!("a store without a pointer read has failed"),
+            (None, Some((previous, expect))) => {
+                let manifest = Manifest {
+                    format: MANIFEST_FORMAT.into(),
+                    chain: ChainMeta {
+                        name: opts.chain.clone(),
+                        height: opts.height,
+                        block_hash: opts.block_hash.clone(),
+                    },
+                    version: previous.as_ref().map_or(1, |p| p.current.version + 1),
+                    created_at: now,
+                    expires_at: manifest_expires_at,
+                    chunker: opts.chunker.clone(),
+                    directories: directories.clone(),
+                    files: files.clone(),
+                };
+                let when = Expiry {
+                    now,
+                    expires_at,
+                    manifest_expires_at,
+                };
+                finish_store(t, signer, opts, manifest, previous.as_ref(), &expect, when, total).await
+            }
+        };
+        if let Ok(s) = &result {
+            known_next
+                .manifests
+                .insert(location.clone(), s.manifest_blake3.parse()?);
+        }
+        stores.push(StoreOutcome { location, result });
+    }
+    Ok(Published {
+        stores,
+        known: known_next,
+        files_unchanged,
+        bytes_unchanged,
+    })
+}
+
+fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
+    Published {
+        stores: targets
+            .iter()
+            .map(|t| StoreOutcome {
+                location: t.sink.location(),
+                result: Err(t
+                    .failed
+                    .lock()
+                    .expect("not poisoned")
+                    .take()
+                    .unwrap_or(SnapshotError::Cancelled)),
+            })
+            .collect(),
+        known: KnownFiles::default(),
+        files_unchanged: 0,
+        bytes_unchanged: 0,
+    }
+}
+
+/// The times a run writes.
+#[derive(Clone, Copy)]
+struct Expiry {
+    now: Timestamp,
+    expires_at: Timestamp,
+    manifest_expires_at: Timestamp,
+}
+
+/// Writes one store's manifest, pointer and catalog entry.
+#[allow(clippy::too_many_arguments)]
+async fn finish_store(
+    t: &Target,
+    signer: &SigningKey,
+    opts: &SnapshotOptions,
+    manifest: Manifest,
+    previous: Option<&Pointer>,
+    expect: &Expect,
+    when: Expiry,
+    total: u64,
+) -> Result<SnapshotSummary, SnapshotError> {
+    let version = manifest.version;
     let (stored, compressed) = manifest.encode();
     let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
     let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
-    up.put_signed(&manifest_key, stored, signer, None).await?;
+    t.put_signed(&manifest_key, stored, signer, None).await?;
 
-    let mut pointer = Pointer::next(previous.as_ref(), opts.chain.clone(), current, now, expires_at);
+    let pointer_key = ObjectKey::pointer(&opts.chain);
+    let mut pointer = Pointer::next(previous, opts.chain.clone(), current, when.now, when.expires_at);
     pointer.mirrors = opts.mirror_hints.clone();
+    if let Some(policy) = &opts.retention {
+        let all: Vec<SnapshotRef> = std::iter::once(pointer.current.clone())
+            .chain(pointer.history.iter().cloned())
+            .collect();
+        pointer.history = crate::gc::select(&all, policy).into_iter().skip(1).collect();
+    }
     // Written only over the pointer this run started from: of two publishers
     // racing on one chain, the second finds the pointer moved and fails.
-    match up
-        .put_signed(&pointer_key, pointer.encode(), signer, Some(&expect))
+    match t
+        .put_signed(&pointer_key, pointer.encode(), signer, Some(expect))
         .await
     {
         Err(StoreError::Conflict { location, key }) => {
@@ -319,12 +609,12 @@ pub async fn publish(
         r => r?,
     }
     let mut rewritten = vec![pointer_key.to_string()];
-    if update_catalog(&up, signer, &opts.chain).await? {
+    if update_catalog(t, signer, &opts.chain).await? {
         rewritten.push(ObjectKey::catalog().to_string());
     }
-    let ipfs_root_cid = sink.snapshot_root().await?;
+    let ipfs_root_cid = t.sink.snapshot_root().await?;
 
-    let c = &up.counters;
+    let c = &t.counters;
     Ok(SnapshotSummary {
         chain: opts.chain.to_string(),
         version,
@@ -340,25 +630,21 @@ pub async fn publish(
         chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
         rewritten,
         ipfs_root_cid,
-        created_at: now.to_string(),
-        expires_at: expires_at.to_string(),
-        snapshot_expires_at: manifest_expires_at.to_string(),
+        created_at: when.now.to_string(),
+        expires_at: when.expires_at.to_string(),
+        snapshot_expires_at: when.manifest_expires_at.to_string(),
     })
 }
 
 /// Adds `chain` to the catalog; true when it was not listed. Publishers of
 /// other chains may update it at the same time, so the write is conditional
 /// and retried on a conflict.
-async fn update_catalog(
-    up: &Uploader,
-    signer: &SigningKey,
-    chain: &ChainName,
-) -> Result<bool, SnapshotError> {
+async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> Result<bool, SnapshotError> {
     let key = ObjectKey::catalog();
     let mut attempts = 0;
     loop {
         let vk = signer.verifying_key();
-        let (bytes, expect) = get_signed_for_update(up.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
+        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
         let mut catalog = match bytes {
             Some(b) => Catalog::decode(&b)?,
             None => Catalog::default(),
@@ -366,13 +652,59 @@ async fn update_catalog(
         if !catalog.insert(chain) {
             return Ok(false);
         }
-        match up.put_signed(&key, catalog.encode(), signer, Some(&expect)).await {
+        match t.put_signed(&key, catalog.encode(), signer, Some(&expect)).await {
             Err(StoreError::Conflict { .. }) if attempts < 8 => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
             }
             r => return Ok(r.map(|()| true)?),
         }
+    }
+}
+
+/// Re-signs the pointer of `chain` in `sink` with a new expiry, naming the
+/// same snapshot; `None` when the chain has no pointer there, or when its
+/// snapshot is older than `max_age` (then the expiry must stop moving, so
+/// that readers refuse a source whose snapshots stopped). Conditional: a
+/// publish that moved the pointer meanwhile wins.
+pub async fn resign(
+    sink: Arc<dyn ObjectSink>,
+    signer: &SigningKey,
+    chain: &ChainName,
+    expires_in: Duration,
+    max_age: Duration,
+) -> Result<Option<Pointer>, SnapshotError> {
+    let key = ObjectKey::pointer(chain);
+    let (bytes, expect) =
+        get_signed_for_update(sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await?;
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    let mut p = Pointer::decode(&bytes, key.as_str())?;
+    let now = Timestamp::now();
+    let age = now.0.saturating_sub(p.current.created_at.0);
+    if age > max_age.as_secs() {
+        tracing::warn!(
+            "not re-signing {key} in {}: its snapshot (version {}) is {} old, more than max-age {}; the pointer expires at {}",
+            sink.location(),
+            p.current.version,
+            humantime::format_duration(Duration::from_secs(age)),
+            humantime::format_duration(max_age),
+            p.expires_at
+        );
+        return Ok(None);
+    }
+    p.sequence += 1;
+    p.created_at = now;
+    p.expires_at = now.plus(expires_in);
+    let t = Target {
+        sink,
+        counters: Counters::default(),
+        failed: Mutex::new(None),
+    };
+    match t.put_signed(&key, p.encode(), signer, Some(&expect)).await {
+        Err(StoreError::Conflict { location, key }) => Err(SnapshotError::PointerRace { location, key }),
+        r => r.map(|()| Some(p)).map_err(Into::into),
     }
 }
 

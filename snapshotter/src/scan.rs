@@ -24,8 +24,9 @@ pub struct SourceFile {
     pub stat: Stat,
 }
 
-/// The stat fields that must not change while a file is read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The stat fields that must not change while a file is read, and that
+/// identify a file as unchanged since an earlier cycle.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stat {
     /// Length.
     pub size: u64,
@@ -35,6 +36,8 @@ pub struct Stat {
     pub mtime_ns: i128,
     /// Inode number.
     pub ino: u64,
+    /// Device number of the filesystem.
+    pub dev: u64,
 }
 
 impl Stat {
@@ -45,6 +48,7 @@ impl Stat {
             mode: m.mode() & 0o7777,
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ino: m.ino(),
+            dev: m.dev(),
         }
     }
 }

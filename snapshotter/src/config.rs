@@ -1,0 +1,435 @@
+//! The agent's TOML configuration: one `[agent]` table and one `[[chain]]`
+//! table per chain (docs/operations.md lists every key; `qsync.example.toml`
+//! is a documented example). Unknown keys are errors, durations are
+//! humantime strings ("90s", "6h", "14d"), and [`Config::load`] checks
+//! everything that can be checked before the first cycle: schedules parse,
+//! chain names are valid, each strategy has what it needs.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use qsync_core::ChainName;
+use serde::{Deserialize, Deserializer};
+
+/// A whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// The chains to snapshot.
+    #[serde(default, rename = "chain")]
+    pub chains: Vec<ChainConfig>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentSection {
+    /// Address of `/healthz` and `/metrics`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where the agent keeps what it remembers between cycles (the index of
+    /// unchanged files).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            listen: default_listen(),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/qsync".into()
+}
+
+/// One `[[chain]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ChainConfig {
+    /// Chain name: 1-64 of a-z 0-9 . _ -
+    pub name: String,
+    /// The node's data directory.
+    pub source: PathBuf,
+    /// When cycles run: cron with seconds (`sec min hour day month weekday`).
+    pub schedule: String,
+    /// When the pointer is re-signed to move its expiry, while the last
+    /// cycle is younger than `max-age` (cron with seconds).
+    #[serde(default = "default_resign")]
+    pub resign: String,
+    /// minisign secret key.
+    pub secret_key: PathBuf,
+    /// Stores to publish to (directories, s3://, ipfs+http://).
+    pub stores: Vec<String>,
+    /// How long fetchers accept the pointer without a re-sign.
+    #[serde(default = "default_expires_in", deserialize_with = "duration")]
+    pub expires_in: Duration,
+    /// How long each snapshot stays restorable (the manifest's expiry).
+    #[serde(default = "default_lifetime", deserialize_with = "duration")]
+    pub lifetime: Duration,
+    /// `/healthz` fails, and re-signing stops, once the last successful
+    /// cycle is older than this.
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// Average chunk size in KiB (256-4096).
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u32,
+    /// Chunks in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Trust a file whose inode, size and modification time match the last
+    /// cycle's record instead of reading it again.
+    #[serde(default = "yes")]
+    pub skip_unchanged: bool,
+    /// Cache max-age of the pointer and catalog on S3.
+    #[serde(default = "default_pointer_max_age", deserialize_with = "duration")]
+    pub pointer_max_age: Duration,
+    /// CloudFront distribution to invalidate after each publish to an s3:// store.
+    #[serde(default)]
+    pub cloudfront_distribution_id: Option<String>,
+    /// Endpoint of an S3-compatible server.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 addressing.
+    #[serde(default)]
+    pub s3_path_style: bool,
+    /// Requester-pays S3 bucket.
+    #[serde(default)]
+    pub s3_requester_pays: bool,
+    /// How the node is held still while it is read.
+    #[serde(default)]
+    pub freeze: FreezeConfig,
+    /// Where the head block comes from.
+    #[serde(default)]
+    pub metadata: Option<MetadataConfig>,
+    /// What to keep.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+fn default_resign() -> String {
+    "0 0 * * * *".into()
+}
+fn default_expires_in() -> Duration {
+    Duration::from_secs(14 * 24 * 3600)
+}
+fn default_lifetime() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(2 * 24 * 3600)
+}
+fn default_chunk_size() -> u32 {
+    4096
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_pointer_max_age() -> Duration {
+    Duration::from_secs(60)
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[chain.freeze]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FreezeConfig {
+    /// hooks, hardlink or path.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Command (argv) that freezes the node; empty for none.
+    #[serde(default)]
+    pub pre: Vec<String>,
+    /// Command that thaws it; runs whenever `pre` was started.
+    #[serde(default)]
+    pub post: Vec<String>,
+    /// Longest a hook may run before it is killed.
+    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// hardlink: file-name patterns of files never modified in place.
+    #[serde(default = "default_immutable")]
+    pub immutable: Vec<String>,
+    /// hardlink: staging directory on the source's filesystem
+    /// [default: `.qsync-staging-<chain>` beside the source].
+    #[serde(default)]
+    pub staging: Option<PathBuf>,
+    /// path: the consistent copy the pre hook produces, read instead of the source.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl Default for FreezeConfig {
+    fn default() -> Self {
+        FreezeConfig {
+            strategy: Strategy::default(),
+            pre: Vec::new(),
+            post: Vec::new(),
+            timeout: default_hook_timeout(),
+            immutable: default_immutable(),
+            staging: None,
+            path: None,
+        }
+    }
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_immutable() -> Vec<String> {
+    vec!["*.sst".into(), "*.ldb".into()]
+}
+
+/// How the node is held still.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Frozen (pre .. post) for the whole read.
+    #[default]
+    Hooks,
+    /// Frozen only while immutable files are hard-linked and the rest copied.
+    Hardlink,
+    /// The pre hook makes a consistent copy at `path`; the node is thawed at once.
+    Path,
+}
+
+/// `[chain.metadata]`: exactly one of `rpc` (with `kind`) or `command`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetadataConfig {
+    /// The node's RPC flavour.
+    #[serde(default)]
+    pub kind: Option<RpcKind>,
+    /// The node's RPC URL, asked while the node is frozen.
+    #[serde(default)]
+    pub rpc: Option<String>,
+    /// A command printing `{"height": N, "block_hash": "..."}`, run while frozen.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Longest the query may take.
+    #[serde(default = "default_metadata_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_metadata_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Node RPC flavours qsync can ask for the head block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RpcKind {
+    /// `eth_getBlockByNumber("latest")` (geth, erigon, reth, nethermind, ganache).
+    Ethereum,
+    /// `chain_getHeader` and `chain_getBlockHash` (Polkadot SDK nodes).
+    Substrate,
+    /// `GET /status` (CometBFT and Tendermint nodes).
+    Cometbft,
+}
+
+/// `[chain.retention]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Retention {
+    /// Newest snapshots kept.
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// Also the newest snapshot of each of the last N days (UTC).
+    #[serde(default)]
+    pub keep_daily: usize,
+    /// Also the newest snapshot of each of the last N weeks.
+    #[serde(default)]
+    pub keep_weekly: usize,
+    /// Delete chunks no kept manifest references after each cycle.
+    #[serde(default = "yes")]
+    pub gc: bool,
+    /// Unreferenced objects younger than this are left alone.
+    #[serde(default = "default_gc_grace", deserialize_with = "duration")]
+    pub gc_grace: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_last: default_keep_last(),
+            keep_daily: 0,
+            keep_weekly: 0,
+            gc: true,
+            gc_grace: default_gc_grace(),
+        }
+    }
+}
+
+fn default_keep_last() -> usize {
+    3
+}
+fn default_gc_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like 90s, 6h or 14d ({e})")))
+}
+
+/// A configuration that cannot be used, with the file and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.into(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        cfg.check().map_err(err)?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.chains.is_empty() {
+            return Err("no [[chain]] table; add one per chain to snapshot".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.chains {
+            let at = format!("[[chain]] {:?}", c.name);
+            ChainName::new(c.name.clone()).map_err(|e| format!("{at}: {e}"))?;
+            if !names.insert(&c.name) {
+                return Err(format!("{at} appears twice; each chain needs one table"));
+            }
+            for (key, expr) in [("schedule", &c.schedule), ("resign", &c.resign)] {
+                parse_schedule(expr).map_err(|e| format!("{at}: {key}: {e}"))?;
+            }
+            if c.stores.is_empty() {
+                return Err(format!("{at}: stores is empty; name at least one store"));
+            }
+            if !(256..=4096).contains(&c.chunk_size) {
+                return Err(format!("{at}: chunk-size {} KiB: use 256 to 4096", c.chunk_size));
+            }
+            let f = &c.freeze;
+            match f.strategy {
+                Strategy::Path if f.path.is_none() => {
+                    return Err(format!(
+                        "{at}: freeze strategy \"path\" needs freeze.path, the directory the pre hook fills"
+                    ))
+                }
+                Strategy::Path if f.pre.is_empty() => {
+                    return Err(format!(
+                        "{at}: freeze strategy \"path\" needs a pre hook that produces freeze.path"
+                    ))
+                }
+                Strategy::Hardlink if f.immutable.is_empty() => {
+                    return Err(format!(
+                        "{at}: freeze strategy \"hardlink\" needs immutable patterns"
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(m) = &c.metadata {
+                match (&m.rpc, m.kind, m.command.is_empty()) {
+                    (Some(_), Some(_), true) | (None, None, false) => {}
+                    _ => {
+                        return Err(format!(
+                            "{at}: [chain.metadata] needs either rpc with kind (ethereum, substrate, cometbft) or command"
+                        ))
+                    }
+                }
+            }
+            if c.retention.keep_last == 0 {
+                return Err(format!("{at}: retention.keep-last must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The chain called `name`.
+    pub fn chain(&self, name: &str) -> Result<&ChainConfig, String> {
+        self.chains.iter().find(|c| c.name == name).ok_or_else(|| {
+            let known: Vec<_> = self.chains.iter().map(|c| c.name.as_str()).collect();
+            format!(
+                "no chain {name:?} in the configuration (it has: {})",
+                known.join(", ")
+            )
+        })
+    }
+}
+
+/// Parses a cron expression with seconds.
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(expr)
+        .map_err(|e| format!("{expr:?} is not a cron expression with seconds, like \"0 0 */6 * * *\" ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    const MINIMAL: &str = r#"
+        [[chain]]
+        name = "polkadot"
+        source = "/data/db"
+        schedule = "0 0 */6 * * *"
+        secret-key = "/keys/qsync.sec"
+        stores = ["/mnt/backup"]
+    "#;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../qsync.example.toml")).unwrap();
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.agent.listen, "127.0.0.1:9464");
+        assert_eq!(cfg.chains[0].freeze.strategy, Strategy::Hooks);
+        assert_eq!(cfg.chains[0].retention.keep_last, 3);
+    }
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let cfg = parse(MINIMAL).unwrap();
+        let c = &cfg.chains[0];
+        assert_eq!(c.freeze.immutable, ["*.sst", "*.ldb"]);
+        assert_eq!(c.retention.keep_last, 3);
+        assert!(c.skip_unchanged);
+        let e = parse(&format!("{MINIMAL}\nsurprise = 1")).unwrap_err();
+        assert!(e.contains("surprise"), "{e}");
+        let e = parse(&MINIMAL.replace("*/6", "every six hours")).unwrap_err();
+        assert!(e.contains("cron"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[chain.freeze]\nstrategy = \"path\"\npre = [\"true\"]"
+        ))
+        .unwrap_err();
+        assert!(e.contains("freeze.path"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[chain.metadata]\nrpc = \"http://x\"")).unwrap_err();
+        assert!(e.contains("kind"), "{e}");
+        let e = parse(&format!("{MINIMAL}\nexpires-in = \"soon\"")).unwrap_err();
+        assert!(e.contains("duration"), "{e}");
+    }
+}

@@ -1,0 +1,526 @@
+//! One snapshot cycle of a configured chain: take the store leases, freeze
+//! the node, record its head, read (directly, from hard-link staging, or
+//! from the pre hook's copy), thaw, publish to every store, invalidate the
+//! CDN, apply retention and collect garbage, and remember what was read.
+//!
+//! The post hook runs whenever the pre hook was started: on success, on
+//! every failure and on cancellation. With the `hooks` strategy it runs
+//! after the chunks are uploaded and before any manifest or pointer is
+//! written, so a failing post hook (a node that does not come back) leaves
+//! every store's previous snapshot in place and is reported, like every
+//! other failure, with the stage it happened in.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qsync_cdn::{open_sink_with, ObjectSink, StoreOptions};
+use qsync_core::progress::Progress;
+use qsync_core::sign::SigningKey;
+use qsync_core::ChainName;
+use serde::Serialize;
+
+use crate::chainmeta::{AroundFreeze, ChainHead};
+use crate::config::{ChainConfig, Strategy};
+use crate::freeze::{self, run_hook};
+use crate::gc::{self, GcReport};
+use crate::lease::{self, Lease, LeaseError};
+use crate::publish::{publish_many, KnownFiles, SnapshotOptions, SnapshotSummary};
+use crate::SnapshotError;
+
+/// Where a cycle failed; the `stage` label of the failure metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Taking the store leases.
+    Lock,
+    /// The pre hook.
+    Freeze,
+    /// Asking for the head block.
+    Metadata,
+    /// Hard-linking and copying into staging.
+    Stage,
+    /// Reading the source (including a file changing while read).
+    Read,
+    /// Uploading to or committing in a store.
+    Upload,
+    /// The post hook.
+    Thaw,
+    /// Retention and garbage collection.
+    Gc,
+    /// Told to stop.
+    Cancelled,
+}
+
+impl Stage {
+    /// Every stage, for metrics that list zero counts too.
+    pub const ALL: [Stage; 9] = [
+        Stage::Lock,
+        Stage::Freeze,
+        Stage::Metadata,
+        Stage::Stage,
+        Stage::Read,
+        Stage::Upload,
+        Stage::Thaw,
+        Stage::Gc,
+        Stage::Cancelled,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Lock => "lock",
+            Stage::Freeze => "freeze",
+            Stage::Metadata => "metadata",
+            Stage::Stage => "stage",
+            Stage::Read => "read",
+            Stage::Upload => "upload",
+            Stage::Thaw => "thaw",
+            Stage::Gc => "gc",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A failed cycle: where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("chain {chain}: {} stage failed: {message}", stage.as_str())]
+pub struct CycleError {
+    /// The chain.
+    pub chain: String,
+    /// Where it failed.
+    pub stage: Stage,
+    /// Why, with what to do.
+    pub message: String,
+    /// What the cycle measured before failing.
+    pub partial: Box<CycleReport>,
+}
+
+/// One store's part of a cycle.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreReport {
+    /// The store.
+    pub location: String,
+    /// Whether its pointer moved.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SnapshotSummary>,
+    /// Garbage collection after the publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcReport>,
+    /// CloudFront invalidation ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudfront_invalidation: Option<String>,
+}
+
+/// What a cycle did. Its JSON starts with the fields of the first
+/// successful store's [`SnapshotSummary`], as `qsync snapshot --json` prints.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CycleReport {
+    /// The first successful store's summary.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SnapshotSummary>,
+    /// Freeze strategy.
+    pub strategy: String,
+    /// Seconds from the start of the pre hook to the end of the post hook.
+    pub freeze_seconds: f64,
+    /// Seconds of the whole cycle.
+    pub duration_seconds: f64,
+    /// Head block recorded in the manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    /// Its hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_hash: Option<String>,
+    /// Files trusted as unchanged since the last cycle (not read).
+    pub files_unchanged: u64,
+    /// Their bytes.
+    pub bytes_unchanged: u64,
+    /// Per store.
+    pub stores: Vec<StoreReport>,
+}
+
+impl CycleReport {
+    /// Bytes of chunks no store had before (the most any store uploaded).
+    pub fn bytes_new(&self) -> u64 {
+        self.stores
+            .iter()
+            .filter_map(|s| s.summary.as_ref())
+            .map(|s| s.bytes_new)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The post hook's result and the freeze time when it finished.
+type Thawed = (Result<(), String>, Duration);
+
+/// A configured chain, ready to run cycles.
+pub struct ChainJob {
+    /// Its configuration.
+    pub cfg: ChainConfig,
+    /// Its validated name.
+    pub chain: ChainName,
+    signer: SigningKey,
+    /// (URL as configured, opened store).
+    stores: Vec<(String, Arc<dyn ObjectSink>)>,
+    state_dir: PathBuf,
+}
+
+impl ChainJob {
+    /// Loads the key and opens the stores of `cfg`.
+    pub fn open(cfg: ChainConfig, state_dir: &Path) -> anyhow::Result<ChainJob> {
+        use anyhow::Context;
+        let chain = ChainName::new(cfg.name.clone())?;
+        let signer = SigningKey::load(&cfg.secret_key)
+            .with_context(|| format!("chain {chain}: secret-key {}", cfg.secret_key.display()))?;
+        let mut opts = StoreOptions::default();
+        opts.s3.endpoint = cfg.s3_endpoint.clone();
+        opts.s3.path_style = cfg.s3_path_style;
+        opts.s3.requester_pays = cfg.s3_requester_pays;
+        opts.s3.pointer_max_age = cfg.pointer_max_age;
+        let stores = cfg
+            .stores
+            .iter()
+            .map(|url| {
+                Ok((
+                    url.clone(),
+                    open_sink_with(url, &opts).with_context(|| format!("chain {chain}: store {url}"))?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ChainJob {
+            state_dir: state_dir.join(chain.as_str()),
+            chain,
+            signer,
+            stores,
+            cfg,
+        })
+    }
+
+    /// The signing key.
+    pub fn signer(&self) -> &SigningKey {
+        &self.signer
+    }
+
+    /// The opened stores.
+    pub fn sinks(&self) -> impl Iterator<Item = &Arc<dyn ObjectSink>> {
+        self.stores.iter().map(|(_, s)| s)
+    }
+
+    fn known_path(&self) -> PathBuf {
+        self.state_dir.join("known-files.json")
+    }
+
+    fn load_known(&self) -> Option<KnownFiles> {
+        if !self.cfg.skip_unchanged {
+            return None;
+        }
+        let bytes = std::fs::read(self.known_path()).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| tracing::warn!("ignoring {}: {e}", self.known_path().display()))
+            .ok()
+    }
+
+    fn save_known(&self, known: &KnownFiles) {
+        if !self.cfg.skip_unchanged {
+            return;
+        }
+        let path = self.known_path();
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.state_dir)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(known)?)?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(
+                "could not save {}: {e}; the next cycle reads every file",
+                path.display()
+            );
+        }
+    }
+
+    fn snapshot_options(&self, head: Option<&ChainHead>) -> SnapshotOptions {
+        let c = &self.cfg;
+        let mut o = SnapshotOptions::new(self.chain.clone());
+        o.height = head.map(|h| h.height);
+        o.block_hash = head.map(|h| h.block_hash.clone());
+        o.expires_in = c.expires_in;
+        o.lifetime = c.lifetime;
+        o.concurrency = c.concurrency;
+        let avg = c.chunk_size * 1024;
+        o.chunker.min_size = avg / 4;
+        o.chunker.avg_size = avg;
+        o.chunker.max_size = avg * 4;
+        o.retention = Some(c.retention.clone());
+        o
+    }
+
+    /// Runs one cycle. `cancel` turning true aborts it before any pointer
+    /// moves (the post hook still runs).
+    pub async fn run(
+        &self,
+        progress: Arc<dyn Progress>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<CycleReport, CycleError> {
+        let started = Instant::now();
+        let mut report = CycleReport {
+            strategy: format!("{:?}", self.cfg.freeze.strategy).to_lowercase(),
+            ..CycleReport::default()
+        };
+        let fail = |stage: Stage, message: String, report: &CycleReport| CycleError {
+            chain: self.chain.to_string(),
+            stage,
+            message,
+            partial: Box::new(report.clone()),
+        };
+
+        // Leases first: a second agent stops here, before touching the node.
+        let mut leases: Vec<Lease> = Vec::new();
+        let mut sinks: Vec<Arc<dyn ObjectSink>> = Vec::new();
+        for (url, sink) in &self.stores {
+            match lease::acquire_for_publish(sink.clone(), &self.chain).await {
+                Ok(l) => {
+                    leases.push(l);
+                    sinks.push(sink.clone());
+                }
+                Err(e @ LeaseError::Held { .. }) => {
+                    for l in leases {
+                        l.release().await;
+                    }
+                    return Err(fail(Stage::Lock, e.to_string(), &report));
+                }
+                Err(e) => report.stores.push(StoreReport {
+                    location: url.clone(),
+                    ok: false,
+                    error: Some(e.to_string()),
+                    summary: None,
+                    gc: None,
+                    cloudfront_invalidation: None,
+                }),
+            }
+        }
+        let result = if sinks.is_empty() {
+            Err(fail(Stage::Upload, "no store could be reached".into(), &report))
+        } else {
+            self.frozen(&sinks, progress, cancel, &mut report, started).await
+        };
+        if result.is_ok() {
+            self.after_publish(&mut report).await;
+        }
+        for l in leases {
+            l.release().await;
+        }
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        let failed = report.stores.iter().find(|s| !s.ok);
+        match (result, failed) {
+            (Err(mut e), _) => {
+                e.partial = Box::new(report);
+                Err(e)
+            }
+            (Ok(()), Some(s)) => {
+                let message = format!("store {}: {}", s.location, s.error.clone().unwrap_or_default());
+                let stage = if s.summary.is_some() {
+                    Stage::Gc
+                } else {
+                    Stage::Upload
+                };
+                Err(fail(stage, message, &report))
+            }
+            (Ok(()), None) => Ok(report),
+        }
+    }
+
+    /// Freeze, read, thaw, publish.
+    async fn frozen(
+        &self,
+        sinks: &[Arc<dyn ObjectSink>],
+        progress: Arc<dyn Progress>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+        report: &mut CycleReport,
+        started: Instant,
+    ) -> Result<(), CycleError> {
+        let f = &self.cfg.freeze;
+        let fail = |stage: Stage, message: String| CycleError {
+            chain: self.chain.to_string(),
+            stage,
+            message,
+            partial: Box::default(),
+        };
+        let around = match &self.cfg.metadata {
+            Some(m) => Some(AroundFreeze::before(m).await),
+            None => None,
+        };
+        let frozen_at = Instant::now();
+        // The post hook, run at most once, from wherever the cycle ends up.
+        let thawed: Arc<Mutex<Option<Thawed>>> = Arc::default();
+        let thaw = || {
+            let thawed = thawed.clone();
+            let (post, timeout) = (f.post.clone(), f.timeout);
+            async move {
+                if thawed.lock().expect("not poisoned").is_some() {
+                    return Ok(());
+                }
+                let r = run_hook("post", &post, timeout).await;
+                *thawed.lock().expect("not poisoned") = Some((r.clone(), frozen_at.elapsed()));
+                r
+            }
+        };
+        if let Err(e) = run_hook("pre", &f.pre, f.timeout).await {
+            let _ = thaw().await;
+            return Err(fail(Stage::Freeze, e));
+        }
+        let head = match (&self.cfg.metadata, around) {
+            (Some(m), Some(around)) => match around.frozen(m).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = thaw().await;
+                    return Err(fail(
+                        Stage::Metadata,
+                        format!("the head block could not be read while frozen: {e}"),
+                    ));
+                }
+            },
+            _ => None,
+        };
+        report.height = head.as_ref().map(|h| h.height);
+        report.block_hash = head.as_ref().map(|h| h.block_hash.clone());
+        let staging = f
+            .staging
+            .clone()
+            .unwrap_or_else(|| freeze::default_staging(&self.cfg.source, self.chain.as_str()));
+        let read_from = match f.strategy {
+            Strategy::Hooks => self.cfg.source.clone(),
+            Strategy::Path => f.path.clone().expect("checked by Config::load"),
+            Strategy::Hardlink => {
+                let (src, dst, pats) = (self.cfg.source.clone(), staging.clone(), f.immutable.clone());
+                let staged = tokio::task::spawn_blocking(move || freeze::stage(&src, &dst, &pats))
+                    .await
+                    .expect("staging does not panic");
+                match staged {
+                    Ok(s) => tracing::info!(
+                        "staged {}: {} files hard-linked, {} copied ({} bytes)",
+                        staging.display(),
+                        s.linked,
+                        s.copied,
+                        s.bytes_copied
+                    ),
+                    Err(e) => {
+                        let _ = thaw().await;
+                        let _ = freeze::clear(&staging);
+                        return Err(fail(Stage::Stage, e.to_string()));
+                    }
+                }
+                staging.clone()
+            }
+        };
+        if f.strategy != Strategy::Hooks {
+            if let Err(e) = thaw().await {
+                let _ = freeze::clear(&staging);
+                report.freeze_seconds = frozen_at.elapsed().as_secs_f64();
+                return Err(fail(Stage::Thaw, e));
+            }
+        }
+        let opts = self.snapshot_options(head.as_ref());
+        let known = self.load_known();
+        // With the hooks strategy the node thaws once the chunks are up,
+        // before any pointer moves.
+        let published = publish_many(
+            &read_from,
+            sinks.to_vec(),
+            &self.signer,
+            &opts,
+            progress,
+            known.as_ref(),
+            Some(cancel),
+            Some(Box::pin(thaw())),
+        )
+        .await;
+        let done = thawed.lock().expect("not poisoned").clone();
+        let post = match done {
+            Some(done) => done,
+            None => (thaw().await, frozen_at.elapsed()),
+        };
+        report.freeze_seconds = post.1.as_secs_f64();
+        if f.strategy == Strategy::Hardlink {
+            if let Err(e) = freeze::clear(&staging) {
+                tracing::warn!("removing staging: {e}");
+            }
+        }
+        let published = match published {
+            Ok(p) => p,
+            Err(SnapshotError::Cancelled) => {
+                return Err(fail(
+                    Stage::Cancelled,
+                    "stopped by a signal before any pointer moved; the previous snapshot stands".into(),
+                ))
+            }
+            Err(SnapshotError::Thaw(m)) => return Err(fail(Stage::Thaw, m)),
+            Err(e) => return Err(fail(Stage::Read, e.to_string())),
+        };
+        if let Err(e) = post.0 {
+            return Err(fail(Stage::Thaw, e));
+        }
+        report.files_unchanged = published.files_unchanged;
+        report.bytes_unchanged = published.bytes_unchanged;
+        self.save_known(&published.known);
+        for s in published.stores {
+            let ok = s.result.is_ok();
+            report.stores.push(StoreReport {
+                location: s.location,
+                ok,
+                error: s.result.as_ref().err().map(|e| e.to_string()),
+                summary: s.result.ok(),
+                gc: None,
+                cloudfront_invalidation: None,
+            });
+        }
+        report.summary = report.stores.iter().find_map(|s| s.summary.clone());
+        tracing::debug!("cycle of {} published after {:?}", self.chain, started.elapsed());
+        Ok(())
+    }
+
+    /// CDN invalidation and garbage collection in each store that took the snapshot.
+    async fn after_publish(&self, report: &mut CycleReport) {
+        for s in report.stores.iter_mut() {
+            let Some(summary) = &s.summary else { continue };
+            let Some((url, sink)) = self.stores.iter().find(|(_, k)| k.location() == s.location) else {
+                continue;
+            };
+            if let (Some(id), true) = (&self.cfg.cloudfront_distribution_id, url.starts_with("s3://")) {
+                s.cloudfront_invalidation =
+                    qsync_cdn::cloudfront::invalidate_keys(id, url, &summary.rewritten).await;
+            }
+            if self.cfg.retention.gc {
+                let vk = self.signer.verifying_key();
+                match gc::collect(
+                    sink.clone(),
+                    vk,
+                    Some(&self.chain),
+                    self.cfg.retention.gc_grace,
+                    false,
+                )
+                .await
+                {
+                    Ok(g) => {
+                        if let Some(why) = &g.deferred {
+                            tracing::info!("{url}: garbage collection deferred: {why}");
+                        }
+                        s.gc = Some(g);
+                    }
+                    Err(e) => {
+                        s.ok = false;
+                        s.error = Some(format!(
+                            "published, but garbage collection failed: {e}; nothing was deleted that a kept snapshot needs"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}

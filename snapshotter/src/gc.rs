@@ -1,0 +1,305 @@
+//! Retention and garbage collection.
+//!
+//! [`select`] decides which snapshots of a chain the pointer keeps (last N,
+//! newest per day and per week); the pointer is the only record of what is
+//! kept, so [`collect`] deletes manifests the pointer no longer names, and
+//! chunks that no kept manifest of any chain in the store references. It
+//! never deletes on incomplete knowledge: a pointer or manifest that cannot
+//! be read and verified stops the collection. Unreferenced objects younger
+//! than the grace period stay, and a collection runs only while no publish
+//! holds a lease on the store (see [`crate::lease`] for why that ordering
+//! is safe).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use qsync_cdn::signed::get_signed;
+use qsync_cdn::{Listed, ObjectSink};
+use qsync_core::manifest::Manifest;
+use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
+use qsync_core::sign::VerifyingKey;
+use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
+use serde::Serialize;
+
+use crate::config::Retention;
+use crate::lease::{self, Lease, LeaseError};
+use crate::SnapshotError;
+
+/// The snapshots to keep from `snaps` (newest first): the newest
+/// `keep_last`, plus the newest of each of the last `keep_daily` UTC days
+/// and `keep_weekly` weeks (Monday to Sunday) that have snapshots.
+pub fn select(snaps: &[SnapshotRef], policy: &Retention) -> Vec<SnapshotRef> {
+    let day = |s: &SnapshotRef| s.created_at.0 / 86_400;
+    // 1970-01-01 was a Thursday: shift so weeks start on Monday.
+    let week = |s: &SnapshotRef| (s.created_at.0 / 86_400 + 3) / 7;
+    let mut keep = vec![false; snaps.len()];
+    for k in keep.iter_mut().take(policy.keep_last.max(1)) {
+        *k = true;
+    }
+    for (period, n) in [
+        (&day as &dyn Fn(&SnapshotRef) -> u64, policy.keep_daily),
+        (&week, policy.keep_weekly),
+    ] {
+        let mut seen = HashSet::new();
+        for (i, s) in snaps.iter().enumerate() {
+            if seen.len() >= n {
+                break;
+            }
+            if seen.insert(period(s)) {
+                keep[i] = true;
+            }
+        }
+    }
+    snaps
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
+/// What a collection did (or, dry, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Nothing was deleted; this is what would go.
+    pub dry_run: bool,
+    /// Why nothing was collected this time, when that is so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
+    /// Chains whose pointers were read.
+    pub chains: Vec<String>,
+    /// Snapshots (manifests) kept across those chains.
+    pub manifests_kept: u64,
+    /// Manifest objects deleted.
+    pub manifests_deleted: Vec<String>,
+    /// Chunks referenced by a kept manifest.
+    pub chunks_referenced: u64,
+    /// Chunks deleted.
+    pub chunks_deleted: u64,
+    /// Stored bytes of the chunks deleted.
+    pub bytes_deleted: u64,
+    /// Unreferenced chunks left because they are younger than the grace period.
+    pub chunks_in_grace: u64,
+    /// Superseded pointer and catalog signatures deleted.
+    pub signatures_deleted: u64,
+}
+
+/// Collects garbage in `sink`. `own` is the chain whose lease the caller
+/// already holds (the agent right after its publish), if any.
+pub async fn collect(
+    sink: Arc<dyn ObjectSink>,
+    vk: &VerifyingKey,
+    own: Option<&ChainName>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<GcReport, SnapshotError> {
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
+    let gc_key = ObjectKey::lock("gc")?;
+    let lease = match Lease::acquire(sink.clone(), gc_key.clone(), "gc").await {
+        Ok(l) => l,
+        Err(LeaseError::Held { holder, .. }) => {
+            report.deferred = Some(format!("another collection is running ({holder})"));
+            return Ok(report);
+        }
+        Err(LeaseError::Store(e)) => return Err(e.into()),
+    };
+    let result = collect_leased(&sink, vk, own, grace, &gc_key, &mut report).await;
+    lease.release().await;
+    result.map(|()| report)
+}
+
+async fn collect_leased(
+    sink: &Arc<dyn ObjectSink>,
+    vk: &VerifyingKey,
+    own: Option<&ChainName>,
+    grace: Duration,
+    gc_key: &ObjectKey,
+    report: &mut GcReport,
+) -> Result<(), SnapshotError> {
+    // Our lease is written; a publisher that starts after this sees it and
+    // waits. One that started before holds a lease we see here.
+    let own_key = own.map(|c| ObjectKey::lock(c.as_str())).transpose()?;
+    for l in sink.list(&ObjectKey::new("locks")?).await? {
+        if &l.key == gc_key || Some(&l.key) == own_key.as_ref() {
+            continue;
+        }
+        if let Some(b) = lease::live(sink.as_ref(), &l.key).await? {
+            report.deferred = Some(format!("{} is held by {} ({})", l.key, b.holder, b.purpose));
+            return Ok(());
+        }
+    }
+    let old = |l: &Listed| {
+        l.modified
+            .is_none_or(|m| SystemTime::now().duration_since(m).unwrap_or_default() >= grace)
+    };
+
+    // Every chain with a pointer, listed or catalogued: a chain whose catalog
+    // update failed still owns its chunks.
+    let mut chains: Vec<ChainName> = Vec::new();
+    let catalog_key = ObjectKey::catalog();
+    let catalog = get_signed(sink.as_ref(), &catalog_key, vk, pointer::MAX_BYTES).await?;
+    if let Some(b) = &catalog {
+        chains.extend(Catalog::decode(b)?.chains);
+    }
+    let listed = sink.list(&ObjectKey::new("chains")?).await?;
+    for l in &listed {
+        let parts: Vec<&str> = l.key.as_str().split('/').collect();
+        if let ["chains", name, "latest.json"] = parts[..] {
+            let name = ChainName::new(name.to_string())?;
+            if !chains.contains(&name) {
+                chains.push(name);
+            }
+        }
+    }
+
+    let mut referenced: HashSet<Digest> = HashSet::new();
+    let mut kept_manifests: HashSet<ObjectKey> = HashSet::new();
+    let mut current_sigs: HashSet<ObjectKey> = HashSet::new();
+    if let Some(b) = &catalog {
+        current_sigs.insert(catalog_key.signature_for(b));
+    }
+    for chain in &chains {
+        let key = ObjectKey::pointer(chain);
+        let Some(bytes) = get_signed(sink.as_ref(), &key, vk, pointer::MAX_BYTES).await? else {
+            continue;
+        };
+        current_sigs.insert(key.signature_for(&bytes));
+        let p = Pointer::decode(&bytes, key.as_str())?;
+        report.chains.push(chain.to_string());
+        for snap in std::iter::once(&p.current).chain(&p.history) {
+            let m = manifest(sink.as_ref(), snap, vk).await?;
+            referenced.extend(m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.blake3)));
+            kept_manifests.insert(snap.manifest_key.clone());
+            report.manifests_kept += 1;
+        }
+    }
+    report.chunks_referenced = referenced.len() as u64;
+
+    let mut doomed: Vec<ObjectKey> = Vec::new();
+    for l in &listed {
+        let k = l.key.as_str();
+        if k.contains("/manifests/") && old(l) {
+            let manifest_key = k.strip_suffix(".minisig").unwrap_or(k);
+            if !kept_manifests.iter().any(|m| m.as_str() == manifest_key) {
+                if !k.ends_with(".minisig") {
+                    report.manifests_deleted.push(k.to_string());
+                }
+                doomed.push(l.key.clone());
+            }
+        } else if k.contains("/latest.json.sigs/") && old(l) && !current_sigs.contains(&l.key) {
+            report.signatures_deleted += 1;
+            doomed.push(l.key.clone());
+        }
+    }
+    for l in sink.list(&ObjectKey::new("catalog.json.sigs")?).await? {
+        if old(&l) && !current_sigs.contains(&l.key) {
+            report.signatures_deleted += 1;
+            doomed.push(l.key);
+        }
+    }
+    for l in sink.list(&ObjectKey::new("chunks")?).await? {
+        let name = l.key.as_str().rsplit('/').next().unwrap_or_default();
+        let Ok(d) = name.parse::<Digest>() else {
+            continue;
+        };
+        if referenced.contains(&d) {
+            continue;
+        }
+        if old(&l) {
+            report.chunks_deleted += 1;
+            report.bytes_deleted += l.size;
+            doomed.push(l.key);
+        } else {
+            report.chunks_in_grace += 1;
+        }
+    }
+    if report.dry_run {
+        return Ok(());
+    }
+    use futures::StreamExt;
+    let mut deletes = futures::stream::iter(doomed)
+        .map(|k| {
+            let sink = sink.clone();
+            async move { sink.delete(&k).await }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = deletes.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The verified manifest `snap` names.
+async fn manifest(
+    sink: &dyn ObjectSink,
+    snap: &SnapshotRef,
+    vk: &VerifyingKey,
+) -> Result<Manifest, SnapshotError> {
+    let key = &snap.manifest_key;
+    let what = format!("{key} in {}", sink.location());
+    let bytes = get_signed(sink, key, vk, snap.manifest_size).await?.ok_or_else(|| {
+        FormatError::Invalid(format!(
+            "{what} is named by the pointer but missing; garbage collection stopped without deleting anything. Run `qsync verify` on this store"
+        ))
+    })?;
+    let actual = Digest::of(&bytes);
+    if actual != snap.manifest_blake3 {
+        return Err(FormatError::DigestMismatch {
+            what,
+            expected: snap.manifest_blake3,
+            actual,
+        }
+        .into());
+    }
+    Ok(
+        tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
+            .await
+            .expect("decode does not panic")?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsync_core::time::Timestamp;
+
+    fn snap(version: u64, created: u64) -> SnapshotRef {
+        SnapshotRef {
+            version,
+            manifest_key: ObjectKey::new(format!("m/{version}")).unwrap(),
+            manifest_blake3: Digest::of(b""),
+            manifest_size: 0,
+            created_at: Timestamp(created),
+            height: None,
+            files: 0,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_last_daily_and_weekly() {
+        const H: u64 = 3600;
+        // Every 6 hours for 20 days, newest first; day 0 is a Thursday.
+        let snaps: Vec<_> = (0..80u64).rev().map(|i| snap(i + 1, i * 6 * H)).collect();
+        let versions = |p: &Retention| -> Vec<u64> { select(&snaps, p).iter().map(|s| s.version).collect() };
+        let mut p = Retention::default();
+        assert_eq!(versions(&p), [80, 79, 78]);
+        p.keep_daily = 3;
+        // The newest of today (80) plus the newest of the two days before.
+        assert_eq!(versions(&p), [80, 79, 78, 76, 72]);
+        p.keep_daily = 0;
+        p.keep_weekly = 2;
+        // Day 19 is a Monday..: weeks start on days 18 (Mon) and 11.
+        let w = versions(&p);
+        assert_eq!(w[..3], [80, 79, 78]);
+        assert_eq!(
+            w[3], 72,
+            "newest of the week before (days 11-17) is day 17's last"
+        );
+        assert_eq!(w.len(), 4);
+    }
+}
