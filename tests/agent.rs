@@ -1,0 +1,385 @@
+//! The snapshot agent against real chain databases: a ganache node (a real
+//! LevelDB chain) stopped and restarted by hooks while it produces blocks,
+//! published to a local directory and to S3 and restored into a fresh node
+//! that must report the same head; and a RocksDB written continuously,
+//! snapshotted with the hardlink strategy, that must reopen holding every
+//! key written before the freeze.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::s3::{aws_env, S3Server};
+use common::*;
+use serde_json::Value;
+
+/// The ganache CLI installed by scripts/test.sh (npm, tests/chain-node).
+fn ganache() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chain-node/node_modules/.bin/ganache");
+    assert!(
+        p.exists(),
+        "ganache is not installed; run ./scripts/test.sh (npm install --prefix tests/chain-node)"
+    );
+    p
+}
+
+fn rpc(port: u16, method: &str, params: &str) -> Value {
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
+    let out = Command::new("curl")
+        .args(["-sf", "-H", "content-type: application/json", "-d", &body])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{method} on :{port} failed");
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["result"].clone()
+}
+
+fn head(port: u16) -> (u64, String) {
+    let b = rpc(port, "eth_getBlockByNumber", r#"["latest", false]"#);
+    let n = u64::from_str_radix(b["number"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    (n, b["hash"].as_str().unwrap().to_string())
+}
+
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\nset -e\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn kill_pidfile(pidfile: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(pidfile) {
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+}
+
+fn cycle(env: &Env, config: &Path, chain: &str, s3: Option<&S3Server>) -> Value {
+    let mut c = qsync();
+    c.args(["snapshot", "--once", "--json", "--chain", chain, "--config"])
+        .arg(config);
+    if let Some(s3) = s3 {
+        aws_env(&mut c, &s3.endpoint);
+    }
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "cycle failed: {err}\n{out}");
+    let _ = env;
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn ganache_stopped_by_hooks_restores_into_a_node_with_the_same_head() {
+    require("curl");
+    let ganache = ganache();
+    let env = Env::new();
+    let s3 = S3Server::start(&env.path("s3"));
+    let db = env.path("chain/db");
+    let port = free_port();
+    let dir = env.dir.path();
+    // The node's own start and stop scripts, as an operator would have.
+    let start = dir.join("start-node.sh");
+    write_script(
+        &start,
+        &format!(
+            "{} --database.dbPath {} --server.host 127.0.0.1 --server.port {port} --miner.blockTime 1 --wallet.deterministic --logging.quiet > {}/node.log 2>&1 < /dev/null &\necho $! > {}/node.pid",
+            ganache.display(),
+            db.display(),
+            dir.display(),
+            dir.display()
+        ),
+    );
+    let rpc_url = format!("http://127.0.0.1:{port}");
+    // Stop block production, record the head the database will hold, stop the node.
+    let stop = dir.join("stop-node.sh");
+    write_script(
+        &stop,
+        &format!(
+            r#"curl -sf -H 'content-type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"miner_stop","params":[]}}' {rpc_url} > /dev/null
+curl -sf -H 'content-type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["latest",false]}}' {rpc_url} > {d}/head.rpc
+pid=$(cat {d}/node.pid)
+kill -INT $pid
+while kill -0 $pid 2>/dev/null; do sleep 0.1; done"#,
+            d = dir.display()
+        ),
+    );
+    let head_cmd = format!(
+        "python3 -c \"import json; r = json.load(open('{}/head.rpc'))['result']; print(json.dumps({{'height': int(r['number'], 16), 'block_hash': r['hash']}}))\"",
+        dir.display()
+    );
+    std::fs::create_dir_all(&db).unwrap();
+    let config = dir.join("qsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[agent]
+state-dir = "{state}"
+
+[[chain]]
+name = "ganache"
+source = "{db}"
+schedule = "0 0 0 * * *"
+secret-key = "{sk}"
+stores = ["{local}", "{s3url}"]
+s3-endpoint = "{endpoint}"
+s3-path-style = true
+
+[chain.freeze]
+strategy = "hooks"
+pre = ["{stop}"]
+post = ["{start}"]
+timeout = "60s"
+
+[chain.metadata]
+command = ["sh", "-c", "{head_cmd}"]
+"#,
+            state = env.path("agent-state").display(),
+            db = db.display(),
+            sk = env.sk.display(),
+            local = env.store.display(),
+            s3url = s3.url("snapshots"),
+            endpoint = s3.endpoint,
+            stop = stop.display(),
+            start = start.display(),
+            head_cmd = head_cmd.replace('\\', "\\\\").replace('"', "\\\""),
+        ),
+    )
+    .unwrap();
+
+    let pidfile = dir.join("node.pid");
+    struct Killer(PathBuf);
+    impl Drop for Killer {
+        fn drop(&mut self) {
+            kill_pidfile(&self.0);
+        }
+    }
+    let _node = Killer(pidfile.clone());
+    assert!(Command::new(&start).status().unwrap().success());
+    wait_for_port(port, "ganache", Duration::from_secs(60));
+    let until = |h: u64| {
+        let t = Instant::now();
+        while head(port).0 < h {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the node stopped producing blocks"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until(3);
+
+    let first = cycle(&env, &config, "ganache", Some(&s3));
+    // The post hook restarted the node, and it goes on producing blocks.
+    wait_for_port(port, "restarted ganache", Duration::from_secs(60));
+    let h1 = first["height"].as_u64().unwrap();
+    until(h1 + 2);
+    let second = cycle(&env, &config, "ganache", Some(&s3));
+    let (h2, hash2) = (
+        second["height"].as_u64().unwrap(),
+        second["block_hash"].as_str().unwrap().to_string(),
+    );
+    assert!(h2 >= h1 + 2, "heights {h1} then {h2}");
+    assert_eq!(second["version"], 2);
+    for s in second["stores"].as_array().unwrap() {
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!(s["summary"]["version"], 2, "{s}");
+    }
+    assert!(second["freeze_seconds"].as_f64().unwrap() > 0.0);
+
+    // Restore from S3 into a fresh directory and open it in a fresh node.
+    let dest = env.path("restored");
+    let mut r = env.restore_cmd(&s3.url("snapshots"), "ganache", &dest);
+    aws_env(&mut r, &s3.endpoint).env("QSYNC_S3_PATH_STYLE", "true");
+    let (code, _, err) = run(r);
+    assert_eq!(code, 0, "restore from S3: {err}");
+    let port2 = free_port();
+    let mut fresh = Command::new(&ganache)
+        .args(["--database.dbPath"])
+        .arg(&dest)
+        .args([
+            "--server.host",
+            "127.0.0.1",
+            "--server.port",
+            &port2.to_string(),
+            "--logging.quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port2, "ganache on the restored data", Duration::from_secs(60));
+    let restored = head(port2);
+    let _ = fresh.kill();
+    let _ = fresh.wait();
+    assert_eq!(
+        restored,
+        (h2, hash2),
+        "the restored node's head is the snapshot's"
+    );
+}
+
+#[test]
+fn rocksdb_written_continuously_snapshots_with_hardlinks() {
+    let ok = Command::new("python3")
+        .args(["-c", "import rocksdict"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "rocksdict is not installed; run ./scripts/test.sh (pip install rocksdict)"
+    );
+    let env = Env::new();
+    let dir = env.dir.path();
+    let db = env.path("rocks/db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let writer = dir.join("writer.py");
+    std::fs::write(
+        &writer,
+        r#"
+import os, signal, sys
+from rocksdict import Rdict, Options
+path, progress = sys.argv[1], sys.argv[2]
+opt = Options()
+opt.create_if_missing(True)
+opt.set_write_buffer_size(64 * 1024)
+db = Rdict(path, opt)
+i = int(open(progress).read()) if os.path.exists(progress) else 0
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while not stop:
+    db[f"k{i:08d}"] = os.urandom(512)
+    i += 1
+    if i % 20 == 0:
+        with open(progress + ".tmp", "w") as f:
+            f.write(str(i))
+        os.replace(progress + ".tmp", progress)
+db.close()
+with open(progress + ".tmp", "w") as f:
+    f.write(str(i))
+os.replace(progress + ".tmp", progress)
+"#,
+    )
+    .unwrap();
+    let d = dir.display();
+    let start = dir.join("start.sh");
+    write_script(
+        &start,
+        &format!(
+            "python3 {d}/writer.py {} {d}/progress > {d}/writer.log 2>&1 < /dev/null &\necho $! > {d}/writer.pid",
+            db.display()
+        ),
+    );
+    let stop = dir.join("stop.sh");
+    write_script(
+        &stop,
+        &format!(
+            "pid=$(cat {d}/writer.pid)\nkill -TERM $pid\nwhile kill -0 $pid 2>/dev/null; do sleep 0.05; done\ncp {d}/progress {d}/frozen-count"
+        ),
+    );
+    let config = dir.join("qsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[agent]
+state-dir = "{state}"
+
+[[chain]]
+name = "rocks"
+source = "{db}"
+schedule = "0 0 0 * * *"
+secret-key = "{sk}"
+stores = ["{store}"]
+
+[chain.freeze]
+strategy = "hardlink"
+pre = ["{stop}"]
+post = ["{start}"]
+"#,
+            state = env.path("agent-state").display(),
+            db = db.display(),
+            sk = env.sk.display(),
+            store = env.store.display(),
+            stop = stop.display(),
+            start = start.display(),
+        ),
+    )
+    .unwrap();
+    struct Killer(PathBuf);
+    impl Drop for Killer {
+        fn drop(&mut self) {
+            kill_pidfile(&self.0);
+        }
+    }
+    let _writer = Killer(dir.join("writer.pid"));
+    assert!(Command::new(&start).status().unwrap().success());
+    let count = || {
+        std::fs::read_to_string(dir.join("progress"))
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    while count() < 3000 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the writer is not writing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = cycle(&env, &config, "rocks", None);
+    let frozen: u64 = std::fs::read_to_string(dir.join("frozen-count"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The writer runs again and keeps changing the source during the upload.
+    let t = Instant::now();
+    while count() < frozen + 500 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the writer did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(report["strategy"], "hardlink");
+    assert!(
+        !env.path("rocks/.qsync-staging-rocks").exists(),
+        "staging is removed after the cycle"
+    );
+
+    let dest = env.path("restored");
+    env.restore("rocks", &dest);
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+from rocksdict import Rdict
+db = Rdict("{}")
+missing = [i for i in range({frozen}) if db.get(f"k{{i:08d}}") is None]
+db.close()
+print(len(missing))
+"#,
+            dest.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "the restored RocksDB does not open: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "0",
+        "keys written before the freeze are missing"
+    );
+    let ssts = std::fs::read_dir(&dest)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".sst")
+        })
+        .count();
+    assert!(ssts > 0, "the test should exercise hard-linked .sst files");
+}
