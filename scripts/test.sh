@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the external tools and
 # servers the tests check qsync against (minisign, b3sum, zstd, curl from
-# Debian; the s3s-fs S3 server from crates.io; moto from PyPI; js-ipfs from
-# npm), then runs
+# Debian; the s3s-fs S3 server from crates.io; moto and rocksdict from PyPI;
+# js-ipfs and ganache from npm), then runs
 # format and lint checks and every unit and end-to-end test. The tests start
 # the servers themselves, on 127.0.0.1 only.
 set -euo pipefail
@@ -38,6 +38,17 @@ python3 -c 'import moto, botocore, cryptography' 2>/dev/null || {
   # npm ci refuses this lockfile (npm 11 reports an optional dependency of
   # a dependency missing); install honours it.
   npm install --prefix tests/ipfs-node --no-audit --no-fund --loglevel=error
+}
+# A real chain node for the agent's end-to-end test: ganache from npm, which
+# persists a LevelDB chain (lockfile in tests/chain-node).
+[ -x tests/chain-node/node_modules/.bin/ganache ] || {
+  echo "installing ganache (npm install in tests/chain-node)"
+  npm install --prefix tests/chain-node --no-audit --no-fund --loglevel=error
+}
+# A real RocksDB for the hardlink-strategy test: rocksdict from PyPI.
+python3 -c 'import rocksdict' 2>/dev/null || {
+  echo "installing rocksdict (pip)"
+  python3 -m pip install --quiet 'rocksdict==0.3.29'
 }
 # The machine image ships both; rustup's own server is not reachable from CI.
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

@@ -1,6 +1,7 @@
-//! docs/operations.md is the configuration reference: every flag and every
-//! environment variable the binary accepts must appear in it, so the page
-//! cannot drift from the code.
+//! docs/operations.md is the configuration reference: every flag, every
+//! environment variable the binary accepts and every key of the agent's
+//! TOML file must appear in it (and every TOML key in the example config),
+//! so neither can drift from the code.
 
 mod common;
 
@@ -18,6 +19,8 @@ fn every_flag_and_env_var_is_documented() {
     let commands = [
         vec!["keygen"],
         vec!["snapshot"],
+        vec!["agent"],
+        vec!["gc"],
         vec!["restore"],
         vec!["verify"],
         vec!["ls"],
@@ -68,5 +71,43 @@ fn boolean_env_vars_accept_one_and_zero() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(!err.contains("invalid value"), ok, "QSYNC_JSON={value}: {err}");
+    }
+}
+
+/// The TOML keys the agent's configuration structs accept, read from their
+/// source: every `pub` field of a struct that denies unknown fields, with `_` as `-`.
+fn config_keys() -> Vec<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshotter/src/config.rs")).unwrap();
+    let mut keys = Vec::new();
+    let (mut in_struct, mut serde_strict) = (false, false);
+    for line in src.lines() {
+        if line.starts_with("#[serde(") {
+            serde_strict = line.contains("deny_unknown_fields");
+        }
+        if line.starts_with("pub struct ") {
+            in_struct = serde_strict && line.ends_with('{');
+            serde_strict = false;
+            continue;
+        }
+        if line == "}" {
+            in_struct = false;
+        }
+        if let Some(field) = line.strip_prefix("    pub ").filter(|_| in_struct) {
+            let name = field.split(':').next().unwrap().trim();
+            keys.push(if name == "chains" { "chain".into() } else { name.replace('_', "-") });
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_config_key_is_documented_and_in_the_example() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/qsync.example.toml")).unwrap();
+    let keys = config_keys();
+    assert!(keys.len() > 30, "parsed only {} keys from config.rs", keys.len());
+    for key in &keys {
+        assert!(doc.contains(&format!("`{key}`")), "docs/operations.md does not document the config key `{key}`");
+        assert!(example.contains(key.as_str()), "qsync.example.toml does not show the config key {key}");
     }
 }

@@ -394,16 +394,35 @@ pub async fn run(
 /// older than max-age: then the expiry stops moving and readers eventually
 /// refuse the stale source instead of restoring it.
 async fn resign_all(job: &ChainJob, stats: &Stats) {
+    // A running cycle writes a fresh pointer anyway.
+    let Ok(_busy) = job.busy.try_lock() else {
+        return;
+    };
     for sink in job.sinks() {
-        match resign(
+        // Another process publishing this chain holds the lease: skip.
+        let key = qsync_core::ObjectKey::lock(job.chain.as_str()).expect("chain names are valid keys");
+        let lease =
+            match crate::lease::Lease::acquire(sink.clone(), key, &format!("re-sign {}", job.chain)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::info!(
+                        "chain {}: not re-signing in {} now: {e}",
+                        job.chain,
+                        sink.location()
+                    );
+                    continue;
+                }
+            };
+        let r = resign(
             sink.clone(),
             job.signer(),
             &job.chain,
             job.cfg.expires_in,
             job.cfg.max_age,
         )
-        .await
-        {
+        .await;
+        lease.release().await;
+        match r {
             Ok(Some(p)) => stats.update(job.chain.as_str(), |s| {
                 s.resigns += 1;
                 s.pointer_expires_at = Some(p.expires_at);

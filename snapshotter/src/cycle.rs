@@ -169,6 +169,9 @@ pub struct ChainJob {
     /// (URL as configured, opened store).
     stores: Vec<(String, Arc<dyn ObjectSink>)>,
     state_dir: PathBuf,
+    /// Held while a cycle or a re-sign writes this chain's pointers: both
+    /// write conditionally, so running them at once would fail one.
+    pub busy: tokio::sync::Mutex<()>,
 }
 
 impl ChainJob {
@@ -199,6 +202,7 @@ impl ChainJob {
             signer,
             stores,
             cfg,
+            busy: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -268,6 +272,7 @@ impl ChainJob {
         progress: Arc<dyn Progress>,
         cancel: tokio::sync::watch::Receiver<bool>,
     ) -> Result<CycleReport, CycleError> {
+        let _busy = self.busy.lock().await;
         let started = Instant::now();
         let mut report = CycleReport {
             strategy: format!("{:?}", self.cfg.freeze.strategy).to_lowercase(),
@@ -306,7 +311,19 @@ impl ChainJob {
             }
         }
         let result = if sinks.is_empty() {
-            Err(fail(Stage::Upload, "no store could be reached".into(), &report))
+            let why: Vec<String> = report
+                .stores
+                .iter()
+                .map(|s| format!("{}: {}", s.location, s.error.as_deref().unwrap_or("?")))
+                .collect();
+            Err(fail(
+                Stage::Upload,
+                format!(
+                    "no store could be reached ({}); the previous snapshots stand",
+                    why.join("; ")
+                ),
+                &report,
+            ))
         } else {
             self.frozen(&sinks, progress, cancel, &mut report, started).await
         };

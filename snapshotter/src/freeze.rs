@@ -52,6 +52,7 @@ pub async fn run_hook(what: &str, argv: &[String], timeout: Duration) -> Result<
             }
             match status {
                 Ok(s) if s.success() => Ok(()),
+                Ok(s) if tail.is_empty() => Err(format!("{what} hook {:?} failed ({s})", argv.join(" "))),
                 Ok(s) => Err(format!("{what} hook {:?} failed ({s}): {tail}", argv.join(" "))),
                 Err(e) => Err(format!("{what} hook {program:?}: {e}")),
             }

@@ -470,11 +470,12 @@ pub async fn publish_many(
     };
     // Cancelling here is clean: no manifest or pointer has been written.
     let files = tokio::select! {
-        r = read_all => r?,
+        biased;
         () = cancelled(cancel) => {
             up.uploads.lock().expect("not poisoned").abort_all();
             return Err(SnapshotError::Cancelled);
         }
+        r = read_all => r?,
     };
     progress.finish();
     if let Some(gate) = gate {
