@@ -383,3 +383,118 @@ print(len(missing))
         .count();
     assert!(ssts > 0, "the test should exercise hard-linked .sst files");
 }
+
+#[test]
+fn path_strategy_reads_the_checkpoint_and_records_the_head_from_rpc() {
+    require("curl");
+    let ganache = ganache();
+    let env = Env::new();
+    let db = env.path("chain/db");
+    let checkpoint = env.path("chain/checkpoint");
+    std::fs::create_dir_all(&db).unwrap();
+    let port = free_port();
+    let mut node = Command::new(&ganache)
+        .arg("--database.dbPath")
+        .arg(&db)
+        .args([
+            "--server.host",
+            "127.0.0.1",
+            "--server.port",
+            &port.to_string(),
+            "--wallet.deterministic",
+            "--logging.quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    wait_for_port(port, "ganache", Duration::from_secs(60));
+    let _node = Kill(std::mem::replace(
+        &mut node,
+        Command::new("true").spawn().unwrap(),
+    ));
+    for _ in 0..5 {
+        rpc(port, "evm_mine", "[]");
+    }
+    let config = env.path("qsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[agent]
+state-dir = "{state}"
+
+[[chain]]
+name = "ganache"
+source = "{db}"
+schedule = "0 0 0 * * *"
+secret-key = "{sk}"
+stores = ["{store}"]
+
+[chain.freeze]
+strategy = "path"
+pre = ["sh", "-c", "rm -rf {ck} && cp -a {db} {ck}"]
+path = "{ck}"
+
+[chain.metadata]
+kind = "ethereum"
+rpc = "http://127.0.0.1:{port}"
+"#,
+            state = env.path("agent-state").display(),
+            db = db.display(),
+            ck = checkpoint.display(),
+            sk = env.sk.display(),
+            store = env.store.display(),
+        ),
+    )
+    .unwrap();
+    let expected = head(port);
+    let report = cycle(&env, &config, "ganache", None);
+    assert_eq!(report["strategy"], "path");
+    assert_eq!(
+        (
+            report["height"].as_u64().unwrap(),
+            report["block_hash"].as_str().unwrap().to_string()
+        ),
+        expected
+    );
+    // The node went on running; what was published is the checkpoint.
+    rpc(port, "evm_mine", "[]");
+    assert_eq!(
+        report["files"].as_u64().unwrap() as usize,
+        files(&checkpoint).len()
+    );
+
+    let dest = env.path("restored");
+    env.restore("ganache", &dest);
+    assert_eq!(files(&dest), files(&checkpoint));
+    let port2 = free_port();
+    let fresh = Command::new(&ganache)
+        .arg("--database.dbPath")
+        .arg(&dest)
+        .args([
+            "--server.host",
+            "127.0.0.1",
+            "--server.port",
+            &port2.to_string(),
+            "--logging.quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _fresh = Kill(fresh);
+    wait_for_port(port2, "ganache on the restored data", Duration::from_secs(60));
+    assert_eq!(
+        head(port2),
+        expected,
+        "the restored node's head is the recorded one"
+    );
+}

@@ -77,7 +77,8 @@ fn boolean_env_vars_accept_one_and_zero() {
 /// The TOML keys the agent's configuration structs accept, read from their
 /// source: every `pub` field of a struct that denies unknown fields, with `_` as `-`.
 fn config_keys() -> Vec<String> {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshotter/src/config.rs")).unwrap();
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshotter/src/config.rs")).unwrap();
     let mut keys = Vec::new();
     let (mut in_struct, mut serde_strict) = (false, false);
     for line in src.lines() {
@@ -94,7 +95,11 @@ fn config_keys() -> Vec<String> {
         }
         if let Some(field) = line.strip_prefix("    pub ").filter(|_| in_struct) {
             let name = field.split(':').next().unwrap().trim();
-            keys.push(if name == "chains" { "chain".into() } else { name.replace('_', "-") });
+            keys.push(if name == "chains" {
+                "chain".into()
+            } else {
+                name.replace('_', "-")
+            });
         }
     }
     keys
@@ -103,11 +108,18 @@ fn config_keys() -> Vec<String> {
 #[test]
 fn every_config_key_is_documented_and_in_the_example() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/qsync.example.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/qsync.example.toml")).unwrap();
     let keys = config_keys();
     assert!(keys.len() > 30, "parsed only {} keys from config.rs", keys.len());
     for key in &keys {
-        assert!(doc.contains(&format!("`{key}`")), "docs/operations.md does not document the config key `{key}`");
-        assert!(example.contains(key.as_str()), "qsync.example.toml does not show the config key {key}");
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "docs/operations.md does not document the config key `{key}`"
+        );
+        assert!(
+            example.contains(key.as_str()),
+            "qsync.example.toml does not show the config key {key}"
+        );
     }
 }

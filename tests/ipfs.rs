@@ -209,3 +209,89 @@ fn unreachable_node_is_named() {
     assert!(err.contains(&format!("{api}/ipfs/")), "{err}");
     assert!(!has_marker(&env.path("d")));
 }
+
+#[test]
+fn agent_cycles_on_ipfs_collect_garbage_and_unpin_retired_roots() {
+    let env = Env::new();
+    let node = IpfsNode::start();
+    let src = env.path("src");
+    sample(&src, 3);
+    let config = env.path("qsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[agent]
+state-dir = "{}"
+[[chain]]
+name = "eth"
+source = "{}"
+schedule = "0 0 0 * * *"
+secret-key = "{}"
+stores = ["ipfs+{}/agent"]
+[chain.retention]
+keep-last = 1
+gc-grace = "0s"
+"#,
+            env.path("agent-state").display(),
+            src.display(),
+            env.sk.display(),
+            node.api
+        ),
+    )
+    .unwrap();
+    let cycle = || {
+        let mut c = qsync();
+        c.args(["snapshot", "--once", "--json", "--chain", "eth", "--config"])
+            .arg(&config);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{err}\n{out}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let chunks_in_mfs = || -> usize {
+        let shards = node.rpc("files/ls", "arg=/agent/chunks&long=true", None);
+        shards["Entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let name = s["Name"].as_str().unwrap();
+                let l = node.rpc("files/ls", &format!("arg=/agent/chunks/{name}&long=true"), None);
+                l["Entries"].as_array().map_or(0, |e| e.len())
+            })
+            .sum()
+    };
+    let pinned = |cid: &str| {
+        node.rpc("pin/ls", "type=recursive", None)["Keys"]
+            .get(cid)
+            .is_some()
+    };
+
+    let first = cycle();
+    let root1 = first["ipfs_root_cid"].as_str().unwrap().to_string();
+    let chunks1 = chunks_in_mfs();
+    assert_eq!(chunks1 as u64, first["chunks_uploaded"].as_u64().unwrap());
+    let out = qsync()
+        .args(["sample", "mutate", "--percent", "30", "--dir"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let second = cycle();
+    let root2 = second["ipfs_root_cid"].as_str().unwrap().to_string();
+    let gc = &second["stores"][0]["gc"];
+    assert!(gc["chunks_deleted"].as_u64().unwrap() > 0, "{gc}");
+    assert_eq!(
+        chunks_in_mfs() as u64,
+        chunks1 as u64 + second["chunks_uploaded"].as_u64().unwrap() - gc["chunks_deleted"].as_u64().unwrap(),
+        "GC unlinked exactly what it reported, through files/ls and files/rm"
+    );
+    assert!(pinned(&root2), "the new root is pinned");
+    assert!(!pinned(&root1), "the retired root was unpinned");
+    let dest = env.path("restored");
+    let mut c = env.restore_cmd(&format!("ipfs://{root2}"), "eth", &dest);
+    c.args(["--ipfs-gateway", &node.gateway]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&dest), files(&src));
+}

@@ -383,6 +383,10 @@ impl ObjectSink for IpfsStore {
         IpfsStore::snapshot_root(self).await.map(Some)
     }
 
+    async fn retire_root(&self, root: &str) -> Result<(), StoreError> {
+        self.unpin(root).await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         match self
             .rpc()

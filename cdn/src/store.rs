@@ -243,6 +243,12 @@ pub trait ObjectSink: ObjectSource {
     async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
+    /// Lets go of a root [`ObjectSink::snapshot_root`] returned earlier,
+    /// once a newer root holds everything still kept (IPFS: unpin it, so the
+    /// node's repository GC can reclaim what only it held).
+    async fn retire_root(&self, _root: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Removes the object; absent objects are not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
     /// Every object whose key lies under `dir/`, in no particular order.

@@ -502,6 +502,30 @@ impl ChainJob {
         Ok(())
     }
 
+    /// Each IPFS publish pins the store directory's new root, which holds
+    /// every snapshot the pointer keeps; the root pinned by the previous
+    /// cycle is then unpinned (remembered in the state dir per store).
+    async fn retire_older_root(&self, sink: &dyn ObjectSink, root: &str) {
+        let path = self.state_dir.join("ipfs-roots.json");
+        let mut roots: std::collections::BTreeMap<String, String> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let location = sink.location();
+        if let Some(old) = roots.get(&location).filter(|old| old.as_str() != root) {
+            match sink.retire_root(old).await {
+                Ok(()) => tracing::info!("{location}: unpinned the previous root {old}"),
+                Err(e) => tracing::warn!("{location}: could not unpin the previous root {old}: {e}"),
+            }
+        }
+        roots.insert(location, root.to_string());
+        let saved = std::fs::create_dir_all(&self.state_dir)
+            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&roots).expect("serialisable")));
+        if let Err(e) = saved {
+            tracing::warn!("could not record the pinned root in {}: {e}", path.display());
+        }
+    }
+
     /// CDN invalidation and garbage collection in each store that took the snapshot.
     async fn after_publish(&self, report: &mut CycleReport) {
         for s in report.stores.iter_mut() {
@@ -512,6 +536,9 @@ impl ChainJob {
             if let (Some(id), true) = (&self.cfg.cloudfront_distribution_id, url.starts_with("s3://")) {
                 s.cloudfront_invalidation =
                     qsync_cdn::cloudfront::invalidate_keys(id, url, &summary.rewritten).await;
+            }
+            if let Some(root) = &summary.ipfs_root_cid {
+                self.retire_older_root(sink.as_ref(), root).await;
             }
             if self.cfg.retention.gc {
                 let vk = self.signer.verifying_key();
