@@ -5,7 +5,8 @@
 //! naming its holder and an expiry. It is taken and renewed with conditional
 //! writes, so of two contenders one wins; a holder that crashes stops
 //! renewing and its lease lapses after [`TTL`], so the lock survives
-//! crashes without an operator. Publishers and GC take their own lease
+//! crashes without an operator; a rerun on the same host takes over at once
+//! the lease of a holder process that no longer exists. Publishers and GC take their own lease
 //! first and only then look for the other's (see [`crate::gc`]): whichever
 //! looks second sees the first, so a collection never deletes a chunk a
 //! running publish has found in the store and is about to reference.
@@ -19,8 +20,8 @@ use qsync_core::time::Timestamp;
 use qsync_core::ObjectKey;
 use serde::{Deserialize, Serialize};
 
-/// How long a lease lasts without renewal.
-pub const TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a lease lasts without renewal (renewed every third of it).
+pub const TTL: Duration = Duration::from_secs(3 * 60);
 
 /// The body of a lease object.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,11 +64,27 @@ pub struct Lease {
     renew: tokio::task::JoinHandle<()>,
 }
 
-fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+fn holder_id() -> String {
+    format!("{}:{}:{:08x}", hostname(), std::process::id(), fastrand::u32(..))
+}
+
+/// Whether `holder` names a process on this host that no longer runs: a
+/// publisher killed here (SIGKILL, OOM, power loss) whose rerun need not
+/// wait for its lease to lapse.
+fn holder_is_dead_here(holder: &str) -> bool {
+    let mut parts = holder.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    host == hostname()
+        && pid.parse::<u32>().is_ok_and(|p| p != std::process::id())
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Reads the lease at `key`: its body (`None` when absent or unreadable,
@@ -100,7 +117,9 @@ impl Lease {
             expires_at: Timestamp::now().plus(TTL),
         };
         let (current, expect) = read(sink.as_ref(), &key).await?;
-        if let Some(c) = current.filter(|c| c.expires_at > Timestamp::now()) {
+        if let Some(c) =
+            current.filter(|c| c.expires_at > Timestamp::now() && !holder_is_dead_here(&c.holder))
+        {
             return Err(LeaseError::Held {
                 location: sink.location(),
                 key: key.to_string(),
@@ -258,6 +277,24 @@ mod tests {
         .await
         .unwrap();
         assert!(live(sink.as_ref(), &key).await.unwrap().is_none());
+        Lease::acquire(sink.clone(), key.clone(), "publish eth")
+            .await
+            .unwrap()
+            .release()
+            .await;
+        // Killed on this host: its process is gone, so the lease is taken at once.
+        let dead = LeaseBody {
+            holder: format!("{}:{}:0", hostname(), u32::MAX - 1),
+            purpose: "publish eth".into(),
+            expires_at: Timestamp::now().plus(TTL),
+        };
+        sink.put(
+            &key,
+            Bytes::from(serde_json::to_vec(&dead).unwrap()),
+            PutOptions::for_key(&key),
+        )
+        .await
+        .unwrap();
         Lease::acquire(sink, key, "publish eth")
             .await
             .unwrap()
