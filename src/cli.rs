@@ -194,6 +194,10 @@ pub struct RestoreArgs {
     /// resume journal and the index of the last completed restore.
     #[arg(long, env = "QSYNC_VERIFY_EXISTING", value_parser = clap::builder::BoolishValueParser::new())]
     pub verify_existing: bool,
+    /// Restore this older snapshot version instead of the latest: a
+    /// deliberate rollback to a version the pointer still keeps (`qsync ls`).
+    #[arg(long, env = "QSYNC_SNAPSHOT_VERSION")]
+    pub snapshot_version: Option<u64>,
     /// Also fetch chunks from the stores the pointer names as mirror hints
     /// (e.g. an IPFS copy); everything read there is verified as usual.
     #[arg(long, env = "QSYNC_MIRROR_HINTS", value_parser = clap::builder::BoolishValueParser::new())]

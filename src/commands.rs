@@ -280,7 +280,9 @@ async fn restore(a: RestoreArgs) -> Result<()> {
     let chain = ChainName::new(a.chain.clone())?;
     let started = std::time::Instant::now();
     if a.init {
-        if let Some(m) = crate::init::still_fresh(&a.dest, &chain, a.max_age) {
+        let fresh = crate::init::still_fresh(&a.dest, &chain, a.max_age)
+            .filter(|m| a.snapshot_version.is_none_or(|v| m.version == v));
+        if let Some(m) = fresh {
             tracing::info!(
                 chain = %chain, version = m.version, restored = %m.written_at,
                 "{} already holds a complete restore of {chain} (version {}); nothing to do",
@@ -320,6 +322,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         concurrency: a.concurrency,
         verify_existing: a.verify_existing,
         verify_cmd: a.verify_cmd.clone(),
+        version: a.snapshot_version,
     };
     let result =
         qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json || a.init)).await;

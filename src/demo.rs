@@ -125,6 +125,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
         concurrency: 8,
         verify_existing: false,
         verify_cmd: None,
+        version: None,
     };
     let restored = qsync_fetcher::restore(
         &Mirrors::new(vec![open_source(&url)?]),

@@ -53,6 +53,9 @@ pub struct RestoreOptions {
     /// written (run with `sh -c`, `QSYNC_DEST`, `QSYNC_CHAIN`,
     /// `QSYNC_VERSION`, `QSYNC_HEIGHT` and `QSYNC_BLOCK_HASH` set).
     pub verify_cmd: Option<String>,
+    /// Restore this snapshot version, which the pointer must still keep
+    /// (current or history), instead of the latest: a deliberate rollback.
+    pub version: Option<u64>,
 }
 
 /// The `--json` summary of a restore.
@@ -126,9 +129,31 @@ pub async fn restore(
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
-    let pointer = mirrors.pointer(&opts.chain, vk).await?;
+    let mut pointer = mirrors.pointer(&opts.chain, vk).await?;
     for w in trust.check(&pointer, vk, now, opts.allow_expired)? {
         tracing::warn!("{w}");
+    }
+    // A deliberate rollback: the (fresh, verified) pointer still names the
+    // older snapshot in its history; from here on it is the one restored.
+    if let Some(v) = opts.version.filter(|v| *v != pointer.current.version) {
+        let kept: Vec<String> = std::iter::once(&pointer.current)
+            .chain(&pointer.history)
+            .map(|s| s.version.to_string())
+            .collect();
+        let Some(older) = pointer.history.iter().find(|s| s.version == v).cloned() else {
+            return Err(FormatError::Invalid(format!(
+                "version {v} of chain {} is not kept by the pointer (kept: {}); choose one of those, or restore the latest without --snapshot-version",
+                opts.chain,
+                kept.join(", ")
+            ))
+            .into());
+        };
+        tracing::warn!(
+            "restoring version {v} of {}, not the latest {}, as asked (--snapshot-version)",
+            opts.chain,
+            pointer.current.version
+        );
+        pointer.current = older;
     }
     let manifest = Arc::new(mirrors.manifest(&pointer.current, vk).await?);
     check_manifest(
