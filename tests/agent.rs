@@ -54,19 +54,6 @@ fn kill_pidfile(pidfile: &Path) {
     }
 }
 
-fn cycle(env: &Env, config: &Path, chain: &str, s3: Option<&S3Server>) -> Value {
-    let mut c = qsync();
-    c.args(["snapshot", "--once", "--json", "--chain", chain, "--config"])
-        .arg(config);
-    if let Some(s3) = s3 {
-        aws_env(&mut c, &s3.endpoint);
-    }
-    let (code, out, err) = run(c);
-    assert_eq!(code, 0, "cycle failed: {err}\n{out}");
-    let _ = env;
-    serde_json::from_str(&out).unwrap()
-}
-
 #[test]
 fn ganache_stopped_by_hooks_restores_into_a_node_with_the_same_head() {
     require("curl");
@@ -107,21 +94,12 @@ while kill -0 $pid 2>/dev/null; do sleep 0.1; done"#,
         dir.display()
     );
     std::fs::create_dir_all(&db).unwrap();
-    let config = dir.join("qsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-state-dir = "{state}"
-
-[[chain]]
-name = "ganache"
-source = "{db}"
-schedule = "0 0 0 * * *"
-secret-key = "{sk}"
-stores = ["{local}", "{s3url}"]
-s3-endpoint = "{endpoint}"
+    let config = env.agent_config(
+        "ganache",
+        &db,
+        &[env.store.display().to_string(), s3.url("snapshots")],
+        &format!(
+            r#"s3-endpoint = "{endpoint}"
 s3-path-style = true
 
 [chain.freeze]
@@ -131,20 +109,13 @@ post = ["{start}"]
 timeout = "60s"
 
 [chain.metadata]
-command = ["sh", "-c", "{head_cmd}"]
+command = ["sh", "-c", {head_cmd:?}]
 "#,
-            state = env.path("agent-state").display(),
-            db = db.display(),
-            sk = env.sk.display(),
-            local = env.store.display(),
-            s3url = s3.url("snapshots"),
             endpoint = s3.endpoint,
             stop = stop.display(),
             start = start.display(),
-            head_cmd = head_cmd.replace('\\', "\\\\").replace('"', "\\\""),
         ),
-    )
-    .unwrap();
+    );
 
     let pidfile = dir.join("node.pid");
     struct Killer(PathBuf);
@@ -168,12 +139,16 @@ command = ["sh", "-c", "{head_cmd}"]
     };
     until(3);
 
-    let first = cycle(&env, &config, "ganache", Some(&s3));
+    let first = env.cycle(&config, "ganache", |c| {
+        aws_env(c, &s3.endpoint);
+    });
     // The post hook restarted the node, and it goes on producing blocks.
     wait_for_port(port, "restarted ganache", Duration::from_secs(60));
     let h1 = first["height"].as_u64().unwrap();
     until(h1 + 2);
-    let second = cycle(&env, &config, "ganache", Some(&s3));
+    let second = env.cycle(&config, "ganache", |c| {
+        aws_env(c, &s3.endpoint);
+    });
     let (h2, hash2) = (
         second["height"].as_u64().unwrap(),
         second["block_hash"].as_str().unwrap().to_string(),
@@ -276,35 +251,16 @@ os.replace(progress + ".tmp", progress)
             "pid=$(cat {d}/writer.pid)\nkill -TERM $pid\nwhile kill -0 $pid 2>/dev/null; do sleep 0.05; done\ncp {d}/progress {d}/frozen-count"
         ),
     );
-    let config = dir.join("qsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-state-dir = "{state}"
-
-[[chain]]
-name = "rocks"
-source = "{db}"
-schedule = "0 0 0 * * *"
-secret-key = "{sk}"
-stores = ["{store}"]
-
-[chain.freeze]
-strategy = "hardlink"
-pre = ["{stop}"]
-post = ["{start}"]
-"#,
-            state = env.path("agent-state").display(),
-            db = db.display(),
-            sk = env.sk.display(),
-            store = env.store.display(),
-            stop = stop.display(),
-            start = start.display(),
+    let config = env.agent_config(
+        "rocks",
+        &db,
+        &[env.store.display().to_string()],
+        &format!(
+            "[chain.freeze]\nstrategy = \"hardlink\"\npre = [{:?}]\npost = [{:?}]\n",
+            stop.display().to_string(),
+            start.display().to_string()
         ),
-    )
-    .unwrap();
+    );
     struct Killer(PathBuf);
     impl Drop for Killer {
         fn drop(&mut self) {
@@ -324,7 +280,7 @@ post = ["{start}"]
         assert!(t.elapsed() < Duration::from_secs(60), "the writer is not writing");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let report = cycle(&env, &config, "rocks", None);
+    let report = env.cycle(&config, "rocks", |_| {});
     let frozen: u64 = std::fs::read_to_string(dir.join("frozen-count"))
         .unwrap()
         .trim()
@@ -423,22 +379,12 @@ fn path_strategy_reads_the_checkpoint_and_records_the_head_from_rpc() {
     for _ in 0..5 {
         rpc(port, "evm_mine", "[]");
     }
-    let config = env.path("qsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-state-dir = "{state}"
-
-[[chain]]
-name = "ganache"
-source = "{db}"
-schedule = "0 0 0 * * *"
-secret-key = "{sk}"
-stores = ["{store}"]
-
-[chain.freeze]
+    let config = env.agent_config(
+        "ganache",
+        &db,
+        &[env.store.display().to_string()],
+        &format!(
+            r#"[chain.freeze]
 strategy = "path"
 pre = ["sh", "-c", "rm -rf {ck} && cp -a {db} {ck}"]
 path = "{ck}"
@@ -447,16 +393,12 @@ path = "{ck}"
 kind = "ethereum"
 rpc = "http://127.0.0.1:{port}"
 "#,
-            state = env.path("agent-state").display(),
             db = db.display(),
             ck = checkpoint.display(),
-            sk = env.sk.display(),
-            store = env.store.display(),
         ),
-    )
-    .unwrap();
+    );
     let expected = head(port);
-    let report = cycle(&env, &config, "ganache", None);
+    let report = env.cycle(&config, "ganache", |_| {});
     assert_eq!(report["strategy"], "path");
     assert_eq!(
         (

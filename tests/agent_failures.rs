@@ -62,35 +62,22 @@ if [ -e {d}/grow ]; then (while [ -e {d}/grow ]; do echo x >> {s}/grow.log; slee
 if [ -e {d}/slow ]; then touch {d}/frozen; sleep 3; fi"
     );
     let post = format!("echo x >> {d}/post-runs; test ! -e {d}/fail-post");
-    let config = env.path("qsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-listen = "127.0.0.1:0"
-state-dir = "{state}"
-
-[[chain]]
-name = "eth"
-source = "{s}"
-schedule = "* * * * * *"
+    let config = env.agent_config(
+        "eth",
+        &src,
+        &[env.store.display().to_string()],
+        &format!(
+            r#"schedule = "* * * * * *"
 resign = "* * * * * *"
 max-age = "5s"
 expires-in = "1h"
-secret-key = "{sk}"
-stores = ["{store}"]
 
 [chain.freeze]
 pre = ["sh", "-c", {pre:?}]
 post = ["sh", "-c", {post:?}]
-"#,
-            state = env.path("agent-state").display(),
-            sk = env.sk.display(),
-            store = env.store.display(),
+"#
         ),
-    )
-    .unwrap();
+    );
     let mut agent = qsync();
     agent.args(["agent", "--config"]).arg(&config);
     // Its log goes to a file: the failures below are expected.

@@ -52,44 +52,6 @@ fn verify_kept(store: &Path, chain: &str) -> usize {
     kept
 }
 
-fn config(env: &Env, src: &Path, extra: &str) -> std::path::PathBuf {
-    let path = env.path("qsync.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[agent]
-state-dir = "{}"
-
-[[chain]]
-name = "eth"
-source = "{}"
-schedule = "0 0 0 * * *"
-secret-key = "{}"
-stores = ["{}"]
-{extra}
-"#,
-            env.path("agent-state").display(),
-            src.display(),
-            env.sk.display(),
-            env.store.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn once(config: &Path) -> Value {
-    let (code, out, err) = run({
-        let mut c = qsync();
-        c.args(["snapshot", "--once", "--json", "--chain", "eth", "--config"])
-            .arg(config);
-        c
-    });
-    assert_eq!(code, 0, "cycle failed: {err}\n{out}");
-    serde_json::from_str(&out).unwrap()
-}
-
 fn mutate(dir: &Path, seed: u64) {
     let out = qsync()
         .args([
@@ -122,9 +84,14 @@ fn many_cycles_stay_bounded_and_gc_racing_publishes_loses_nothing() {
     let env = Env::new();
     let src = env.path("src");
     sample(&src, 8);
-    let cfg = config(&env, &src, "[chain.retention]\nkeep-last = 2\ngc-grace = \"0s\"");
+    let cfg = env.agent_config(
+        "eth",
+        &src,
+        &[env.store.display().to_string()],
+        "[chain.retention]\nkeep-last = 2\ngc-grace = \"0s\"",
+    );
 
-    let first = once(&cfg);
+    let first = env.cycle(&cfg, "eth", |_| {});
     let base = du(&env.store);
     assert_eq!(first["version"], 1);
 
@@ -153,7 +120,7 @@ fn many_cycles_stay_bounded_and_gc_racing_publishes_loses_nothing() {
     let mut sizes = vec![base];
     for i in 2..=7u64 {
         mutate(&src, i);
-        let r = once(&cfg);
+        let r = env.cycle(&cfg, "eth", |_| {});
         assert_eq!(r["version"], i);
         assert!(
             r["stores"][0]["gc"].is_object(),

@@ -216,38 +216,13 @@ fn agent_cycles_on_ipfs_collect_garbage_and_unpin_retired_roots() {
     let node = IpfsNode::start();
     let src = env.path("src");
     sample(&src, 3);
-    let config = env.path("qsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-state-dir = "{}"
-[[chain]]
-name = "eth"
-source = "{}"
-schedule = "0 0 0 * * *"
-secret-key = "{}"
-stores = ["ipfs+{}/agent"]
-[chain.retention]
-keep-last = 1
-gc-grace = "0s"
-"#,
-            env.path("agent-state").display(),
-            src.display(),
-            env.sk.display(),
-            node.api
-        ),
-    )
-    .unwrap();
-    let cycle = || {
-        let mut c = qsync();
-        c.args(["snapshot", "--once", "--json", "--chain", "eth", "--config"])
-            .arg(&config);
-        let (code, out, err) = run(c);
-        assert_eq!(code, 0, "{err}\n{out}");
-        serde_json::from_str::<Value>(&out).unwrap()
-    };
+    let config = env.agent_config(
+        "eth",
+        &src,
+        &[format!("ipfs+{}/agent", node.api)],
+        "[chain.retention]\nkeep-last = 1\ngc-grace = \"0s\"",
+    );
+    let cycle = || env.cycle(&config, "eth", |_| {});
     let chunks_in_mfs = || -> usize {
         let shards = node.rpc("files/ls", "arg=/agent/chunks&long=true", None);
         shards["Entries"]

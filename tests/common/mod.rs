@@ -125,6 +125,40 @@ impl Env {
         all
     }
 
+    /// Writes an agent configuration for `chain`: this env's key and a state
+    /// dir in it, `source`, `stores`, a schedule that does not fire unless
+    /// `extra` sets one, then `extra` (more chain keys, then sub-tables).
+    pub fn agent_config(&self, chain: &str, source: &Path, stores: &[String], extra: &str) -> PathBuf {
+        let path = self.path(&format!("{chain}.toml"));
+        let stores: Vec<String> = stores.iter().map(|s| format!("{s:?}")).collect();
+        let schedule = if extra.contains("schedule =") {
+            ""
+        } else {
+            "schedule = \"0 0 0 1 1 *\"\n"
+        };
+        let text = format!(
+            "[agent]\nlisten = \"127.0.0.1:0\"\nstate-dir = {:?}\n\n[[chain]]\nname = {chain:?}\nsource = {:?}\nsecret-key = {:?}\nstores = [{}]\n{schedule}{extra}\n",
+            self.path("agent-state").display().to_string(),
+            source.display().to_string(),
+            self.sk.display().to_string(),
+            stores.join(", ")
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs one cycle of `chain` as `config` says (`snapshot --config
+    /// --once --json`), after `adjust` (environment, say); panics on failure.
+    pub fn cycle(&self, config: &Path, chain: &str, adjust: impl FnOnce(&mut Command)) -> Value {
+        let mut c = qsync();
+        c.args(["snapshot", "--once", "--json", "--chain", chain, "--config"])
+            .arg(config);
+        adjust(&mut c);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "cycle of {chain} failed: {err}\n{out}");
+        serde_json::from_str(&out).unwrap()
+    }
+
     pub fn pointer_path(&self, chain: &str) -> PathBuf {
         self.store.join(format!("chains/{chain}/latest.json"))
     }
