@@ -18,9 +18,9 @@ use qsync_core::progress::Progress;
 use qsync_core::time::Timestamp;
 use tokio::sync::watch;
 
+use crate::commit::resign;
 use crate::config::{parse_schedule, Config};
 use crate::cycle::{ChainJob, CycleError, CycleReport, Stage};
-use crate::publish::resign;
 
 /// What the agent knows about one chain, for `/metrics` and `/healthz`.
 #[derive(Clone, Debug, Default)]

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod chainmeta;
+pub mod commit;
 pub mod config;
 pub mod cycle;
 pub mod error;
@@ -20,6 +21,8 @@ pub mod gc;
 pub mod lease;
 pub mod publish;
 pub mod scan;
+pub mod upload;
 
+pub use commit::resign;
 pub use error::SnapshotError;
 pub use publish::{publish, publish_many, KnownFiles, Published, SnapshotOptions, SnapshotSummary};

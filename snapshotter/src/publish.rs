@@ -10,23 +10,24 @@
 //! whose objects are missing. A store that fails drops out of the run (its
 //! pointer stays where it was) while the others go on.
 //!
+//! Uploading lives in [`crate::upload`], the manifest and pointer writes in
+//! [`crate::commit`].
+//!
 //! A file whose stat data matches [`KnownFiles`] from the previous run, when
 //! every store still holds that run's snapshot, is not read again: its
 //! manifest entry is reused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use qsync_cdn::signed::get_signed_for_update;
-use qsync_cdn::{Expect, ObjectSink, PutOptions, StoreError};
-use qsync_core::chunk::{self, ChunkerParams};
+use qsync_cdn::ObjectSink;
+use qsync_core::chunk::ChunkerParams;
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
-use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
+use qsync_core::pointer::{self, Pointer};
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::time::Timestamp;
@@ -34,9 +35,11 @@ use qsync_core::{ChainName, Digest, ObjectKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::commit::{finish_store, Expiry};
 use crate::config::Retention;
 use crate::lease;
 use crate::scan::{scan, SourceFile, Stat};
+use crate::upload::{Target, Uploader};
 use crate::SnapshotError;
 
 /// What to publish and how.
@@ -130,165 +133,6 @@ pub struct SnapshotSummary {
     pub snapshot_expires_at: String,
 }
 
-#[derive(Default)]
-struct Counters {
-    bytes_uploaded: AtomicU64,
-    bytes_new: AtomicU64,
-    chunks_uploaded: AtomicU64,
-}
-
-/// One store of a run.
-struct Target {
-    sink: Arc<dyn ObjectSink>,
-    counters: Counters,
-    /// Set when the store failed; it takes no further part in the run.
-    failed: Mutex<Option<SnapshotError>>,
-}
-
-impl Target {
-    fn live(&self) -> bool {
-        self.failed.lock().expect("not poisoned").is_none()
-    }
-
-    fn fail(&self, e: SnapshotError) {
-        tracing::warn!(
-            "{}: {e}; this store keeps its previous snapshot",
-            self.sink.location()
-        );
-        self.failed.lock().expect("not poisoned").get_or_insert(e);
-    }
-
-    /// Writes `body` at `key` with its signature. The signature goes first,
-    /// so a reader that sees the body also finds its signature. With
-    /// `expect`, the body is written only if the object is still as expected.
-    async fn put_signed(
-        &self,
-        key: &ObjectKey,
-        body: Vec<u8>,
-        signer: &SigningKey,
-        expect: Option<&Expect>,
-    ) -> Result<(), StoreError> {
-        let sig = signer.sign(key, &body);
-        let n = (body.len() + sig.len()) as u64;
-        let sig_key = key.signature_for(&body);
-        let sig_opts = PutOptions::for_key(&sig_key);
-        let sig = Bytes::from(sig);
-        retrying(|| self.sink.put(&sig_key, sig.clone(), sig_opts)).await?;
-        let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
-        match expect {
-            Some(expect) => match retrying(|| self.sink.put_if(key, body.clone(), opts, expect)).await {
-                // Retried (here or in the backend) after a lost answer, the
-                // write can meet its own first attempt: not a conflict.
-                Err(StoreError::Conflict { .. })
-                    if self
-                        .sink
-                        .get_limited(key, body.len() as u64)
-                        .await
-                        .is_ok_and(|now| now == body) => {}
-                r => r?,
-            },
-            None => retrying(|| self.sink.put(key, body.clone(), opts)).await?,
-        }
-        self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-/// Shared state of the chunk upload stage.
-struct Uploader {
-    targets: Vec<Arc<Target>>,
-    seen: Mutex<HashSet<Digest>>,
-    /// One permit per chunk in flight.
-    slots: Arc<Semaphore>,
-    /// One permit per MiB (rounded up) of chunk plaintext in flight.
-    budget: Arc<Semaphore>,
-    budget_mib: u32,
-    level: i32,
-    progress: Arc<dyn Progress>,
-    /// Chunk uploads not yet awaited.
-    uploads: Mutex<tokio::task::JoinSet<Result<(), SnapshotError>>>,
-}
-
-impl Uploader {
-    /// Makes sure chunk `d` is in every live store. Skips chunks this run
-    /// already handled and stores that hold the chunk; compresses once for
-    /// all stores that lack it. A store that fails is dropped from the run;
-    /// only when none is left does the run fail.
-    async fn ensure(&self, d: Digest, plain: Vec<u8>) -> Result<(), SnapshotError> {
-        let len = plain.len() as u64;
-        if !self.seen.lock().expect("not poisoned").insert(d) {
-            self.progress.advance(len);
-            return Ok(());
-        }
-        let key = ObjectKey::chunk(&d);
-        let mut lacking = Vec::new();
-        for t in self.targets.iter().filter(|t| t.live()) {
-            match retrying(|| t.sink.head(&key)).await {
-                Ok(Some(_)) => {}
-                Ok(None) => lacking.push(t.clone()),
-                Err(e) => t.fail(e.into()),
-            }
-        }
-        if !lacking.is_empty() {
-            let level = self.level;
-            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
-                .await
-                .expect("encoder does not panic");
-            let stored = Bytes::from(stored);
-            let stored_len = stored.len() as u64;
-            let puts = lacking.iter().map(|t| {
-                let stored = stored.clone();
-                let key = &key;
-                async move {
-                    match retrying(|| t.sink.put(key, stored.clone(), PutOptions::for_key(key))).await {
-                        Ok(()) => {
-                            let c = &t.counters;
-                            c.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
-                            c.bytes_new.fetch_add(len, Ordering::Relaxed);
-                            c.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => t.fail(e.into()),
-                    }
-                }
-            });
-            futures::future::join_all(puts).await;
-        }
-        if !self.targets.iter().any(|t| t.live()) {
-            return Err(self.targets[0]
-                .failed
-                .lock()
-                .expect("not poisoned")
-                .take()
-                .unwrap_or(SnapshotError::Cancelled));
-        }
-        self.progress.advance(len);
-        Ok(())
-    }
-}
-
-/// Runs a store operation, trying again with growing pauses while it fails
-/// with a transient error. Backends retry single requests themselves; this
-/// rides out a longer outage (about a minute) instead of failing a publish
-/// that may have run for hours over one chunk.
-async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut pause = Duration::from_millis(500);
-    for _ in 0..7 {
-        match op().await {
-            Err(e) if e.is_retryable() => {
-                tracing::warn!("{e}; trying again in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            r => return r,
-        }
-    }
-    op().await
-}
-
 /// What the previous run left: each store's manifest and each file's stat
 /// data with its manifest entry. Kept in the agent's state directory.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -370,13 +214,7 @@ pub async fn publish_many(
     let pointer_key = ObjectKey::pointer(&opts.chain);
     let targets: Vec<Arc<Target>> = sinks
         .into_iter()
-        .map(|sink| {
-            Arc::new(Target {
-                sink,
-                counters: Counters::default(),
-                failed: Mutex::new(None),
-            })
-        })
+        .map(|sink| Arc::new(Target::new(sink)))
         .collect();
     let mut previous = Vec::new();
     for t in &targets {
@@ -560,152 +398,6 @@ fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
         known: KnownFiles::default(),
         files_unchanged: 0,
         bytes_unchanged: 0,
-    }
-}
-
-/// The times a run writes.
-#[derive(Clone, Copy)]
-struct Expiry {
-    now: Timestamp,
-    expires_at: Timestamp,
-    manifest_expires_at: Timestamp,
-}
-
-/// Writes one store's manifest, pointer and catalog entry.
-#[allow(clippy::too_many_arguments)]
-async fn finish_store(
-    t: &Target,
-    signer: &SigningKey,
-    opts: &SnapshotOptions,
-    manifest: Manifest,
-    previous: Option<&Pointer>,
-    expect: &Expect,
-    when: Expiry,
-    total: u64,
-) -> Result<SnapshotSummary, SnapshotError> {
-    let version = manifest.version;
-    let (stored, compressed) = manifest.encode();
-    let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
-    let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
-    t.put_signed(&manifest_key, stored, signer, None).await?;
-
-    let pointer_key = ObjectKey::pointer(&opts.chain);
-    let mut pointer = Pointer::next(previous, opts.chain.clone(), current, when.now, when.expires_at);
-    pointer.mirrors = opts.mirror_hints.clone();
-    if let Some(policy) = &opts.retention {
-        let all: Vec<SnapshotRef> = std::iter::once(pointer.current.clone())
-            .chain(pointer.history.iter().cloned())
-            .collect();
-        pointer.history = crate::gc::select(&all, policy).into_iter().skip(1).collect();
-    }
-    // Written only over the pointer this run started from: of two publishers
-    // racing on one chain, the second finds the pointer moved and fails.
-    match t
-        .put_signed(&pointer_key, pointer.encode(), signer, Some(expect))
-        .await
-    {
-        Err(StoreError::Conflict { location, key }) => {
-            return Err(SnapshotError::PointerRace { location, key })
-        }
-        r => r?,
-    }
-    let mut rewritten = vec![pointer_key.to_string()];
-    if update_catalog(t, signer, &opts.chain).await? {
-        rewritten.push(ObjectKey::catalog().to_string());
-    }
-    let ipfs_root_cid = t.sink.snapshot_root().await?;
-
-    let c = &t.counters;
-    Ok(SnapshotSummary {
-        chain: opts.chain.to_string(),
-        version,
-        pointer_sequence: pointer.sequence,
-        pointer_key: pointer_key.to_string(),
-        manifest_key: manifest_key.to_string(),
-        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
-        files: manifest.files.len() as u64,
-        bytes_total: total,
-        bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
-        bytes_new: c.bytes_new.load(Ordering::Relaxed),
-        chunks_total: manifest.chunk_refs() as u64,
-        chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
-        rewritten,
-        ipfs_root_cid,
-        created_at: when.now.to_string(),
-        expires_at: when.expires_at.to_string(),
-        snapshot_expires_at: when.manifest_expires_at.to_string(),
-    })
-}
-
-/// Adds `chain` to the catalog; true when it was not listed. Publishers of
-/// other chains may update it at the same time, so the write is conditional
-/// and retried on a conflict.
-async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> Result<bool, SnapshotError> {
-    let key = ObjectKey::catalog();
-    let mut attempts = 0;
-    loop {
-        let vk = signer.verifying_key();
-        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
-        let mut catalog = match bytes {
-            Some(b) => Catalog::decode(&b)?,
-            None => Catalog::default(),
-        };
-        if !catalog.insert(chain) {
-            return Ok(false);
-        }
-        match t.put_signed(&key, catalog.encode(), signer, Some(&expect)).await {
-            Err(StoreError::Conflict { .. }) if attempts < 8 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
-            }
-            r => return Ok(r.map(|()| true)?),
-        }
-    }
-}
-
-/// Re-signs the pointer of `chain` in `sink` with a new expiry, naming the
-/// same snapshot; `None` when the chain has no pointer there, or when its
-/// snapshot is older than `max_age` (then the expiry must stop moving, so
-/// that readers refuse a source whose snapshots stopped). Conditional: a
-/// publish that moved the pointer meanwhile wins.
-pub async fn resign(
-    sink: Arc<dyn ObjectSink>,
-    signer: &SigningKey,
-    chain: &ChainName,
-    expires_in: Duration,
-    max_age: Duration,
-) -> Result<Option<Pointer>, SnapshotError> {
-    let key = ObjectKey::pointer(chain);
-    let (bytes, expect) =
-        get_signed_for_update(sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await?;
-    let Some(bytes) = bytes else {
-        return Ok(None);
-    };
-    let mut p = Pointer::decode(&bytes, key.as_str())?;
-    let now = Timestamp::now();
-    let age = now.0.saturating_sub(p.current.created_at.0);
-    if age > max_age.as_secs() {
-        tracing::warn!(
-            "not re-signing {key} in {}: its snapshot (version {}) is {} old, more than max-age {}; the pointer expires at {}",
-            sink.location(),
-            p.current.version,
-            humantime::format_duration(Duration::from_secs(age)),
-            humantime::format_duration(max_age),
-            p.expires_at
-        );
-        return Ok(None);
-    }
-    p.sequence += 1;
-    p.created_at = now;
-    p.expires_at = now.plus(expires_in);
-    let t = Target {
-        sink,
-        counters: Counters::default(),
-        failed: Mutex::new(None),
-    };
-    match t.put_signed(&key, p.encode(), signer, Some(&expect)).await {
-        Err(StoreError::Conflict { location, key }) => Err(SnapshotError::PointerRace { location, key }),
-        r => r.map(|()| Some(p)).map_err(Into::into),
     }
 }
 

@@ -1,0 +1,162 @@
+//! Committing a snapshot in one store: the manifest, then the pointer
+//! (written only over the version the run started from, its history cut by
+//! the retention policy), then the catalog entry; and re-signing a pointer
+//! to move its expiry. Everything here runs after every chunk is uploaded.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qsync_cdn::signed::get_signed_for_update;
+use qsync_cdn::{Expect, ObjectSink, StoreError};
+use qsync_core::manifest::Manifest;
+use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
+use qsync_core::sign::SigningKey;
+use qsync_core::time::Timestamp;
+use qsync_core::{ChainName, Digest, ObjectKey};
+
+use crate::publish::{SnapshotOptions, SnapshotSummary};
+use crate::upload::Target;
+use crate::SnapshotError;
+
+/// The times a run writes.
+#[derive(Clone, Copy)]
+pub(crate) struct Expiry {
+    pub(crate) now: Timestamp,
+    pub(crate) expires_at: Timestamp,
+    pub(crate) manifest_expires_at: Timestamp,
+}
+
+/// Writes one store's manifest, pointer and catalog entry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finish_store(
+    t: &Target,
+    signer: &SigningKey,
+    opts: &SnapshotOptions,
+    manifest: Manifest,
+    previous: Option<&Pointer>,
+    expect: &Expect,
+    when: Expiry,
+    total: u64,
+) -> Result<SnapshotSummary, SnapshotError> {
+    let version = manifest.version;
+    let (stored, compressed) = manifest.encode();
+    let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
+    let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
+    t.put_signed(&manifest_key, stored, signer, None).await?;
+
+    let pointer_key = ObjectKey::pointer(&opts.chain);
+    let mut pointer = Pointer::next(previous, opts.chain.clone(), current, when.now, when.expires_at);
+    pointer.mirrors = opts.mirror_hints.clone();
+    if let Some(policy) = &opts.retention {
+        let all: Vec<SnapshotRef> = std::iter::once(pointer.current.clone())
+            .chain(pointer.history.iter().cloned())
+            .collect();
+        pointer.history = crate::gc::select(&all, policy).into_iter().skip(1).collect();
+    }
+    // Written only over the pointer this run started from: of two publishers
+    // racing on one chain, the second finds the pointer moved and fails.
+    match t
+        .put_signed(&pointer_key, pointer.encode(), signer, Some(expect))
+        .await
+    {
+        Err(StoreError::Conflict { location, key }) => {
+            return Err(SnapshotError::PointerRace { location, key })
+        }
+        r => r?,
+    }
+    let mut rewritten = vec![pointer_key.to_string()];
+    if update_catalog(t, signer, &opts.chain).await? {
+        rewritten.push(ObjectKey::catalog().to_string());
+    }
+    let ipfs_root_cid = t.sink.snapshot_root().await?;
+
+    let c = &t.counters;
+    Ok(SnapshotSummary {
+        chain: opts.chain.to_string(),
+        version,
+        pointer_sequence: pointer.sequence,
+        pointer_key: pointer_key.to_string(),
+        manifest_key: manifest_key.to_string(),
+        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+        files: manifest.files.len() as u64,
+        bytes_total: total,
+        bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+        bytes_new: c.bytes_new.load(Ordering::Relaxed),
+        chunks_total: manifest.chunk_refs() as u64,
+        chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
+        rewritten,
+        ipfs_root_cid,
+        created_at: when.now.to_string(),
+        expires_at: when.expires_at.to_string(),
+        snapshot_expires_at: when.manifest_expires_at.to_string(),
+    })
+}
+
+/// Adds `chain` to the catalog; true when it was not listed. Publishers of
+/// other chains may update it at the same time, so the write is conditional
+/// and retried on a conflict.
+async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> Result<bool, SnapshotError> {
+    let key = ObjectKey::catalog();
+    let mut attempts = 0;
+    loop {
+        let vk = signer.verifying_key();
+        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
+        let mut catalog = match bytes {
+            Some(b) => Catalog::decode(&b)?,
+            None => Catalog::default(),
+        };
+        if !catalog.insert(chain) {
+            return Ok(false);
+        }
+        match t.put_signed(&key, catalog.encode(), signer, Some(&expect)).await {
+            Err(StoreError::Conflict { .. }) if attempts < 8 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
+            }
+            r => return Ok(r.map(|()| true)?),
+        }
+    }
+}
+
+/// Re-signs the pointer of `chain` in `sink` with a new expiry, naming the
+/// same snapshot; `None` when the chain has no pointer there, or when its
+/// snapshot is older than `max_age` (then the expiry must stop moving, so
+/// that readers refuse a source whose snapshots stopped). Conditional: a
+/// publish that moved the pointer meanwhile wins.
+pub async fn resign(
+    sink: Arc<dyn ObjectSink>,
+    signer: &SigningKey,
+    chain: &ChainName,
+    expires_in: Duration,
+    max_age: Duration,
+) -> Result<Option<Pointer>, SnapshotError> {
+    let key = ObjectKey::pointer(chain);
+    let (bytes, expect) =
+        get_signed_for_update(sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await?;
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    let mut p = Pointer::decode(&bytes, key.as_str())?;
+    let now = Timestamp::now();
+    let age = now.0.saturating_sub(p.current.created_at.0);
+    if age > max_age.as_secs() {
+        tracing::warn!(
+            "not re-signing {key} in {}: its snapshot (version {}) is {} old, more than max-age {}; the pointer expires at {}",
+            sink.location(),
+            p.current.version,
+            humantime::format_duration(Duration::from_secs(age)),
+            humantime::format_duration(max_age),
+            p.expires_at
+        );
+        return Ok(None);
+    }
+    p.sequence += 1;
+    p.created_at = now;
+    p.expires_at = now.plus(expires_in);
+    let t = Target::new(sink);
+    match t.put_signed(&key, p.encode(), signer, Some(&expect)).await {
+        Err(StoreError::Conflict { location, key }) => Err(SnapshotError::PointerRace { location, key }),
+        r => r.map(|()| Some(p)).map_err(Into::into),
+    }
+}

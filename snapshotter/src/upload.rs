@@ -1,0 +1,187 @@
+//! The upload side of a publish: each store of a run ([`Target`]), the
+//! bounded chunk upload stage ([`Uploader`]), signed writes, and the retry
+//! that rides out transient store errors. What to upload, and when the
+//! manifest and pointer may be written, is [`crate::publish`]'s business.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use qsync_cdn::{Expect, ObjectSink, PutOptions, StoreError};
+use qsync_core::chunk;
+use qsync_core::progress::Progress;
+use qsync_core::sign::SigningKey;
+use qsync_core::{Digest, ObjectKey};
+use tokio::sync::Semaphore;
+
+use crate::SnapshotError;
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) bytes_uploaded: AtomicU64,
+    pub(crate) bytes_new: AtomicU64,
+    pub(crate) chunks_uploaded: AtomicU64,
+}
+
+/// One store of a run.
+pub(crate) struct Target {
+    pub(crate) sink: Arc<dyn ObjectSink>,
+    pub(crate) counters: Counters,
+    /// Set when the store failed; it takes no further part in the run.
+    pub(crate) failed: Mutex<Option<SnapshotError>>,
+}
+
+impl Target {
+    /// `sink` as a store of a run, with nothing uploaded yet.
+    pub(crate) fn new(sink: Arc<dyn ObjectSink>) -> Target {
+        Target {
+            sink,
+            counters: Counters::default(),
+            failed: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn live(&self) -> bool {
+        self.failed.lock().expect("not poisoned").is_none()
+    }
+
+    pub(crate) fn fail(&self, e: SnapshotError) {
+        tracing::warn!(
+            "{}: {e}; this store keeps its previous snapshot",
+            self.sink.location()
+        );
+        self.failed.lock().expect("not poisoned").get_or_insert(e);
+    }
+
+    /// Writes `body` at `key` with its signature. The signature goes first,
+    /// so a reader that sees the body also finds its signature. With
+    /// `expect`, the body is written only if the object is still as expected.
+    pub(crate) async fn put_signed(
+        &self,
+        key: &ObjectKey,
+        body: Vec<u8>,
+        signer: &SigningKey,
+        expect: Option<&Expect>,
+    ) -> Result<(), StoreError> {
+        let sig = signer.sign(key, &body);
+        let n = (body.len() + sig.len()) as u64;
+        let sig_key = key.signature_for(&body);
+        let sig_opts = PutOptions::for_key(&sig_key);
+        let sig = Bytes::from(sig);
+        retrying(|| self.sink.put(&sig_key, sig.clone(), sig_opts)).await?;
+        let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
+        match expect {
+            Some(expect) => match retrying(|| self.sink.put_if(key, body.clone(), opts, expect)).await {
+                // Retried (here or in the backend) after a lost answer, the
+                // write can meet its own first attempt: not a conflict.
+                Err(StoreError::Conflict { .. })
+                    if self
+                        .sink
+                        .get_limited(key, body.len() as u64)
+                        .await
+                        .is_ok_and(|now| now == body) => {}
+                r => r?,
+            },
+            None => retrying(|| self.sink.put(key, body.clone(), opts)).await?,
+        }
+        self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Shared state of the chunk upload stage.
+pub(crate) struct Uploader {
+    pub(crate) targets: Vec<Arc<Target>>,
+    pub(crate) seen: Mutex<HashSet<Digest>>,
+    /// One permit per chunk in flight.
+    pub(crate) slots: Arc<Semaphore>,
+    /// One permit per MiB (rounded up) of chunk plaintext in flight.
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) budget_mib: u32,
+    pub(crate) level: i32,
+    pub(crate) progress: Arc<dyn Progress>,
+    /// Chunk uploads not yet awaited.
+    pub(crate) uploads: Mutex<tokio::task::JoinSet<Result<(), SnapshotError>>>,
+}
+
+impl Uploader {
+    /// Makes sure chunk `d` is in every live store. Skips chunks this run
+    /// already handled and stores that hold the chunk; compresses once for
+    /// all stores that lack it. A store that fails is dropped from the run;
+    /// only when none is left does the run fail.
+    pub(crate) async fn ensure(&self, d: Digest, plain: Vec<u8>) -> Result<(), SnapshotError> {
+        let len = plain.len() as u64;
+        if !self.seen.lock().expect("not poisoned").insert(d) {
+            self.progress.advance(len);
+            return Ok(());
+        }
+        let key = ObjectKey::chunk(&d);
+        let mut lacking = Vec::new();
+        for t in self.targets.iter().filter(|t| t.live()) {
+            match retrying(|| t.sink.head(&key)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => lacking.push(t.clone()),
+                Err(e) => t.fail(e.into()),
+            }
+        }
+        if !lacking.is_empty() {
+            let level = self.level;
+            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
+                .await
+                .expect("encoder does not panic");
+            let stored = Bytes::from(stored);
+            let stored_len = stored.len() as u64;
+            let puts = lacking.iter().map(|t| {
+                let stored = stored.clone();
+                let key = &key;
+                async move {
+                    match retrying(|| t.sink.put(key, stored.clone(), PutOptions::for_key(key))).await {
+                        Ok(()) => {
+                            let c = &t.counters;
+                            c.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
+                            c.bytes_new.fetch_add(len, Ordering::Relaxed);
+                            c.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => t.fail(e.into()),
+                    }
+                }
+            });
+            futures::future::join_all(puts).await;
+        }
+        if !self.targets.iter().any(|t| t.live()) {
+            return Err(self.targets[0]
+                .failed
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .unwrap_or(SnapshotError::Cancelled));
+        }
+        self.progress.advance(len);
+        Ok(())
+    }
+}
+
+/// Runs a store operation, trying again with growing pauses while it fails
+/// with a transient error. Backends retry single requests themselves; this
+/// rides out a longer outage (about a minute) instead of failing a publish
+/// that may have run for hours over one chunk.
+pub(crate) async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(500);
+    for _ in 0..7 {
+        match op().await {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!("{e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            r => return r,
+        }
+    }
+    op().await
+}
