@@ -2,11 +2,11 @@
 //! for node-exporter's textfile collector. Written atomically (temporary
 //! file, then rename) so the collector never reads half a file.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use qsync_cdn::prometheus;
 use qsync_core::ChainName;
 use qsync_fetcher::dest::Marker;
 use qsync_fetcher::{MirrorReport, RestoreSummary};
@@ -53,19 +53,12 @@ impl Run {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 /// Renders `run` for `chain`.
 pub fn render(chain: &ChainName, run: &Run) -> String {
     let mut out = String::new();
-    let labels = format!("chain=\"{}\"", escape(chain.as_str()));
+    let labels = prometheus::labels(&[("chain", chain.as_str())]);
     let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}"
-        );
+        prometheus::family(&mut out, name, "gauge", help, [(labels.clone(), value)]);
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -131,11 +124,11 @@ pub fn render(chain: &ChainName, run: &Run) -> String {
         if run.mirrors.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for m in &run.mirrors {
-            let v = [m.bytes, m.errors, m.corrupt][pick];
-            let _ = writeln!(out, "{name}{{{labels},mirror=\"{}\"}} {v}", escape(&m.location));
-        }
+        let samples = run.mirrors.iter().map(|m| {
+            let l = prometheus::labels(&[("chain", chain.as_str()), ("mirror", &m.location)]);
+            (l, [m.bytes, m.errors, m.corrupt][pick] as f64)
+        });
+        prometheus::family(&mut out, name, "gauge", help, samples);
     }
     out
 }

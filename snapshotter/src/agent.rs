@@ -5,7 +5,6 @@
 //! releases the leases and returns.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use qsync_cdn::prometheus::{self, labels};
 use qsync_core::progress::Progress;
 use qsync_core::time::Timestamp;
 use tokio::sync::watch;
@@ -129,15 +129,12 @@ impl Stats {
         let chains = self.chains.lock().expect("not poisoned");
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
+            prometheus::family(&mut out, name, kind, help, rows);
         };
         let per = |f: &dyn Fn(&ChainStats) -> Option<f64>| -> Vec<(String, f64)> {
             chains
                 .iter()
-                .filter_map(|(c, (s, _))| f(s).map(|v| (format!("chain=\"{c}\""), v)))
+                .filter_map(|(c, (s, _))| f(s).map(|v| (labels(&[("chain", c)]), v)))
                 .collect()
         };
         family(
@@ -229,7 +226,7 @@ impl Stats {
             .flat_map(|(c, (s, _))| {
                 Stage::ALL.iter().map(move |st| {
                     (
-                        format!("chain=\"{c}\",stage=\"{}\"", st.as_str()),
+                        labels(&[("chain", c), ("stage", st.as_str())]),
                         *s.failures.get(st).unwrap_or(&0) as f64,
                     )
                 })
@@ -244,12 +241,9 @@ impl Stats {
         let stores = chains
             .iter()
             .flat_map(|(c, (s, _))| {
-                s.store_success.iter().map(move |(store, t)| {
-                    (
-                        format!("chain=\"{c}\",store=\"{}\"", store.replace('"', "'")),
-                        t.0 as f64,
-                    )
-                })
+                s.store_success
+                    .iter()
+                    .map(move |(store, t)| (labels(&[("chain", c), ("store", store)]), t.0 as f64))
             })
             .collect();
         family(
@@ -262,7 +256,7 @@ impl Stats {
             .iter()
             .map(|(c, (s, max_age))| {
                 (
-                    format!("chain=\"{c}\""),
+                    labels(&[("chain", c)]),
                     if s.healthy(*max_age) { 1.0 } else { 0.0 },
                 )
             })
@@ -300,7 +294,7 @@ async fn healthz(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], stats.render())
+    ([("content-type", prometheus::CONTENT_TYPE)], stats.render())
 }
 
 /// The router of `/healthz` and `/metrics`.

@@ -2,7 +2,6 @@
 //! by object kind and status, and denied requests.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -10,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
 use super::ServeState;
+use crate::prometheus::{family, labels, CONTENT_TYPE};
 
 /// (object kind, HTTP status) -> (requests, body bytes).
 type Table = BTreeMap<(&'static str, u16), (u64, u64)>;
@@ -54,24 +54,31 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let requests = self.requests.lock().expect("not poisoned").clone();
-        out.push_str("# HELP qsync_serve_requests_total Requests answered, by object kind and status.\n# TYPE qsync_serve_requests_total counter\n");
-        for ((kind, status), (n, _)) in &requests {
-            let _ = writeln!(
-                out,
-                "qsync_serve_requests_total{{kind=\"{kind}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP qsync_serve_bytes_total Response body bytes, by object kind and status.\n# TYPE qsync_serve_bytes_total counter\n");
-        for ((kind, status), (_, b)) in &requests {
-            let _ = writeln!(
-                out,
-                "qsync_serve_bytes_total{{kind=\"{kind}\",status=\"{status}\"}} {b}"
-            );
-        }
-        out.push_str("# HELP qsync_serve_denied_total Requests refused by --allow (403) or --token-file (401).\n# TYPE qsync_serve_denied_total counter\n");
-        for (status, n) in self.denied.lock().expect("not poisoned").iter() {
-            let _ = writeln!(out, "qsync_serve_denied_total{{status=\"{status}\"}} {n}");
-        }
+        let by = |kind: &str, status: u16| labels(&[("kind", kind), ("status", &status.to_string())]);
+        family(
+            &mut out,
+            "qsync_serve_requests_total",
+            "counter",
+            "Requests answered, by object kind and status.",
+            requests.iter().map(|((k, st), (n, _))| (by(k, *st), *n as f64)),
+        );
+        family(
+            &mut out,
+            "qsync_serve_bytes_total",
+            "counter",
+            "Response body bytes, by object kind and status.",
+            requests.iter().map(|((k, st), (_, b))| (by(k, *st), *b as f64)),
+        );
+        let denied = self.denied.lock().expect("not poisoned").clone();
+        family(
+            &mut out,
+            "qsync_serve_denied_total",
+            "counter",
+            "Requests refused by --allow (403) or --token-file (401).",
+            denied
+                .iter()
+                .map(|(st, n)| (labels(&[("status", &st.to_string())]), *n as f64)),
+        );
         out
     }
 }
@@ -126,8 +133,8 @@ pub async fn handler(State(st): State<Arc<ServeState>>) -> impl IntoResponse {
                 load(&s.upstream_micros) / 1e6,
             ),
         ] {
-            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            family(&mut text, name, kind, help, [(String::new(), v)]);
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }
