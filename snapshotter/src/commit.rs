@@ -27,22 +27,23 @@ pub(crate) struct Expiry {
     pub(crate) manifest_expires_at: Timestamp,
 }
 
-/// Writes one store's manifest, pointer and catalog entry.
+/// Writes one store's manifest, pointer and catalog entry; the summary and
+/// the BLAKE3 of the manifest as stored.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn finish_store(
     t: &Target,
     signer: &SigningKey,
     opts: &SnapshotOptions,
-    manifest: Manifest,
+    manifest: &Manifest,
     previous: Option<&Pointer>,
     expect: &Expect,
     when: Expiry,
     total: u64,
-) -> Result<SnapshotSummary, SnapshotError> {
+) -> Result<(SnapshotSummary, Digest), SnapshotError> {
     let version = manifest.version;
     let (stored, compressed) = manifest.encode();
     let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);
-    let current = SnapshotRef::new(&manifest, manifest_key.clone(), &stored);
+    let current = SnapshotRef::new(manifest, manifest_key.clone(), &stored);
     t.put_signed(&manifest_key, stored, signer, None).await?;
 
     let pointer_key = ObjectKey::pointer(&opts.chain);
@@ -72,7 +73,7 @@ pub(crate) async fn finish_store(
     let ipfs_root_cid = t.sink.snapshot_root().await?;
 
     let c = &t.counters;
-    Ok(SnapshotSummary {
+    let summary = SnapshotSummary {
         chain: opts.chain.to_string(),
         version,
         pointer_sequence: pointer.sequence,
@@ -90,7 +91,8 @@ pub(crate) async fn finish_store(
         created_at: when.now.to_string(),
         expires_at: when.expires_at.to_string(),
         snapshot_expires_at: when.manifest_expires_at.to_string(),
-    })
+    };
+    Ok((summary, pointer.current.manifest_blake3))
 }
 
 /// Adds `chain` to the catalog; true when it was not listed. Publishers of

@@ -321,21 +321,31 @@ pub async fn publish_many(
     }
 
     let now = Timestamp::now();
-    let expires_at = now.plus(opts.expires_in);
-    let manifest_expires_at = now.plus(opts.lifetime.max(opts.expires_in));
-    let directories: Vec<DirEntry> = listing
-        .dirs
-        .into_iter()
-        .map(|(path, mode)| DirEntry { path, mode })
-        .collect();
-    let mut known_next = KnownFiles {
-        manifests: BTreeMap::new(),
-        files: files
-            .iter()
-            .zip(stats)
-            .map(|(e, s)| (e.path.clone(), (s, e.clone())))
-            .collect(),
+    let when = Expiry {
+        now,
+        expires_at: now.plus(opts.expires_in),
+        manifest_expires_at: now.plus(opts.lifetime.max(opts.expires_in)),
     };
+    // One manifest for every store; only its version differs between them.
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        chain: ChainMeta {
+            name: opts.chain.clone(),
+            height: opts.height,
+            block_hash: opts.block_hash.clone(),
+        },
+        version: 0,
+        created_at: now,
+        expires_at: when.manifest_expires_at,
+        chunker: opts.chunker.clone(),
+        directories: listing
+            .dirs
+            .into_iter()
+            .map(|(path, mode)| DirEntry { path, mode })
+            .collect(),
+        files,
+    };
+    let mut manifests = BTreeMap::new();
     let mut stores = Vec::new();
     for (t, prev) in targets.iter().zip(previous) {
         let location = t.sink.location();
@@ -344,38 +354,40 @@ pub async fn publish_many(
             (Some(e), _) => Err(e),
             (None, None) => unreachable!("a store without a pointer read has failed"),
             (None, Some((previous, expect))) => {
-                let manifest = Manifest {
-                    format: MANIFEST_FORMAT.into(),
-                    chain: ChainMeta {
-                        name: opts.chain.clone(),
-                        height: opts.height,
-                        block_hash: opts.block_hash.clone(),
-                    },
-                    version: previous.as_ref().map_or(1, |p| p.current.version + 1),
-                    created_at: now,
-                    expires_at: manifest_expires_at,
-                    chunker: opts.chunker.clone(),
-                    directories: directories.clone(),
-                    files: files.clone(),
-                };
-                let when = Expiry {
-                    now,
-                    expires_at,
-                    manifest_expires_at,
-                };
-                finish_store(t, signer, opts, manifest, previous.as_ref(), &expect, when, total).await
+                manifest.version = previous.as_ref().map_or(1, |p| p.current.version + 1);
+                finish_store(
+                    t,
+                    signer,
+                    opts,
+                    &manifest,
+                    previous.as_ref(),
+                    &expect,
+                    when,
+                    total,
+                )
+                .await
             }
         };
-        if let Ok(s) = &result {
-            known_next
-                .manifests
-                .insert(location.clone(), s.manifest_blake3.parse()?);
+        if let Ok((_, digest)) = &result {
+            manifests.insert(location.clone(), *digest);
         }
-        stores.push(StoreOutcome { location, result });
+        stores.push(StoreOutcome {
+            location,
+            result: result.map(|(summary, _)| summary),
+        });
     }
+    let known = KnownFiles {
+        manifests,
+        files: manifest
+            .files
+            .into_iter()
+            .zip(stats)
+            .map(|(e, s)| (e.path.clone(), (s, e)))
+            .collect(),
+    };
     Ok(Published {
         stores,
-        known: known_next,
+        known,
         files_unchanged,
         bytes_unchanged,
     })

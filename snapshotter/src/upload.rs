@@ -118,9 +118,12 @@ impl Uploader {
             return Ok(());
         }
         let key = ObjectKey::chunk(&d);
+        // Every store at once: a chunk should wait for the slowest store, not for their sum.
+        let live: Vec<&Arc<Target>> = self.targets.iter().filter(|t| t.live()).collect();
+        let heads = futures::future::join_all(live.iter().map(|t| retrying(|| t.sink.head(&key)))).await;
         let mut lacking = Vec::new();
-        for t in self.targets.iter().filter(|t| t.live()) {
-            match retrying(|| t.sink.head(&key)).await {
+        for (t, head) in live.into_iter().zip(heads) {
+            match head {
                 Ok(Some(_)) => {}
                 Ok(None) => lacking.push(t.clone()),
                 Err(e) => t.fail(e.into()),
