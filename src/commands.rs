@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
 use qsync_cdn::{open_sink_with, open_source_with, ObjectSource};
+use qsync_core::chunk::ChunkerParams;
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
 use qsync_core::ChainName;
@@ -95,13 +96,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.lifetime = a.lifetime;
     opts.concurrency = a.concurrency;
     opts.mirror_hints = a.mirror_hints;
-    let avg = a.chunk_size.saturating_mul(1024);
-    opts.chunker.min_size = avg / 4;
-    opts.chunker.avg_size = avg;
-    opts.chunker.max_size = avg.saturating_mul(4);
-    opts.chunker
-        .validate()
-        .with_context(|| format!("--chunk-size {} KiB: use 256 to 4096", a.chunk_size))?;
+    opts.chunker = ChunkerParams::with_average_kib(a.chunk_size).context("--chunk-size")?;
     let started = std::time::Instant::now();
     let s = qsync_snapshotter::publish(
         &source,

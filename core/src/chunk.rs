@@ -53,6 +53,22 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// The default chunker around an average of `kib` KiB: minimum a
+    /// quarter, maximum four times (the `--chunk-size` / `chunk-size` knob).
+    /// Sizes this implementation cannot bound are refused.
+    pub fn with_average_kib(kib: u32) -> Result<ChunkerParams, FormatError> {
+        let avg = kib.saturating_mul(1024);
+        let p = ChunkerParams {
+            min_size: avg / 4,
+            avg_size: avg,
+            max_size: avg.saturating_mul(4),
+            ..ChunkerParams::default()
+        };
+        p.validate()
+            .map_err(|_| FormatError::Invalid(format!("chunk size {kib} KiB: use 256 to 4096")))?;
+        Ok(p)
+    }
+
     /// Refuses parameters this implementation cannot reproduce or bound.
     pub fn validate(&self) -> Result<(), FormatError> {
         use fastcdc::v2020::*;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use qsync_core::chunk::ChunkerParams;
 use qsync_core::ChainName;
 use serde::{Deserialize, Deserializer};
 
@@ -325,9 +326,7 @@ impl Config {
             if c.stores.is_empty() {
                 return Err(format!("{at}: stores is empty; name at least one store"));
             }
-            if !(256..=4096).contains(&c.chunk_size) {
-                return Err(format!("{at}: chunk-size {} KiB: use 256 to 4096", c.chunk_size));
-            }
+            ChunkerParams::with_average_kib(c.chunk_size).map_err(|e| format!("{at}: {e}"))?;
             let f = &c.freeze;
             match f.strategy {
                 Strategy::Path if f.path.is_none() => {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qsync_cdn::{open_sink_with, ObjectSink, StoreOptions};
+use qsync_core::chunk::ChunkerParams;
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::ChainName;
@@ -257,10 +258,7 @@ impl ChainJob {
         o.expires_in = c.expires_in;
         o.lifetime = c.lifetime;
         o.concurrency = c.concurrency;
-        let avg = c.chunk_size * 1024;
-        o.chunker.min_size = avg / 4;
-        o.chunker.avg_size = avg;
-        o.chunker.max_size = avg * 4;
+        o.chunker = ChunkerParams::with_average_kib(c.chunk_size).expect("checked by Config::load");
         o.retention = Some(c.retention.clone());
         o
     }
