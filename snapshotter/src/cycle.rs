@@ -145,6 +145,20 @@ pub struct CycleReport {
     pub stores: Vec<StoreReport>,
 }
 
+impl StoreReport {
+    /// A store's report from its publish result; GC and the CDN come later.
+    fn new(location: String, result: Result<SnapshotSummary, String>) -> StoreReport {
+        StoreReport {
+            location,
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+            summary: result.ok(),
+            gc: None,
+            cloudfront_invalidation: None,
+        }
+    }
+}
+
 impl CycleReport {
     /// Bytes of chunks no store had before (the most any store uploaded).
     pub fn bytes_new(&self) -> u64 {
@@ -156,6 +170,11 @@ impl CycleReport {
             .unwrap_or(0)
     }
 }
+
+/// State-dir records of a chain: the unchanged-file index, and the IPFS
+/// root each store pinned last.
+const KNOWN_FILES: &str = "known-files.json";
+const IPFS_ROOTS: &str = "ipfs-roots.json";
 
 /// The post hook's result and the freeze time when it finished.
 type Thawed = (Result<(), String>, Duration);
@@ -217,36 +236,27 @@ impl ChainJob {
         self.stores.iter().map(|(_, s)| s)
     }
 
-    fn known_path(&self) -> PathBuf {
-        self.state_dir.join("known-files.json")
-    }
-
-    fn load_known(&self) -> Option<KnownFiles> {
-        if !self.cfg.skip_unchanged {
-            return None;
-        }
-        let bytes = std::fs::read(self.known_path()).ok()?;
+    /// A JSON record of this chain in the state dir; `None` when absent or
+    /// unreadable (each record is only an optimisation or a reminder).
+    fn load_state<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let path = self.state_dir.join(name);
+        let bytes = std::fs::read(&path).ok()?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| tracing::warn!("ignoring {}: {e}", self.known_path().display()))
+            .map_err(|e| tracing::warn!("ignoring {}: {e}", path.display()))
             .ok()
     }
 
-    fn save_known(&self, known: &KnownFiles) {
-        if !self.cfg.skip_unchanged {
-            return;
-        }
-        let path = self.known_path();
+    /// Replaces a record in the state dir atomically; a failure is logged.
+    fn save_state(&self, name: &str, value: &impl Serialize, consequence: &str) {
+        let path = self.state_dir.join(name);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.state_dir)?;
             let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(known)?)?;
+            std::fs::write(&tmp, serde_json::to_vec(value)?)?;
             std::fs::rename(&tmp, &path)
         };
         if let Err(e) = write() {
-            tracing::warn!(
-                "could not save {}: {e}; the next cycle reads every file",
-                path.display()
-            );
+            tracing::warn!("could not save {}: {e}; {consequence}", path.display());
         }
     }
 
@@ -298,14 +308,9 @@ impl ChainJob {
                     }
                     return Err(fail(Stage::Lock, e.to_string(), &report));
                 }
-                Err(e) => report.stores.push(StoreReport {
-                    location: url.clone(),
-                    ok: false,
-                    error: Some(e.to_string()),
-                    summary: None,
-                    gc: None,
-                    cloudfront_invalidation: None,
-                }),
+                Err(e) => report
+                    .stores
+                    .push(StoreReport::new(url.clone(), Err(e.to_string()))),
             }
         }
         let result = if sinks.is_empty() {
@@ -442,7 +447,11 @@ impl ChainJob {
             }
         }
         let opts = self.snapshot_options(head.as_ref());
-        let known = self.load_known();
+        let known: Option<KnownFiles> = self
+            .cfg
+            .skip_unchanged
+            .then(|| self.load_state(KNOWN_FILES))
+            .flatten();
         // With the hooks strategy the node thaws once the chunks are up,
         // before any pointer moves.
         let published = publish_many(
@@ -483,17 +492,12 @@ impl ChainJob {
         }
         report.files_unchanged = published.files_unchanged;
         report.bytes_unchanged = published.bytes_unchanged;
-        self.save_known(&published.known);
+        if self.cfg.skip_unchanged {
+            self.save_state(KNOWN_FILES, &published.known, "the next cycle reads every file");
+        }
         for s in published.stores {
-            let ok = s.result.is_ok();
-            report.stores.push(StoreReport {
-                location: s.location,
-                ok,
-                error: s.result.as_ref().err().map(|e| e.to_string()),
-                summary: s.result.ok(),
-                gc: None,
-                cloudfront_invalidation: None,
-            });
+            let result = s.result.map_err(|e| e.to_string());
+            report.stores.push(StoreReport::new(s.location, result));
         }
         report.summary = report.stores.iter().find_map(|s| s.summary.clone());
         tracing::debug!("cycle of {} published after {:?}", self.chain, started.elapsed());
@@ -504,11 +508,8 @@ impl ChainJob {
     /// every snapshot the pointer keeps; the root pinned by the previous
     /// cycle is then unpinned (remembered in the state dir per store).
     async fn retire_older_root(&self, sink: &dyn ObjectSink, root: &str) {
-        let path = self.state_dir.join("ipfs-roots.json");
-        let mut roots: std::collections::BTreeMap<String, String> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut roots: std::collections::BTreeMap<String, String> =
+            self.load_state(IPFS_ROOTS).unwrap_or_default();
         let location = sink.location();
         if let Some(old) = roots.get(&location).filter(|old| old.as_str() != root) {
             match sink.retire_root(old).await {
@@ -517,11 +518,7 @@ impl ChainJob {
             }
         }
         roots.insert(location, root.to_string());
-        let saved = std::fs::create_dir_all(&self.state_dir)
-            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&roots).expect("serialisable")));
-        if let Err(e) = saved {
-            tracing::warn!("could not record the pinned root in {}: {e}", path.display());
-        }
+        self.save_state(IPFS_ROOTS, &roots, "the next cycle cannot unpin this root");
     }
 
     /// CDN invalidation and garbage collection in each store that took the snapshot.
