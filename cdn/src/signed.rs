@@ -5,8 +5,10 @@
 //! signature of another version and no retry is needed.
 
 use bytes::Bytes;
+use qsync_core::manifest::Manifest;
+use qsync_core::pointer::SnapshotRef;
 use qsync_core::sign::VerifyingKey;
-use qsync_core::{FormatError, ObjectKey};
+use qsync_core::{Digest, FormatError, ObjectKey};
 
 use crate::store::{Expect, ObjectSink, ObjectSource, StoreError};
 
@@ -39,6 +41,37 @@ pub async fn get_signed(
     };
     verify_body(source, key, &body, vk).await?;
     Ok(Some(body))
+}
+
+/// The manifest `snap` names, read from `source`: its signature verified
+/// over the stored bytes, its digest checked against the pointer's, then
+/// decoded (on a blocking thread; a large manifest takes a while).
+pub async fn get_manifest(
+    source: &dyn ObjectSource,
+    snap: &SnapshotRef,
+    vk: &VerifyingKey,
+) -> Result<Manifest, SignedReadError> {
+    let key = &snap.manifest_key;
+    let what = format!("{key} in {}", source.location());
+    let bytes = get_signed(source, key, vk, snap.manifest_size)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            location: source.location(),
+            key: key.to_string(),
+        })?;
+    let actual = Digest::of(&bytes);
+    if actual != snap.manifest_blake3 {
+        return Err(FormatError::DigestMismatch {
+            what,
+            expected: snap.manifest_blake3,
+            actual,
+        }
+        .into());
+    }
+    let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
+        .await
+        .expect("decode does not panic")?;
+    Ok(m)
 }
 
 /// For a conditional rewrite of `key` in `sink`: its verified bytes (`None`

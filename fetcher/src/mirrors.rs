@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use qsync_cdn::signed::get_signed;
+use qsync_cdn::signed::{get_manifest, get_signed};
 use qsync_cdn::{ObjectSource, StoreError};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
-use qsync_core::{chunk, ChainName, Digest, FormatError, ObjectKey};
+use qsync_core::{chunk, ChainName, FormatError, ObjectKey};
 use serde::Serialize;
 
 use crate::RestoreError;
@@ -228,35 +228,13 @@ impl Mirrors {
 
     /// The manifest `snap` names, verified (signature and digest) and parsed.
     pub async fn manifest(&self, snap: &SnapshotRef, vk: &VerifyingKey) -> Result<Manifest, RestoreError> {
-        let key = &snap.manifest_key;
         let mut last: Option<RestoreError> = None;
         for m in &self.mirrors {
             let s = m.source.as_ref();
-            let what = format!("{key} in {}", s.location());
-            let attempt = async {
-                let bytes = get_signed(s, key, vk, snap.manifest_size).await?.ok_or_else(|| {
-                    StoreError::NotFound {
-                        location: s.location(),
-                        key: key.to_string(),
-                    }
-                })?;
-                let actual = Digest::of(&bytes);
-                if actual != snap.manifest_blake3 {
-                    return Err(FormatError::DigestMismatch {
-                        what: what.clone(),
-                        expected: snap.manifest_blake3,
-                        actual,
-                    }
-                    .into());
-                }
-                let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
-                    .await
-                    .expect("decode does not panic")?;
-                Ok::<_, RestoreError>(m)
-            };
-            match attempt.await {
+            match get_manifest(s, snap, vk).await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
+                    let e = RestoreError::from(e);
                     self.note(s, format_args!("manifest unusable: {e}"));
                     last = Some(e);
                 }
