@@ -56,6 +56,18 @@ pub enum LeaseError {
     Store(#[from] StoreError),
 }
 
+impl LeaseError {
+    fn held(sink: &dyn ObjectSink, key: &ObjectKey, by: LeaseBody) -> LeaseError {
+        LeaseError::Held {
+            location: sink.location(),
+            key: key.to_string(),
+            holder: by.holder,
+            purpose: by.purpose,
+            expires_at: by.expires_at,
+        }
+    }
+}
+
 /// A lease this process holds; renewed in the background until released.
 pub struct Lease {
     sink: Arc<dyn ObjectSink>,
@@ -96,7 +108,7 @@ async fn read(sink: &dyn ObjectSink, key: &ObjectKey) -> Result<(Option<LeaseBod
     })
 }
 
-/// Whether a live lease other than `except` is at `key`.
+/// The lease at `key`, if one is there and has not expired.
 pub async fn live(sink: &dyn ObjectSink, key: &ObjectKey) -> Result<Option<LeaseBody>, StoreError> {
     let (body, _) = read(sink, key).await?;
     Ok(body.filter(|b| b.expires_at > Timestamp::now()))
@@ -120,13 +132,7 @@ impl Lease {
         if let Some(c) =
             current.filter(|c| c.expires_at > Timestamp::now() && !holder_is_dead_here(&c.holder))
         {
-            return Err(LeaseError::Held {
-                location: sink.location(),
-                key: key.to_string(),
-                holder: c.holder,
-                purpose: c.purpose,
-                expires_at: c.expires_at,
-            });
+            return Err(LeaseError::held(sink.as_ref(), &key, c));
         }
         let mine = body(purpose, &holder);
         let bytes = Bytes::from(serde_json::to_vec(&mine).expect("serialisable"));
@@ -135,14 +141,7 @@ impl Lease {
             Err(StoreError::Conflict { .. }) => {
                 // Someone took it between our read and write.
                 let (now, _) = read(sink.as_ref(), &key).await?;
-                let now = now.unwrap_or(mine);
-                return Err(LeaseError::Held {
-                    location: sink.location(),
-                    key: key.to_string(),
-                    holder: now.holder,
-                    purpose: now.purpose,
-                    expires_at: now.expires_at,
-                });
+                return Err(LeaseError::held(sink.as_ref(), &key, now.unwrap_or(mine)));
             }
             Err(e) => return Err(e.into()),
         }
@@ -210,13 +209,7 @@ pub async fn acquire_for_publish(
             Ok(None) => return Ok(lease),
             Ok(Some(b)) if waited.elapsed() >= TTL => {
                 lease.release().await;
-                return Err(LeaseError::Held {
-                    location: sink.location(),
-                    key: gc.to_string(),
-                    holder: b.holder,
-                    purpose: b.purpose,
-                    expires_at: b.expires_at,
-                });
+                return Err(LeaseError::held(sink.as_ref(), &gc, b));
             }
             Ok(Some(b)) => {
                 tracing::info!(
