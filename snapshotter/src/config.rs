@@ -356,8 +356,17 @@ impl Config {
                     }
                 }
             }
-            if c.retention.keep_last == 0 {
+            let r = &c.retention;
+            if r.keep_last == 0 {
                 return Err(format!("{at}: retention.keep-last must be at least 1"));
+            }
+            // The pointer holds the current snapshot and at most HISTORY_LEN more.
+            let most = qsync_core::pointer::HISTORY_LEN + 1;
+            if r.keep_last + r.keep_daily + r.keep_weekly > most {
+                return Err(format!(
+                    "{at}: retention keeps up to {} snapshots, but a pointer names at most {most}; lower keep-last, keep-daily or keep-weekly",
+                    r.keep_last + r.keep_daily + r.keep_weekly
+                ));
             }
         }
         Ok(())
@@ -430,5 +439,12 @@ mod tests {
         assert!(e.contains("kind"), "{e}");
         let e = parse(&format!("{MINIMAL}\nexpires-in = \"soon\"")).unwrap_err();
         assert!(e.contains("duration"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[chain.retention]\nkeep-last = 30\nkeep-weekly = 8"
+        ))
+        .unwrap_err();
+        assert!(e.contains("at most 33"), "{e}");
+        let e = parse(&format!("{MINIMAL}\nchunk-size = 9000")).unwrap_err();
+        assert!(e.contains("256 to 4096"), "{e}");
     }
 }
