@@ -131,34 +131,23 @@ resource "aws_cloudfront_origin_access_control" "snapshots" {
   signing_protocol                  = "sigv4"
 }
 
-# Chunks, manifests and signatures are content-addressed or written once.
-resource "aws_cloudfront_cache_policy" "immutable" {
-  name        = "${var.name}-qsync-immutable"
-  comment     = "qsync chunks, manifests and signatures: never change"
-  min_ttl     = 86400
-  default_ttl = 31536000
-  max_ttl     = 31536000
-  parameters_in_cache_key_and_forwarded_to_origin {
-    cookies_config {
-      cookie_behavior = "none"
-    }
-    headers_config {
-      header_behavior = "none"
-    }
-    query_strings_config {
-      query_string_behavior = "none"
-    }
+# Two cache lifetimes: chunks, manifests and signatures are content-addressed
+# or written once; pointers and the catalog are rewritten in place (and the
+# agent invalidates them after each publish).
+locals {
+  cache_policies = {
+    immutable = { comment = "qsync chunks, manifests and signatures: never change", min = 86400, ttl = 31536000 }
+    pointer   = { comment = "qsync pointers and catalog: rewritten in place", min = 0, ttl = var.pointer_max_age }
   }
 }
 
-# Pointers and the catalog are rewritten in place; the agent also
-# invalidates them after each publish.
-resource "aws_cloudfront_cache_policy" "pointer" {
-  name        = "${var.name}-qsync-pointer"
-  comment     = "qsync pointers and catalog: rewritten in place"
-  min_ttl     = 0
-  default_ttl = var.pointer_max_age
-  max_ttl     = var.pointer_max_age
+resource "aws_cloudfront_cache_policy" "qsync" {
+  for_each    = local.cache_policies
+  name        = "${var.name}-qsync-${each.key}"
+  comment     = each.value.comment
+  min_ttl     = each.value.min
+  default_ttl = each.value.ttl
+  max_ttl     = each.value.ttl
   parameters_in_cache_key_and_forwarded_to_origin {
     cookies_config {
       cookie_behavior = "none"
@@ -203,32 +192,25 @@ resource "aws_cloudfront_distribution" "snapshots" {
     viewer_protocol_policy     = "redirect-to-https"
     allowed_methods            = ["GET", "HEAD"]
     cached_methods             = ["GET", "HEAD"]
-    cache_policy_id            = aws_cloudfront_cache_policy.immutable.id
+    cache_policy_id            = aws_cloudfront_cache_policy.qsync["immutable"].id
     response_headers_policy_id = data.aws_cloudfront_response_headers_policy.security.id
     # Chunks are already zstd or incompressible.
     compress = false
   }
 
-  ordered_cache_behavior {
-    path_pattern               = "${local.key_prefix}chains/*/latest.json"
-    target_origin_id           = "snapshots"
-    viewer_protocol_policy     = "redirect-to-https"
-    allowed_methods            = ["GET", "HEAD"]
-    cached_methods             = ["GET", "HEAD"]
-    cache_policy_id            = aws_cloudfront_cache_policy.pointer.id
-    response_headers_policy_id = data.aws_cloudfront_response_headers_policy.security.id
-    compress                   = true
-  }
-
-  ordered_cache_behavior {
-    path_pattern               = "${local.key_prefix}catalog.json"
-    target_origin_id           = "snapshots"
-    viewer_protocol_policy     = "redirect-to-https"
-    allowed_methods            = ["GET", "HEAD"]
-    cached_methods             = ["GET", "HEAD"]
-    cache_policy_id            = aws_cloudfront_cache_policy.pointer.id
-    response_headers_policy_id = data.aws_cloudfront_response_headers_policy.security.id
-    compress                   = true
+  # Pointers and the catalog: rewritten in place, cached briefly.
+  dynamic "ordered_cache_behavior" {
+    for_each = ["${local.key_prefix}chains/*/latest.json", "${local.key_prefix}catalog.json"]
+    content {
+      path_pattern               = ordered_cache_behavior.value
+      target_origin_id           = "snapshots"
+      viewer_protocol_policy     = "redirect-to-https"
+      allowed_methods            = ["GET", "HEAD"]
+      cached_methods             = ["GET", "HEAD"]
+      cache_policy_id            = aws_cloudfront_cache_policy.qsync["pointer"].id
+      response_headers_policy_id = data.aws_cloudfront_response_headers_policy.security.id
+      compress                   = true
+    }
   }
 
   restrictions {
