@@ -48,9 +48,51 @@ fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn kill_pidfile(pidfile: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(pidfile) {
-        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+/// Kills the process whose pid is in a file (a node a hook script started) on drop.
+struct PidFileKiller(PathBuf);
+
+impl Drop for PidFileKiller {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+    }
+}
+
+/// A ganache node on `db` serving RPC on a free loopback port, without
+/// timed block production (blocks only when asked); killed on drop.
+struct Ganache {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Ganache {
+    fn start(db: &Path) -> Ganache {
+        let port = free_port();
+        let child = Command::new(ganache())
+            .arg("--database.dbPath")
+            .arg(db)
+            .args(["--server.host", "127.0.0.1", "--server.port", &port.to_string()])
+            .args(["--wallet.deterministic", "--logging.quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = Ganache { child, port };
+        wait_for_port(port, "ganache", Duration::from_secs(60));
+        node
+    }
+
+    /// The head of a fresh node opened on restored data.
+    fn head_of(db: &Path) -> (u64, String) {
+        head(Ganache::start(db).port)
+    }
+}
+
+impl Drop for Ganache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -117,14 +159,7 @@ command = ["sh", "-c", {head_cmd:?}]
         ),
     );
 
-    let pidfile = dir.join("node.pid");
-    struct Killer(PathBuf);
-    impl Drop for Killer {
-        fn drop(&mut self) {
-            kill_pidfile(&self.0);
-        }
-    }
-    let _node = Killer(pidfile.clone());
+    let _node = PidFileKiller(dir.join("node.pid"));
     assert!(Command::new(&start).status().unwrap().success());
     wait_for_port(port, "ganache", Duration::from_secs(60));
     let until = |h: u64| {
@@ -167,25 +202,7 @@ command = ["sh", "-c", {head_cmd:?}]
     aws_env(&mut r, &s3.endpoint).env("QSYNC_S3_PATH_STYLE", "true");
     let (code, _, err) = run(r);
     assert_eq!(code, 0, "restore from S3: {err}");
-    let port2 = free_port();
-    let mut fresh = Command::new(&ganache)
-        .args(["--database.dbPath"])
-        .arg(&dest)
-        .args([
-            "--server.host",
-            "127.0.0.1",
-            "--server.port",
-            &port2.to_string(),
-            "--logging.quiet",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port2, "ganache on the restored data", Duration::from_secs(60));
-    let restored = head(port2);
-    let _ = fresh.kill();
-    let _ = fresh.wait();
+    let restored = Ganache::head_of(&dest);
     assert_eq!(
         restored,
         (h2, hash2),
@@ -261,13 +278,7 @@ os.replace(progress + ".tmp", progress)
             start.display().to_string()
         ),
     );
-    struct Killer(PathBuf);
-    impl Drop for Killer {
-        fn drop(&mut self) {
-            kill_pidfile(&self.0);
-        }
-    }
-    let _writer = Killer(dir.join("writer.pid"));
+    let _writer = PidFileKiller(dir.join("writer.pid"));
     assert!(Command::new(&start).status().unwrap().success());
     let count = || {
         std::fs::read_to_string(dir.join("progress"))
@@ -343,39 +354,12 @@ print(len(missing))
 #[test]
 fn path_strategy_reads_the_checkpoint_and_records_the_head_from_rpc() {
     require("curl");
-    let ganache = ganache();
     let env = Env::new();
     let db = env.path("chain/db");
     let checkpoint = env.path("chain/checkpoint");
     std::fs::create_dir_all(&db).unwrap();
-    let port = free_port();
-    let mut node = Command::new(&ganache)
-        .arg("--database.dbPath")
-        .arg(&db)
-        .args([
-            "--server.host",
-            "127.0.0.1",
-            "--server.port",
-            &port.to_string(),
-            "--wallet.deterministic",
-            "--logging.quiet",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    wait_for_port(port, "ganache", Duration::from_secs(60));
-    let _node = Kill(std::mem::replace(
-        &mut node,
-        Command::new("true").spawn().unwrap(),
-    ));
+    let node = Ganache::start(&db);
+    let port = node.port;
     for _ in 0..5 {
         rpc(port, "evm_mine", "[]");
     }
@@ -417,25 +401,8 @@ rpc = "http://127.0.0.1:{port}"
     let dest = env.path("restored");
     env.restore("ganache", &dest);
     assert_eq!(files(&dest), files(&checkpoint));
-    let port2 = free_port();
-    let fresh = Command::new(&ganache)
-        .arg("--database.dbPath")
-        .arg(&dest)
-        .args([
-            "--server.host",
-            "127.0.0.1",
-            "--server.port",
-            &port2.to_string(),
-            "--logging.quiet",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _fresh = Kill(fresh);
-    wait_for_port(port2, "ganache on the restored data", Duration::from_secs(60));
     assert_eq!(
-        head(port2),
+        Ganache::head_of(&dest),
         expected,
         "the restored node's head is the recorded one"
     );
