@@ -162,6 +162,21 @@ fn expired_snapshot_behind_a_fresh_pointer() {
     assert_refused(&env, "manifest of chain eth version 1 expired", 3);
 }
 
+/// Every chunk verifies, but the file they make is not the one the
+/// manifest names: the whole-file check (assembled as the chunks land)
+/// refuses it.
+#[test]
+fn file_whose_chunks_do_not_make_its_digest_is_refused() {
+    let env = published();
+    publish_modified_manifest(&env, |m| {
+        let files = m["files"].as_array_mut().unwrap();
+        let sst = files.iter().position(|f| f["path"] == "db/a.sst").unwrap();
+        let log = files.iter().position(|f| f["path"] == "db/b.log").unwrap();
+        files[sst]["blake3"] = files[log]["blake3"].clone();
+    });
+    assert_refused(&env, "restored file", 3);
+}
+
 #[test]
 fn signed_manifest_with_parent_path_is_refused() {
     let env = published();

@@ -15,7 +15,7 @@ use qsync_core::ObjectKey;
 use reqwest::{Client, StatusCode};
 
 use crate::cloudfront::UrlSigner;
-use crate::store::{ObjectMeta, ObjectSource, StoreError};
+use crate::store::{bounded, collect, Body, ObjectMeta, ObjectSource, StoreError};
 
 /// The client settings every backend that speaks HTTP shares.
 pub(crate) fn client_builder() -> reqwest::ClientBuilder {
@@ -24,31 +24,33 @@ pub(crate) fn client_builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("qsync/", env!("CARGO_PKG_VERSION")))
 }
 
-/// Why [`read_body`] stopped.
-pub(crate) enum BodyError {
-    /// The body is longer than the limit; the rest was not read.
-    TooLarge,
-    /// The connection failed.
-    Transport(reqwest::Error),
-}
-
-/// `resp`'s body, abandoned unread once it would exceed `limit` bytes.
-pub(crate) async fn read_body(mut resp: reqwest::Response, limit: u64) -> Result<Bytes, BodyError> {
+/// `resp`'s body (`key` in the store at `location`) as it arrives, bounded
+/// to `limit` bytes (see [`bounded`]).
+pub(crate) fn body(
+    resp: reqwest::Response,
+    limit: u64,
+    location: String,
+    key: String,
+) -> Result<Body, StoreError> {
     let declared = resp
         .headers()
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    while let Some(frame) = resp.chunk().await.map_err(BodyError::Transport)? {
-        if (body.len() + frame.len()) as u64 > limit {
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&frame);
-    }
-    Ok(body.freeze())
+    let pieces = futures::stream::try_unfold(resp, |mut r| async move {
+        Ok::<_, reqwest::Error>(r.chunk().await?.map(|piece| (piece, r)))
+    });
+    bounded(pieces, declared, limit, location, key)
+}
+
+/// `resp`'s whole body, abandoned unread once it would exceed `limit` bytes.
+pub(crate) async fn read_body(
+    resp: reqwest::Response,
+    limit: u64,
+    location: String,
+    key: String,
+) -> Result<Bytes, StoreError> {
+    let declared = resp.content_length().unwrap_or(0).min(limit);
+    collect(body(resp, limit, location, key)?, declared).await
 }
 
 /// An HTTP store rooted at a base URL.
@@ -152,11 +154,11 @@ impl ObjectSource for HttpStore {
     }
 
     async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
-        let too_large = || StoreError::TooLarge {
-            location: self.location(),
-            key: key.to_string(),
-            limit,
-        };
+        let body = self.get_stream(key, limit).await?;
+        collect(body, 0).await
+    }
+
+    async fn get_stream(&self, key: &ObjectKey, limit: u64) -> Result<Body, StoreError> {
         let resp = self
             .client
             .get(self.url(key))
@@ -166,10 +168,7 @@ impl ObjectSource for HttpStore {
         if !resp.status().is_success() {
             return Err(self.status(key, resp.status()));
         }
-        read_body(resp, limit).await.map_err(|e| match e {
-            BodyError::TooLarge => too_large(),
-            BodyError::Transport(e) => self.transport(key, e),
-        })
+        body(resp, limit, self.location(), key.to_string())
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {

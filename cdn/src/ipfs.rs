@@ -34,8 +34,10 @@ use std::sync::{Arc, Mutex};
 use reqwest::Client;
 use serde::Deserialize;
 
-use crate::http::{client_builder, read_body, BodyError, HttpStore};
-use crate::store::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+use crate::http::{client_builder, read_body, HttpStore};
+use crate::store::{
+    Body, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
+};
 
 /// Longest one RPC call may take: a node asked for a CID it does not have
 /// searches the network indefinitely.
@@ -126,14 +128,7 @@ impl Rpc {
         })?;
         let status = resp.status();
         let limit = if status.is_success() { limit } else { ANSWER_LIMIT };
-        let body = read_body(resp, limit).await.map_err(|e| match e {
-            BodyError::TooLarge => StoreError::TooLarge {
-                location: self.api.clone(),
-                key: key.into(),
-                limit,
-            },
-            BodyError::Transport(e) => transport(e.to_string()),
-        })?;
+        let body = read_body(resp, limit, self.api.clone(), key.into()).await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -320,6 +315,10 @@ impl ObjectSource for IpfsStore {
 
     async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
         self.read.get_limited(key, limit).await
+    }
+
+    async fn get_stream(&self, key: &ObjectKey, limit: u64) -> Result<Body, StoreError> {
+        self.read.get_stream(key, limit).await
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {

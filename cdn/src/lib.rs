@@ -20,5 +20,5 @@ pub mod store;
 
 pub use open::{open_sink, open_sink_with, open_source, open_source_with, StoreOptions};
 pub use store::{
-    CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
+    Body, CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
 };

@@ -20,13 +20,14 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, RequestPayer};
 use aws_sdk_s3::Client;
 use aws_smithy_runtime::client::retries::{RetryPartition, TokenBucket};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use qsync_core::ObjectKey;
 use tokio::sync::OnceCell;
 
 use crate::store::{
-    CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
+    bounded, collect, Body, CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions,
+    StoreError, Version,
 };
 
 /// Objects larger than this are uploaded in parts (the AWS CLI's default).
@@ -229,43 +230,23 @@ impl S3Store {
         }
     }
 
-    async fn read_body(
-        &self,
-        key: &ObjectKey,
-        mut body: ByteStream,
-        declared: Option<i64>,
-        limit: u64,
-    ) -> Result<Bytes, StoreError> {
-        let too_large = || StoreError::TooLarge {
-            location: self.location(),
-            key: key.to_string(),
-            limit,
-        };
-        let declared = declared.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        if declared > limit {
-            return Err(too_large());
-        }
-        let mut buf = BytesMut::with_capacity(declared as usize);
-        while let Some(part) = body.next().await {
-            let part = part.map_err(|e| StoreError::Transport {
-                location: self.location(),
-                key: key.to_string(),
-                source: Box::new(e),
-            })?;
-            if (buf.len() + part.len()) as u64 > limit {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&part);
-        }
-        Ok(buf.freeze())
-    }
-
     async fn get_object(
         &self,
         key: &ObjectKey,
         limit: u64,
         range: Option<Range<u64>>,
     ) -> Result<(Bytes, Option<String>), StoreError> {
+        let (body, declared, e_tag) = self.open_object(key, limit, range).await?;
+        Ok((collect(body, declared).await?, e_tag))
+    }
+
+    /// The object's body as it arrives, its declared length and its ETag.
+    async fn open_object(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+        range: Option<Range<u64>>,
+    ) -> Result<(Body, u64, Option<String>), StoreError> {
         let out = self
             .client()
             .await
@@ -280,8 +261,14 @@ impl S3Store {
             Ok(o) => o,
             Err(e) => return Err(self.missing_bucket(key, self.error(key, e)).await),
         };
-        let body = self.read_body(key, out.body, out.content_length, limit).await?;
-        Ok((body, out.e_tag))
+        let declared = out.content_length.and_then(|n| u64::try_from(n).ok());
+        let pieces = futures::stream::try_unfold(out.body, |mut b| async move {
+            Ok::<_, aws_sdk_s3::primitives::ByteStreamError>(
+                b.next().await.transpose()?.map(|piece| (piece, b)),
+            )
+        });
+        let body = bounded(pieces, declared, limit, self.location(), key.to_string())?;
+        Ok((body, declared.unwrap_or(0).min(limit), out.e_tag))
     }
 
     async fn put_multipart(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError> {
@@ -482,6 +469,10 @@ impl ObjectSource for S3Store {
 
     async fn get_limited(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StoreError> {
         Ok(self.get_object(key, limit, None).await?.0)
+    }
+
+    async fn get_stream(&self, key: &ObjectKey, limit: u64) -> Result<Body, StoreError> {
+        Ok(self.open_object(key, limit, None).await?.0)
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {

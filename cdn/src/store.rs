@@ -3,8 +3,54 @@
 use std::ops::Range;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, Stream, StreamExt};
 use qsync_core::ObjectKey;
+
+/// An object's bytes as they arrive.
+pub type Body = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// `pieces` of `key` in the store at `location`, as a [`Body`] of at most
+/// `limit` bytes: refused before reading when `declared` (a
+/// `Content-Length`) is already longer, and failed as soon as the pieces
+/// would run past it, so a hostile store cannot make a reader buffer or
+/// write more than the signed parent declares.
+pub(crate) fn bounded<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    pieces: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
+    declared: Option<u64>,
+    limit: u64,
+    location: String,
+    key: String,
+) -> Result<Body, StoreError> {
+    let too_large = move |location: String, key: String| StoreError::TooLarge { location, key, limit };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(location, key));
+    }
+    let mut seen = 0u64;
+    Ok(pieces
+        .map(move |piece| {
+            let piece = piece.map_err(|e| StoreError::Transport {
+                location: location.clone(),
+                key: key.clone(),
+                source: e.into(),
+            })?;
+            seen += piece.len() as u64;
+            if seen > limit {
+                return Err(too_large(location.clone(), key.clone()));
+            }
+            Ok(piece)
+        })
+        .boxed())
+}
+
+/// Gathers a body into one buffer (`capacity`: its expected length).
+pub(crate) async fn collect(mut body: Body, capacity: u64) -> Result<Bytes, StoreError> {
+    let mut buf = BytesMut::with_capacity(capacity.min(64 << 20) as usize);
+    while let Some(piece) = body.next().await {
+        buf.extend_from_slice(&piece?);
+    }
+    Ok(buf.freeze())
+}
 
 /// Metadata of a stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,6 +250,14 @@ pub trait ObjectSource: Send + Sync + 'static {
             });
         }
         Ok(body)
+    }
+    /// The object as it arrives, in pieces, failing (without reading on)
+    /// once it runs past `limit` bytes like [`ObjectSource::get_limited`]:
+    /// restores hash and write a chunk while the rest is still on the wire.
+    /// The default hands on the whole object as one piece.
+    async fn get_stream(&self, key: &ObjectKey, limit: u64) -> Result<Body, StoreError> {
+        let body = self.get_limited(key, limit).await?;
+        Ok(futures::stream::once(async move { Ok(body) }).boxed())
     }
     /// Bytes `range` of the object.
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError>;

@@ -179,13 +179,23 @@ fn expand<'a>(stored: &'a [u8], max: u64, digest: &Digest) -> Result<Cow<'a, [u8
 fn check_digest(plain: &[u8], digest: &Digest) -> Result<(), FormatError> {
     let actual = Digest::of(plain);
     if &actual != digest {
-        return Err(FormatError::DigestMismatch {
-            what: format!("chunk {digest}"),
-            expected: *digest,
-            actual,
-        });
+        return Err(wrong_digest(digest, actual));
     }
     Ok(())
+}
+
+fn wrong_digest(digest: &Digest, actual: Digest) -> FormatError {
+    FormatError::DigestMismatch {
+        what: format!("chunk {digest}"),
+        expected: *digest,
+        actual,
+    }
+}
+
+fn wrong_size(digest: &Digest, got: u64, size: u64) -> FormatError {
+    FormatError::Invalid(format!(
+        "chunk {digest}: decodes to {got} bytes, manifest says {size}; the copy is corrupt or truncated, fetch it from another mirror"
+    ))
 }
 
 /// Decodes a stored chunk object, refusing anything that does not expand to
@@ -194,13 +204,125 @@ fn check_digest(plain: &[u8], digest: &Digest) -> Result<(), FormatError> {
 pub fn decode<'a>(stored: &'a [u8], size: u64, digest: &Digest) -> Result<Cow<'a, [u8]>, FormatError> {
     let plain = expand(stored, size, digest)?;
     if plain.len() as u64 != size {
-        return Err(FormatError::Invalid(format!(
-            "chunk {digest}: decodes to {} bytes, manifest says {size}; the copy is corrupt or truncated, fetch it from another mirror",
-            plain.len()
-        )));
+        return Err(wrong_size(digest, plain.len() as u64, size));
     }
     check_digest(&plain, digest)?;
     Ok(plain)
+}
+
+/// Plaintext handed back by a [`StreamDecoder`], with its offset in the chunk.
+pub type Plaintext<'a> = (u64, Cow<'a, [u8]>);
+
+/// Decodes a stored chunk object as it arrives, with the guarantees of
+/// [`decode`]. A raw object's plaintext is handed back piece by piece while
+/// it is still in the CPU cache, so it is hashed and written without a
+/// second trip through memory; a zstd frame (the compressible minority) is
+/// gathered and expanded at [`Self::finish`]. Nothing handed back is
+/// trusted until `finish` returns `Ok`: a caller writing pieces as they
+/// come must treat them as unverified until then.
+pub struct StreamDecoder {
+    size: u64,
+    digest: Digest,
+    hasher: blake3::Hasher,
+    /// Plaintext bytes handed back so far.
+    produced: u64,
+    /// The stored bytes while the encoding is unknown (fewer than four seen)
+    /// and, for a zstd frame, the whole frame.
+    held: Vec<u8>,
+    encoding: Option<Encoding>,
+}
+
+impl StreamDecoder {
+    /// A decoder for the chunk of `size` plaintext bytes hashing to `digest`.
+    pub fn new(size: u64, digest: Digest) -> Self {
+        StreamDecoder {
+            size,
+            digest,
+            hasher: blake3::Hasher::new(),
+            produced: 0,
+            held: Vec::new(),
+            encoding: None,
+        }
+    }
+
+    /// Takes the next piece of the stored object; returns the plaintext it
+    /// completes, with its offset within the chunk, in order.
+    pub fn feed<'a>(&mut self, piece: &'a [u8]) -> Result<Option<Plaintext<'a>>, FormatError> {
+        match self.encoding {
+            Some(Encoding::Raw) => self.pass(Cow::Borrowed(piece)).map(Some),
+            Some(Encoding::Zstd) => self.hold(piece).map(|()| None),
+            None => {
+                self.held.extend_from_slice(piece);
+                if self.held.len() < ZSTD_MAGIC.len() {
+                    return Ok(None);
+                }
+                if self.held.starts_with(&ZSTD_MAGIC) {
+                    self.encoding = Some(Encoding::Zstd);
+                    return self.hold(&[]).map(|()| None);
+                }
+                self.encoding = Some(Encoding::Raw);
+                let held = std::mem::take(&mut self.held);
+                self.pass(Cow::Owned(held)).map(Some)
+            }
+        }
+    }
+
+    /// Ends the object: returns what plaintext is left (a zstd frame's, or
+    /// a raw chunk shorter than the zstd magic), after checking the size
+    /// and the digest of everything handed back.
+    pub fn finish(mut self) -> Result<Option<(u64, Vec<u8>)>, FormatError> {
+        let last = match self.encoding {
+            Some(Encoding::Raw) => None,
+            Some(Encoding::Zstd) => {
+                let held = std::mem::take(&mut self.held);
+                let plain = expand(&held, self.size, &self.digest)?.into_owned();
+                Some(self.pass(Cow::Owned(plain))?)
+            }
+            // Shorter than the zstd magic: a tiny raw chunk.
+            None => {
+                let held = std::mem::take(&mut self.held);
+                Some(self.pass(Cow::Owned(held))?)
+            }
+        };
+        if self.produced != self.size {
+            return Err(wrong_size(&self.digest, self.produced, self.size));
+        }
+        let actual: Digest = self.hasher.finalize().into();
+        if actual != self.digest {
+            return Err(wrong_digest(&self.digest, actual));
+        }
+        Ok(last.map(|(at, plain)| (at, plain.into_owned())))
+    }
+
+    /// Hashes plaintext and hands it back at its offset, refusing any
+    /// beyond the declared size.
+    fn pass<'a>(&mut self, plain: Cow<'a, [u8]>) -> Result<Plaintext<'a>, FormatError> {
+        if self.produced + plain.len() as u64 > self.size {
+            return Err(FormatError::Invalid(format!(
+                "chunk {}: more than the {} bytes the manifest declares; the copy is corrupt, fetch it from another mirror",
+                self.digest, self.size
+            )));
+        }
+        self.hasher.update(&plain);
+        let at = self.produced;
+        self.produced += plain.len() as u64;
+        Ok((at, plain))
+    }
+
+    /// Gathers a zstd frame, refusing one longer than a chunk of this size
+    /// may be stored as.
+    fn hold(&mut self, piece: &[u8]) -> Result<(), FormatError> {
+        self.held.extend_from_slice(piece);
+        if self.held.len() as u64 > stored_limit(self.size) {
+            return Err(FormatError::Invalid(format!(
+                "chunk {}: the stored frame exceeds {} bytes, the most a {}-byte chunk may take; the copy is corrupt, fetch it from another mirror",
+                self.digest,
+                stored_limit(self.size),
+                self.size
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Checks a stored chunk object against the digest in its key when its
@@ -276,7 +398,67 @@ mod tests {
         assert!(decode(&stored, 1000, &Digest::of(&plain)).is_err());
     }
 
+    /// Feeds `stored` to a [`StreamDecoder`] in pieces cut at `cuts`.
+    fn stream_decode(stored: &[u8], size: u64, d: &Digest, cuts: &[usize]) -> Result<Vec<u8>, FormatError> {
+        let mut out = Vec::new();
+        let mut collect = |at: u64, plain: &[u8]| {
+            assert_eq!(at as usize, out.len(), "plaintext arrives in order");
+            out.extend_from_slice(plain);
+        };
+        let mut dec = StreamDecoder::new(size, *d);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stored.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut from = 0;
+        for to in cuts.into_iter().chain([stored.len()]) {
+            if let Some((at, plain)) = dec.feed(&stored[from..to])? {
+                collect(at, &plain);
+            }
+            from = to;
+        }
+        if let Some((at, plain)) = dec.finish()? {
+            collect(at, &plain);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn stream_decoder_takes_tiny_raw_chunks() {
+        for plain in [&b""[..], b"a", b"ab", b"abc", b"abcd"] {
+            let d = Digest::of(plain);
+            assert_eq!(stream_decode(plain, plain.len() as u64, &d, &[1]).unwrap(), plain);
+        }
+    }
+
     proptest! {
+        /// Streaming and whole-object decoding accept and refuse the same
+        /// objects, however the object is cut into pieces.
+        #[test]
+        fn stream_decoder_agrees_with_decode(
+            data in proptest::collection::vec(0u8..4, 0..6000),
+            compressible in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            damage in 0u8..4,
+            pos in any::<usize>(),
+        ) {
+            let plain: Vec<u8> = if compressible { data.clone() } else { data.iter().enumerate().map(|(i, b)| (i as u8).wrapping_mul(151) ^ b).collect() };
+            let d = Digest::of(&plain);
+            let (_, mut stored) = encode(plain.clone(), 3);
+            match damage {
+                1 if !stored.is_empty() => { let i = pos % stored.len(); stored[i] ^= 0x20; }
+                2 => { stored.truncate(pos % (stored.len() + 1)); }
+                3 => { stored.push(b'x'); }
+                _ => {}
+            }
+            let size = plain.len() as u64;
+            let whole = decode(&stored, size, &d).map(|p| p.into_owned());
+            let streamed = stream_decode(&stored, size, &d, &cuts);
+            prop_assert_eq!(whole.is_ok(), streamed.is_ok());
+            if let (Ok(w), Ok(s)) = (whole, streamed) {
+                prop_assert_eq!(&w, &plain);
+                prop_assert_eq!(s, w);
+            }
+        }
+
         #[test]
         fn chunks_reassemble(data in proptest::collection::vec(any::<u8>(), 0..20_000), level in 1i32..4) {
             let mut joined = Vec::new();

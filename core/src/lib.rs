@@ -10,6 +10,7 @@
 pub mod chunk;
 pub mod digest;
 pub mod error;
+pub mod filehash;
 pub mod keys;
 pub mod manifest;
 pub mod pointer;

@@ -69,7 +69,7 @@ pub async fn verify_store(
     let bytes_checked = unique.values().sum();
     let results: Vec<Option<String>> = futures::stream::iter(unique)
         .map(|(blake3, size)| async move {
-            match mirrors.chunk(&ChunkRef { blake3, size }).await {
+            match mirrors.chunk(&ChunkRef { blake3, size }, &mut ()).await {
                 Ok(_) => None,
                 Err(e) => Some(format!("{}: {e}", ObjectKey::chunk(&blake3))),
             }

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod journal;
 pub mod mirrors;
 pub mod restore;
+mod write;
 
 pub use error::RestoreError;
 pub use mirrors::{MirrorOptions, MirrorReport, Mirrors};

@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use qsync_cdn::signed::{get_manifest, get_signed};
 use qsync_cdn::{ObjectSource, StoreError};
+use qsync_core::chunk::{self, StreamDecoder};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
-use qsync_core::{chunk, ChainName, FormatError, ObjectKey};
+use qsync_core::{ChainName, FormatError, ObjectKey};
 use serde::Serialize;
 
 use crate::RestoreError;
@@ -97,34 +97,60 @@ pub struct Mirrors {
     opts: MirrorOptions,
 }
 
-/// A verified chunk: the stored object itself when it was raw (no copy),
-/// or the decompressed bytes.
-pub enum Plain {
-    /// The network buffer, verified.
-    Stored(Bytes),
-    /// Decompressed and verified.
-    Decoded(Vec<u8>),
+/// Where a chunk's plaintext goes as it arrives. What was written is
+/// unverified until [`Mirrors::chunk`] returns `Ok`. Pieces come in order;
+/// a piece at offset 0 starts a new attempt, which writes the whole chunk
+/// again.
+#[async_trait::async_trait]
+pub trait ChunkSink: Send {
+    /// Writes `plain` at offset `at` within the chunk.
+    async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError>;
 }
 
-impl std::ops::Deref for Plain {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Plain::Stored(b) => b,
-            Plain::Decoded(v) => v,
-        }
+/// Checks chunks without keeping them (`qsync verify`).
+#[async_trait::async_trait]
+impl ChunkSink for () {
+    async fn write(&mut self, _: u64, _: &[u8]) -> Result<(), RestoreError> {
+        Ok(())
+    }
+}
+
+/// A hedged attempt's copy, held in memory: while the first attempt may
+/// still be writing to the real sink, a second writer there could leave a
+/// mix of the two behind.
+#[async_trait::async_trait]
+impl ChunkSink for Vec<u8> {
+    async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
+        self.truncate(at as usize);
+        self.extend_from_slice(plain);
+        Ok(())
     }
 }
 
 /// How one attempt ended.
 enum Attempt {
-    Good(Plain),
+    Good,
     /// `permanent`: retrying this mirror for this chunk cannot help (a
     /// corrupt copy, a missing object, a client error).
     Failed {
         error: RestoreError,
         permanent: bool,
     },
+    /// Writing failed here (the disk, not the mirror): the restore stops.
+    Local(RestoreError),
+}
+
+/// What went wrong inside one attempt.
+enum Fault {
+    Store(StoreError),
+    Corrupt(FormatError),
+    Local(RestoreError),
+}
+
+impl From<FormatError> for Fault {
+    fn from(e: FormatError) -> Self {
+        Fault::Corrupt(e)
+    }
 }
 
 impl Mirrors {
@@ -273,21 +299,42 @@ impl Mirrors {
         best(true).or_else(|| best(false))
     }
 
-    /// One request for chunk `c` to mirror `i`, verified.
-    async fn attempt(&self, i: usize, c: &ChunkRef) -> Attempt {
+    /// One request for chunk `c` to mirror `i`, streamed into `sink` and
+    /// verified.
+    async fn attempt(&self, i: usize, c: &ChunkRef, sink: &mut dyn ChunkSink) -> Attempt {
         let m = &self.mirrors[i];
         m.in_flight.fetch_add(1, Ordering::Relaxed);
         let _guard = InFlight(m);
         let key = ObjectKey::chunk(&c.blake3);
         let started = Instant::now();
-        let limit = chunk::stored_limit(c.size);
-        let got = tokio::time::timeout(self.opts.attempt_timeout, m.source.get_limited(&key, limit)).await;
-        let stored: Bytes = match got {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
+        let transfer = async {
+            let mut body = m
+                .source
+                .get_stream(&key, chunk::stored_limit(c.size))
+                .await
+                .map_err(Fault::Store)?;
+            let mut decoder = StreamDecoder::new(c.size, c.blake3);
+            let mut wire = 0u64;
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(Fault::Store)?;
+                wire += piece.len() as u64;
+                if let Some((at, plain)) = decoder.feed(&piece)? {
+                    sink.write(at, &plain).await.map_err(Fault::Local)?;
+                }
+            }
+            if let Some((at, plain)) = decoder.finish()? {
+                sink.write(at, &plain).await.map_err(Fault::Local)?;
+            }
+            Ok::<_, Fault>(wire)
+        };
+        let wire = match tokio::time::timeout(self.opts.attempt_timeout, transfer).await {
+            Ok(Ok(wire)) => wire,
+            Ok(Err(Fault::Store(e))) => {
                 let permanent = !e.is_retryable();
                 return self.failed(i, e.into(), false, permanent);
             }
+            Ok(Err(Fault::Corrupt(e))) => return self.failed(i, e.into(), true, true),
+            Ok(Err(Fault::Local(e))) => return Attempt::Local(e),
             Err(_) => {
                 let e = StoreError::Transport {
                     location: m.source.location(),
@@ -297,36 +344,20 @@ impl Mirrors {
                 return self.failed(i, e.into(), false, false);
             }
         };
-        let wire = stored.len() as u64;
-        let (size, d) = (c.size, c.blake3);
-        let decoded = tokio::task::spawn_blocking(move || {
-            let owned = chunk::decode(&stored, size, &d).map(|p| match p {
-                std::borrow::Cow::Owned(v) => Some(v),
-                std::borrow::Cow::Borrowed(_) => None,
-            });
-            owned.map(|o| o.map_or(Plain::Stored(stored), Plain::Decoded))
-        })
-        .await
-        .expect("decode does not panic");
-        match decoded {
-            Ok(plain) => {
-                let secs = started.elapsed().as_secs_f64().max(1e-4);
-                let mut h = m.health.lock().expect("not poisoned");
-                let sample = wire as f64 / secs;
-                h.rate = Some(h.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
-                h.report.bytes += wire;
-                h.report.chunks += 1;
-                h.failures_in_row = 0;
-                h.cooldown_until = None;
-                Attempt::Good(plain)
-            }
-            Err(e) => self.failed(i, e.into(), true, true),
-        }
+        let secs = started.elapsed().as_secs_f64().max(1e-4);
+        let mut h = m.health.lock().expect("not poisoned");
+        let sample = wire as f64 / secs;
+        h.rate = Some(h.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
+        h.report.bytes += wire;
+        h.report.chunks += 1;
+        h.failures_in_row = 0;
+        h.cooldown_until = None;
+        Attempt::Good
     }
 
     /// [`Self::attempt`], tagged with the mirror, for racing attempts.
-    async fn attempt_at(&self, i: usize, c: &ChunkRef) -> (usize, Attempt) {
-        (i, self.attempt(i, c).await)
+    async fn attempt_at(&self, i: usize, c: &ChunkRef, sink: &mut dyn ChunkSink) -> (usize, Attempt) {
+        (i, self.attempt(i, c, sink).await)
     }
 
     fn failed(&self, i: usize, e: RestoreError, corrupt: bool, permanent: bool) -> Attempt {
@@ -353,8 +384,11 @@ impl Mirrors {
         Attempt::Failed { error: e, permanent }
     }
 
-    /// The plaintext of chunk `c`, verified, from whichever mirror delivers.
-    pub async fn chunk(&self, c: &ChunkRef) -> Result<Plain, RestoreError> {
+    /// Chunk `c`, verified, from whichever mirror delivers, written into
+    /// `sink` as it arrives. A hedged second request holds its copy in
+    /// memory and writes it only once the first request is gone, so `sink`
+    /// never has two writers.
+    pub async fn chunk(&self, c: &ChunkRef, sink: &mut dyn ChunkSink) -> Result<(), RestoreError> {
         let started = Instant::now();
         // Mirrors tried this round, and mirrors that cannot deliver this chunk.
         let mut tried: Vec<usize> = Vec::new();
@@ -386,15 +420,22 @@ impl Mirrors {
             };
             tried.push(first);
             let hedge_after = Duration::from_secs_f64((4.0 * self.expected_secs(first, c.size)).max(2.0));
+            let mut held = Vec::new();
+            let mut hedge_sink = Some(&mut held);
             let mut racing = FuturesUnordered::new();
-            racing.push(self.attempt_at(first, c));
+            racing.push(self.attempt_at(first, c, &mut *sink));
             let hedge = tokio::time::sleep(hedge_after);
             tokio::pin!(hedge);
             let mut hedged = false;
             while !racing.is_empty() {
                 tokio::select! {
                     Some((i, outcome)) = racing.next() => match outcome {
-                        Attempt::Good(plain) => return Ok(plain),
+                        Attempt::Good if i == first => return Ok(()),
+                        Attempt::Good => {
+                            drop(racing);
+                            return sink.write(0, &held).await;
+                        }
+                        Attempt::Local(e) => return Err(e),
                         Attempt::Failed { error, permanent } => {
                             if permanent {
                                 exhausted.push(i);
@@ -404,10 +445,10 @@ impl Mirrors {
                     },
                     _ = &mut hedge, if !hedged => {
                         hedged = true;
-                        if let Some(second) = self.pick(&tried, c.size) {
+                        if let (Some(second), Some(h)) = (self.pick(&tried, c.size), hedge_sink.take()) {
                             tracing::debug!("hedging chunk {} on {}", c.blake3, self.mirrors[second].source.location());
                             tried.push(second);
-                            racing.push(self.attempt_at(second, c));
+                            racing.push(self.attempt_at(second, c, h));
                         }
                     }
                 }

@@ -4,13 +4,14 @@
 //! manifest's offsets, so a node a few snapshots behind, or a restore killed
 //! half-way, fetches only chunks that are missing or wrong. Each needed chunk
 //! is fetched once (even when several files share it), verified against its
-//! digest, and written at its offsets into files pre-sized to their final
-//! length, so no archive ever sits beside the data. Sealing re-hashes every
-//! file against the manifest, fsyncs, and only then writes the completion
-//! marker and advances the trust state.
+//! digest, and written as it arrives at its offsets into files pre-sized to
+//! their final length ([`crate::write`]), so no archive ever sits beside the
+//! data. Every file this run changed has its whole-file digest checked: as
+//! its chunks land when the run writes all of it, else by reading it back at
+//! the seal. The seal fsyncs, and only then is the completion marker written
+//! and the trust state advanced.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 use crate::dest::{self, hash_existing, layout, presize, seal_dirs, seal_file, Marker, MARKER, PARTIAL};
 use crate::journal::{self, DoneSet, Index, IndexEntry, Journal};
+use crate::write::{Disk, Slot};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
@@ -85,14 +87,6 @@ pub struct RestoreSummary {
     pub mirrors: Vec<crate::mirrors::MirrorReport>,
 }
 
-/// Where one chunk goes.
-#[derive(Clone, Copy)]
-struct Slot {
-    file: u32,
-    chunk: u32,
-    offset: u64,
-}
-
 /// What must still be written.
 struct Plan {
     /// Each missing chunk once, with its size and every place it goes.
@@ -101,9 +95,11 @@ struct Plan {
     reused: u64,
     /// How much the files must grow on disk.
     growth: u64,
-    /// Files this run changes (written, truncated or created); only these
-    /// are re-hashed at the seal.
+    /// Files this run changes (written, truncated or created).
     touched: Vec<bool>,
+    /// Files this run writes entirely: their digests are assembled as the
+    /// chunks land, so the seal need not read them back.
+    whole: Vec<bool>,
     /// What planning verified by reading, for the journal.
     verified: Vec<(u32, Option<Vec<u32>>)>,
 }
@@ -208,11 +204,23 @@ pub async fn restore(
         blocking(move || presize(&path, size)).await?;
     }
 
-    let (reused, touched) = (plan.reused, Arc::new(plan.touched.clone()));
-    let (bytes_fetched, chunks_fetched, journal) =
-        fetch_and_write(mirrors, plan, &paths, journal, opts.concurrency, &progress).await?;
+    let (reused, touched) = (plan.reused, plan.touched.clone());
+    let disk = Disk::new(&manifest, paths.clone(), &plan.whole);
+    let (bytes_fetched, chunks_fetched, journal, checked) = fetch_and_write(
+        mirrors,
+        plan,
+        &manifest,
+        &disk,
+        &paths,
+        journal,
+        opts.concurrency,
+        &progress,
+    )
+    .await?;
     tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
-    let index = match seal(&root, &manifest, &paths, &touched, &progress).await {
+    // Files whose digest was checked as they filled are not read back.
+    let rehash: Arc<Vec<bool>> = Arc::new(touched.iter().zip(&checked).map(|(t, c)| *t && !c).collect());
+    let index = match seal(&root, &manifest, &paths, &rehash, &progress).await {
         Ok(index) => index,
         Err(e) => {
             // Never let a journal vouch for data that failed its final check.
@@ -282,6 +290,7 @@ async fn plan(
         reused: 0,
         growth: 0,
         touched: vec![false; manifest.files.len()],
+        whole: vec![false; manifest.files.len()],
         verified: Vec::new(),
     };
     for (i, known, have) in checked {
@@ -313,6 +322,7 @@ async fn plan(
             }
             offset += chunk.size;
         }
+        plan.whole[i] = good.is_empty() && !f.chunks.is_empty();
         if let Known::Hashed(_) = known {
             let all = good.len() == f.chunks.len();
             plan.verified.push((i as u32, (!all).then_some(good)));
@@ -323,15 +333,19 @@ async fn plan(
 
 /// Fetches every needed chunk once and writes it wherever it goes, while a
 /// flusher syncs the written files and journals the chunks every half
-/// second. Returns plaintext bytes and chunks fetched, and the journal.
+/// second. Returns plaintext bytes and chunks fetched, the journal, and
+/// which files had their whole-file digest checked as they filled.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_and_write(
     mirrors: &Mirrors,
     plan: Plan,
+    manifest: &Manifest,
+    disk: &Disk,
     paths: &Arc<Vec<PathBuf>>,
     journal: Journal,
     concurrency: usize,
     progress: &Arc<dyn Progress>,
-) -> Result<(u64, u64, Journal), RestoreError> {
+) -> Result<(u64, u64, Journal, Vec<bool>), RestoreError> {
     let to_write: u64 = plan
         .needed
         .values()
@@ -339,30 +353,23 @@ async fn fetch_and_write(
         .sum();
     progress.start("restore", to_write);
     let fetched = AtomicU64::new(0);
+    let checked = std::sync::Mutex::new(vec![false; manifest.files.len()]);
     let chunks = plan.needed.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
     let flusher = tokio::spawn(flush_journal(rx, journal, paths.clone()));
-    let result = futures::stream::iter(plan.needed)
+    let needed = shuffle_in_windows(plan.needed, 64 * concurrency.max(1));
+    let result = futures::stream::iter(needed)
         .map(|(blake3, (size, slots))| {
-            let (paths, fetched, tx) = (paths.clone(), &fetched, tx.clone());
+            let (fetched, checked, tx) = (&fetched, &checked, tx.clone());
             async move {
-                let plain = mirrors.chunk(&ChunkRef { blake3, size }).await?;
+                let mut targets = disk.targets(&slots, size)?;
+                mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
+                for f in targets.landed(&manifest.files)? {
+                    checked.lock().expect("not poisoned")[f as usize] = true;
+                }
                 fetched.fetch_add(size, Ordering::Relaxed);
-                let n = slots.len() as u64;
-                let slots = blocking(move || {
-                    for s in &slots {
-                        let p = &paths[s.file as usize];
-                        let f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(p)
-                            .map_err(RestoreError::io(p))?;
-                        f.write_all_at(&plain, s.offset).map_err(RestoreError::io(p))?;
-                    }
-                    Ok(slots)
-                })
-                .await?;
+                progress.advance(size * slots.len() as u64);
                 let _ = tx.send(slots);
-                progress.advance(size * n);
                 Ok::<_, RestoreError>(())
             }
         })
@@ -374,7 +381,25 @@ async fn fetch_and_write(
     let journal = flusher.await.expect("flusher does not panic")?;
     result?;
     progress.finish();
-    Ok((fetched.into_inner(), chunks, journal))
+    let checked = checked.into_inner().expect("not poisoned");
+    Ok((fetched.into_inner(), chunks, journal, checked))
+}
+
+/// Orders the chunks file by file, shuffled within windows of `window`
+/// chunks: chunks in flight together mostly land in different files
+/// (writers to one file queue on its inode lock), while the files partly
+/// written at any time stay within one window (each holds its in-flight
+/// digest until its last chunk lands).
+fn shuffle_in_windows(
+    needed: HashMap<Digest, (u64, Vec<Slot>)>,
+    window: usize,
+) -> Vec<(Digest, (u64, Vec<Slot>))> {
+    let mut sorted: Vec<_> = needed.into_iter().collect();
+    sorted.sort_unstable_by_key(|(_, (_, slots))| (slots[0].file, slots[0].offset));
+    for w in sorted.chunks_mut(window) {
+        fastrand::shuffle(w);
+    }
+    sorted
 }
 
 /// Batches written slots; every 500 ms fdatasyncs the files they touched,
@@ -425,7 +450,7 @@ async fn flush_journal(
         .expect("not poisoned"))
 }
 
-/// Verifies whole-file digests of the files this run changed, applies
+/// Verifies whole-file digests of the files `touched` names, applies
 /// modes, fsyncs files and directories, and returns the index entries for
 /// the next top-up.
 async fn seal(

@@ -1,0 +1,382 @@
+//! Writing fetched chunks into the destination, and checking whole files as
+//! they fill.
+//!
+//! A chunk streams into every place it goes as it arrives. The part of each
+//! place that is aligned to [`ALIGN`] goes through `O_DIRECT`: the disk
+//! reads it straight from our buffer, where the page cache would cost a
+//! copy into freshly allocated cache pages (on the VMs we measured, the
+//! largest single cost of a restore, see docs/benchmarks.md) and would
+//! evict everything else for data nobody reads back. The unaligned edges,
+//! under [`ALIGN`] bytes per chunk, go through the page cache. Filesystems
+//! without `O_DIRECT` (tmpfs) get the page cache throughout.
+//!
+//! Files this run writes entirely are hashed as their chunks land
+//! ([`qsync_core::filehash`]), so the seal does not read them back; the
+//! others (top-ups, resumed runs) are re-read at the seal.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use qsync_core::filehash::{FileHasher, SpanHasher};
+use qsync_core::manifest::Manifest;
+use qsync_core::FormatError;
+
+use crate::mirrors::ChunkSink;
+use crate::RestoreError;
+
+/// File offset and memory alignment of `O_DIRECT` writes: the page size,
+/// which satisfies every logical block size up to 4 KiB.
+pub(crate) const ALIGN: u64 = 4096;
+/// Bytes gathered before one `O_DIRECT` write.
+const STAGE: usize = 1 << 20;
+
+/// Where one chunk goes: a file (by index into the manifest) and an offset.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub(crate) file: u32,
+    pub(crate) chunk: u32,
+    pub(crate) offset: u64,
+}
+
+/// A file hashed in flight: its digest so far (until checked) and how many
+/// chunk places are still to land.
+type Filling = (Option<FileHasher>, usize);
+
+/// The destination files of one restore, as the fetch loop writes them.
+pub(crate) struct Disk {
+    paths: Arc<Vec<PathBuf>>,
+    sizes: Vec<u64>,
+    /// Cleared on the first file that refuses `O_DIRECT`.
+    direct: AtomicBool,
+    /// Per file written entirely by this run: its digest so far, and how
+    /// many chunk places are still to land.
+    /// The hasher is dropped once the file is checked.
+    hashing: Vec<Option<Mutex<Filling>>>,
+}
+
+impl Disk {
+    /// `whole[i]`: file `i` is written entirely by this run, so its digest
+    /// can be assembled in flight.
+    pub(crate) fn new(manifest: &Manifest, paths: Arc<Vec<PathBuf>>, whole: &[bool]) -> Self {
+        let hashing = manifest
+            .files
+            .iter()
+            .zip(whole)
+            .map(|(f, w)| w.then(|| Mutex::new((Some(FileHasher::new(f.size)), f.chunks.len()))))
+            .collect();
+        Disk {
+            paths,
+            sizes: manifest.files.iter().map(|f| f.size).collect(),
+            direct: AtomicBool::new(true),
+            hashing,
+        }
+    }
+
+    /// Whether file `i`'s digest is assembled in flight.
+    pub(crate) fn hashes(&self, i: usize) -> bool {
+        self.hashing[i].is_some()
+    }
+
+    /// Opens every place a chunk of `size` bytes goes.
+    pub(crate) fn targets(&self, slots: &[Slot], size: u64) -> Result<Targets<'_>, RestoreError> {
+        let places = slots
+            .iter()
+            .map(|s| {
+                let path = &self.paths[s.file as usize];
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(RestoreError::io(path))?;
+                let direct = self.open_direct(path)?;
+                Ok(Place {
+                    writer: RangeWriter::new(file, direct, s.offset, size),
+                    path,
+                    span: None,
+                    slot: *s,
+                })
+            })
+            .collect::<Result<_, RestoreError>>()?;
+        Ok(Targets { disk: self, places })
+    }
+
+    fn open_direct(&self, path: &Path) -> Result<Option<std::fs::File>, RestoreError> {
+        if !self.direct.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                tracing::debug!(
+                    "{}: no O_DIRECT here ({e}); writing through the page cache",
+                    path.display()
+                );
+                self.direct.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(RestoreError::io(path)(e)),
+        }
+    }
+
+    /// Records that a chunk landed (verified) in `slot`; when that was the
+    /// last piece of a file hashed in flight, checks the file's digest.
+    /// Returns the file index once its digest matched.
+    fn landed(
+        &self,
+        slot: Slot,
+        span: SpanHasher,
+        want: &qsync_core::Digest,
+    ) -> Result<Option<u32>, RestoreError> {
+        let Some(state) = &self.hashing[slot.file as usize] else {
+            return Ok(None);
+        };
+        let mut state = state.lock().expect("not poisoned");
+        let hasher = state
+            .0
+            .as_mut()
+            .expect("a file is checked once, after its last chunk");
+        hasher.add(span.finish());
+        state.1 -= 1;
+        if state.1 > 0 {
+            return Ok(None);
+        }
+        let path = &self.paths[slot.file as usize];
+        let assembled = state.0.take().and_then(|h| h.finish());
+        match assembled {
+            Some(actual) if &actual == want => Ok(Some(slot.file)),
+            Some(actual) => Err(FormatError::DigestMismatch {
+                what: format!("restored file {}", path.display()),
+                expected: *want,
+                actual,
+            }
+            .into()),
+            None => Err(RestoreError::Dest {
+                path: path.clone(),
+                reason: "every chunk landed but the file's digest could not be assembled; this is a qsync bug, rerun with --verify-existing".into(),
+            }),
+        }
+    }
+}
+
+/// Every place one chunk goes, open for writing.
+pub(crate) struct Targets<'a> {
+    disk: &'a Disk,
+    places: Vec<Place<'a>>,
+}
+
+struct Place<'a> {
+    writer: RangeWriter,
+    path: &'a Path,
+    /// The in-flight digest of this chunk at its offset in the file.
+    span: Option<SpanHasher>,
+    slot: Slot,
+}
+
+impl Targets<'_> {
+    /// After [`crate::Mirrors::chunk`] succeeded: records the verified
+    /// chunk in the in-flight file digests and checks every file it
+    /// completed. Returns the files whose digest matched.
+    pub(crate) fn landed(self, files: &[qsync_core::manifest::FileEntry]) -> Result<Vec<u32>, RestoreError> {
+        let mut done = Vec::new();
+        for place in self.places {
+            if let Some(span) = place.span {
+                let want = &files[place.slot.file as usize].blake3;
+                done.extend(self.disk.landed(place.slot, span, want)?);
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[async_trait::async_trait]
+impl ChunkSink for Targets<'_> {
+    async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
+        for p in &mut self.places {
+            if at == 0 {
+                // A new attempt: start this place's digest and writes over.
+                let file_len = self.disk.sizes[p.slot.file as usize];
+                p.span = self
+                    .disk
+                    .hashes(p.slot.file as usize)
+                    .then(|| SpanHasher::new(p.slot.offset, p.writer.len(), file_len));
+                p.writer.restart();
+            }
+            if let Some(span) = &mut p.span {
+                span.update(plain);
+            }
+            p.writer.write(plain).await.map_err(RestoreError::io(p.path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the byte range `[start, end)` of a file front to back: the
+/// [`ALIGN`]ed interior through `O_DIRECT`, in [`STAGE`]-sized writes from
+/// an aligned buffer on a blocking thread (so the runtime goes on
+/// receiving while the disk works), and the edges through the page cache.
+struct RangeWriter {
+    file: Arc<std::fs::File>,
+    direct: Option<Arc<std::fs::File>>,
+    start: u64,
+    end: u64,
+    /// The aligned interior `[first, last)`; empty without `O_DIRECT`.
+    first: u64,
+    last: u64,
+    pos: u64,
+    /// Backing store of the aligned staging buffer.
+    stage: Vec<u8>,
+    staged: usize,
+}
+
+impl RangeWriter {
+    fn new(file: std::fs::File, direct: Option<std::fs::File>, start: u64, len: u64) -> Self {
+        let end = start + len;
+        let first = start.next_multiple_of(ALIGN);
+        let last = end / ALIGN * ALIGN;
+        let (first, last) = if direct.is_some() && first < last {
+            (first, last)
+        } else {
+            (end, end)
+        };
+        RangeWriter {
+            file: Arc::new(file),
+            direct: direct.map(Arc::new),
+            start,
+            end,
+            first,
+            last,
+            pos: start,
+            stage: Vec::new(),
+            staged: 0,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    fn restart(&mut self) {
+        self.pos = self.start;
+        self.staged = 0;
+    }
+
+    async fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let n = if self.pos < self.first || self.pos >= self.last {
+                let until = if self.pos < self.first {
+                    self.first
+                } else {
+                    self.end
+                };
+                let n = (until - self.pos).min(bytes.len() as u64) as usize;
+                self.file.write_all_at(&bytes[..n], self.pos)?;
+                n
+            } else {
+                if self.stage.is_empty() {
+                    self.stage = vec![0; STAGE + ALIGN as usize];
+                }
+                let staged = self.staged;
+                let n = (STAGE - staged)
+                    .min((self.last - self.pos) as usize)
+                    .min(bytes.len());
+                aligned(&mut self.stage)[staged..staged + n].copy_from_slice(&bytes[..n]);
+                self.staged += n;
+                if self.staged == STAGE || self.pos + n as u64 == self.last {
+                    let at = self.pos + n as u64 - self.staged as u64;
+                    self.flush(at).await?;
+                }
+                n
+            };
+            self.pos += n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes the staged bytes at `at` (aligned) on a blocking thread.
+    async fn flush(&mut self, at: u64) -> std::io::Result<()> {
+        let (mut stage, len) = (std::mem::take(&mut self.stage), self.staged);
+        let (file, direct) = (self.file.clone(), self.direct.clone());
+        let (stage, result) = tokio::task::spawn_blocking(move || {
+            let out = &aligned(&mut stage)[..len];
+            let result = match direct.map(|d| d.write_all_at(out, at)) {
+                // The filesystem takes O_DIRECT opens but not these writes.
+                Some(Err(e)) if e.kind() == ErrorKind::InvalidInput => file.write_all_at(out, at),
+                Some(r) => r,
+                None => file.write_all_at(out, at),
+            };
+            (stage, result)
+        })
+        .await
+        .expect("a write does not panic");
+        self.stage = stage;
+        self.staged = 0;
+        result
+    }
+}
+
+/// The [`STAGE`] bytes of `buf` (`STAGE + ALIGN` long) that start at an
+/// [`ALIGN`]ed address.
+fn aligned(buf: &mut [u8]) -> &mut [u8] {
+    let skip = buf.as_ptr().align_offset(ALIGN as usize);
+    &mut buf[skip..skip + STAGE]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `len` bytes at `start` in pieces of `piece`, with and without
+    /// O_DIRECT, and reads them back.
+    async fn roundtrip(start: u64, len: u64, piece: usize, direct: bool) {
+        // Under target/, on a disk filesystem: /tmp may be a tmpfs without O_DIRECT.
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(start + len + 100).unwrap();
+        let d = direct
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&path)
+                    .ok()
+            })
+            .flatten();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        let mut w = RangeWriter::new(file, d, start, len);
+        // A failed first attempt, then a full one.
+        w.write(&data[..data.len() / 3]).await.unwrap();
+        w.restart();
+        for p in data.chunks(piece) {
+            w.write(p).await.unwrap();
+        }
+        let back = std::fs::read(&path).unwrap();
+        assert!(back[..start as usize].iter().all(|b| *b == 0));
+        assert_eq!(&back[start as usize..(start + len) as usize], &data[..]);
+        assert!(back[(start + len) as usize..].iter().all(|b| *b == 0));
+    }
+
+    #[tokio::test]
+    async fn unaligned_ranges_land_exactly_where_they_belong() {
+        for direct in [true, false] {
+            for (start, len) in [
+                (0, 10),
+                (1, 4095),
+                (100, 3 << 20),
+                (4096, 8192),
+                (5000, (2 << 20) + 7),
+            ] {
+                for piece in [1000, 65536, 1 << 22] {
+                    roundtrip(start, len, piece, direct).await;
+                }
+            }
+        }
+    }
+}
