@@ -223,7 +223,7 @@ pub struct RestoreArgs {
     #[arg(long, env = "QSYNC_METRICS_FILE")]
     pub metrics_file: Option<PathBuf>,
     /// Chunks in flight at once.
-    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Print one JSON summary on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
