@@ -276,9 +276,10 @@ pub(crate) fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Applies the mode and fsyncs; for a file this run changed, first verifies
-/// the whole-file digest (chunk digests were checked as they landed; this
-/// catches a chunk written at the wrong place).
+/// Applies the mode and fsyncs; with `changed` (a file this run changed
+/// whose digest was not already assembled as its chunks landed), first
+/// reads it back and verifies the whole-file digest (chunk digests were
+/// checked as they landed; this catches a chunk written at the wrong place).
 pub(crate) fn seal_file(
     path: &Path,
     f: &FileEntry,
