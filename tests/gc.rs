@@ -52,23 +52,6 @@ fn verify_kept(store: &Path, chain: &str) -> usize {
     kept
 }
 
-fn mutate(dir: &Path, seed: u64) {
-    let out = qsync()
-        .args([
-            "sample",
-            "mutate",
-            "--percent",
-            "20",
-            "--seed",
-            &seed.to_string(),
-            "--dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-}
-
 fn gc_cmd(env: &Env, extra: &[&str]) -> Command {
     let mut c = qsync();
     c.args(["gc", "--json", "--store"])
@@ -119,7 +102,7 @@ fn many_cycles_stay_bounded_and_gc_racing_publishes_loses_nothing() {
     };
     let mut sizes = vec![base];
     for i in 2..=7u64 {
-        mutate(&src, i);
+        mutate(&src, 20, Some(i));
         let r = env.cycle(&cfg, "eth", |_| {});
         assert_eq!(r["version"], i);
         assert!(
@@ -159,7 +142,7 @@ fn gc_deletes_only_garbage_and_refuses_what_it_cannot_verify() {
     let src = env.path("src");
     sample(&src, 2);
     env.snapshot(&src, "eth", &[]);
-    mutate(&src, 3);
+    mutate(&src, 20, Some(3));
     env.snapshot(&src, "eth", &[]);
     // Garbage: a chunk no manifest references and a manifest no pointer names
     // (what a failed publish leaves).

@@ -14,15 +14,7 @@ fn second_snapshot_uploads_about_the_changed_bytes() {
     let first = env.snapshot(&src, "eth", &[]);
     assert_eq!(first["chunks_uploaded"], first["chunks_total"]);
 
-    let out = qsync()
-        .args(["sample", "mutate", "--percent", "5", "--dir"])
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let changed = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["bytes_changed"]
-        .as_u64()
-        .unwrap();
+    let changed = mutate(&src, 5, None)["bytes_changed"].as_u64().unwrap();
     let total = first["bytes_total"].as_u64().unwrap();
     assert!(
         changed > total / 25 && changed < total / 15,

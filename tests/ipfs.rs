@@ -246,12 +246,7 @@ fn agent_cycles_on_ipfs_collect_garbage_and_unpin_retired_roots() {
     let root1 = first["ipfs_root_cid"].as_str().unwrap().to_string();
     let chunks1 = chunks_in_mfs();
     assert_eq!(chunks1 as u64, first["chunks_uploaded"].as_u64().unwrap());
-    let out = qsync()
-        .args(["sample", "mutate", "--percent", "30", "--dir"])
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    mutate(&src, 30, None);
     let second = cycle();
     let root2 = second["ipfs_root_cid"].as_str().unwrap().to_string();
     let gc = &second["stores"][0]["gc"];

@@ -13,12 +13,7 @@ fn restore_an_older_kept_version_on_purpose() {
     sample(&src, 2);
     env.snapshot(&src, "eth", &[]);
     let v1 = files(&src);
-    let out = qsync()
-        .args(["sample", "mutate", "--percent", "20", "--dir"])
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    mutate(&src, 20, None);
     env.snapshot(&src, "eth", &[]);
     let v2 = files(&src);
     assert_ne!(v1, v2);

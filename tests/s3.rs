@@ -86,12 +86,7 @@ fn publish_and_restore_through_s3_and_plain_http() {
     }
 
     // A second snapshot after the node moved on uploads only new chunks.
-    let mutated = qsync()
-        .args(["sample", "mutate", "--percent", "5", "--dir"])
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(mutated.success());
+    mutate(&src, 5, None);
     let before = s3.chunk_count("snapshots/mainnet");
     let second = snapshot(&env, &s3.endpoint, &url, &src);
     let uploaded = second["chunks_uploaded"].as_u64().unwrap();

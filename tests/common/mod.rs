@@ -255,6 +255,19 @@ pub fn sample(dir: &Path, mib: u64) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Rewrites `percent` of the sample in `dir` (`qsync sample mutate`, with
+/// its seed when given); returns its JSON summary (`bytes_changed`, ...).
+pub fn mutate(dir: &Path, percent: u32, seed: Option<u64>) -> Value {
+    let mut c = qsync();
+    c.args(["sample", "mutate", "--percent", &percent.to_string()]);
+    if let Some(seed) = seed {
+        c.args(["--seed", &seed.to_string()]);
+    }
+    let out = c.arg("--dir").arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Panics with an install hint when an external tool is missing.
 pub fn require(tool: &str) {
     let ok = Command::new("sh")
