@@ -18,6 +18,7 @@ use blake3::hazmat::{
 };
 use blake3::{Hasher, CHUNK_LEN};
 
+use crate::span::Aligned;
 use crate::Digest;
 
 const LEAF: u64 = CHUNK_LEN as u64;
@@ -33,10 +34,8 @@ pub struct Span {
 pub struct SpanHasher {
     /// Next absolute offset to be fed.
     pos: u64,
-    end: u64,
-    /// The whole-leaf region `[first, last)`; bytes outside it are fragments.
-    first: u64,
-    last: u64,
+    /// The span, and its whole leaves; bytes outside those are fragments.
+    range: Aligned,
     file_len: u64,
     /// The node being hashed: its offset, length and hasher.
     node: Option<(u64, u64, Hasher)>,
@@ -47,17 +46,11 @@ impl SpanHasher {
     /// A hasher for the bytes at `[offset, offset + len)` of a file of
     /// `file_len` bytes.
     pub fn new(offset: u64, len: u64, file_len: u64) -> Self {
-        let end = offset + len;
-        let first = offset.next_multiple_of(LEAF);
-        let last = end / LEAF * LEAF;
         // A file of one leaf has no inner nodes: its root is that leaf.
-        let whole_leaves = first < last && file_len > LEAF;
-        let (first, last) = if whole_leaves { (first, last) } else { (end, end) };
+        let range = Aligned::new(offset, len, LEAF, file_len > LEAF);
         SpanHasher {
             pos: offset,
-            end,
-            first,
-            last,
+            range,
             file_len,
             node: None,
             done: Span::default(),
@@ -67,17 +60,12 @@ impl SpanHasher {
     /// Feeds the next bytes of the span.
     pub fn update(&mut self, mut bytes: &[u8]) {
         assert!(
-            self.pos + bytes.len() as u64 <= self.end,
+            self.pos + bytes.len() as u64 <= self.range.end,
             "fed past the end of the span"
         );
         while !bytes.is_empty() {
-            let take = if self.pos < self.first || self.pos >= self.last {
-                // A fragment: up to the whole-leaf region, or to the end.
-                let until = if self.pos < self.first {
-                    self.first
-                } else {
-                    self.end
-                };
+            // Outside the whole leaves: a fragment, kept as bytes.
+            let take = if let Some(until) = self.range.edge_until(self.pos) {
                 let n = (until - self.pos).min(bytes.len() as u64) as usize;
                 match self.done.fragments.last_mut() {
                     Some((at, b)) if *at + b.len() as u64 == self.pos => b.extend_from_slice(&bytes[..n]),
@@ -86,7 +74,7 @@ impl SpanHasher {
                 n
             } else {
                 let (start, len, hasher) = self.node.get_or_insert_with(|| {
-                    let len = largest_node(self.pos, self.last, self.file_len);
+                    let len = largest_node(self.pos, self.range.last, self.file_len);
                     let mut h = Hasher::new();
                     h.set_input_offset(self.pos);
                     (self.pos, len, h)
@@ -107,7 +95,7 @@ impl SpanHasher {
 
     /// The span's nodes and fragments. Panics unless all of it was fed.
     pub fn finish(self) -> Span {
-        assert_eq!(self.pos, self.end, "span not fully fed");
+        assert_eq!(self.pos, self.range.end, "span not fully fed");
         self.done
     }
 }

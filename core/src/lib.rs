@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod pointer;
 pub mod progress;
 pub mod sign;
+pub mod span;
 pub mod time;
 pub mod trust;
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use qsync_core::filehash::{FileHasher, SpanHasher};
 use qsync_core::manifest::Manifest;
+use qsync_core::span::Aligned;
 use qsync_core::FormatError;
 
 use crate::mirrors::ChunkSink;
@@ -224,10 +225,8 @@ struct RangeWriter {
     file: Arc<std::fs::File>,
     direct: Option<Arc<std::fs::File>>,
     start: u64,
-    end: u64,
-    /// The aligned interior `[first, last)`; empty without `O_DIRECT`.
-    first: u64,
-    last: u64,
+    /// The range and its aligned interior (empty without `O_DIRECT`).
+    range: Aligned,
     pos: u64,
     /// Backing store of the aligned staging buffer.
     stage: Vec<u8>,
@@ -236,21 +235,12 @@ struct RangeWriter {
 
 impl RangeWriter {
     fn new(file: std::fs::File, direct: Option<std::fs::File>, start: u64, len: u64) -> Self {
-        let end = start + len;
-        let first = start.next_multiple_of(ALIGN);
-        let last = end / ALIGN * ALIGN;
-        let (first, last) = if direct.is_some() && first < last {
-            (first, last)
-        } else {
-            (end, end)
-        };
+        let range = Aligned::new(start, len, ALIGN, direct.is_some());
         RangeWriter {
             file: Arc::new(file),
             direct: direct.map(Arc::new),
             start,
-            end,
-            first,
-            last,
+            range,
             pos: start,
             stage: Vec::new(),
             staged: 0,
@@ -258,7 +248,7 @@ impl RangeWriter {
     }
 
     fn len(&self) -> u64 {
-        self.end - self.start
+        self.range.end - self.start
     }
 
     fn restart(&mut self) {
@@ -268,12 +258,7 @@ impl RangeWriter {
 
     async fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
-            let n = if self.pos < self.first || self.pos >= self.last {
-                let until = if self.pos < self.first {
-                    self.first
-                } else {
-                    self.end
-                };
+            let n = if let Some(until) = self.range.edge_until(self.pos) {
                 let n = (until - self.pos).min(bytes.len() as u64) as usize;
                 self.file.write_all_at(&bytes[..n], self.pos)?;
                 n
@@ -283,11 +268,11 @@ impl RangeWriter {
                 }
                 let staged = self.staged;
                 let n = (STAGE - staged)
-                    .min((self.last - self.pos) as usize)
+                    .min((self.range.last - self.pos) as usize)
                     .min(bytes.len());
                 aligned(&mut self.stage)[staged..staged + n].copy_from_slice(&bytes[..n]);
                 self.staged += n;
-                if self.staged == STAGE || self.pos + n as u64 == self.last {
+                if self.staged == STAGE || self.pos + n as u64 == self.range.last {
                     let at = self.pos + n as u64 - self.staged as u64;
                     self.flush(at).await?;
                 }
