@@ -206,19 +206,11 @@ pub async fn restore(
 
     let (reused, touched) = (plan.reused, plan.touched.clone());
     let disk = Disk::new(&manifest, paths.clone(), &plan.whole);
-    let (bytes_fetched, chunks_fetched, journal, checked) = fetch_and_write(
-        mirrors,
-        plan,
-        &manifest,
-        &disk,
-        &paths,
-        journal,
-        opts.concurrency,
-        &progress,
-    )
-    .await?;
+    let (bytes_fetched, chunks_fetched, journal) =
+        fetch_and_write(mirrors, plan, &disk, &paths, journal, opts.concurrency, &progress).await?;
     tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
     // Files whose digest was checked as they filled are not read back.
+    let checked = disk.checked();
     let rehash: Arc<Vec<bool>> = Arc::new(touched.iter().zip(&checked).map(|(t, c)| *t && !c).collect());
     let index = match seal(&root, &manifest, &paths, &rehash, &progress).await {
         Ok(index) => index,
@@ -333,19 +325,16 @@ async fn plan(
 
 /// Fetches every needed chunk once and writes it wherever it goes, while a
 /// flusher syncs the written files and journals the chunks every half
-/// second. Returns plaintext bytes and chunks fetched, the journal, and
-/// which files had their whole-file digest checked as they filled.
-#[allow(clippy::too_many_arguments)]
+/// second. Returns plaintext bytes and chunks fetched, and the journal.
 async fn fetch_and_write(
     mirrors: &Mirrors,
     plan: Plan,
-    manifest: &Manifest,
     disk: &Disk,
     paths: &Arc<Vec<PathBuf>>,
     journal: Journal,
     concurrency: usize,
     progress: &Arc<dyn Progress>,
-) -> Result<(u64, u64, Journal, Vec<bool>), RestoreError> {
+) -> Result<(u64, u64, Journal), RestoreError> {
     let to_write: u64 = plan
         .needed
         .values()
@@ -353,20 +342,17 @@ async fn fetch_and_write(
         .sum();
     progress.start("restore", to_write);
     let fetched = AtomicU64::new(0);
-    let checked = std::sync::Mutex::new(vec![false; manifest.files.len()]);
     let chunks = plan.needed.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
     let flusher = tokio::spawn(flush_journal(rx, journal, paths.clone()));
     let needed = shuffle_in_windows(plan.needed, 64 * concurrency.max(1));
     let result = futures::stream::iter(needed)
         .map(|(blake3, (size, slots))| {
-            let (fetched, checked, tx) = (&fetched, &checked, tx.clone());
+            let (fetched, tx) = (&fetched, tx.clone());
             async move {
                 let mut targets = disk.targets(&slots, size)?;
                 mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
-                for f in targets.landed(&manifest.files)? {
-                    checked.lock().expect("not poisoned")[f as usize] = true;
-                }
+                targets.landed()?;
                 fetched.fetch_add(size, Ordering::Relaxed);
                 progress.advance(size * slots.len() as u64);
                 let _ = tx.send(slots);
@@ -381,8 +367,7 @@ async fn fetch_and_write(
     let journal = flusher.await.expect("flusher does not panic")?;
     result?;
     progress.finish();
-    let checked = checked.into_inner().expect("not poisoned");
-    Ok((fetched.into_inner(), chunks, journal, checked))
+    Ok((fetched.into_inner(), chunks, journal))
 }
 
 /// Orders the chunks file by file, shuffled within windows of `window`

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use qsync_core::filehash::{FileHasher, SpanHasher};
 use qsync_core::manifest::Manifest;
 use qsync_core::span::Aligned;
-use qsync_core::FormatError;
+use qsync_core::{Digest, FormatError};
 
 use crate::mirrors::ChunkSink;
 use crate::RestoreError;
@@ -50,6 +50,7 @@ type Filling = (Option<FileHasher>, usize);
 pub(crate) struct Disk {
     paths: Arc<Vec<PathBuf>>,
     sizes: Vec<u64>,
+    digests: Vec<Digest>,
     /// Cleared on the first file that refuses `O_DIRECT`.
     direct: AtomicBool,
     /// Per file written entirely by this run: its digest so far, and how
@@ -71,6 +72,7 @@ impl Disk {
         Disk {
             paths,
             sizes: manifest.files.iter().map(|f| f.size).collect(),
+            digests: manifest.files.iter().map(|f| f.blake3).collect(),
             direct: AtomicBool::new(true),
             hashing,
         }
@@ -125,17 +127,20 @@ impl Disk {
         }
     }
 
+    /// Which files had their digest checked as they filled.
+    pub(crate) fn checked(&self) -> Vec<bool> {
+        let done = |h: &Mutex<Filling>| h.lock().expect("not poisoned").1 == 0;
+        self.hashing
+            .iter()
+            .map(|h| h.as_ref().is_some_and(done))
+            .collect()
+    }
+
     /// Records that a chunk landed (verified) in `slot`; when that was the
     /// last piece of a file hashed in flight, checks the file's digest.
-    /// Returns the file index once its digest matched.
-    fn landed(
-        &self,
-        slot: Slot,
-        span: SpanHasher,
-        want: &qsync_core::Digest,
-    ) -> Result<Option<u32>, RestoreError> {
+    fn landed(&self, slot: Slot, span: SpanHasher) -> Result<(), RestoreError> {
         let Some(state) = &self.hashing[slot.file as usize] else {
-            return Ok(None);
+            return Ok(());
         };
         let mut state = state.lock().expect("not poisoned");
         let hasher = state
@@ -145,15 +150,15 @@ impl Disk {
         hasher.add(span.finish());
         state.1 -= 1;
         if state.1 > 0 {
-            return Ok(None);
+            return Ok(());
         }
-        let path = &self.paths[slot.file as usize];
+        let (path, want) = (&self.paths[slot.file as usize], self.digests[slot.file as usize]);
         let assembled = state.0.take().and_then(|h| h.finish());
         match assembled {
-            Some(actual) if &actual == want => Ok(Some(slot.file)),
+            Some(actual) if actual == want => Ok(()),
             Some(actual) => Err(FormatError::DigestMismatch {
                 what: format!("restored file {}", path.display()),
-                expected: *want,
+                expected: want,
                 actual,
             }
             .into()),
@@ -182,16 +187,14 @@ struct Place<'a> {
 impl Targets<'_> {
     /// After [`crate::Mirrors::chunk`] succeeded: records the verified
     /// chunk in the in-flight file digests and checks every file it
-    /// completed. Returns the files whose digest matched.
-    pub(crate) fn landed(self, files: &[qsync_core::manifest::FileEntry]) -> Result<Vec<u32>, RestoreError> {
-        let mut done = Vec::new();
+    /// completed.
+    pub(crate) fn landed(self) -> Result<(), RestoreError> {
         for place in self.places {
             if let Some(span) = place.span {
-                let want = &files[place.slot.file as usize].blake3;
-                done.extend(self.disk.landed(place.slot, span, want)?);
+                self.disk.landed(place.slot, span)?;
             }
         }
-        Ok(done)
+        Ok(())
     }
 }
 
