@@ -7,6 +7,7 @@
 //! `qsync verify` and `qsync ls`. Signature and freshness rules live in
 //! `qsync_core::trust`; transports in `qsync_cdn`.
 
+pub mod choose;
 pub mod dest;
 pub mod error;
 pub mod inspect;

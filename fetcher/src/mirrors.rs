@@ -1,7 +1,11 @@
 //! The `--from` stores of one run, read as one.
 //!
 //! Signed objects (pointer, manifest) may come from any mirror: the signature
-//! decides, and the newest valid pointer wins. Chunks go to the mirror
+//! decides. Pointers are asked of every mirror at once, each within
+//! `--timeout`, and ordered by the snapshot's signed creation time
+//! (`qsync_core::trust::rank`), which no mix of stores can make go
+//! backwards; a mirror serving a bad signature or another chain's pointer is
+//! demoted for the run. [`crate::choose`] picks among them. Chunks go to the mirror
 //! expected to deliver soonest: each mirror's throughput is tracked as a
 //! moving average and divided among its requests in flight; mirrors not yet
 //! measured are tried first so that every mirror gets measured. A request
@@ -17,12 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use qsync_cdn::signed::{get_manifest, get_signed};
+use qsync_cdn::signed::{get_manifest, get_signed, SignedReadError};
 use qsync_cdn::{ObjectSource, StoreError};
 use qsync_core::chunk::{self, StreamDecoder};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
+use qsync_core::trust::rank;
 use qsync_core::{ChainName, FormatError, ObjectKey};
 use serde::Serialize;
 
@@ -63,8 +68,23 @@ pub struct MirrorReport {
     pub errors: u64,
     /// Copies that failed verification.
     pub corrupt: u64,
-    /// Demoted for serving a corrupt copy.
+    /// Demoted for serving a corrupt copy, or a pointer it must not.
     pub demoted: bool,
+    /// What its pointer was: `chosen`, `older`, `expired`, `none`, or why
+    /// it was unusable or rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+}
+
+/// A validly signed pointer of the chain, as one mirror serves it.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Index of the mirror in `--from` order.
+    pub mirror: usize,
+    /// Its location.
+    pub location: String,
+    /// The pointer.
+    pub pointer: Pointer,
 }
 
 #[derive(Default)]
@@ -210,46 +230,105 @@ impl Mirrors {
             .join(", ")
     }
 
-    /// The newest validly signed pointer of `chain` on any mirror.
+    /// The newest validly signed pointer of `chain` on any mirror (by
+    /// [`rank`]: signed creation time, then version), expired or not.
     pub async fn pointer(&self, chain: &ChainName, vk: &VerifyingKey) -> Result<Pointer, RestoreError> {
+        let mut c = self.pointers(chain, vk).await?;
+        Ok(c.swap_remove(0).pointer)
+    }
+
+    /// Every validly signed pointer of `chain` the mirrors serve, newest
+    /// first (by [`rank`], then the pointer's own signing time). All mirrors
+    /// are asked at once, each within `--timeout`, so a mirror that stalls
+    /// or trickles its pointer never holds up the others. A mirror that
+    /// serves a pointer failing its signature, or a validly signed pointer
+    /// of another chain, is demoted for the rest of the run; one that does
+    /// not answer in time is skipped for the pointer only.
+    pub async fn pointers(&self, chain: &ChainName, vk: &VerifyingKey) -> Result<Vec<Candidate>, RestoreError> {
         let key = ObjectKey::pointer(chain);
-        let mut best: Option<Pointer> = None;
-        let mut last_err = None;
-        for m in &self.mirrors {
-            let s = m.source.as_ref();
-            match get_signed(s, &key, vk, qsync_core::pointer::MAX_BYTES).await {
-                Ok(Some(bytes)) => {
-                    let p = Pointer::decode(&bytes, &format!("{key} in {}", s.location()))?;
-                    if &p.chain != chain {
-                        return Err(FormatError::Invalid(format!(
-                            "{key} in {} names chain {}, not {chain}; the store is mislabelled",
-                            s.location(),
+        let limit = qsync_core::pointer::MAX_BYTES;
+        let asks = self.mirrors.iter().map(|m| {
+            let key = &key;
+            async move {
+                tokio::time::timeout(self.opts.attempt_timeout, get_signed(m.source.as_ref(), key, vk, limit)).await
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut found = Vec::new();
+        let mut last_err: Option<RestoreError> = None;
+        for (i, answer) in answers.into_iter().enumerate() {
+            let s = self.mirrors[i].source.as_ref();
+            let what = format!("{key} in {}", s.location());
+            let outcome = match answer {
+                Err(_) => Err((
+                    StoreError::Transport {
+                        location: s.location(),
+                        key: key.to_string(),
+                        source: format!("no answer within {:?} (--timeout)", self.opts.attempt_timeout).into(),
+                    }
+                    .into(),
+                    false,
+                )),
+                Ok(Ok(None)) => {
+                    self.set_pointer_status(i, "none".into());
+                    continue;
+                }
+                Ok(Ok(Some(bytes))) => match Pointer::decode(&bytes, &what) {
+                    Ok(p) if &p.chain != chain => Err((
+                        FormatError::Invalid(format!(
+                            "{what} is validly signed but names chain {}, not {chain}; the mirror is mislabelled or replaying another chain",
                             p.chain
                         ))
-                        .into());
+                        .into(),
+                        true,
+                    )),
+                    Ok(p) => Ok(p),
+                    Err(e) => Err((e.into(), true)),
+                },
+                Ok(Err(SignedReadError::Format(e))) => Err((e.into(), true)),
+                Ok(Err(e)) => Err((e.into(), false)),
+            };
+            match outcome {
+                Ok(pointer) => found.push(Candidate {
+                    mirror: i,
+                    location: s.location(),
+                    pointer,
+                }),
+                Err((e, bad)) => {
+                    if bad {
+                        self.note(s, format_args!("{e}; mirror not used for this run"));
+                        self.demote(i, format!("rejected: {e}"));
+                    } else {
+                        self.note(s, format_args!("pointer unusable: {e}"));
+                        self.set_pointer_status(i, format!("error: {e}"));
                     }
-                    let newer = best
-                        .as_ref()
-                        .is_none_or(|b| (p.current.version, p.sequence) > (b.current.version, b.sequence));
-                    if newer {
-                        best = Some(p);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.note(s, format_args!("pointer unusable: {e}"));
                     last_err = Some(e);
                 }
             }
         }
-        match (best, last_err) {
-            (Some(p), _) => Ok(p),
-            (None, Some(e)) => Err(e.into()),
-            (None, None) => Err(RestoreError::NoSnapshot {
-                chain: chain.to_string(),
-                locations: self.locations(),
-            }),
+        found.sort_by(|a, b| {
+            let key = |c: &Candidate| (rank(&c.pointer.current), c.pointer.created_at);
+            key(b).cmp(&key(a))
+        });
+        if !found.is_empty() {
+            return Ok(found);
         }
+        Err(last_err.unwrap_or_else(|| RestoreError::NoSnapshot {
+            chain: chain.to_string(),
+            locations: self.locations(),
+        }))
+    }
+
+    /// Records what mirror `i`'s pointer was, for the run's report.
+    pub fn set_pointer_status(&self, i: usize, status: String) {
+        self.mirrors[i].health.lock().expect("not poisoned").report.pointer = Some(status);
+    }
+
+    /// Takes mirror `i` out of this run (it served something it must not).
+    fn demote(&self, i: usize, why: String) {
+        let mut h = self.mirrors[i].health.lock().expect("not poisoned");
+        h.report.demoted = true;
+        h.report.pointer = Some(why);
     }
 
     /// The manifest `snap` names, verified (signature and digest) and parsed.

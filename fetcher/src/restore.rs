@@ -21,13 +21,14 @@ use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::progress::Progress;
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
-use qsync_core::trust::TrustStore;
-use qsync_core::{ChainName, Digest, FormatError};
+use qsync_core::trust::{Expired, TrustStore};
+use qsync_core::{ChainName, Digest};
 use serde::Serialize;
 
 use crate::dest::{self, hash_existing, layout, presize, seal_dirs, seal_file, Marker, MARKER, PARTIAL};
 use crate::journal::{self, DoneSet, Index, IndexEntry, Journal};
 use crate::write::{Disk, Slot};
+use crate::choose::choose;
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
@@ -83,6 +84,9 @@ pub struct RestoreSummary {
     pub removed: u64,
     /// BLAKE3 of the manifest restored.
     pub manifest_blake3: String,
+    /// The mirror whose pointer named the snapshot restored (the newest
+    /// fresh one any mirror offered).
+    pub pointer_from: String,
     /// What each mirror delivered.
     pub mirrors: Vec<crate::mirrors::MirrorReport>,
 }
@@ -125,40 +129,10 @@ pub async fn restore(
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
-    let mut pointer = mirrors.pointer(&opts.chain, vk).await?;
-    for w in trust.check(&pointer, vk, now, opts.allow_expired)? {
-        tracing::warn!("{w}");
-    }
-    // A deliberate rollback: the (fresh, verified) pointer still names the
-    // older snapshot in its history; from here on it is the one restored.
-    if let Some(v) = opts.version.filter(|v| *v != pointer.current.version) {
-        let kept: Vec<String> = std::iter::once(&pointer.current)
-            .chain(&pointer.history)
-            .map(|s| s.version.to_string())
-            .collect();
-        let Some(older) = pointer.history.iter().find(|s| s.version == v).cloned() else {
-            return Err(FormatError::Invalid(format!(
-                "version {v} of chain {} is not kept by the pointer (kept: {}); choose one of those, or restore the latest without --snapshot-version",
-                opts.chain,
-                kept.join(", ")
-            ))
-            .into());
-        };
-        tracing::warn!(
-            "restoring version {v} of {}, not the latest {}, as asked (--snapshot-version)",
-            opts.chain,
-            pointer.current.version
-        );
-        pointer.current = older;
-    }
-    let manifest = Arc::new(mirrors.manifest(&pointer.current, vk).await?);
-    check_manifest(
-        &manifest,
-        pointer.current.version,
-        &opts.chain,
-        now,
-        opts.allow_expired,
-    )?;
+    let expired = if opts.allow_expired { Expired::Allow } else { Expired::Refuse };
+    let chosen = choose(mirrors, vk, &opts.chain, &trust, expired, opts.version, now).await?;
+    let (pointer, pointer_from) = (chosen.pointer, chosen.from);
+    let manifest = Arc::new(chosen.manifest);
 
     let root = dest::claim(&opts.dest, &pointer, vk.id(), opts.force)?;
     let (removed, paths) = {
@@ -226,10 +200,12 @@ pub async fn restore(
         run_verify_cmd(cmd, &root, &manifest).await?;
         tracing::info!(elapsed = ?clock.elapsed(), "--verify-cmd accepted the restore");
     }
+    // The trust record first: a run killed between the two leaves an
+    // incomplete destination, never a complete one the bar does not cover.
+    trust.advance(&opts.chain, &pointer.current, &vk.id())?;
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
-    trust.advance(&pointer, vk)?;
 
     Ok(RestoreSummary {
         chain: opts.chain.to_string(),
@@ -242,6 +218,7 @@ pub async fn restore(
         chunks_fetched,
         removed,
         manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+        pointer_from,
         mirrors: mirrors.report(),
     })
 }
@@ -530,33 +507,6 @@ fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreErro
                 state.display()
             ),
         });
-    }
-    Ok(())
-}
-
-fn check_manifest(
-    m: &Manifest,
-    version: u64,
-    chain: &ChainName,
-    now: Timestamp,
-    allow_expired: bool,
-) -> Result<(), RestoreError> {
-    if &m.chain.name != chain || m.version != version {
-        return Err(FormatError::Invalid(format!(
-            "manifest is for chain {} version {}, but the pointer promised chain {chain} version {version}; the store is inconsistent or tampered with",
-            m.chain.name, m.version
-        ))
-        .into());
-    }
-    if m.expires_at < now {
-        let what = format!("manifest of chain {chain} version {version}");
-        if !allow_expired {
-            return Err(FormatError::expired(&what, m.expires_at).into());
-        }
-        tracing::warn!(
-            "{what} expired at {}; continuing because of --allow-expired",
-            m.expires_at
-        );
     }
     Ok(())
 }

@@ -320,21 +320,29 @@ pub async fn publish_many(
         gate.await.map_err(SnapshotError::Thaw)?;
     }
 
-    let now = Timestamp::now();
+    // One lineage in every store: the same version and creation time, so
+    // the same manifest bytes. Fetchers order snapshots across stores by
+    // (creation time, version): the version exceeds every store's, and the
+    // creation time is never earlier than any store's snapshot (even if this
+    // host's clock went back), so that order only ever moves forward.
+    let seen = previous.iter().flatten().filter_map(|(p, _)| p.as_ref());
+    let (version, created_at) = seen.fold((1, Timestamp::now()), |(v, t), p| {
+        (v.max(p.current.version + 1), t.max(p.current.created_at))
+    });
+    let now = created_at;
     let when = Expiry {
         now,
         expires_at: now.plus(opts.expires_in),
         manifest_expires_at: now.plus(opts.lifetime.max(opts.expires_in)),
     };
-    // One manifest for every store; only its version differs between them.
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         chain: ChainMeta {
             name: opts.chain.clone(),
             height: opts.height,
             block_hash: opts.block_hash.clone(),
         },
-        version: 0,
+        version,
         created_at: now,
         expires_at: when.manifest_expires_at,
         chunker: opts.chunker.clone(),
@@ -354,7 +362,6 @@ pub async fn publish_many(
             (Some(e), _) => Err(e),
             (None, None) => unreachable!("a store without a pointer read has failed"),
             (None, Some((previous, expect))) => {
-                manifest.version = previous.as_ref().map_or(1, |p| p.current.version + 1);
                 finish_store(
                     t,
                     signer,

@@ -165,8 +165,11 @@ impl Env {
 }
 
 /// The binary under test, with no QSYNC_* variables leaking in.
+/// `QSYNC_TEST_BINARY` runs the tests against another build (an older one,
+/// to show that a regression test fails without its fix).
 pub fn qsync() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qsync"));
+    let bin = std::env::var_os("QSYNC_TEST_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_qsync").into());
+    let mut c = Command::new(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("QSYNC_") {
             c.env_remove(k);
