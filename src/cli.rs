@@ -408,6 +408,18 @@ pub struct ServeArgs {
     /// Longest time to start answering an object request.
     #[arg(long, env = "QSYNC_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Longest wait for a client's request head, and longest an idle keep-alive connection stays open.
+    #[arg(long, env = "QSYNC_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// A client that accepts no response bytes for this long is disconnected.
+    #[arg(long, env = "QSYNC_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
+    /// Connections open at once; at the cap new ones wait until one closes.
+    #[arg(long, env = "QSYNC_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Memory for chunks of all /tar streams together (shared fairly), e.g. 256MiB; at least 16MiB.
+    #[arg(long, env = "QSYNC_TAR_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub tar_memory: u64,
 }
 
 /// Parses `512MiB`, `10GiB`, `2T` or plain bytes (binary units).

@@ -423,6 +423,7 @@ async fn ls(a: LsArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    let public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
     let mut cfg = match (qsync_cdn::open::local_dir(&a.store)?, &a.cache_dir) {
         (Some(dir), None) => qsync_cdn::serve::ServeConfig::new(dir),
         (_, None) => anyhow::bail!(
@@ -438,13 +439,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
                 a.pointer_max_age,
                 a.upstream_concurrency,
             )
-            .with_context(|| format!("opening --cache-dir {}", dir.display()))?;
+            .with_context(|| format!("opening --cache-dir {}", dir.display()))?
+            .with_public_key(public_key.clone());
             let mut cfg = qsync_cdn::serve::ServeConfig::new(dir);
             cfg.pull_through = Some(Arc::new(cache));
             cfg
         }
     };
-    cfg.public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
+    cfg.public_key = public_key;
     if let Some(path) = &a.token_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --token-file {}", path.display()))?;
@@ -468,6 +470,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .context("--allow")?;
     cfg.pointer_max_age = a.pointer_max_age;
     cfg.request_timeout = a.request_timeout;
+    cfg.limits = qsync_cdn::serve::listen::Limits {
+        header_timeout: a.header_timeout,
+        send_timeout: a.send_timeout,
+        max_connections: a.max_connections as usize,
+    };
+    cfg.tar_memory = usize::try_from(a.tar_memory).unwrap_or(usize::MAX);
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;

@@ -23,6 +23,20 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Raises the open-file soft limit to the hard limit: `serve` holds a
+/// descriptor per connection and restores a few per file in flight, and the
+/// usual soft limit (1024) is far below what the hard limit allows.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("could not raise the open-file limit to its hard limit: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let init = matches!(&cli.command, cli::Command::Restore(a) if a.init);
@@ -50,6 +64,7 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    raise_open_file_limit();
     // Few blocking threads: each keeps its own allocator cache of multi-MiB
     // chunk buffers, and tokio's default (512) let peak RSS grow with the
     // length of a run (docs/benchmarks.md). The work they do is CPU- and

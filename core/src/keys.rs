@@ -203,9 +203,65 @@ impl fmt::Debug for ChainName {
     }
 }
 
+/// Which snapshot a `qsync serve` `/tar/<chain>/<name>` request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TarVersion {
+    /// `latest`: the pointer's current snapshot.
+    Latest,
+    /// A version number from the pointer's current snapshot or history.
+    Number(u64),
+}
+
+/// Parses the `<name>` of `/tar/<chain>/<name>`: `latest` or a version
+/// number, optionally ending in `.tar` or `.tar.zst`; the bool says zstd.
+/// Anything else (empty, signs, spaces, other suffixes) is `None`.
+pub fn parse_tar_name(name: &str) -> Option<(TarVersion, bool)> {
+    let (version, zst) = match name.strip_suffix(".tar.zst") {
+        Some(v) => (v, true),
+        None => (name.strip_suffix(".tar").unwrap_or(name), false),
+    };
+    let version = match version {
+        "latest" => TarVersion::Latest,
+        v if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
+            TarVersion::Number(v.parse().ok()?)
+        }
+        _ => return None,
+    };
+    Some((version, zst))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tar_names() {
+        assert_eq!(parse_tar_name("latest"), Some((TarVersion::Latest, false)));
+        assert_eq!(parse_tar_name("latest.tar"), Some((TarVersion::Latest, false)));
+        assert_eq!(parse_tar_name("7.tar.zst"), Some((TarVersion::Number(7), true)));
+        assert_eq!(parse_tar_name("12"), Some((TarVersion::Number(12), false)));
+        for bad in [
+            "",
+            ".tar",
+            "+7",
+            "-1",
+            "7.zip",
+            "latest.tar.gz",
+            "99999999999999999999999",
+            "x",
+        ] {
+            assert_eq!(parse_tar_name(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn tar_names_never_panic_and_round_trip(name in ".{0,40}", n in proptest::num::u64::ANY, zst: bool) {
+            let _ = parse_tar_name(&name);
+            let ext = if zst { ".tar.zst" } else { ".tar" };
+            proptest::prop_assert_eq!(parse_tar_name(&format!("{n}{ext}")), Some((TarVersion::Number(n), zst)));
+        }
+    }
 
     #[test]
     fn keys_reject_traversal_and_odd_characters() {

@@ -80,6 +80,23 @@ pub struct DirEntry {
     pub mode: u32,
 }
 
+impl FileEntry {
+    /// The mode a reader gives the file: permission bits only, never
+    /// setuid, setgid or sticky (a restore as root must not create
+    /// root-owned setuid files from a publisher's manifest).
+    pub fn applied_mode(&self) -> u32 {
+        self.mode & 0o777
+    }
+}
+
+impl DirEntry {
+    /// The mode a reader gives the directory: permission bits only, plus
+    /// owner `rwx` so the reader can fill it.
+    pub fn applied_mode(&self) -> u32 {
+        (self.mode & 0o777) | 0o700
+    }
+}
+
 /// One snapshot of one chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

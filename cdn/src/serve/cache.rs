@@ -6,11 +6,20 @@
 //! verified before they are cached: a chunk must hash (after bounded
 //! decompression) to the digest in its key, a manifest's BLAKE3 must start
 //! with the prefix in its name; a bad copy is neither cached nor served.
-//! Pointers and the catalog are cached for `--pointer-max-age` and their
-//! signatures left for clients to check. The cache is bounded by
-//! `--cache-size`, evicting least recently used objects.
+//! Pointers and the catalog are cached for `--pointer-max-age`.
+//!
+//! A signature is cached as immutable only once it has verified, under the
+//! `--public-key` given to serve, over its object: a manifest's over the
+//! cached (digest-checked) manifest, a pointer's or the catalog's
+//! `.sigs/<b3>.minisig` over the body whose BLAKE3 is `<b3>` (the cached one
+//! or upstream's current one). Any other signature (no key, no matching body,
+//! or one that does not verify) is kept at most `--pointer-max-age` and
+//! served with that max-age, so one bad upstream response cannot poison the
+//! cache for good. Objects adopted from disk at start are unverified until
+//! refetched. The cache is bounded by `--cache-size`, evicting least
+//! recently used objects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use qsync_core::sign::VerifyingKey;
 use qsync_core::{chunk, Digest, ObjectKey};
 use tokio::sync::Semaphore;
 
@@ -67,8 +77,17 @@ pub struct PullThrough {
     lru: Mutex<Lru>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     slots: Semaphore,
+    /// Pinned key that signatures are checked against before they are immutable.
+    public_key: Option<VerifyingKey>,
+    /// Cached signature keys that verified over their object.
+    verified: Mutex<HashSet<String>>,
     /// Counters.
     pub stats: CacheStats,
+}
+
+/// Whether `key` names a detached signature.
+fn is_signature(key: &ObjectKey) -> bool {
+    key.as_str().ends_with(".minisig")
 }
 
 impl PullThrough {
@@ -99,8 +118,23 @@ impl PullThrough {
             lru: Mutex::new(lru),
             flights: Mutex::new(HashMap::new()),
             slots: Semaphore::new(upstream_concurrency.max(1)),
+            public_key: None,
+            verified: Mutex::new(HashSet::new()),
             stats: CacheStats::default(),
         })
+    }
+
+    /// Checks signatures against `vk` before caching them as immutable
+    /// (without a key every signature is short-lived).
+    pub fn with_public_key(mut self, vk: Option<VerifyingKey>) -> Self {
+        self.public_key = vk;
+        self
+    }
+
+    /// Whether `key` may be served as immutable: true for everything but
+    /// signatures that have not verified since they were fetched.
+    pub fn is_verified(&self, key: &ObjectKey) -> bool {
+        !is_signature(key) || self.verified.lock().expect("not poisoned").contains(key.as_str())
     }
 
     /// The cache directory.
@@ -117,8 +151,9 @@ impl PullThrough {
         let Ok(m) = std::fs::metadata(self.dir().join(key.as_str())) else {
             return false;
         };
-        match kind {
-            Kind::Pointer => m
+        let short_lived = kind == Kind::Pointer || !self.is_verified(key);
+        match short_lived {
+            true => m
                 .modified()
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -217,14 +252,74 @@ impl PullThrough {
             });
         }
         let size = body.len() as u64;
-        let cache = if kind == Kind::Pointer {
-            CacheClass::Mutable
+        let immutable = if is_signature(key) {
+            self.verified.lock().expect("not poisoned").remove(key.as_str());
+            let ok = self.signature_verifies(key, &body).await;
+            if !ok {
+                tracing::warn!(
+                    "signature {key} from upstream {} is not verified against --public-key; caching it for --pointer-max-age only",
+                    self.upstream.location()
+                );
+            }
+            ok
         } else {
+            kind != Kind::Pointer
+        };
+        let cache = if immutable {
             CacheClass::Immutable
+        } else {
+            CacheClass::Mutable
         };
         self.local.put(key, body, PutOptions { cache }).await?;
+        if immutable && is_signature(key) {
+            self.verified
+                .lock()
+                .expect("not poisoned")
+                .insert(key.to_string());
+        }
         self.admit(key, size).await;
         Ok(())
+    }
+
+    /// Whether `sig` (fetched for the signature key `key`) verifies under
+    /// the pinned key over the object it signs.
+    async fn signature_verifies(&self, key: &ObjectKey, sig: &[u8]) -> bool {
+        let Some(vk) = &self.public_key else {
+            return false;
+        };
+        let name = key.as_str().strip_suffix(".minisig").unwrap_or_default();
+        let signed = match name.split_once(".sigs/") {
+            // A pointer or the catalog: the version whose BLAKE3 names the signature.
+            Some((object, b3)) => {
+                let (Ok(object), Ok(want)) = (ObjectKey::new(object), b3.parse::<Digest>()) else {
+                    return false;
+                };
+                let limit = qsync_core::pointer::MAX_BYTES;
+                let body = match self.local.get_limited(&object, limit).await {
+                    Ok(b) if Digest::of(&b) == want => Some(b),
+                    _ => {
+                        let _slot = self.slots.acquire().await.expect("semaphore open");
+                        self.upstream
+                            .get_limited(&object, limit)
+                            .await
+                            .ok()
+                            .filter(|b| Digest::of(b) == want)
+                    }
+                };
+                body.map(|b| (object, b))
+            }
+            // A manifest: its cached copy, whose digest was checked on the way in.
+            None => match ObjectKey::new(name) {
+                Ok(object) if Kind::of(object.as_str()) == Kind::Manifest => {
+                    match Box::pin(self.ensure(&object)).await {
+                        Ok(()) => self.local.get(&object).await.ok().map(|b| (object, b)),
+                        Err(_) => None,
+                    }
+                }
+                _ => None,
+            },
+        };
+        signed.is_some_and(|(object, body)| vk.verify(&object, &body, sig).is_ok())
     }
 
     /// Accounts for a newly cached object and evicts the least recently used
@@ -263,6 +358,7 @@ impl PullThrough {
             let _one = flight.lock().await;
             let cached_again = self.lru.lock().expect("not poisoned").entries.contains_key(&k);
             if let (false, Ok(k)) = (cached_again, ObjectKey::new(k)) {
+                self.verified.lock().expect("not poisoned").remove(k.as_str());
                 let _ = self.local.delete(&k).await;
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }

@@ -7,27 +7,32 @@
 //! the store reachable. `/tar/<chain>/<version>` streams a plain tar of a
 //! snapshot, signature-checked and assembled from verified chunks ([`tar`]),
 //! for tools that only know `curl | tar -x`. Optional bearer tokens and
-//! client networks guard private mirrors ([`access`]); `/healthz` and
-//! `/metrics` serve probes and Prometheus ([`metrics`]). In front of a
-//! remote store, objects are fetched once, verified and kept in a bounded
-//! local cache ([`cache`]).
+//! client networks guard private mirrors ([`access`]); `/healthz` (a real
+//! probe of the store directory) and `/metrics` serve probes and Prometheus
+//! ([`metrics`]). In front of a remote store, objects are fetched once,
+//! verified and kept in a bounded local cache ([`cache`]). Connections are
+//! served by [`listen`], which bounds what a slow or hostile client can hold.
 
 pub mod access;
 pub mod cache;
+pub mod listen;
 pub mod metrics;
 pub mod objects;
 pub mod tar;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use qsync_core::sign::VerifyingKey;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
@@ -51,10 +56,15 @@ pub struct ServeConfig {
     pub pointer_max_age: Duration,
     /// Longest time to produce response headers for an object.
     pub request_timeout: Duration,
+    /// Connection limits (header and send timeouts, connection cap).
+    pub limits: listen::Limits,
+    /// Chunk bytes all `/tar` streams together may hold (shared fairly, FIFO).
+    pub tar_memory: usize,
 }
 
 impl ServeConfig {
-    /// Serves `root` openly, with a 60 s pointer max-age and a 60 s timeout.
+    /// Serves `root` openly, with a 60 s pointer max-age, a 60 s timeout,
+    /// default connection limits and 256 MiB for tar streams.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ServeConfig {
             root: root.into(),
@@ -64,6 +74,8 @@ impl ServeConfig {
             allow: Vec::new(),
             pointer_max_age: Duration::from_secs(60),
             request_timeout: Duration::from_secs(60),
+            limits: listen::Limits::default(),
+            tar_memory: 256 << 20,
         }
     }
 }
@@ -74,6 +86,28 @@ pub struct ServeState {
     /// Where objects come from: the directory, or the pull-through cache.
     store: Arc<dyn ObjectSource>,
     metrics: metrics::Metrics,
+    /// Chunk bytes `/tar` streams may still take (of `cfg.tar_memory`).
+    tar_budget: Arc<Semaphore>,
+}
+
+/// How long `/healthz` waits for the store directory to answer.
+const HEALTH_PROBE: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`: 200 when the store directory answers a stat within
+/// [`HEALTH_PROBE`] on the blocking pool (the pool every object read needs),
+/// 503 otherwise.
+async fn healthz(State(st): State<Arc<ServeState>>) -> Response {
+    let root = st.cfg.root.clone();
+    let probe = tokio::task::spawn_blocking(move || std::fs::metadata(root).map(|m| m.is_dir()));
+    let why = match tokio::time::timeout(HEALTH_PROBE, probe).await {
+        Ok(Ok(Ok(true))) => return "ok\n".into_response(),
+        Ok(Ok(Ok(false))) => "the store path is not a directory".to_string(),
+        Ok(Ok(Err(e))) => format!("the store directory is unreadable: {e}"),
+        Ok(Err(e)) => format!("the probe failed: {e}"),
+        Err(_) => format!("the store did not answer within {HEALTH_PROBE:?}"),
+    };
+    tracing::warn!("/healthz: {why} ({})", st.cfg.root.display());
+    (StatusCode::SERVICE_UNAVAILABLE, format!("unavailable: {why}\n")).into_response()
 }
 
 /// The router for `cfg`.
@@ -88,9 +122,14 @@ pub fn app(cfg: ServeConfig) -> Router {
         Some(p) => p.clone(),
         None => Arc::new(LocalStore::new(&cfg.root)),
     };
+    let budget = cfg.tar_memory.clamp(16 << 20, u32::MAX as usize);
     let state = Arc::new(ServeState {
         store,
-        cfg,
+        tar_budget: Arc::new(Semaphore::new(budget)),
+        cfg: ServeConfig {
+            tar_memory: budget,
+            ..cfg
+        },
         metrics: metrics::Metrics::default(),
     });
     let objects = Router::new()
@@ -104,7 +143,7 @@ pub fn app(cfg: ServeConfig) -> Router {
             timeout,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::handler))
         .route("/tar/{chain}/{name}", get(tar::handler))
         .merge(objects)
@@ -112,18 +151,15 @@ pub fn app(cfg: ServeConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves `cfg` on `listener` until `shutdown` resolves (in-flight requests finish).
+/// Serves `cfg` on `listener` until `shutdown` resolves (in-flight requests
+/// finish), within `cfg.limits`.
 pub async fn serve(
     listener: TcpListener,
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app(cfg).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = cfg.limits;
+    listen::serve_router(listener, app(cfg), limits, shutdown).await
 }
 
 #[cfg(test)]
@@ -131,6 +167,46 @@ mod tests {
     use super::*;
     use crate::http::HttpStore;
     use qsync_core::ObjectKey;
+
+    async fn healthz_status(cfg: ServeConfig) -> axum::http::StatusCode {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .uri("/healthz")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        app(cfg)
+            .layer(axum::extract::connect_info::MockConnectInfo(peer))
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// With every blocking thread taken, no object can be read: /healthz says so.
+    #[test]
+    fn healthz_fails_when_the_blocking_pool_is_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(healthz_status(ServeConfig::new(dir.path())).await, StatusCode::OK);
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let stuck = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)));
+            let started = std::time::Instant::now();
+            let status = healthz_status(ServeConfig::new(dir.path())).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tx.send(()).unwrap();
+            stuck.await.unwrap().unwrap();
+            let gone = ServeConfig::new(dir.path().join("missing"));
+            assert_eq!(healthz_status(gone).await, StatusCode::SERVICE_UNAVAILABLE);
+        });
+    }
 
     #[tokio::test]
     async fn http_store_reads_what_serve_serves() {

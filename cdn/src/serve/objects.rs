@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | chunk, manifest, every signature | the content address in the key | a year, immutable |
 //! | pointer, catalog | BLAKE3 of the current bytes | `--pointer-max-age` |
+//! | a signature the pull-through cache has not verified | BLAKE3 of the current bytes | `--pointer-max-age` |
 //! | anything else in the directory | none | no-cache |
 //!
 //! `If-None-Match` with the current ETag answers 304 without reading the
@@ -96,16 +97,19 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
             return (status, msg).into_response();
         }
     }
+    // An upstream signature not (yet) verified must not be pinned for a year
+    // by clients and CDNs: the next fetch may bring the good one.
+    let unverified = st.cfg.pull_through.as_ref().is_some_and(|c| !c.is_verified(&key));
     let (etag, cache) = match kind {
-        Kind::Chunk | Kind::Manifest | Kind::Signature => {
+        Kind::Chunk | Kind::Manifest | Kind::Signature if !unverified => {
             let name = key.as_str().rsplit('/').next().expect("keys are non-empty");
             (
                 Some(format!("\"{name}\"")),
                 "public, max-age=31536000, immutable".to_string(),
             )
         }
-        Kind::Pointer => {
-            // Pointers are small; hash them so the tag changes with the content.
+        Kind::Pointer | Kind::Chunk | Kind::Manifest | Kind::Signature => {
+            // Pointers and signatures are small; hash them so the tag changes with the content.
             let etag = st
                 .store
                 .get(&key)
