@@ -376,7 +376,7 @@ pub async fn run(
     }
     let app = router(stats.clone());
     let mut stop = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = qsync_cdn::serve::listen::serve_router(listener, app, Default::default(), async move {
         let _ = stop.wait_for(|s| *s).await;
     });
     let (served, ()) = tokio::join!(server, async { while tasks.join_next().await.is_some() {} });
