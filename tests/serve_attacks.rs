@@ -110,6 +110,31 @@ fn stalled_tar_streams_starve_neither_objects_nor_other_streams() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let (env, _) = published(24);
+    let server = Server::start_with(&env.store, &["--public-key", &pk(&env), "--send-timeout", "2s"]);
+    let mut s = TcpStream::connect(addr(&server)).unwrap();
+    s.write_all(b"GET /tar/eth/latest HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Read nothing while socket buffers fill and the server stalls.
+    std::thread::sleep(Duration::from_secs(6));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (mut total, mut buf) = (0usize, vec![0u8; 1 << 16]);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the stalled stream was not closed ({total} bytes read): {e}"),
+        }
+    }
+    assert!(
+        total < 24 << 20,
+        "the whole archive was sent to a client that stopped reading"
+    );
+}
+
+#[test]
 fn tar_refuses_an_expired_snapshot() {
     let env = Env::new();
     let src = env.path("src");
@@ -220,22 +245,31 @@ fn bad_upstream_signature_is_not_cached_for_a_year() {
     // Upstream is repaired; within the short max-age the mirror follows.
     std::fs::write(&sig, good).unwrap();
     std::thread::sleep(Duration::from_millis(2000));
-    let dest = env.path("dest");
-    let (code, _, err) = run(env.restore_cmd(&mirror.url, "eth", &dest));
-    assert_eq!(code, 0, "restore through the cache after the fix: {err}");
-    assert_eq!(tree(&src), tree(&dest));
     assert!(
         !head.contains("immutable") && !head.contains("31536000"),
         "an unverified signature was served as immutable: {head}"
     );
     assert!(head.contains("max-age=1"), "{head}");
-    // Refetched and verified over the manifest, it is immutable again.
+    // Refetched and verified over the manifest, it is immutable now.
     let (status, head, _) = curl(&format!("{}/{key}", mirror.url), 15);
     assert_eq!(status, "200");
     assert!(
         head.contains("immutable"),
         "a verified signature stayed short-lived: {head}"
     );
+    // A pointer's signature verifies over the version its name gives.
+    let pointer = std::fs::read(env.pointer_path("eth")).unwrap();
+    let b3 = blake3::hash(&pointer).to_hex();
+    let (status, head, _) = curl(
+        &format!("{}/chains/eth/latest.json.sigs/{b3}.minisig", mirror.url),
+        15,
+    );
+    assert_eq!(status, "200");
+    assert!(head.contains("immutable"), "{head}");
+    let dest = env.path("dest");
+    let (code, _, err) = run(env.restore_cmd(&mirror.url, "eth", &dest));
+    assert_eq!(code, 0, "restore through the cache after the fix: {err}");
+    assert_eq!(tree(&src), tree(&dest));
 }
 
 #[test]

@@ -43,6 +43,11 @@ const BLOCK: usize = 512;
 /// zstd level of `.tar.zst` streams.
 const ZSTD_LEVEL: i32 = 3;
 
+/// The message for an expired pointer or snapshot (`--allow-expired` is restore's, not ours).
+fn refused(e: qsync_core::FormatError) -> String {
+    format!("{e} (qsync serve never streams an expired snapshot)")
+}
+
 fn fail(status: StatusCode, msg: String) -> Response {
     (status, format!("{msg}\n")).into_response()
 }
@@ -86,7 +91,7 @@ pub async fn handler(
     let now = Timestamp::now();
     if let Err(e) = check_pointer(&pointer, now, Expired::Refuse) {
         tracing::warn!("tar {chain}: {e}");
-        return fail(StatusCode::GONE, e.to_string());
+        return fail(StatusCode::GONE, refused(e));
     }
     let snap = match version {
         TarVersion::Latest => Some(&pointer.current),
@@ -119,7 +124,7 @@ pub async fn handler(
     }
     if let Err(e) = check_manifest(&manifest, &snap, &chain, now, Expired::Refuse) {
         tracing::warn!("tar {chain}: {e}");
-        return fail(StatusCode::GONE, e.to_string());
+        return fail(StatusCode::GONE, refused(e));
     }
     st.metrics.record("tar", StatusCode::OK, 0);
     let archive = Archive::new(Arc::new(manifest), st.clone(), zst);
