@@ -393,6 +393,96 @@ async fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
 
+    use crate::serve::ServeConfig;
+    use qsync_core::manifest::{ChainMeta, ChunkRef, FileEntry};
+
+    /// A state over a store holding one file of `chunks` 1 MiB chunks.
+    fn state_with_file(dir: &std::path::Path, chunks: usize) -> (Arc<ServeState>, Arc<Manifest>) {
+        let mut refs = Vec::new();
+        let mut whole = blake3::Hasher::new();
+        for i in 0..chunks {
+            let plain = vec![i as u8; 1 << 20];
+            whole.update(&plain);
+            let d = Digest::of(&plain);
+            let key = ObjectKey::chunk(&d);
+            let (_, stored) = chunk::encode(plain, 1);
+            let path = dir.join(key.as_str());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, stored).unwrap();
+            refs.push(ChunkRef {
+                blake3: d,
+                size: 1 << 20,
+            });
+        }
+        let m = Manifest {
+            format: qsync_core::manifest::MANIFEST_FORMAT.into(),
+            chain: ChainMeta {
+                name: ChainName::new("eth").unwrap(),
+                height: None,
+                block_hash: None,
+            },
+            version: 1,
+            created_at: Timestamp(1),
+            expires_at: Timestamp(u64::MAX / 2),
+            chunker: Default::default(),
+            directories: Vec::new(),
+            files: vec![FileEntry {
+                path: "f".into(),
+                size: (chunks as u64) << 20,
+                mode: 0o4755,
+                blake3: whole.finalize().into(),
+                chunks: refs,
+            }],
+        };
+        let mut cfg = ServeConfig::new(dir);
+        cfg.tar_memory = 16 << 20;
+        let state = Arc::new(ServeState {
+            store: Arc::new(crate::local::LocalStore::new(dir)),
+            tar_budget: Arc::new(Semaphore::new(cfg.tar_memory)),
+            cfg,
+            metrics: Default::default(),
+        });
+        (state, Arc::new(m))
+    }
+
+    /// Many interleaved streams stay within the budget, and every byte of it
+    /// comes back, also from a stream dropped half-way (a client gone).
+    #[tokio::test]
+    async fn streams_share_the_budget_and_return_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, m) = state_with_file(dir.path(), 6);
+        let total = st.cfg.tar_memory;
+        // More streams than the budget has chunks for: they take turns.
+        let tasks: Vec<_> = (0..24)
+            .map(|_| {
+                let mut a = Archive::new(m.clone(), st.clone(), false);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while let Some(piece) = a.next().await {
+                        n += piece.unwrap().len() as u64;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let expected = 512 + (6u64 << 20) + 1024;
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), expected);
+        }
+        assert_eq!(st.tar_budget.available_permits(), total, "budget leaked");
+
+        let mut half = Archive::new(m.clone(), st.clone(), true);
+        for _ in 0..3 {
+            half.next().await.unwrap().unwrap();
+        }
+        drop(half);
+        assert_eq!(
+            st.tar_budget.available_permits(),
+            total,
+            "a dropped stream kept its share"
+        );
+    }
+
     /// Our headers read back with the tar crate, long names included.
     #[test]
     fn headers_read_back() {
