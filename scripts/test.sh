@@ -33,6 +33,17 @@ python3 -c 'import moto, botocore, cryptography' 2>/dev/null || {
   echo "installing moto[server] (pip)"
   python3 -m pip install --quiet 'moto[server]==5.*'
 }
+# --- moto 4.2 (tests/publish_attacks.rs) ------------------------------------
+# A real S3 server that IGNORES conditional writes: moto 4.2 answers 200 to a
+# PutObject whose If-None-Match / If-Match should fail (as older Ceph RGW
+# does), so the tests can check that qsync refuses such a store. In its own
+# venv (git-ignored) beside moto 5 above, which honours them.
+[ -x tests/moto4/venv/bin/moto_server ] || {
+  echo "installing moto[server]==4.2.14 (pip, venv in tests/moto4)"
+  python3 -m venv tests/moto4/venv
+  tests/moto4/venv/bin/pip install --quiet 'moto[server]==4.2.14'
+}
+# --- end of moto 4.2 --------------------------------------------------------
 # A real IPFS node: js-ipfs 0.66.1 from npm, pinned by the lockfile in
 # tests/ipfs-node (about 3 minutes on a cold npm cache).
 [ -x tests/ipfs-node/node_modules/.bin/jsipfs ] || {

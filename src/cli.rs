@@ -125,6 +125,11 @@ pub struct SnapshotArgs {
     /// Chunks in flight at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Publish even to a store that ignores conditional writes
+    /// (If-None-Match/If-Match), relying on leases alone: then run only one
+    /// publisher per chain and store. With --config, as `lease-only = true`.
+    #[arg(long, env = "QSYNC_LEASE_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub lease_only: bool,
     /// Print one JSON summary on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -136,7 +141,9 @@ pub struct AgentArgs {
     /// Agent configuration file (TOML; see qsync.example.toml).
     #[arg(long, env = "QSYNC_CONFIG")]
     pub config: PathBuf,
-    /// Check the configuration (keys, schedules, stores) and exit.
+    /// Check the configuration (keys, schedules) and contact every store
+    /// (credentials, bucket, write permission, conditional writes), then
+    /// exit; non-zero when a check fails.
     #[arg(long)]
     pub check: bool,
 }

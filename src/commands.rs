@@ -76,7 +76,7 @@ fn keygen(a: KeygenArgs) -> Result<()> {
 
 async fn snapshot(a: SnapshotArgs) -> Result<()> {
     if let Some(config) = &a.config {
-        return snapshot_cycle(config, &a.chain, a.json).await;
+        return snapshot_cycle(config, &a.chain, a.json, a.lease_only).await;
     }
     let (Some(source), Some(store), Some(secret_key)) = (a.source, a.store, a.secret_key) else {
         anyhow::bail!("snapshot needs --source, --store and --secret-key, or --config with --once");
@@ -97,6 +97,9 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.concurrency = a.concurrency;
     opts.mirror_hints = a.mirror_hints;
     opts.chunker = ChunkerParams::with_average_kib(a.chunk_size).context("--chunk-size")?;
+    qsync_cdn::probe::require_conditional_writes(sink.as_ref(), a.lease_only)
+        .await
+        .with_context(|| format!("probing {} before publishing", sink.location()))?;
     let started = std::time::Instant::now();
     let s = qsync_snapshotter::publish(
         &source,
@@ -148,9 +151,10 @@ fn stop_on_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
 }
 
 /// `qsync snapshot --config F --chain N --once`.
-async fn snapshot_cycle(config: &std::path::Path, chain: &str, json: bool) -> Result<()> {
+async fn snapshot_cycle(config: &std::path::Path, chain: &str, json: bool, lease_only: bool) -> Result<()> {
     let cfg = Config::load(config)?;
-    let c = cfg.chain(chain).map_err(anyhow::Error::msg)?.clone();
+    let mut c = cfg.chain(chain).map_err(anyhow::Error::msg)?.clone();
+    c.lease_only |= lease_only;
     let job = ChainJob::open(c, &cfg.agent.state_dir)?;
     let stop = stop_on_signal()?;
     let started = std::time::Instant::now();
@@ -193,16 +197,7 @@ async fn snapshot_cycle(config: &std::path::Path, chain: &str, json: bool) -> Re
 async fn agent(a: AgentArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     if a.check {
-        for c in cfg.chains {
-            let job = ChainJob::open(c, &cfg.agent.state_dir)?;
-            println!(
-                "chain {}: key {} and {} store(s) ok",
-                job.chain,
-                job.signer().verifying_key().id(),
-                job.sinks().count()
-            );
-        }
-        return Ok(());
+        return agent_check(cfg).await;
     }
     let listener = tokio::net::TcpListener::bind(&cfg.agent.listen)
         .await
@@ -215,6 +210,37 @@ async fn agent(a: AgentArgs) -> Result<()> {
     );
     std::io::stdout().flush()?;
     qsync_snapshotter::agent::run(cfg, listener, stop, crate::progress::for_terminal(true)).await
+}
+
+/// `qsync agent --check`: the configuration, each chain's key, and every
+/// store contacted as a cycle will (credentials, bucket, write permission,
+/// conditional writes), one line per check.
+async fn agent_check(cfg: Config) -> Result<()> {
+    let mut failed = Vec::new();
+    for c in cfg.chains {
+        let job = ChainJob::open(c, &cfg.agent.state_dir)?;
+        println!(
+            "chain {}: configuration and key {} ok",
+            job.chain,
+            job.signer().verifying_key().id()
+        );
+        for (url, sink) in job.cfg.stores.iter().zip(job.sinks()) {
+            for step in qsync_cdn::probe::check(sink.as_ref(), job.cfg.lease_only).await {
+                match step.result {
+                    Ok(note) => println!("  store {url}: {}: {note}", step.what),
+                    Err(e) => {
+                        println!("  store {url}: {}: FAILED: {e}", step.what);
+                        failed.push(format!("chain {} store {url}: {}", job.chain, step.what));
+                    }
+                }
+            }
+        }
+    }
+    std::io::stdout().flush()?;
+    if !failed.is_empty() {
+        anyhow::bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
 }
 
 async fn gc(a: GcArgs) -> Result<()> {
@@ -239,9 +265,9 @@ async fn gc(a: GcArgs) -> Result<()> {
         println!("{verb} {m}");
     }
     println!(
-        "{} chain(s), {} snapshot(s) kept, {} chunks referenced; {verb} {} manifests, {} chunks ({} bytes), {} old signatures; {} unreferenced chunks younger than {} kept",
-        r.chains.len(), r.manifests_kept, r.chunks_referenced, r.manifests_deleted.len(), r.chunks_deleted,
-        r.bytes_deleted, r.signatures_deleted, r.chunks_in_grace, humantime::format_duration(a.grace)
+        "{} chain(s), {} snapshot(s) kept and {} retired less than {grace} ago, {} chunks referenced; {verb} {} manifests, {} chunks ({} bytes), {} old signatures; {} unreferenced chunks younger than {grace} kept",
+        r.chains.len(), r.manifests_kept, r.manifests_in_grace, r.chunks_referenced, r.manifests_deleted.len(), r.chunks_deleted,
+        r.bytes_deleted, r.signatures_deleted, r.chunks_in_grace, grace = humantime::format_duration(a.grace)
     );
     Ok(())
 }

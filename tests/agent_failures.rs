@@ -178,7 +178,7 @@ post = ["sh", "-c", {post:?}]
     assert_eq!(post_runs(), posts + 1, "the post hook ran once after SIGTERM");
     assert_eq!(pointer(&env.store).current, before);
     assert!(
-        !env.store.join("locks/eth.json").exists(),
+        !env.store.join("locks/publish/eth.json").exists(),
         "the lease was released"
     );
 

@@ -177,7 +177,7 @@ fn gc_deletes_only_garbage_and_refuses_what_it_cannot_verify() {
     assert!(orphan_path.exists() && stray.exists());
 
     // A live publish lease defers the collection.
-    let lease = env.store.join("locks/other.json");
+    let lease = env.store.join("locks/publish/other.json");
     std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
     let until = qsync_core::time::Timestamp::now().plus(std::time::Duration::from_secs(600));
     std::fs::write(
@@ -188,7 +188,10 @@ fn gc_deletes_only_garbage_and_refuses_what_it_cannot_verify() {
     let (_, out, _) = run(gc_cmd(&env, &["--grace", "0s"]));
     let r: Value = serde_json::from_str(&out).unwrap();
     assert!(
-        r["deferred"].as_str().unwrap().contains("locks/other.json"),
+        r["deferred"]
+            .as_str()
+            .unwrap()
+            .contains("locks/publish/other.json"),
         "{r}"
     );
     assert!(orphan_path.exists());
@@ -222,6 +225,94 @@ fn gc_deletes_only_garbage_and_refuses_what_it_cannot_verify() {
     assert_eq!(code, 0, "{err}");
     assert!(!orphan_path.exists() && !stray.exists());
     assert_eq!(env.chunk_objects().len(), chunks_before - 1);
+    let dest = env.path("restored");
+    env.restore("eth", &dest);
+    assert_eq!(files(&dest), files(&src));
+}
+
+/// Sets the modification time of everything under `dir` back by `hours`:
+/// objects uploaded that long ago.
+fn age(dir: &Path, hours: u32) {
+    let out = Command::new("find")
+        .arg(dir)
+        .args([
+            "-exec",
+            "touch",
+            "-h",
+            "-d",
+            &format!("{hours} hours ago"),
+            "{}",
+            "+",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_restore_on_the_previous_pointer_keeps_its_chunks_through_the_grace_period() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 4);
+    let cfg = env.agent_config(
+        "eth",
+        &src,
+        &[env.store.display().to_string()],
+        "[chain.retention]\nkeep-last = 1\ngc-grace = \"1h\"",
+    );
+    let first = env.cycle(&cfg, "eth", |_| {});
+    assert_eq!(first["version"], 1);
+    // The first snapshot was uploaded long before the next cycle: its
+    // objects are all older than the grace period.
+    age(&env.store, 2);
+    // A fetcher reads the first pointer now, and is still restoring when
+    // the second cycle retires that snapshot.
+    let old_manifest = env.manifest_path("eth");
+    let m = Manifest::decode(&std::fs::read(&old_manifest).unwrap(), "manifest").unwrap();
+    mutate(&src, 50, Some(2));
+    let second = env.cycle(&cfg, "eth", |_| {});
+    assert_eq!(second["version"], 2);
+    let gc = &second["stores"][0]["gc"];
+    assert!(gc.is_object() && gc["deferred"].is_null(), "{second}");
+    assert!(
+        old_manifest.exists(),
+        "the manifest the previous pointer named was deleted at once: {gc}"
+    );
+    let mut only_old = Vec::new();
+    let current = Manifest::decode(&std::fs::read(env.manifest_path("eth")).unwrap(), "manifest").unwrap();
+    let now: std::collections::HashSet<_> = current
+        .files
+        .iter()
+        .flat_map(|f| f.chunks.iter().map(|c| c.blake3))
+        .collect();
+    for f in &m.files {
+        for c in &f.chunks {
+            let key = qsync_core::ObjectKey::chunk(&c.blake3);
+            let stored = std::fs::read(env.store.join(key.as_str())).unwrap_or_else(|e| {
+                panic!("a restore of version 1 that started before the cycle lost chunk {key}: {e}; gc: {gc}")
+            });
+            qsync_core::chunk::decode(&stored, c.size, &c.blake3).unwrap();
+            if !now.contains(&c.blake3) {
+                only_old.push(env.store.join(key.as_str()));
+            }
+        }
+    }
+    assert!(!only_old.is_empty(), "the mutation changed some chunks");
+    // The store says when it first saw version 1 unkept.
+    let retired: Value =
+        serde_json::from_slice(&std::fs::read(env.store.join("gc/retired.json")).unwrap()).unwrap();
+    let key = old_manifest.strip_prefix(&env.store).unwrap().to_str().unwrap();
+    assert!(retired["manifests"][key].is_string(), "{retired}");
+
+    // Once the grace period has run out (here: a collection with none),
+    // the retired snapshot and the chunks only it needed go.
+    let (code, out, err) = run(gc_cmd(&env, &["--grace", "0s"]));
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["manifests_deleted"].as_array().unwrap().len(), 1, "{r}");
+    assert!(!old_manifest.exists());
+    assert!(only_old.iter().all(|p| !p.exists()), "{r}");
+    assert_eq!(verify_kept(&env.store, "eth"), 1);
     let dest = env.path("restored");
     env.restore("eth", &dest);
     assert_eq!(files(&dest), files(&src));

@@ -12,6 +12,7 @@ pub mod http;
 pub mod ipfs;
 pub mod local;
 pub mod open;
+pub mod probe;
 pub mod prometheus;
 pub mod s3;
 pub mod serve;

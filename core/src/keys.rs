@@ -11,7 +11,9 @@
 //! chunks/<b3[0..2]>/<b3>                           content-addressed chunk objects
 //! <manifest key>.minisig                           its detached minisign signature
 //! <pointer or catalog key>.sigs/<b3>.minisig       signature of the version whose BLAKE3 is <b3>
-//! locks/<chain>.json, locks/gc.json                publisher leases (unsigned, never read by fetchers)
+//! locks/publish/<chain>.json, locks/gc.json        publish and GC leases (unsigned, never read by fetchers)
+//! gc/retired.json                                  when GC first saw each manifest unkept (unsigned)
+//! probes/<random>.json                             a conditional-write probe, deleted at once
 //! ```
 
 use std::fmt;
@@ -60,6 +62,8 @@ impl ObjectKey {
         self.0 == "catalog.json"
             || (self.0.starts_with("chains/") && self.0.ends_with("/latest.json"))
             || self.0.starts_with("locks/")
+            || self.0.starts_with("gc/")
+            || self.0.starts_with("probes/")
     }
 
     /// The key of the detached signature of `body` stored at this key.
@@ -103,11 +107,37 @@ impl ObjectKey {
         ObjectKey("catalog.json".into())
     }
 
-    /// A publisher's lease on the store: `locks/<chain>.json` while a
-    /// snapshot of that chain is published, `locks/gc.json` during garbage
-    /// collection. Never read by fetchers and never signed.
-    pub fn lock(name: &str) -> Result<ObjectKey, FormatError> {
-        ObjectKey::new(format!("locks/{name}.json"))
+    /// The lease on publishing `chain` to the store (and re-signing its
+    /// pointer): `locks/publish/<chain>.json`. In its own directory so that
+    /// no chain name can collide with [`ObjectKey::gc_lock`]. Never read by
+    /// fetchers and never signed.
+    pub fn publish_lock(chain: &ChainName) -> ObjectKey {
+        ObjectKey(format!("locks/publish/{chain}.json"))
+    }
+
+    /// The lease a garbage collection holds on the store: `locks/gc.json`.
+    pub fn gc_lock() -> ObjectKey {
+        ObjectKey("locks/gc.json".into())
+    }
+
+    /// Garbage collection's record of when it first saw each manifest that
+    /// no pointer names (`gc/retired.json`); unsigned, readers ignore it.
+    pub fn gc_retired() -> ObjectKey {
+        ObjectKey("gc/retired.json".into())
+    }
+
+    /// A probe object a publisher creates conditionally, and deletes, to
+    /// learn whether the store honours conditional writes:
+    /// `probes/<tag>.json`, `tag` being 1-64 of `[a-z0-9]`.
+    pub fn probe(tag: &str) -> Result<ObjectKey, FormatError> {
+        if (1..=64).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            Ok(ObjectKey(format!("probes/{tag}.json")))
+        } else {
+            Err(FormatError::Invalid(format!(
+                "{tag:?} is not a probe tag (1-64 of a-z, 0-9)"
+            )))
+        }
     }
 
     /// The directory holding `chain`'s manifests.
@@ -295,6 +325,13 @@ mod tests {
             ObjectKey::catalog().signature_for(b"x").as_str(),
             format!("catalog.json.sigs/{d}.minisig")
         );
+        // No chain name reaches the GC lease.
+        assert_eq!(ObjectKey::publish_lock(&c).as_str(), "locks/publish/eth.json");
+        let gc = ChainName::new("gc").unwrap();
+        assert_ne!(ObjectKey::publish_lock(&gc), ObjectKey::gc_lock());
+        assert!(ObjectKey::gc_lock().is_mutable() && ObjectKey::gc_retired().is_mutable());
+        assert!(ObjectKey::probe("ab12").unwrap().is_mutable());
+        assert!(ObjectKey::probe("../x").is_err() && ObjectKey::probe("").is_err());
         let m = ObjectKey::manifest(&c, 7, &d, false);
         assert!(!m.is_mutable());
         assert_eq!(m.signature_for(b"x").as_str(), format!("{m}.minisig"));

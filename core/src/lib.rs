@@ -12,6 +12,7 @@ pub mod digest;
 pub mod error;
 pub mod filehash;
 pub mod keys;
+pub mod lease;
 pub mod manifest;
 pub mod pointer;
 pub mod progress;

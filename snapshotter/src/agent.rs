@@ -394,7 +394,7 @@ async fn resign_all(job: &ChainJob, stats: &Stats) {
     };
     for sink in job.sinks() {
         // Another process publishing this chain holds the lease: skip.
-        let key = qsync_core::ObjectKey::lock(job.chain.as_str()).expect("chain names are valid keys");
+        let key = qsync_core::ObjectKey::publish_lock(&job.chain);
         let lease =
             match crate::lease::Lease::acquire(sink.clone(), key, &format!("re-sign {}", job.chain)).await {
                 Ok(l) => l,

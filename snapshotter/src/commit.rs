@@ -1,6 +1,7 @@
 //! Committing a snapshot in one store: the manifest, then the pointer
-//! (written only over the version the run started from, its history cut by
-//! the retention policy), then the catalog entry; and re-signing a pointer
+//! (written only while the run's publish lease is still its own, and only
+//! over the version the run started from, its history cut by the retention
+//! policy), then the catalog entry; and re-signing a pointer
 //! to move its expiry. Everything here runs after every chunk is uploaded.
 
 use std::sync::atomic::Ordering;
@@ -55,6 +56,9 @@ pub(crate) async fn finish_store(
             .collect();
         pointer.history = crate::gc::select(&all, policy).into_iter().skip(1).collect();
     }
+    // Only while the lease is still ours: a run whose renewals failed, or
+    // whose lease another agent took over, leaves the pointer alone.
+    crate::lease::check_held(t.sink.as_ref(), &opts.chain).await?;
     // Written only over the pointer this run started from: of two publishers
     // racing on one chain, the second finds the pointer moved and fails.
     match t

@@ -108,6 +108,11 @@ pub struct ChainConfig {
     /// Requester-pays S3 bucket.
     #[serde(default)]
     pub s3_requester_pays: bool,
+    /// Publish to stores that ignore conditional writes (`If-None-Match`,
+    /// `If-Match`), relying on leases alone; otherwise such a store is
+    /// refused at the start of each cycle.
+    #[serde(default)]
+    pub lease_only: bool,
     /// How the node is held still while it is read.
     #[serde(default)]
     pub freeze: FreezeConfig,
@@ -426,6 +431,11 @@ mod tests {
         assert_eq!(c.freeze.immutable, ["*.sst", "*.ldb"]);
         assert_eq!(c.retention.keep_last, 3);
         assert!(c.skip_unchanged);
+        assert!(
+            !c.lease_only,
+            "conditional writes are required unless asked otherwise"
+        );
+        assert!(parse(&format!("{MINIMAL}\nlease-only = true")).unwrap().chains[0].lease_only);
         let e = parse(&format!("{MINIMAL}\nsurprise = 1")).unwrap_err();
         assert!(e.contains("surprise"), "{e}");
         let e = parse(&MINIMAL.replace("*/6", "every six hours")).unwrap_err();

@@ -1,4 +1,5 @@
-//! One snapshot cycle of a configured chain: take the store leases, freeze
+//! One snapshot cycle of a configured chain: probe each store for
+//! conditional writes and take its lease, freeze
 //! the node, record its head, read (directly, from hard-link staging, or
 //! from the pre hook's copy), thaw, publish to every store, invalidate the
 //! CDN, apply retention and collect garbage, and remember what was read.
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use qsync_cdn::probe::require_conditional_writes;
 use qsync_cdn::{open_sink_with, ObjectSink, StoreOptions};
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::progress::Progress;
@@ -294,9 +296,17 @@ impl ChainJob {
         };
 
         // Leases first: a second agent stops here, before touching the node.
+        // Each store must first show that it honours conditional writes,
+        // which leases and pointer moves rely on (unless `lease-only`).
         let mut leases: Vec<Lease> = Vec::new();
         let mut sinks: Vec<Arc<dyn ObjectSink>> = Vec::new();
         for (url, sink) in &self.stores {
+            if let Err(e) = require_conditional_writes(sink.as_ref(), self.cfg.lease_only).await {
+                report
+                    .stores
+                    .push(StoreReport::new(url.clone(), Err(e.to_string())));
+                continue;
+            }
             match lease::acquire_for_publish(sink.clone(), &self.chain).await {
                 Ok(l) => {
                     leases.push(l);

@@ -5,22 +5,31 @@
 //! kept, so [`collect`] deletes manifests the pointer no longer names, and
 //! chunks that no kept manifest of any chain in the store references. It
 //! never deletes on incomplete knowledge: a pointer or manifest that cannot
-//! be read and verified stops the collection. Unreferenced objects younger
-//! than the grace period stay, and a collection runs only while no publish
-//! holds a lease on the store (see [`crate::lease`] for why that ordering
-//! is safe).
+//! be read and verified stops the collection.
+//!
+//! The grace period runs from the moment a manifest left the pointer, not
+//! from its upload: a fetcher that read the previous pointer just before a
+//! cycle must still find every chunk. `gc/retired.json` records when a
+//! collection first saw each manifest unkept (missing or unreadable, every
+//! unkept manifest counts as retired just now, which only delays deletion);
+//! while younger than the grace period such a manifest counts as kept, and
+//! its chunks with it. Chunks no manifest references (a failed publish's
+//! uploads) stay for the grace period after their upload. A collection runs
+//! only while no publish holds a lease on the store (see [`crate::lease`]
+//! for why that ordering is safe).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use qsync_cdn::signed::{get_manifest, get_signed, SignedReadError};
-use qsync_cdn::{Listed, ObjectSink};
+use qsync_cdn::{Listed, ObjectSink, PutOptions};
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
+use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Retention;
 use crate::lease::{self, Lease, LeaseError};
@@ -73,7 +82,10 @@ pub struct GcReport {
     pub manifests_kept: u64,
     /// Manifest objects deleted.
     pub manifests_deleted: Vec<String>,
-    /// Chunks referenced by a kept manifest.
+    /// Manifests no pointer names any more, kept (with their chunks)
+    /// because they left the pointer less than the grace period ago.
+    pub manifests_in_grace: u64,
+    /// Chunks referenced by a kept manifest or one still in its grace period.
     pub chunks_referenced: u64,
     /// Chunks deleted.
     pub chunks_deleted: u64,
@@ -98,14 +110,14 @@ pub async fn collect(
         dry_run,
         ..GcReport::default()
     };
-    let gc_key = ObjectKey::lock("gc")?;
+    let gc_key = ObjectKey::gc_lock();
     let lease = match Lease::acquire(sink.clone(), gc_key.clone(), "gc").await {
         Ok(l) => l,
         Err(LeaseError::Held { holder, .. }) => {
             report.deferred = Some(format!("another collection is running ({holder})"));
             return Ok(report);
         }
-        Err(LeaseError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
     };
     let result = collect_leased(&sink, vk, own, grace, &gc_key, &mut report).await;
     lease.release().await;
@@ -122,7 +134,7 @@ async fn collect_leased(
 ) -> Result<(), SnapshotError> {
     // Our lease is written; a publisher that starts after this sees it and
     // waits. One that started before holds a lease we see here.
-    let own_key = own.map(|c| ObjectKey::lock(c.as_str())).transpose()?;
+    let own_key = own.map(ObjectKey::publish_lock);
     for l in sink.list(&ObjectKey::new("locks")?).await? {
         if &l.key == gc_key || Some(&l.key) == own_key.as_ref() {
             continue;
@@ -177,17 +189,55 @@ async fn collect_leased(
             report.manifests_kept += 1;
         }
     }
-    report.chunks_referenced = referenced.len() as u64;
 
+    // Manifests no pointer names: retired, and kept while they left the
+    // pointer less than `grace` ago (or were uploaded less than that ago).
+    let now = Timestamp::now();
+    let before = load_retired(sink.as_ref()).await;
+    let mut retired = Retired::default();
     let mut doomed: Vec<ObjectKey> = Vec::new();
+    let mut doomed_manifests: HashSet<&str> = HashSet::new();
+    // A retired manifest in grace that cannot be read: which chunks it
+    // needs is unknown, so no chunk goes this time.
+    let mut unknown_references = None;
+    let manifests: Vec<&Listed> = listed
+        .iter()
+        .filter(|l| l.key.as_str().contains("/manifests/") && !l.key.as_str().ends_with(".minisig"))
+        .collect();
+    for l in &manifests {
+        let k = l.key.as_str();
+        if kept_manifests.contains(k) {
+            continue;
+        }
+        let since = before.manifests.get(k).copied().unwrap_or(now);
+        retired.manifests.insert(k.to_string(), since);
+        if now.0.saturating_sub(since.0) >= grace.as_secs() && old(l) {
+            report.manifests_deleted.push(k.to_string());
+            doomed_manifests.insert(k);
+            doomed.push(l.key.clone());
+            retired.manifests.remove(k);
+            continue;
+        }
+        report.manifests_in_grace += 1;
+        match retired_manifest(sink.as_ref(), l, vk).await {
+            Ok(m) => referenced.extend(m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.blake3))),
+            Err(e) => {
+                tracing::warn!("{k} in {}, retired less than the grace period ago, cannot be read ({e}); no chunk is deleted until it can be or its grace period is over", sink.location());
+                unknown_references = Some(k.to_string());
+            }
+        }
+    }
+    let listed_manifests: HashSet<&str> = manifests.iter().map(|l| l.key.as_str()).collect();
     for l in &listed {
         let k = l.key.as_str();
-        if k.contains("/manifests/") && old(l) {
+        if k.contains("/manifests/") && k.ends_with(".minisig") {
+            // A manifest's signature goes with it (or alone, when its manifest is gone).
             let manifest_key = k.strip_suffix(".minisig").unwrap_or(k);
-            if !kept_manifests.contains(manifest_key) {
-                if !k.ends_with(".minisig") {
-                    report.manifests_deleted.push(k.to_string());
-                }
+            if doomed_manifests.contains(manifest_key)
+                || (!listed_manifests.contains(manifest_key)
+                    && !kept_manifests.contains(manifest_key)
+                    && old(l))
+            {
                 doomed.push(l.key.clone());
             }
         } else if k.contains("/latest.json.sigs/") && old(l) && !current_sigs.contains(&l.key) {
@@ -209,7 +259,7 @@ async fn collect_leased(
         if referenced.contains(&d) {
             continue;
         }
-        if old(&l) {
+        if old(&l) && unknown_references.is_none() {
             report.chunks_deleted += 1;
             report.bytes_deleted += l.size;
             doomed.push(l.key);
@@ -217,8 +267,18 @@ async fn collect_leased(
             report.chunks_in_grace += 1;
         }
     }
+    report.chunks_referenced = referenced.len() as u64;
     if report.dry_run {
         return Ok(());
+    }
+    // Recorded before deleting: if this write fails, the next collection
+    // counts these manifests as retired from then on, which only delays.
+    if retired != before {
+        let key = ObjectKey::gc_retired();
+        let body = bytes::Bytes::from(serde_json::to_vec_pretty(&retired).expect("serialisable"));
+        if let Err(e) = sink.put(&key, body, PutOptions::for_key(&key)).await {
+            tracing::warn!("recording retired manifests in {key}: {e}; their grace period restarts at the next collection");
+        }
     }
     use futures::StreamExt;
     let mut deletes = futures::stream::iter(doomed)
@@ -231,6 +291,57 @@ async fn collect_leased(
         r?;
     }
     Ok(())
+}
+
+/// `gc/retired.json`: when a collection first saw each manifest (by key)
+/// that no pointer names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Retired {
+    manifests: BTreeMap<String, Timestamp>,
+}
+
+/// Largest `gc/retired.json` read (about 100 bytes per retired manifest).
+const MAX_RETIRED_BYTES: u64 = 16 << 20;
+
+/// The store's record of retired manifests; empty when it is missing or
+/// unreadable (then every unkept manifest counts as retired now).
+async fn load_retired(sink: &dyn ObjectSink) -> Retired {
+    let key = ObjectKey::gc_retired();
+    match sink.get_limited(&key, MAX_RETIRED_BYTES).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{key} in {} is unreadable ({e}); every unkept manifest counts as retired now",
+                sink.location()
+            );
+            Retired::default()
+        }),
+        Err(e) if e.is_not_found() => Retired::default(),
+        Err(e) => {
+            tracing::warn!(
+                "reading {key} in {}: {e}; every unkept manifest counts as retired now",
+                sink.location()
+            );
+            Retired::default()
+        }
+    }
+}
+
+/// A manifest no pointer names any more, read to learn which chunks it
+/// needs: its signature verified (no pointer gives its digest now), then
+/// decoded.
+async fn retired_manifest(
+    sink: &dyn ObjectSink,
+    l: &Listed,
+    vk: &VerifyingKey,
+) -> Result<Manifest, SnapshotError> {
+    let what = format!("{} in {}", l.key, sink.location());
+    let bytes = get_signed(sink, &l.key, vk, l.size)
+        .await?
+        .ok_or_else(|| FormatError::Invalid(format!("{what} vanished while being collected")))?;
+    let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
+        .await
+        .expect("decode does not panic")?;
+    Ok(m)
 }
 
 /// The verified manifest `snap` names. A manifest the pointer names but
