@@ -86,6 +86,18 @@ trap 'rm -f "$log"' EXIT
 status=0
 # --no-fail-fast: one failing test binary must not hide the others' results.
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+# --- Fuzzing (docs/security.md, "Fuzzing") ---------------------------------
+# Every parser of untrusted input, a few seconds each from the seeds in
+# fuzz/corpus (about 2 minutes with the build). fuzz/ is its own workspace
+# on the nightly toolchain the machine image ships; cargo-fuzz comes from
+# crates.io (about 2 minutes to build, once). A crash, hang or runaway
+# allocation fails the suite, and scripts/fuzz.sh prints the reproducer.
+cargo +nightly fuzz --version >/dev/null 2>&1 || {
+  echo "installing cargo-fuzz (cargo install)"
+  cargo install --quiet --locked cargo-fuzz
+}
+scripts/fuzz.sh || status=$?
+# --- end of fuzzing ---------------------------------------------------------
 # cargo's last "test result" line belongs to whichever crate ran last (often
 # doc-tests with nothing in them), so close with the totals of every target.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -182,13 +182,6 @@ impl Manifest {
         }
         for f in &self.files {
             check_path(&f.path, &files)?;
-            let sum: u64 = f.chunks.iter().map(|c| c.size).sum();
-            if sum != f.size {
-                return Err(format!(
-                    "{:?}: chunks add up to {sum} bytes but the file is {} bytes",
-                    f.path, f.size
-                ));
-            }
             if let Some(c) = f
                 .chunks
                 .iter()
@@ -197,6 +190,15 @@ impl Manifest {
                 return Err(format!(
                     "{:?}: chunk {} has size {}, outside 1..={}",
                     f.path, c.blake3, c.size, self.chunker.max_size
+                ));
+            }
+            // Bounded chunks first: a manifest of at most 2 GiB cannot then
+            // add up to more than u64 holds.
+            let sum: u64 = f.chunks.iter().map(|c| c.size).sum();
+            if sum != f.size {
+                return Err(format!(
+                    "{:?}: chunks add up to {sum} bytes but the file is {} bytes",
+                    f.path, f.size
                 ));
             }
         }
@@ -314,5 +316,20 @@ mod tests {
         f.path = "db/a.sst/inner".into();
         m.files.push(f);
         assert!(Manifest::decode(&m.encode().0, "t").is_err());
+    }
+
+    /// Found writing fuzz/fuzz_targets/manifest.rs: chunk sizes whose sum
+    /// overflows u64 panicked the decoder before the per-chunk bound was
+    /// checked (in builds with overflow checks, as tests and fuzzing have).
+    #[test]
+    fn refuses_chunk_sizes_that_overflow() {
+        let mut m = sample();
+        m.files[0].size = 4;
+        m.files[0].chunks[0].size = u64::MAX;
+        let mut c = m.files[0].chunks[0].clone();
+        c.size = 5;
+        m.files[0].chunks.push(c);
+        let err = Manifest::decode(&m.encode().0, "t").unwrap_err().to_string();
+        assert!(err.contains("outside 1..="), "{err}");
     }
 }

@@ -165,10 +165,34 @@ impl VerifyingKey {
             reason,
         };
         let text = std::str::from_utf8(signature).map_err(|_| bad("signature file is not text".into()))?;
+        if !global_signature_is_64_bytes(text) {
+            return Err(bad(
+                "the global signature (fourth line) is not 64 bytes; the signature file is truncated or tampered with".into(),
+            ));
+        }
         let sig = SignatureBox::from_string(text).map_err(|e| bad(format!("unreadable signature: {e}")))?;
         minisign::verify(&self.0, &sig, Cursor::new(bytes), true, false, false)
             .map_err(|e| bad(e.to_string()))
     }
+}
+
+/// Whether the fourth line of a signature file (the global signature, over
+/// the signature and the trusted comment) decodes to 64 bytes, or is absent
+/// (which minisign reports itself). minisign 0.10 slices it as 64 bytes
+/// without checking, so a shorter one would panic instead of failing to
+/// verify. Its base64 decoder stops at the first character outside the
+/// alphabet and then accepts only padding, so the length is the count of
+/// leading alphabet characters times 6/8.
+fn global_signature_is_64_bytes(text: &str) -> bool {
+    let Some(line) = text.lines().nth(3) else {
+        return true;
+    };
+    let digits = line
+        .trim()
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+        .count();
+    digits * 6 / 8 == 64
 }
 
 #[cfg(test)]
@@ -191,5 +215,26 @@ mod tests {
         assert!(v1.verify(&key, b"datA", &sig).is_err());
         assert!(v2.verify(&key, b"data", &sig).is_err());
         assert_eq!(SigningKey::load(&s1).unwrap().verifying_key().id(), v1.id());
+    }
+
+    /// Found by fuzz/fuzz_targets/signature.rs: minisign 0.10 slices the
+    /// global signature as 64 bytes without checking its length, so a
+    /// mirror serving a genuine signature with its last line cut panicked
+    /// the fetcher instead of being refused and failed over.
+    #[test]
+    fn refuses_a_cut_global_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, p) = (dir.path().join("k.sec"), dir.path().join("k.pub"));
+        keygen(&s, &p).unwrap();
+        let key = ObjectKey::new("chains/x/latest.json").unwrap();
+        let sig = String::from_utf8(SigningKey::load(&s).unwrap().sign(&key, b"data")).unwrap();
+        let vk = VerifyingKey::load(p.to_str().unwrap()).unwrap();
+        let lines: Vec<&str> = sig.lines().collect();
+        let global_cut = format!("{}\n{}\n{}\n{}\n", lines[0], lines[1], lines[2], &lines[3][..40]);
+        let err = vk
+            .verify(&key, b"data", global_cut.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("global signature"), "{err}");
     }
 }
