@@ -7,8 +7,8 @@
 //! joined onto a directory stays under it and is made of plain names of
 //! `[A-Za-z0-9._-]`; it round-trips through serde. An accepted chain name is
 //! 1-64 of `[a-z0-9._-]` starting with a letter or digit, and every key built
-//! from it (pointer, its signature, manifest, manifests directory) is itself
-//! a valid object key.
+//! from it (pointer, its signature, manifest, manifests directory, publish
+//! lease) is itself a valid object key, and its lease is never the GC lease.
 #![no_main]
 
 use std::path::{Component, Path};
@@ -72,6 +72,9 @@ fuzz_target!(|data: &[u8]| {
         ] {
             check_key(&rebuilt(key));
         }
+        let lock = rebuilt(ObjectKey::publish_lock(&chain));
+        check_key(&lock);
+        assert_ne!(lock, ObjectKey::gc_lock(), "a chain's lease is the GC lease");
         let pointer = ObjectKey::pointer(&chain);
         assert!(pointer.is_mutable());
         check_key(&rebuilt(pointer.signature_for(data)));
