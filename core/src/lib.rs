@@ -16,6 +16,7 @@ pub mod lease;
 pub mod manifest;
 pub mod pointer;
 pub mod progress;
+pub mod records;
 pub mod sign;
 pub mod span;
 pub mod time;

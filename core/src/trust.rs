@@ -38,7 +38,12 @@ pub fn rank(snap: &SnapshotRef) -> (Timestamp, u64) {
     (snap.created_at, snap.version)
 }
 
-fn expired_check(what: &str, at: Timestamp, now: Timestamp, policy: Expired) -> Result<Option<String>, FormatError> {
+fn expired_check(
+    what: &str,
+    at: Timestamp,
+    now: Timestamp,
+    policy: Expired,
+) -> Result<Option<String>, FormatError> {
     if at >= now {
         return Ok(None);
     }
@@ -52,7 +57,11 @@ fn expired_check(what: &str, at: Timestamp, now: Timestamp, policy: Expired) -> 
 
 /// Refuses `pointer` if it has expired (or, with [`Expired::Allow`],
 /// returns a warning to log).
-pub fn check_pointer(pointer: &Pointer, now: Timestamp, policy: Expired) -> Result<Option<String>, FormatError> {
+pub fn check_pointer(
+    pointer: &Pointer,
+    now: Timestamp,
+    policy: Expired,
+) -> Result<Option<String>, FormatError> {
     let what = format!(
         "pointer of chain {} (sequence {})",
         pointer.chain, pointer.sequence
@@ -69,7 +78,10 @@ pub fn check_manifest(
     now: Timestamp,
     policy: Expired,
 ) -> Result<Option<String>, FormatError> {
-    if &manifest.chain.name != chain || manifest.version != snap.version || manifest.created_at != snap.created_at {
+    if &manifest.chain.name != chain
+        || manifest.version != snap.version
+        || manifest.created_at != snap.created_at
+    {
         return Err(FormatError::Invalid(format!(
             "manifest {} is for chain {} version {} (created {}), but the pointer promised chain {chain} version {} (created {}); the store is inconsistent or tampered with",
             snap.manifest_key, manifest.chain.name, manifest.version, manifest.created_at, snap.version, snap.created_at
@@ -255,7 +267,12 @@ impl TrustStore {
             Some(Floor::Trusted(t)) => {
                 let had = (t.created_at, t.version);
                 let path = self.file(chain);
-                let what = || format!("snapshot {} created {} (on {})", t.version, t.created_at, t.restored_at);
+                let what = || {
+                    format!(
+                        "snapshot {} created {} (on {})",
+                        t.version, t.created_at, t.restored_at
+                    )
+                };
                 if rank(snap) < had {
                     return Err(refuse(what(), &path));
                 }
@@ -296,7 +313,10 @@ impl TrustStore {
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(&record).expect("serialises"))?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -356,7 +376,10 @@ mod tests {
         assert!(t.check_rollback(&eth, &snap(10, 100, b"a")).is_err());
         t.check_rollback(&eth, &snap(3, 300, b"c")).unwrap();
         t.check_rollback(&eth, &snap(2, 200, b"b")).unwrap();
-        let e = t.check_rollback(&eth, &snap(2, 200, b"x")).unwrap_err().to_string();
+        let e = t
+            .check_rollback(&eth, &snap(2, 200, b"x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("two publishers"), "{e}");
         // Never moves backwards.
         t.advance(&eth, &snap(10, 100, b"a"), "K").unwrap();

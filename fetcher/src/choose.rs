@@ -65,7 +65,10 @@ pub async fn choose(
         trust::check_manifest(&manifest, &pointer.current, chain, now, Expired::Allow)?;
         if manifest.expires_at < now {
             let e = FormatError::expired(
-                &format!("snapshot {} of chain {chain} (from {})", pointer.current.version, c.location),
+                &format!(
+                    "snapshot {} of chain {chain} (from {})",
+                    pointer.current.version, c.location
+                ),
                 manifest.expires_at,
             );
             if expired == Expired::Refuse {

@@ -4,24 +4,29 @@
 //! completion marker) exists. Before anything is modified the marker is
 //! removed and `.qsync-restore.partial.json` written, so a run killed at any
 //! point leaves a directory that is visibly incomplete and that the next run
-//! recognises as its own. Paths are created component by component; a
-//! symbolic link found where a directory or file belongs is removed, never
-//! followed, so no write can leave the destination. The file operations of
-//! a restore (layout, hashing what is present, sizing, sealing) live here too.
+//! recognises as its own. Every operation goes through [`Root`], relative
+//! to the open destination: paths are created component by component, each
+//! directory opened relative to its parent; a symbolic link found where a
+//! directory or file belongs is removed, never followed, and a file with
+//! other hard links is replaced by a private copy before anything writes
+//! it, so no write can leave the destination. The file operations of a
+//! restore (layout, hashing what is present, sizing, sealing) live here too.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
+use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
 
 use qsync_core::manifest::{FileEntry, Manifest, RESERVED_NAMES};
 use qsync_core::pointer::Pointer;
 use qsync_core::progress::Progress;
-use qsync_core::time::Timestamp;
+use qsync_core::records::{parse_marker, MARKER_LIMIT};
 use qsync_core::{Digest, FormatError};
-use serde::{Deserialize, Serialize};
+use rustix::fs::FileType;
 
+pub use qsync_core::records::Marker;
+
+use crate::root::{self, Root};
 use crate::RestoreError;
 
 /// Name of the completion marker.
@@ -33,88 +38,39 @@ pub const JOURNAL: &str = RESERVED_NAMES[2];
 /// Name of the file index of the last completed restore.
 pub const INDEX: &str = RESERVED_NAMES[3];
 
-/// Contents of both markers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Marker {
-    /// Always `qsync-restore/1`.
-    pub format: String,
-    /// Chain restored.
-    pub chain: String,
-    /// Snapshot version.
-    pub version: u64,
-    /// Block height, when known.
-    #[serde(default)]
-    pub height: Option<u64>,
-    /// Manifest key.
-    pub manifest_key: String,
-    /// BLAKE3 of the stored manifest.
-    pub manifest_blake3: String,
-    /// Signing key id.
-    pub key_id: String,
-    /// When this marker was written.
-    pub written_at: String,
+/// Reads a marker; `None` when absent, not a regular file, too large or
+/// not a qsync marker.
+pub fn read_marker(root: &Root, name: &str) -> Option<Marker> {
+    let bytes = root.read_bounded(name, MARKER_LIMIT).ok()??;
+    parse_marker(&bytes)
+        .inspect_err(|e| tracing::warn!("{}: {e}; ignoring it", root.display(name).display()))
+        .ok()
 }
 
-impl Marker {
-    /// The marker for `pointer`'s current snapshot.
-    pub fn new(pointer: &Pointer, key_id: String) -> Marker {
-        Marker {
-            format: "qsync-restore/1".into(),
-            chain: pointer.chain.to_string(),
-            version: pointer.current.version,
-            height: pointer.current.height,
-            manifest_key: pointer.current.manifest_key.to_string(),
-            manifest_blake3: pointer.current.manifest_blake3.to_hex(),
-            key_id,
-            written_at: Timestamp::now().to_string(),
-        }
+/// Writes `name` in the destination atomically and durably.
+pub fn write_marker(root: &Root, name: &str, m: &Marker) -> Result<(), RestoreError> {
+    root.write_atomic(name, &m.to_bytes())
+        .map_err(RestoreError::io(root.display(name)))
+}
+
+/// Removes `name` from the destination durably (absent is fine).
+pub fn remove_marker(root: &Root, name: &str) -> Result<(), RestoreError> {
+    let io = RestoreError::io(root.display(name));
+    match root.unlink(name) {
+        Ok(true) => root.sync().map_err(io),
+        Ok(false) => Ok(()),
+        Err(e) => Err(io(e)),
     }
 }
 
-/// Reads a marker; `None` when absent or unreadable.
-pub fn read_marker(dest: &Path, name: &str) -> Option<Marker> {
-    let bytes = std::fs::read(dest.join(name)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-fn sync_dir(dir: &Path) -> Result<(), RestoreError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(RestoreError::io(dir))
-}
-
-/// Writes `name` in `dest` atomically and durably.
-pub fn write_marker(dest: &Path, name: &str, m: &Marker) -> Result<(), RestoreError> {
-    let path = dest.join(name);
-    let tmp = dest.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(RestoreError::io(&tmp))?;
-    f.write_all(&serde_json::to_vec_pretty(m).expect("serialises"))
-        .and_then(|_| f.sync_all())
-        .map_err(RestoreError::io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(RestoreError::io(&path))?;
-    sync_dir(dest)
-}
-
-/// Removes `name` from `dest` durably (absent is fine).
-pub fn remove_marker(dest: &Path, name: &str) -> Result<(), RestoreError> {
-    match std::fs::remove_file(dest.join(name)) {
-        Ok(()) => sync_dir(dest),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RestoreError::io(dest.join(name))(e)),
-    }
-}
-
-/// Claims `dest` for a restore of `pointer`: checks ownership, then writes the
-/// in-progress marker and removes the completion marker. Returns the
-/// canonical destination path.
-pub fn claim(dest: &Path, pointer: &Pointer, key_id: String, force: bool) -> Result<PathBuf, RestoreError> {
+/// Claims the destination for a restore of `pointer`: checks ownership,
+/// then writes the in-progress marker and removes the completion marker.
+pub fn claim(root: &Root, pointer: &Pointer, key_id: String, force: bool) -> Result<(), RestoreError> {
     let refuse = |reason: String| RestoreError::Dest {
-        path: dest.into(),
+        path: root.path().into(),
         reason,
     };
-    std::fs::create_dir_all(dest).map_err(RestoreError::io(dest))?;
-    let dest = dest.canonicalize().map_err(RestoreError::io(dest))?;
-    let previous = read_marker(&dest, MARKER).or_else(|| read_marker(&dest, PARTIAL));
+    let previous = read_marker(root, MARKER).or_else(|| read_marker(root, PARTIAL));
     match previous {
         Some(m) if m.chain != pointer.chain.as_str() && !force => {
             return Err(refuse(format!(
@@ -124,87 +80,113 @@ pub fn claim(dest: &Path, pointer: &Pointer, key_id: String, force: bool) -> Res
         }
         Some(_) => {}
         None => {
-            let mut entries = std::fs::read_dir(&dest).map_err(RestoreError::io(&dest))?;
-            if entries.next().is_some() && !force {
+            let io = io_at(root, "");
+            let empty = root::entries(&root.open_dir("").map_err(&io)?)
+                .map_err(io)?
+                .is_empty();
+            if !empty && !force {
                 return Err(refuse(
                     "is not empty and carries no qsync marker; refusing to touch data qsync did not write. Pick an empty --dest, or pass --force to make it exactly the snapshot (files not in the snapshot are deleted)".into(),
                 ));
             }
         }
     }
-    write_marker(&dest, PARTIAL, &Marker::new(pointer, key_id))?;
-    remove_marker(&dest, MARKER)?;
-    Ok(dest)
+    write_marker(root, PARTIAL, &Marker::new(pointer, key_id))?;
+    remove_marker(root, MARKER)
 }
 
-/// Makes `root/rel` a real directory, replacing files or links in the way.
-pub fn ensure_dir(root: &Path, rel: &str) -> Result<PathBuf, RestoreError> {
-    let mut cur = root.to_path_buf();
+/// An I/O error at `rel` in the destination, usable more than once.
+fn io_at<'a>(root: &'a Root, rel: &'a str) -> impl Fn(std::io::Error) -> RestoreError + 'a {
+    move |source| RestoreError::Io {
+        path: root.display(rel),
+        source,
+    }
+}
+
+/// Makes `rel` a real directory, replacing files or links in the way, and
+/// returns it open. Each component is opened relative to its parent and
+/// never through a link.
+pub fn ensure_dir(root: &Root, rel: &str) -> Result<File, RestoreError> {
+    let mut cur = root.open_dir("").map_err(RestoreError::io(root.path()))?;
+    let mut at = String::new();
     for comp in rel.split('/') {
-        cur.push(comp);
-        match std::fs::symlink_metadata(&cur) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => std::fs::remove_file(&cur).map_err(RestoreError::io(&cur))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RestoreError::io(&cur)(e)),
+        if !at.is_empty() {
+            at.push('/');
         }
-        std::fs::create_dir(&cur).map_err(RestoreError::io(&cur))?;
+        at.push_str(comp);
+        let io = io_at(root, &at);
+        match root::stat_at(&cur, comp).map_err(&io)? {
+            Some((FileType::Directory, _)) => {}
+            Some(_) => {
+                root::remove_at(&cur, comp).map_err(&io)?;
+                root::mkdir_at(&cur, comp).map_err(&io)?;
+            }
+            None => root::mkdir_at(&cur, comp).map_err(&io)?,
+        }
+        cur = root::open_dir_at(&cur, comp).map_err(io)?;
     }
     Ok(cur)
 }
 
-/// Prepares `root/rel` to be a regular file: parents are real directories and
-/// nothing but a regular file (or nothing) is left at the path.
-pub fn ensure_file_slot(root: &Path, rel: &str) -> Result<PathBuf, RestoreError> {
-    let parent = match rel.rsplit_once('/') {
-        Some((dir, _)) => ensure_dir(root, dir)?,
-        None => root.to_path_buf(),
+/// Prepares `rel` to be a regular file: parents are real directories,
+/// nothing but a regular file (or nothing) is left at the path, and a
+/// regular file with other hard links is replaced by a private copy.
+pub fn ensure_file_slot(root: &Root, rel: &str) -> Result<(), RestoreError> {
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((dir, name)) => (ensure_dir(root, dir)?, name),
+        None => (root.open_dir("").map_err(RestoreError::io(root.path()))?, rel),
     };
-    let path = parent.join(rel.rsplit('/').next().expect("non-empty path"));
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() => {}
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path).map_err(RestoreError::io(&path))?,
-        Ok(_) => std::fs::remove_file(&path).map_err(RestoreError::io(&path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(RestoreError::io(&path)(e)),
+    let io = io_at(root, rel);
+    match root::stat_at(&parent, name).map_err(&io)? {
+        Some((FileType::RegularFile, links)) if links > 1 => {
+            root::break_links_at(&parent, name).map_err(io)?;
+        }
+        Some((FileType::RegularFile, _)) | None => {}
+        Some(_) => root::remove_at(&parent, name).map_err(io)?,
     }
-    Ok(path)
+    Ok(())
 }
 
-/// Deletes everything under `root` that `manifest` does not list (markers
-/// excepted). Returns how many entries were removed.
-pub fn remove_extras(root: &Path, manifest: &Manifest) -> Result<u64, RestoreError> {
+/// Deletes everything in the destination that `manifest` does not list
+/// (markers excepted). Returns how many entries were removed.
+pub fn remove_extras(root: &Root, manifest: &Manifest) -> Result<u64, RestoreError> {
     let mut keep: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     keep.extend(manifest.directories.iter().map(|d| d.path.as_str()));
     keep.extend(RESERVED_NAMES);
     let mut removed = 0;
-    prune(root, "", &keep, &mut removed)?;
+    let dir = root.open_dir("").map_err(RestoreError::io(root.path()))?;
+    prune(root, &dir, "", &keep, &mut removed)?;
     Ok(removed)
 }
 
-fn prune(dir: &Path, prefix: &str, keep: &HashSet<&str>, removed: &mut u64) -> Result<(), RestoreError> {
-    for entry in std::fs::read_dir(dir).map_err(RestoreError::io(dir))? {
-        let entry = entry.map_err(RestoreError::io(dir))?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
+/// Prunes the open directory `dir` (at `prefix`), descending only into
+/// kept subdirectories, each opened relative to its parent, never a link.
+fn prune(
+    root: &Root,
+    dir: &File,
+    prefix: &str,
+    keep: &HashSet<&str>,
+    removed: &mut u64,
+) -> Result<(), RestoreError> {
+    let here = RestoreError::io(root.display(prefix));
+    for name in root::entries(dir).map_err(here)? {
+        let text = name.to_string_lossy();
         let rel = if prefix.is_empty() {
-            name
+            text.to_string()
         } else {
-            format!("{prefix}/{name}")
+            format!("{prefix}/{text}")
         };
-        let ft = entry.file_type().map_err(RestoreError::io(&path))?;
-        if keep.contains(rel.as_str()) {
-            if ft.is_dir() {
-                prune(&path, &rel, keep, removed)?;
+        let io = io_at(root, &rel);
+        // A name that is not UTF-8 is in no manifest.
+        let kept = name.to_str().is_ok() && keep.contains(rel.as_str());
+        if kept {
+            if let Some((FileType::Directory, _)) = root::stat_at(dir, &text).map_err(&io)? {
+                let sub = root::open_dir_at(dir, &text).map_err(&io)?;
+                prune(root, &sub, &rel, keep, removed)?;
             }
             continue;
         }
-        if ft.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        }
-        .map_err(RestoreError::io(&path))?;
+        root::remove_at(dir, name.as_c_str()).map_err(io)?;
         *removed += 1;
     }
     Ok(())
@@ -215,29 +197,34 @@ pub fn free_space(dir: &Path) -> Result<u64, RestoreError> {
     fs4::available_space(dir).map_err(RestoreError::io(dir))
 }
 
-/// Removes what the snapshot lacks, creates its directories, and returns the
-/// path of every file (with the slot cleared of links and directories).
-pub(crate) fn layout(root: &Path, m: &Manifest) -> Result<(u64, Vec<PathBuf>), RestoreError> {
+/// Removes what the snapshot lacks, creates its directories, and clears
+/// every file's slot of links, directories and other hard links. Returns
+/// how many entries were removed.
+pub(crate) fn layout(root: &Root, m: &Manifest) -> Result<u64, RestoreError> {
     let removed = remove_extras(root, m)?;
     for d in &m.directories {
         ensure_dir(root, &d.path)?;
     }
-    let paths = m
-        .files
-        .iter()
-        .map(|f| ensure_file_slot(root, &f.path))
-        .collect::<Result<_, _>>()?;
-    Ok((removed, paths))
+    for f in &m.files {
+        ensure_file_slot(root, &f.path)?;
+    }
+    Ok(removed)
 }
 
-/// For each chunk of `f`: does the file at `path` already hold it?
-pub(crate) fn hash_existing(path: &Path, f: &FileEntry) -> Result<Vec<bool>, RestoreError> {
-    let file = match std::fs::File::open(path) {
+/// For each chunk of `f`: does the file already hold it? Also returns the
+/// file's stat as it was read (`None` when absent).
+pub(crate) fn hash_existing(
+    root: &Root,
+    f: &FileEntry,
+) -> Result<(Vec<bool>, Option<std::fs::Metadata>), RestoreError> {
+    let path = root.display(&f.path);
+    let file = match root.open_read(&f.path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![false; f.chunks.len()]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![false; f.chunks.len()], None)),
         Err(e) => return Err(RestoreError::io(path)(e)),
     };
-    let have = file.metadata().map_err(RestoreError::io(path))?.len();
+    let meta = file.metadata().map_err(RestoreError::io(&path))?;
+    let have = meta.len();
     let mut buf = Vec::new();
     let mut offset = 0u64;
     let mut ok = Vec::with_capacity(f.chunks.len());
@@ -245,30 +232,36 @@ pub(crate) fn hash_existing(path: &Path, f: &FileEntry) -> Result<Vec<bool>, Res
         let present = offset + c.size <= have && {
             buf.resize(c.size as usize, 0);
             file.read_exact_at(&mut buf, offset)
-                .map_err(RestoreError::io(path))?;
+                .map_err(RestoreError::io(&path))?;
             Digest::of(&buf) == c.blake3
         };
         ok.push(present);
         offset += c.size;
     }
-    Ok(ok)
+    Ok((ok, Some(meta)))
 }
 
-/// Creates or truncates/extends `path` to `size`, reserving the blocks.
-pub(crate) fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
-    // A previous restore may have left the file read-only (its snapshot mode).
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        let mode = m.permissions().mode() | 0o600;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(RestoreError::io(path))?;
+/// Creates or truncates/extends `rel` to `size`, reserving the blocks. A
+/// file with other hard links is first replaced by a private copy, so the
+/// writes that follow never reach a name outside the destination.
+pub(crate) fn presize(root: &Root, rel: &str, size: u64) -> Result<(), RestoreError> {
+    let path = root.display(rel);
+    let io = || RestoreError::io(&path);
+    root.break_links(rel).map_err(io())?;
+    // A previous restore may have left the file read-only (its snapshot
+    // mode): widen it through an open file, never by path.
+    if let Ok(f) = root.open_read(rel) {
+        let mode = f.metadata().map_err(io())?.permissions().mode() | 0o600;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io())?;
     }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(RestoreError::io(path))?;
-    f.set_len(size).map_err(RestoreError::io(path))?;
+    let f = root.open_create(rel).map_err(io())?;
+    // Unchanged size: leave the file (and its stat, which the journal
+    // compares) alone.
+    if f.metadata().map_err(io())?.len() == size {
+        return Ok(());
+    }
+    f.set_len(size).map_err(io())?;
     if size > 0 {
         // Not every filesystem can preallocate; the free-space check already ran.
         let _ = fs4::fs_std::FileExt::allocate(&f, size);
@@ -280,53 +273,54 @@ pub(crate) fn presize(path: &Path, size: u64) -> Result<(), RestoreError> {
 /// whose digest was not already assembled as its chunks landed), first
 /// reads it back and verifies the whole-file digest (chunk digests were
 /// checked as they landed; this catches a chunk written at the wrong place).
+/// Returns the file's metadata once sealed, for the index.
 pub(crate) fn seal_file(
-    path: &Path,
+    root: &Root,
     f: &FileEntry,
     changed: bool,
     progress: &dyn Progress,
-) -> Result<(), RestoreError> {
-    let file = std::fs::File::open(path).map_err(RestoreError::io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o777))
-        .map_err(RestoreError::io(path))?;
-    if !changed {
-        return Ok(());
-    }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < f.size {
-        let n = ((f.size - offset) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], offset)
-            .map_err(RestoreError::io(path))?;
-        h.update(&buf[..n]);
-        offset += n as u64;
-        progress.advance(n as u64);
-    }
-    let actual: Digest = h.finalize().into();
-    if actual != f.blake3 {
-        return Err(FormatError::DigestMismatch {
-            what: format!("restored file {}", path.display()),
-            expected: f.blake3,
-            actual,
+) -> Result<std::fs::Metadata, RestoreError> {
+    let path = root.display(&f.path);
+    let io = || RestoreError::io(&path);
+    let file = root.open_read(&f.path).map_err(io())?;
+    file.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777))
+        .map_err(io())?;
+    if changed {
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        while offset < f.size {
+            let n = ((f.size - offset) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], offset).map_err(io())?;
+            h.update(&buf[..n]);
+            offset += n as u64;
+            progress.advance(n as u64);
         }
-        .into());
+        let actual: Digest = h.finalize().into();
+        if actual != f.blake3 {
+            return Err(FormatError::DigestMismatch {
+                what: format!("restored file {}", path.display()),
+                expected: f.blake3,
+                actual,
+            }
+            .into());
+        }
+        file.sync_all().map_err(io())?;
     }
-    file.sync_all().map_err(RestoreError::io(path))
+    file.metadata().map_err(io())
 }
 
-/// Applies directory modes and fsyncs every directory, deepest first.
-pub(crate) fn seal_dirs(root: &Path, m: &Manifest) -> Result<(), RestoreError> {
+/// Applies directory modes (through open directories) and fsyncs every
+/// directory, deepest first.
+pub(crate) fn seal_dirs(root: &Root, m: &Manifest) -> Result<(), RestoreError> {
     for d in m.directories.iter().rev() {
-        let p = root.join(&d.path);
+        let io = || RestoreError::io(root.display(&d.path));
+        let dir = root.open_dir(&d.path).map_err(io())?;
         // Keep the owner able to write, or a later top-up could not update it.
         let mode = (d.mode & 0o777) | 0o700;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(RestoreError::io(&p))?;
-        std::fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(RestoreError::io(&p))?;
+        dir.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io())?;
+        dir.sync_all().map_err(io())?;
     }
-    std::fs::File::open(root)
-        .and_then(|f| f.sync_all())
-        .map_err(RestoreError::io(root))
+    root.sync().map_err(RestoreError::io(root.path()))
 }

@@ -10,194 +10,220 @@
 //! - The **index** (`.qsync-restore.index.json`) is written when a restore
 //!   completes: each file's digest and the stat it had right after sealing.
 //!   A later top-up trusts a file whose path, digest and stat (size, mtime,
-//!   inode) are unchanged, instead of hashing it. The node rewriting a file
-//!   changes its mtime, so the file is hashed again. `--verify-existing`
-//!   ignores both records and hashes everything.
+//!   ctime, inode) are unchanged, instead of hashing it. The node rewriting
+//!   a file changes its mtime (and resetting mtime changes ctime), so the
+//!   file is hashed again. `--verify-existing` ignores both records and
+//!   hashes everything.
+//!
+//! Each journal record carries the file's stat right after its fdatasync;
+//! on resume a file's journaled chunks count only while its stat is still
+//! the last one recorded, so a file changed in place (same size) since is
+//! hashed, not trusted. Both records are read with a size limit set by the
+//! manifest and only from regular files, through [`Root`]; the record
+//! formats are `qsync_core::records`.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
 
-use qsync_core::manifest::FileEntry;
+use qsync_core::manifest::{FileEntry, Manifest};
+use qsync_core::records::{
+    index_limit, journal_limit, parse_index, parse_journal, FileStat, IndexFile, JournalLine, JournalState,
+};
 use qsync_core::Digest;
-use serde::{Deserialize, Serialize};
+use rustix::fs::OFlags;
+
+pub use qsync_core::records::{DoneSet, IndexEntry};
 
 use crate::dest::{INDEX, JOURNAL};
+use crate::root::Root;
 use crate::RestoreError;
 
-/// One line of the journal.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Line {
-    /// First line: which manifest the chunk indices refer to.
-    Header { manifest: Digest },
-    /// Chunks `c` of file `f` (indices into the manifest) are done; with
-    /// `c` absent, the whole file is.
-    Done {
-        f: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        c: Option<Vec<u32>>,
-    },
-}
-
-/// Verified chunks, by file index; `None` means every chunk of the file.
-pub type DoneSet = HashMap<u32, Option<HashSet<u32>>>;
+/// One record to append: file, chunks (`None` for all), stat once synced.
+pub type Record = (u32, Option<Vec<u32>>, Option<FileStat>);
 
 /// An open journal for one manifest.
 pub struct Journal {
     file: std::fs::File,
-    path: PathBuf,
+    root: Arc<Root>,
+    manifest: Arc<Manifest>,
 }
 
 impl Journal {
-    /// Opens the journal in `dest` for `manifest`, returning what it already
-    /// records. A journal for another manifest (or an unreadable one) is
-    /// started afresh.
-    pub fn open(dest: &Path, manifest: &Digest) -> Result<(Journal, DoneSet), RestoreError> {
-        let path = dest.join(JOURNAL);
-        let mut done = DoneSet::new();
-        let mut valid = false;
-        let mut torn = false;
-        if let Ok(bytes) = std::fs::read(&path) {
-            torn = !bytes.is_empty() && !bytes.ends_with(b"\n");
-            let mut lines = BufReader::new(&bytes[..]).lines().map_while(Result::ok);
-            if let Some(Ok(Line::Header { manifest: m })) = lines.next().map(|l| serde_json::from_str(&l)) {
-                valid = &m == manifest;
-            }
-            // A torn last line (power loss mid-append) is simply not counted.
-            for line in lines.filter(|_| valid) {
-                if let Ok(Line::Done { f, c }) = serde_json::from_str(&line) {
-                    merge(&mut done, f, c);
+    /// Opens the journal of the destination for `manifest` (stored with
+    /// digest `digest`), returning what it already records. A journal for
+    /// another manifest, unreadable, over the size this manifest can need,
+    /// or not a regular file is started afresh.
+    pub fn open(
+        root: Arc<Root>,
+        manifest: Arc<Manifest>,
+        digest: &Digest,
+    ) -> Result<(Journal, JournalState), RestoreError> {
+        let path = root.display(JOURNAL);
+        let places = manifest.files.iter().map(|f| f.chunks.len()).sum();
+        let limit = journal_limit(manifest.files.len(), places);
+        let previous = root
+            .read_bounded(JOURNAL, limit)
+            .map_err(RestoreError::io(&path))?
+            .and_then(|bytes| parse_journal(&bytes, digest, limit).ok());
+        if let Some(state) = previous {
+            // Append to the very file, unless it became something else.
+            if let Ok(mut file) = root.open_write(JOURNAL, OFlags::APPEND) {
+                if state.torn {
+                    // Terminate the torn line so the next record starts on its own.
+                    file.write_all(b"\n").map_err(RestoreError::io(&path))?;
                 }
+                return Ok((Journal { file, root, manifest }, state));
             }
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let header = JournalLine::Header { manifest: *digest }.to_line();
+        let file = root
+            .replace_with(JOURNAL, true, |f| f.write_all(header.as_bytes()))
             .map_err(RestoreError::io(&path))?;
-        if valid && torn {
-            // Terminate the torn line so the next record starts on its own.
-            file.write_all(b"\n").map_err(RestoreError::io(&path))?;
-        }
-        if !valid {
-            file.set_len(0).map_err(RestoreError::io(&path))?;
-            let header = serde_json::to_string(&Line::Header { manifest: *manifest }).expect("serialises");
-            writeln!(file, "{header}")
-                .and_then(|_| file.sync_data())
-                .map_err(RestoreError::io(&path))?;
-        }
-        Ok((Journal { file, path }, done))
+        Ok((Journal { file, root, manifest }, JournalState::default()))
     }
 
     /// Appends `entries` durably. The caller has already synced the data.
-    pub fn record(&mut self, entries: &[(u32, Option<Vec<u32>>)]) -> Result<(), RestoreError> {
+    pub fn record(&mut self, entries: &[Record]) -> Result<(), RestoreError> {
         let mut text = String::new();
-        for (f, c) in entries {
-            text.push_str(&serde_json::to_string(&Line::Done { f: *f, c: c.clone() }).expect("serialises"));
-            text.push('\n');
+        for (f, c, st) in entries {
+            text.push_str(
+                &JournalLine::Done {
+                    f: *f,
+                    c: c.clone(),
+                    st: *st,
+                }
+                .to_line(),
+            );
         }
         self.file
             .write_all(text.as_bytes())
             .and_then(|_| self.file.sync_data())
-            .map_err(RestoreError::io(&self.path))
+            .map_err(RestoreError::io(self.root.display(JOURNAL)))
+    }
+
+    /// Fdatasyncs each file of `written` (file index -> chunks written),
+    /// then journals the chunks with the stat each file had once synced.
+    pub fn sync_and_record(&mut self, written: HashMap<u32, Vec<u32>>) -> Result<(), RestoreError> {
+        let mut entries = Vec::with_capacity(written.len());
+        for (f, chunks) in written {
+            let rel = &self.manifest.files[f as usize].path;
+            let io = || RestoreError::io(self.root.display(rel));
+            let file = self.root.open_read(rel).map_err(io())?;
+            file.sync_data().map_err(io())?;
+            let st = FileStat::of(&file.metadata().map_err(io())?);
+            entries.push((f, Some(chunks), Some(st)));
+        }
+        self.record(&entries)
     }
 
     /// Removes the journal (the restore is complete).
     pub fn remove(self) -> Result<(), RestoreError> {
         drop(self.file);
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RestoreError::io(&self.path)(e)),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn merge(done: &mut DoneSet, f: u32, c: Option<Vec<u32>>) {
-    match (done.entry(f).or_insert_with(|| Some(HashSet::new())), c) {
-        (all @ Some(_), None) => *all = None,
-        (Some(set), Some(c)) => set.extend(c),
-        (None, _) => {}
-    }
-}
-
-/// A file as it was right after a completed restore sealed it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexEntry {
-    /// Whole-file digest.
-    pub blake3: Digest,
-    /// Stat after sealing.
-    pub size: u64,
-    /// Modification time, nanoseconds.
-    pub mtime_ns: i128,
-    /// Inode.
-    pub ino: u64,
-}
-
-impl IndexEntry {
-    /// The entry for a file with digest `blake3` and metadata `m`.
-    pub fn new(blake3: Digest, m: &std::fs::Metadata) -> Self {
-        IndexEntry {
-            blake3,
-            size: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            ino: m.ino(),
+        let io = RestoreError::io(self.root.display(JOURNAL));
+        match self.root.unlink(JOURNAL) {
+            Ok(true) => self.root.sync().map_err(io),
+            Ok(false) => Ok(()),
+            Err(e) => Err(io(e)),
         }
     }
 }
 
 /// The index of the last completed restore in a destination.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default)]
 pub struct Index {
     files: HashMap<String, IndexEntry>,
 }
 
 impl Index {
-    /// Loads the index of `dest` (empty when absent or unreadable).
-    pub fn load(dest: &Path) -> Index {
-        std::fs::read(dest.join(INDEX))
+    /// Loads the index of the destination (empty when absent, unreadable,
+    /// not a regular file or larger than `manifest` can need).
+    pub fn load(root: &Root, manifest: &Manifest) -> Index {
+        let paths = manifest.files.iter().map(|f| f.path.len()).sum();
+        let limit = index_limit(manifest.files.len(), paths);
+        let files = root
+            .read_bounded(INDEX, limit)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+            .flatten()
+            .and_then(|b| parse_index(&b, limit).ok())
+            .map(|i| i.files)
+            .unwrap_or_default();
+        Index { files }
     }
 
-    /// Whether the file at `path` is still exactly what a restore left for `f`.
-    pub fn unchanged(&self, path: &Path, f: &FileEntry) -> bool {
+    /// Whether the file of `f` is still exactly what a restore left.
+    pub fn unchanged(&self, root: &Root, f: &FileEntry) -> bool {
         let Some(entry) = self.files.get(&f.path) else {
             return false;
         };
         entry.blake3 == f.blake3
             && entry.size == f.size
-            && std::fs::symlink_metadata(path)
-                .is_ok_and(|m| m.is_file() && IndexEntry::new(f.blake3, &m) == *entry)
+            && root
+                .stat(&f.path)
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.is_file() && FileStat::of(&m) == entry.stat())
     }
 
-    /// Writes the index atomically.
-    pub fn save(dest: &Path, files: HashMap<String, IndexEntry>) -> Result<(), RestoreError> {
-        let path = dest.join(INDEX);
-        let tmp = dest.join(format!("{INDEX}.tmp"));
-        let bytes = serde_json::to_vec(&Index { files }).expect("serialises");
-        let mut f = std::fs::File::create(&tmp).map_err(RestoreError::io(&tmp))?;
-        f.write_all(&bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(RestoreError::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(RestoreError::io(&path))
+    /// Writes the index atomically and durably.
+    pub fn save(root: &Root, files: HashMap<String, IndexEntry>) -> Result<(), RestoreError> {
+        root.write_atomic(INDEX, &IndexFile { files }.to_bytes())
+            .map_err(RestoreError::io(root.display(INDEX)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qsync_core::records::FileStat;
+
+    fn manifest() -> Arc<Manifest> {
+        use qsync_core::chunk::ChunkerParams;
+        use qsync_core::manifest::{ChainMeta, ChunkRef, MANIFEST_FORMAT};
+        use qsync_core::time::Timestamp;
+        let chunk = ChunkRef {
+            blake3: Digest::of(b"c"),
+            size: 1,
+        };
+        let file = |i: usize| FileEntry {
+            path: format!("f{i}"),
+            size: 10,
+            mode: 0o644,
+            blake3: Digest::of(b"f"),
+            chunks: vec![chunk.clone(); 10],
+        };
+        Arc::new(Manifest {
+            format: MANIFEST_FORMAT.into(),
+            chain: ChainMeta {
+                name: qsync_core::ChainName::new("eth").unwrap(),
+                height: None,
+                block_hash: None,
+            },
+            version: 1,
+            created_at: Timestamp(1),
+            expires_at: Timestamp(2),
+            chunker: ChunkerParams::default(),
+            directories: Vec::new(),
+            files: (0..10).map(file).collect(),
+        })
+    }
 
     #[test]
     fn journal_survives_reopen_and_resets_for_another_manifest() {
         let d = tempfile::tempdir().unwrap();
+        let root = Arc::new(Root::create_locked(d.path()).unwrap());
         let (m1, m2) = (Digest::of(b"1"), Digest::of(b"2"));
-        let (mut j, done) = Journal::open(d.path(), &m1).unwrap();
-        assert!(done.is_empty());
-        j.record(&[(0, Some(vec![1, 2])), (3, None)]).unwrap();
-        j.record(&[(0, Some(vec![5]))]).unwrap();
+        let stat = FileStat {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            ino: 4,
+        };
+        let st = Some(stat);
+        let (mut j, done) = Journal::open(root.clone(), manifest(), &m1).unwrap();
+        assert!(done.done.is_empty());
+        j.record(&[(0, Some(vec![1, 2]), st), (3, None, None)]).unwrap();
+        j.record(&[(0, Some(vec![5]), st)]).unwrap();
         drop(j);
         // A torn line at the end is ignored.
         std::fs::OpenOptions::new()
@@ -206,15 +232,16 @@ mod tests {
             .unwrap()
             .write_all(b"{\"f\":9,\"c\":[")
             .unwrap();
-        let (mut j, done) = Journal::open(d.path(), &m1).unwrap();
-        assert_eq!(done[&0], Some(HashSet::from([1, 2, 5])));
-        assert_eq!(done[&3], None);
-        assert!(!done.contains_key(&9));
-        j.record(&[(7, None)]).unwrap();
+        let (mut j, done) = Journal::open(root.clone(), manifest(), &m1).unwrap();
+        assert_eq!(done.done[&0], Some([1, 2, 5].into()));
+        assert_eq!(done.stats[&0], stat);
+        assert_eq!(done.done[&3], None);
+        assert!(!done.done.contains_key(&9));
+        j.record(&[(7, None, None)]).unwrap();
         drop(j);
-        let (_, done) = Journal::open(d.path(), &m1).unwrap();
-        assert_eq!(done[&7], None, "record after a torn line was lost");
-        let (_, done) = Journal::open(d.path(), &m2).unwrap();
-        assert!(done.is_empty());
+        let (_, done) = Journal::open(root.clone(), manifest(), &m1).unwrap();
+        assert_eq!(done.done[&7], None, "record after a torn line was lost");
+        let (_, done) = Journal::open(root, manifest(), &m2).unwrap();
+        assert!(done.done.is_empty());
     }
 }

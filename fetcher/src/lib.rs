@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod journal;
 pub mod mirrors;
 pub mod restore;
+pub mod root;
 mod write;
 
 pub use error::RestoreError;

@@ -244,13 +244,21 @@ impl Mirrors {
     /// serves a pointer failing its signature, or a validly signed pointer
     /// of another chain, is demoted for the rest of the run; one that does
     /// not answer in time is skipped for the pointer only.
-    pub async fn pointers(&self, chain: &ChainName, vk: &VerifyingKey) -> Result<Vec<Candidate>, RestoreError> {
+    pub async fn pointers(
+        &self,
+        chain: &ChainName,
+        vk: &VerifyingKey,
+    ) -> Result<Vec<Candidate>, RestoreError> {
         let key = ObjectKey::pointer(chain);
         let limit = qsync_core::pointer::MAX_BYTES;
         let asks = self.mirrors.iter().map(|m| {
             let key = &key;
             async move {
-                tokio::time::timeout(self.opts.attempt_timeout, get_signed(m.source.as_ref(), key, vk, limit)).await
+                tokio::time::timeout(
+                    self.opts.attempt_timeout,
+                    get_signed(m.source.as_ref(), key, vk, limit),
+                )
+                .await
             }
         });
         let answers = futures::future::join_all(asks).await;
@@ -321,7 +329,12 @@ impl Mirrors {
 
     /// Records what mirror `i`'s pointer was, for the run's report.
     pub fn set_pointer_status(&self, i: usize, status: String) {
-        self.mirrors[i].health.lock().expect("not poisoned").report.pointer = Some(status);
+        self.mirrors[i]
+            .health
+            .lock()
+            .expect("not poisoned")
+            .report
+            .pointer = Some(status);
     }
 
     /// Takes mirror `i` out of this run (it served something it must not).

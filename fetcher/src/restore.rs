@@ -19,16 +19,18 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::progress::Progress;
+use qsync_core::records::{FileStat, JournalState};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::{ChainName, Digest};
 use serde::Serialize;
 
-use crate::dest::{self, hash_existing, layout, presize, seal_dirs, seal_file, Marker, MARKER, PARTIAL};
-use crate::journal::{self, DoneSet, Index, IndexEntry, Journal};
-use crate::write::{Disk, Slot};
 use crate::choose::choose;
+use crate::dest::{self, hash_existing, layout, presize, seal_dirs, seal_file, Marker, MARKER, PARTIAL};
+use crate::journal::{Index, IndexEntry, Journal, Record};
+use crate::root::Root;
+use crate::write::{Disk, Slot};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
@@ -104,8 +106,9 @@ struct Plan {
     /// Files this run writes entirely: their digests are assembled as the
     /// chunks land, so the seal need not read them back.
     whole: Vec<bool>,
-    /// What planning verified by reading, for the journal.
-    verified: Vec<(u32, Option<Vec<u32>>)>,
+    /// What planning verified by reading, with the stat it was read at,
+    /// for the journal.
+    verified: Vec<Record>,
 }
 
 /// How planning learned what a file holds.
@@ -114,8 +117,9 @@ enum Known {
     Trusted,
     /// These chunks, from the journal of this very manifest: nothing read.
     Journaled(HashSet<u32>),
-    /// These chunks, by hashing the file's current contents.
-    Hashed(Vec<bool>),
+    /// These chunks, by hashing the file's current contents (with the
+    /// file's stat as it was read).
+    Hashed(Vec<bool>, Option<FileStat>),
 }
 
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
@@ -129,32 +133,61 @@ pub async fn restore(
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
-    let expired = if opts.allow_expired { Expired::Allow } else { Expired::Refuse };
+    let expired = if opts.allow_expired {
+        Expired::Allow
+    } else {
+        Expired::Refuse
+    };
     let chosen = choose(mirrors, vk, &opts.chain, &trust, expired, opts.version, now).await?;
     let (pointer, pointer_from) = (chosen.pointer, chosen.from);
     let manifest = Arc::new(chosen.manifest);
 
-    let root = dest::claim(&opts.dest, &pointer, vk.id(), opts.force)?;
-    let (removed, paths) = {
+    // One restore per destination and per chain's trust state, for the
+    // whole run: a second restore into DEST fails at once; one of the same
+    // chain elsewhere waits for the trust record.
+    let root = {
+        let d = opts.dest.clone();
+        Arc::new(blocking(move || Root::create_locked(&d)).await?)
+    };
+    refuse_state_inside_dest(&opts.state_dir, root.path())?;
+    let _trust_lock = {
+        let (t, chain) = (TrustStore::new(&opts.state_dir), opts.chain.clone());
+        blocking(move || {
+            t.lock(&chain, || {
+                tracing::info!("waiting for another restore of chain {chain} to finish with the trust state")
+            })
+            .map_err(RestoreError::from)
+        })
+        .await?
+    };
+    dest::claim(&root, &pointer, vk.id(), opts.force)?;
+    let removed = {
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?
     };
-    let paths = Arc::new(paths);
-    let (mut journal, done) = journal::Journal::open(&root, &pointer.current.manifest_blake3)?;
+    let paths = Arc::new(
+        manifest
+            .files
+            .iter()
+            .map(|f| root.display(&f.path))
+            .collect::<Vec<_>>(),
+    );
+    let (mut journal, done) =
+        Journal::open(root.clone(), manifest.clone(), &pointer.current.manifest_blake3)?;
     let index = Arc::new(if opts.verify_existing {
         Index::default()
     } else {
-        Index::load(&root)
+        Index::load(&root, &manifest)
     });
     let done = (!opts.verify_existing).then(|| Arc::new(done));
-    let plan = plan(&manifest, &paths, done, index).await?;
+    let plan = plan(&manifest, &root, done, index).await?;
     if !plan.verified.is_empty() {
         journal.record(&plan.verified)?;
     }
-    let free = dest::free_space(&root)?;
+    let free = dest::free_space(root.path())?;
     if plan.growth + SPACE_MARGIN > free {
         return Err(RestoreError::Dest {
-            path: root,
+            path: root.path().into(),
             reason: format!(
                 "needs {} more bytes (plus a {SPACE_MARGIN}-byte margin) but only {free} are free; free space or pick another --dest",
                 plan.growth
@@ -174,19 +207,19 @@ pub async fn restore(
         .enumerate()
         .filter(|(i, _)| plan.touched[*i])
     {
-        let (path, size) = (paths[i].clone(), f.size);
-        blocking(move || presize(&path, size)).await?;
+        let (root, rel, size) = (root.clone(), manifest.files[i].path.clone(), f.size);
+        blocking(move || presize(&root, &rel, size)).await?;
     }
 
     let (reused, touched) = (plan.reused, plan.touched.clone());
-    let disk = Disk::new(&manifest, paths.clone(), &plan.whole);
+    let disk = Disk::new(&manifest, root.clone(), paths.clone(), &plan.whole);
     let (bytes_fetched, chunks_fetched, journal) =
         fetch_and_write(mirrors, plan, &disk, &paths, journal, opts.concurrency, &progress).await?;
     tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
     // Files whose digest was checked as they filled are not read back.
     let checked = disk.checked();
     let rehash: Arc<Vec<bool>> = Arc::new(touched.iter().zip(&checked).map(|(t, c)| *t && !c).collect());
-    let index = match seal(&root, &manifest, &paths, &rehash, &progress).await {
+    let index = match seal(&root, &manifest, &rehash, &progress).await {
         Ok(index) => index,
         Err(e) => {
             // Never let a journal vouch for data that failed its final check.
@@ -197,7 +230,7 @@ pub async fn restore(
     tracing::info!(elapsed = ?clock.elapsed(), "sealed: changed files verified, everything synced");
     Index::save(&root, index)?;
     if let Some(cmd) = &opts.verify_cmd {
-        run_verify_cmd(cmd, &root, &manifest).await?;
+        run_verify_cmd(cmd, root.path(), &manifest).await?;
         tracing::info!(elapsed = ?clock.elapsed(), "--verify-cmd accepted the restore");
     }
     // The trust record first: a run killed between the two leaves an
@@ -226,27 +259,41 @@ pub async fn restore(
 /// Works out what the destination already holds (from the journal of this
 /// manifest, the index of the last completed restore, or by hashing) and
 /// lists what is missing. `done` is `None` under `--verify-existing`.
+/// Journaled chunks count only while the file's stat is the last one the
+/// journal recorded for it: a file changed since, even in place with the
+/// same size, is hashed.
 async fn plan(
     manifest: &Arc<Manifest>,
-    paths: &Arc<Vec<PathBuf>>,
-    done: Option<Arc<DoneSet>>,
+    root: &Arc<Root>,
+    done: Option<Arc<JournalState>>,
     index: Arc<Index>,
 ) -> Result<Plan, RestoreError> {
     let checked: Vec<(usize, Known, Option<u64>)> = futures::stream::iter(0..manifest.files.len())
         .map(|i| {
-            let (m, paths, done, index) = (manifest.clone(), paths.clone(), done.clone(), index.clone());
+            let (m, root, done, index) = (manifest.clone(), root.clone(), done.clone(), index.clone());
             blocking(move || {
-                let (f, path) = (&m.files[i], &paths[i]);
-                let have = std::fs::symlink_metadata(path).ok().map(|m| m.len());
-                // A partial restore sizes every file before writing into it, so a
-                // journaled file of another size was changed since: hash it.
-                let sized = have == Some(f.size);
-                let journaled = done.as_deref().and_then(|d| d.get(&(i as u32)));
+                let f = &m.files[i];
+                let now = root
+                    .stat(&f.path)
+                    .map_err(RestoreError::io(root.display(&f.path)))?
+                    .filter(|m| m.is_file());
+                let have = now.as_ref().map(|m| m.len());
+                let still = |j: &JournalState| {
+                    now.as_ref()
+                        .is_some_and(|m| j.stats.get(&(i as u32)) == Some(&FileStat::of(m)))
+                };
+                let journaled = done
+                    .as_deref()
+                    .filter(|j| still(j))
+                    .and_then(|j| j.done.get(&(i as u32)));
                 let known = match journaled {
-                    Some(None) if sized => Known::Trusted,
-                    _ if done.is_some() && index.unchanged(path, f) => Known::Trusted,
-                    Some(Some(set)) if sized => Known::Journaled(set.clone()),
-                    _ => Known::Hashed(hash_existing(path, f)?),
+                    Some(None) => Known::Trusted,
+                    _ if done.is_some() && index.unchanged(&root, f) => Known::Trusted,
+                    Some(Some(set)) => Known::Journaled(set.clone()),
+                    _ => {
+                        let (ok, meta) = hash_existing(&root, f)?;
+                        Known::Hashed(ok, meta.as_ref().map(FileStat::of))
+                    }
                 };
                 Ok((i, known, have))
             })
@@ -267,7 +314,7 @@ async fn plan(
         let ok = |c: usize| match &known {
             Known::Trusted => true,
             Known::Journaled(set) => set.contains(&(c as u32)),
-            Known::Hashed(ok) => ok[c],
+            Known::Hashed(ok, _) => ok[c],
         };
         plan.growth += f.size.saturating_sub(have.unwrap_or(0));
         plan.touched[i] = have != Some(f.size);
@@ -292,9 +339,9 @@ async fn plan(
             offset += chunk.size;
         }
         plan.whole[i] = good.is_empty() && !f.chunks.is_empty();
-        if let Known::Hashed(_) = known {
+        if let Known::Hashed(_, st) = known {
             let all = good.len() == f.chunks.len();
-            plan.verified.push((i as u32, (!all).then_some(good)));
+            plan.verified.push((i as u32, (!all).then_some(good), st));
         }
     }
     Ok(plan)
@@ -329,7 +376,7 @@ async fn fetch_and_write(
             async move {
                 let mut targets = disk.targets(&slots, size)?;
                 mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
-                targets.landed()?;
+                targets.landed().await?;
                 fetched.fetch_add(size, Ordering::Relaxed);
                 progress.advance(size * slots.len() as u64);
                 let _ = tx.send(slots);
@@ -365,11 +412,12 @@ fn shuffle_in_windows(
 }
 
 /// Batches written slots; every 500 ms fdatasyncs the files they touched,
-/// then appends them to the journal. Returns the journal when `rx` closes.
+/// then appends them to the journal with each file's stat once synced. Returns the journal when `rx` closes.
 async fn flush_journal(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Slot>>,
     journal: Journal,
-    paths: Arc<Vec<PathBuf>>,
+    // Named for messages only: the journal syncs through its own `Root`.
+    _paths: Arc<Vec<PathBuf>>,
 ) -> Result<Journal, RestoreError> {
     let journal = Arc::new(std::sync::Mutex::new(journal));
     let mut open = true;
@@ -389,20 +437,13 @@ async fn flush_journal(
         if batch.is_empty() {
             continue;
         }
-        let (journal, paths) = (journal.clone(), paths.clone());
+        let journal = journal.clone();
         blocking(move || {
             let mut by_file: HashMap<u32, Vec<u32>> = HashMap::new();
             for s in batch {
                 by_file.entry(s.file).or_default().push(s.chunk);
             }
-            for f in by_file.keys() {
-                let p = &paths[*f as usize];
-                std::fs::File::open(p)
-                    .and_then(|f| f.sync_data())
-                    .map_err(RestoreError::io(p))?;
-            }
-            let entries: Vec<_> = by_file.into_iter().map(|(f, c)| (f, Some(c))).collect();
-            journal.lock().expect("not poisoned").record(&entries)
+            journal.lock().expect("not poisoned").sync_and_record(by_file)
         })
         .await?;
     }
@@ -414,11 +455,10 @@ async fn flush_journal(
 
 /// Verifies whole-file digests of the files `touched` names, applies
 /// modes, fsyncs files and directories, and returns the index entries for
-/// the next top-up.
+/// the next top-up (each file's stat once sealed).
 async fn seal(
-    root: &Path,
+    root: &Arc<Root>,
     manifest: &Arc<Manifest>,
-    paths: &Arc<Vec<PathBuf>>,
     touched: &Arc<Vec<bool>>,
     progress: &Arc<dyn Progress>,
 ) -> Result<HashMap<String, IndexEntry>, RestoreError> {
@@ -432,20 +472,19 @@ async fn seal(
     progress.start("verify", to_hash);
     let entries: Vec<(String, IndexEntry)> = futures::stream::iter(0..manifest.files.len())
         .map(|i| {
-            let (m, paths, touched, progress) =
-                (manifest.clone(), paths.clone(), touched.clone(), progress.clone());
+            let (m, root, touched, progress) =
+                (manifest.clone(), root.clone(), touched.clone(), progress.clone());
             blocking(move || {
-                let (f, path) = (&m.files[i], &paths[i]);
-                seal_file(path, f, touched[i], progress.as_ref())?;
-                let meta = std::fs::metadata(path).map_err(RestoreError::io(path))?;
-                Ok((f.path.clone(), IndexEntry::new(f.blake3, &meta)))
+                let f = &m.files[i];
+                let meta = seal_file(&root, f, touched[i], progress.as_ref())?;
+                Ok((f.path.clone(), IndexEntry::new(f.blake3, FileStat::of(&meta))))
             })
         })
         .buffer_unordered(2)
         .try_collect()
         .await?;
     progress.finish();
-    let (root, m) = (root.to_path_buf(), manifest.clone());
+    let (root, m) = (root.clone(), manifest.clone());
     blocking(move || seal_dirs(&root, &m)).await?;
     Ok(entries.into_iter().collect())
 }
@@ -497,9 +536,10 @@ async fn blocking<T: Send + 'static>(
         .expect("blocking task does not panic")
 }
 
+/// Refuses a trust state directory inside the destination, comparing
+/// resolved paths (so `x/../dd` and `dd/state`, or a link, are caught).
 fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreError> {
-    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    if abs(state).starts_with(abs(dest)) {
+    if resolved(state).starts_with(resolved(dest)) {
         return Err(RestoreError::Dest {
             path: dest.into(),
             reason: format!(
@@ -509,4 +549,30 @@ fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreErro
         });
     }
     Ok(())
+}
+
+/// `p` as the kernel will resolve it once created: the longest existing
+/// prefix canonicalised (links followed), the rest appended with `..`
+/// applied (components that do not exist yet cannot be links).
+fn resolved(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let comps: Vec<Component> = abs.components().collect();
+    for keep in (1..=comps.len()).rev() {
+        let prefix: PathBuf = comps[..keep].iter().collect();
+        let Ok(mut out) = prefix.canonicalize() else {
+            continue;
+        };
+        for c in &comps[keep..] {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(n) => out.push(n),
+                _ => {}
+            }
+        }
+        return out;
+    }
+    abs
 }

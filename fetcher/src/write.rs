@@ -13,9 +13,19 @@
 //! Files this run writes entirely are hashed as their chunks land
 //! ([`qsync_core::filehash`]), so the seal does not read them back; the
 //! others (top-ups, resumed runs) are re-read at the seal.
+//!
+//! Two bounds hold whatever the manifest says. A chunk streams into at
+//! most [`FANOUT`] places; once it is verified, the rest are copied one at
+//! a time from the first place's file, so one chunk shared by thousands of
+//! identical files costs a handful of descriptors, not thousands. And an
+//! attempt that was dropped (a timeout, a hedge that lost) cannot write
+//! after the next one: a place's pending blocking write is awaited before
+//! the place is written again.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
+#[cfg(test)]
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +36,7 @@ use qsync_core::span::Aligned;
 use qsync_core::{Digest, FormatError};
 
 use crate::mirrors::ChunkSink;
+use crate::root::Root;
 use crate::RestoreError;
 
 /// File offset and memory alignment of `O_DIRECT` writes: the page size,
@@ -33,6 +44,9 @@ use crate::RestoreError;
 pub(crate) const ALIGN: u64 = 4096;
 /// Bytes gathered before one `O_DIRECT` write.
 const STAGE: usize = 1 << 20;
+/// Places a chunk streams into as it arrives; the others are filled from
+/// the first once it is verified.
+const FANOUT: usize = 4;
 
 /// Where one chunk goes: a file (by index into the manifest) and an offset.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +62,10 @@ type Filling = (Option<FileHasher>, usize);
 
 /// The destination files of one restore, as the fetch loop writes them.
 pub(crate) struct Disk {
+    /// Every file is opened through the destination's [`Root`], by its
+    /// manifest path; `paths` name them in messages.
+    root: Arc<Root>,
+    rels: Vec<String>,
     paths: Arc<Vec<PathBuf>>,
     sizes: Vec<u64>,
     digests: Vec<Digest>,
@@ -62,7 +80,12 @@ pub(crate) struct Disk {
 impl Disk {
     /// `whole[i]`: file `i` is written entirely by this run, so its digest
     /// can be assembled in flight.
-    pub(crate) fn new(manifest: &Manifest, paths: Arc<Vec<PathBuf>>, whole: &[bool]) -> Self {
+    pub(crate) fn new(
+        manifest: &Manifest,
+        root: Arc<Root>,
+        paths: Arc<Vec<PathBuf>>,
+        whole: &[bool],
+    ) -> Self {
         let hashing = manifest
             .files
             .iter()
@@ -70,6 +93,8 @@ impl Disk {
             .map(|(f, w)| w.then(|| Mutex::new((Some(FileHasher::new(f.size)), f.chunks.len()))))
             .collect();
         Disk {
+            root,
+            rels: manifest.files.iter().map(|f| f.path.clone()).collect(),
             paths,
             sizes: manifest.files.iter().map(|f| f.size).collect(),
             digests: manifest.files.iter().map(|f| f.blake3).collect(),
@@ -83,37 +108,53 @@ impl Disk {
         self.hashing[i].is_some()
     }
 
-    /// Opens every place a chunk of `size` bytes goes.
+    /// Opens the first [`FANOUT`] places a chunk of `size` bytes goes; the
+    /// others are opened one at a time by [`Targets::landed`].
     pub(crate) fn targets(&self, slots: &[Slot], size: u64) -> Result<Targets<'_>, RestoreError> {
-        let places = slots
+        let (streamed, rest) = slots.split_at(slots.len().min(FANOUT));
+        let places = streamed
             .iter()
-            .map(|s| {
-                let path = &self.paths[s.file as usize];
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(RestoreError::io(path))?;
-                let direct = self.open_direct(path)?;
-                Ok(Place {
-                    writer: RangeWriter::new(file, direct, s.offset, size),
-                    path,
-                    span: None,
-                    slot: *s,
-                })
-            })
+            .map(|s| self.place(*s, size))
             .collect::<Result<_, RestoreError>>()?;
-        Ok(Targets { disk: self, places })
+        Ok(Targets {
+            disk: self,
+            places,
+            rest: rest.to_vec(),
+            size,
+        })
     }
 
-    fn open_direct(&self, path: &Path) -> Result<Option<std::fs::File>, RestoreError> {
+    /// Opens one place for writing `size` bytes.
+    fn place(&self, slot: Slot, size: u64) -> Result<Place<'_>, RestoreError> {
+        let path = &self.paths[slot.file as usize];
+        let rel = &self.rels[slot.file as usize];
+        let file = self
+            .root
+            .open_write(rel, rustix::fs::OFlags::empty())
+            .map_err(RestoreError::io(path))?;
+        let direct = self.open_direct(rel, path)?;
+        Ok(Place {
+            writer: RangeWriter::new(file, direct, slot.offset, size),
+            path,
+            span: None,
+            slot,
+        })
+    }
+
+    /// Starts (or starts over) `place`'s in-flight digest, for a file
+    /// hashed in flight.
+    fn start_span(&self, place: &mut Place<'_>) {
+        let file_len = self.sizes[place.slot.file as usize];
+        place.span = self
+            .hashes(place.slot.file as usize)
+            .then(|| SpanHasher::new(place.slot.offset, place.writer.len(), file_len));
+    }
+
+    fn open_direct(&self, rel: &str, path: &Path) -> Result<Option<std::fs::File>, RestoreError> {
         if !self.direct.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
+        match self.root.open_write(rel, rustix::fs::OFlags::DIRECT) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == ErrorKind::InvalidInput => {
                 tracing::debug!(
@@ -170,10 +211,13 @@ impl Disk {
     }
 }
 
-/// Every place one chunk goes, open for writing.
+/// The places one chunk goes: the first [`FANOUT`] open for writing as
+/// it streams in, the `rest` filled from the first once it is verified.
 pub(crate) struct Targets<'a> {
     disk: &'a Disk,
     places: Vec<Place<'a>>,
+    rest: Vec<Slot>,
+    size: u64,
 }
 
 struct Place<'a> {
@@ -185,13 +229,56 @@ struct Place<'a> {
 }
 
 impl Targets<'_> {
-    /// After [`crate::Mirrors::chunk`] succeeded: records the verified
-    /// chunk in the in-flight file digests and checks every file it
-    /// completed.
-    pub(crate) fn landed(self) -> Result<(), RestoreError> {
+    /// After [`crate::Mirrors::chunk`] succeeded: copies the verified chunk
+    /// into the places it did not stream into, one at a time, records it
+    /// in the in-flight file digests and checks every file it completed.
+    pub(crate) async fn landed(mut self) -> Result<(), RestoreError> {
+        for place in &mut self.places {
+            place.writer.settle().await;
+        }
+        if !self.rest.is_empty() {
+            self.fill_rest().await?;
+        }
         for place in self.places {
             if let Some(span) = place.span {
                 self.disk.landed(place.slot, span)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the chunk from the first place's file into every slot in
+    /// `rest`, each hashed as it is written (the bytes read back, so the
+    /// copy is checked too).
+    async fn fill_rest(&mut self) -> Result<(), RestoreError> {
+        let first = self.places[0].slot;
+        let (rel, path) = (
+            &self.disk.rels[first.file as usize],
+            &self.disk.paths[first.file as usize],
+        );
+        let source = self.disk.root.open_read(rel).map_err(RestoreError::io(path))?;
+        let mut buf = vec![0u8; STAGE.min(self.size as usize)];
+        for slot in std::mem::take(&mut self.rest) {
+            let mut place = self.disk.place(slot, self.size)?;
+            self.disk.start_span(&mut place);
+            let mut done = 0u64;
+            while done < self.size {
+                let n = buf.len().min((self.size - done) as usize);
+                source
+                    .read_exact_at(&mut buf[..n], first.offset + done)
+                    .map_err(RestoreError::io(path))?;
+                if let Some(span) = &mut place.span {
+                    span.update(&buf[..n]);
+                }
+                place
+                    .writer
+                    .write(&buf[..n])
+                    .await
+                    .map_err(RestoreError::io(place.path))?;
+                done += n as u64;
+            }
+            if let Some(span) = place.span {
+                self.disk.landed(slot, span)?;
             }
         }
         Ok(())
@@ -203,13 +290,10 @@ impl ChunkSink for Targets<'_> {
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
         for p in &mut self.places {
             if at == 0 {
-                // A new attempt: start this place's digest and writes over.
-                let file_len = self.disk.sizes[p.slot.file as usize];
-                p.span = self
-                    .disk
-                    .hashes(p.slot.file as usize)
-                    .then(|| SpanHasher::new(p.slot.offset, p.writer.len(), file_len));
-                p.writer.restart();
+                // A new attempt: start this place's digest and writes over,
+                // once a dropped attempt's last write is done.
+                p.writer.restart().await;
+                self.disk.start_span(p);
             }
             if let Some(span) = &mut p.span {
                 span.update(plain);
@@ -234,6 +318,13 @@ struct RangeWriter {
     /// Backing store of the aligned staging buffer.
     stage: Vec<u8>,
     staged: usize,
+    /// The blocking write in flight, kept here so that an attempt dropped
+    /// while awaiting it leaves it to [`RangeWriter::settle`]: it returns
+    /// the staging buffer and its result.
+    pending: Option<tokio::task::JoinHandle<(Vec<u8>, std::io::Result<()>)>>,
+    /// Test hook: how long each blocking write waits before it writes.
+    #[cfg(test)]
+    slow: std::time::Duration,
 }
 
 impl RangeWriter {
@@ -247,6 +338,9 @@ impl RangeWriter {
             pos: start,
             stage: Vec::new(),
             staged: 0,
+            pending: None,
+            #[cfg(test)]
+            slow: std::time::Duration::ZERO,
         }
     }
 
@@ -254,9 +348,22 @@ impl RangeWriter {
         self.range.end - self.start
     }
 
-    fn restart(&mut self) {
+    /// Starts the range over, after any write a dropped attempt left.
+    async fn restart(&mut self) {
+        self.settle().await;
         self.pos = self.start;
         self.staged = 0;
+    }
+
+    /// Waits for the blocking write in flight, if any, and takes back its
+    /// buffer; its result belonged to an attempt that is gone or has
+    /// already seen it.
+    async fn settle(&mut self) {
+        if let Some(pending) = self.pending.as_mut() {
+            let (stage, _) = pending.await.expect("a write does not panic");
+            self.pending = None;
+            self.stage = stage;
+        }
     }
 
     async fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
@@ -291,7 +398,11 @@ impl RangeWriter {
     async fn flush(&mut self, at: u64) -> std::io::Result<()> {
         let (mut stage, len) = (std::mem::take(&mut self.stage), self.staged);
         let (file, direct) = (self.file.clone(), self.direct.clone());
-        let (stage, result) = tokio::task::spawn_blocking(move || {
+        #[cfg(test)]
+        let slow = self.slow;
+        let pending = self.pending.insert(tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            std::thread::sleep(slow);
             let out = &aligned(&mut stage)[..len];
             let result = match direct.map(|d| d.write_all_at(out, at)) {
                 // The filesystem takes O_DIRECT opens but not these writes.
@@ -300,9 +411,9 @@ impl RangeWriter {
                 None => file.write_all_at(out, at),
             };
             (stage, result)
-        })
-        .await
-        .expect("a write does not panic");
+        }));
+        let (stage, result) = pending.await.expect("a write does not panic");
+        self.pending = None;
         self.stage = stage;
         self.staged = 0;
         result
@@ -341,7 +452,7 @@ mod tests {
         let mut w = RangeWriter::new(file, d, start, len);
         // A failed first attempt, then a full one.
         w.write(&data[..data.len() / 3]).await.unwrap();
-        w.restart();
+        w.restart().await;
         for p in data.chunks(piece) {
             w.write(p).await.unwrap();
         }
@@ -349,6 +460,44 @@ mod tests {
         assert!(back[..start as usize].iter().all(|b| *b == 0));
         assert_eq!(&back[start as usize..(start + len) as usize], &data[..]);
         assert!(back[(start + len) as usize..].iter().all(|b| *b == 0));
+    }
+
+    /// An attempt dropped while its `O_DIRECT` write is on a blocking
+    /// thread (a timeout, a hedge that lost) must not overwrite the next
+    /// attempt's bytes: the old write here takes 300 ms to land, the new
+    /// attempt is written at once.
+    #[tokio::test]
+    async fn a_dropped_attempt_cannot_write_after_the_next_one() {
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let path = dir.path().join("f");
+        let len = 2 * STAGE as u64;
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(len).unwrap();
+        let Ok(d) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        else {
+            eprintln!("no O_DIRECT under target/; nothing to race");
+            return;
+        };
+        let mut w = RangeWriter::new(file, Some(d), 0, len);
+        w.slow = std::time::Duration::from_millis(300);
+        let stale = vec![b'x'; len as usize];
+        // The first attempt stalls in its first flush and is dropped there.
+        let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), w.write(&stale)).await;
+        assert!(dropped.is_err(), "the slow write should still be in flight");
+        w.slow = std::time::Duration::ZERO;
+        w.restart().await;
+        let fresh = vec![b'y'; len as usize];
+        w.write(&fresh).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let back = std::fs::read(&path).unwrap();
+        let stale_at = back.iter().position(|b| *b == b'x');
+        assert_eq!(
+            stale_at, None,
+            "the dropped attempt's bytes landed over the winner's"
+        );
     }
 
     #[tokio::test]
