@@ -57,7 +57,12 @@ fn a_stale_store_with_a_higher_counter_never_wins() {
     // First use, both stores: the newest snapshot by creation time wins,
     // and the summary says which mirror named it.
     let dest = env.path("dest");
-    let (code, s, err) = restore_from(&env, &[stale.to_str().unwrap(), fresh.to_str().unwrap()], &dest, &[]);
+    let (code, s, err) = restore_from(
+        &env,
+        &[stale.to_str().unwrap(), fresh.to_str().unwrap()],
+        &dest,
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(dest.join("TAG")).unwrap(), "new");
     let s = s.unwrap();
@@ -92,7 +97,10 @@ fn one_publish_to_several_stores_is_one_lineage() {
     };
     let (pa, pb) = (pointer(&a), pointer(&b));
     assert_eq!(pa["current"]["version"], 3, "{report}");
-    assert_eq!(pb["current"]["version"], 3, "a new store joins the lineage: {report}");
+    assert_eq!(
+        pb["current"]["version"], 3,
+        "a new store joins the lineage: {report}"
+    );
     assert_eq!(pa["current"]["manifest_blake3"], pb["current"]["manifest_blake3"]);
     assert_eq!(pa["current"]["created_at"], pb["current"]["created_at"]);
 }
@@ -103,10 +111,20 @@ fn an_expired_candidate_that_outranks_a_fresh_one_is_skipped() {
     let (fresh, expiring) = (env.path("fresh"), env.path("expiring"));
     publish(&env, &fresh, "fresh", &[]);
     next_second();
-    publish(&env, &expiring, "newer-but-expiring", &["--expires-in", "1s", "--lifetime", "1h"]);
+    publish(
+        &env,
+        &expiring,
+        "newer-but-expiring",
+        &["--expires-in", "1s", "--lifetime", "1h"],
+    );
     std::thread::sleep(Duration::from_millis(2100));
     let dest = env.path("dest");
-    let (code, s, err) = restore_from(&env, &[expiring.to_str().unwrap(), fresh.to_str().unwrap()], &dest, &[]);
+    let (code, s, err) = restore_from(
+        &env,
+        &[expiring.to_str().unwrap(), fresh.to_str().unwrap()],
+        &dest,
+        &[],
+    );
     assert_eq!(code, 0, "an expired candidate failed the restore: {err}");
     assert_eq!(std::fs::read_to_string(dest.join("TAG")).unwrap(), "fresh");
     let s = s.unwrap();
@@ -153,7 +171,11 @@ fn a_trickling_mirror_does_not_stall_the_pointer() {
     let dest = env.path("dest");
     let mut c = env.restore_cmd(&slow, "eth", &dest);
     c.args(["--from", store.to_str().unwrap(), "--timeout", "3s"]);
-    let mut child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     // Bound the test: the old sequential fetch waited on the trickle for minutes.
     let status = loop {
@@ -198,7 +220,10 @@ fn a_signed_pointer_of_another_chain_marks_only_that_mirror_bad() {
     let s = s.unwrap();
     assert_eq!(s["mirrors"][0]["demoted"], true, "{s}");
     assert!(
-        s["mirrors"][0]["pointer"].as_str().unwrap().contains("names chain dot"),
+        s["mirrors"][0]["pointer"]
+            .as_str()
+            .unwrap()
+            .contains("names chain dot"),
         "{s}"
     );
 }
