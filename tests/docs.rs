@@ -1,7 +1,8 @@
 //! docs/operations.md is the configuration reference: every flag, every
 //! environment variable the binary accepts and every key of the agent's
 //! TOML file must appear in it (and every TOML key in the example config),
-//! so neither can drift from the code.
+//! so neither can drift from the code. docs/security.md is the security
+//! model: every test it names as a defence's proof must exist.
 
 mod common;
 
@@ -122,4 +123,54 @@ fn every_config_key_is_documented_and_in_the_example() {
             "qsync.example.toml does not show the config key {key}"
         );
     }
+}
+
+/// Every test docs/security.md names as a defence's proof exists: a
+/// `file::test` is `fn test` in `tests/file.rs`; a `qsync_crate::module::...::test`
+/// is `fn test` in that crate's `src/module.rs`; a "fuzz target `x`" is
+/// `fuzz/fuzz_targets/x.rs`.
+#[test]
+fn every_test_the_security_model_names_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
+    let mut named = 0;
+    for row in doc.lines().filter(|l| l.starts_with('|')) {
+        let Some(tests) = row.trim_end_matches('|').rsplit('|').next() else {
+            continue;
+        };
+        for name in tests.split('`').skip(1).step_by(2) {
+            let parts: Vec<&str> = name.split("::").collect();
+            let (file, test) = match parts.as_slice() {
+                // A fuzz target, checked below.
+                [_] => continue,
+                [file, test] => (root.join("tests").join(format!("{file}.rs")), *test),
+                [krate, modules @ .., test] if krate.starts_with("qsync_") => {
+                    let mut src = root.join(krate.trim_start_matches("qsync_")).join("src");
+                    for m in modules.iter().filter(|m| **m != "tests") {
+                        src.push(m);
+                    }
+                    let file = src.with_extension("rs");
+                    (if file.exists() { file } else { src.join("mod.rs") }, *test)
+                }
+                _ => panic!("docs/security.md names {name}: neither file::test nor qsync_crate::path::test"),
+            };
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("docs/security.md names {name}: {}: {e}", file.display()));
+            assert!(
+                text.contains(&format!("fn {test}(")),
+                "docs/security.md names {name}, but {} has no fn {test}",
+                file.display()
+            );
+            named += 1;
+        }
+        for target in tests.split("fuzz target").skip(1) {
+            for t in target.split('`').skip(1).step_by(2).take(1) {
+                assert!(
+                    root.join("fuzz/fuzz_targets").join(format!("{t}.rs")).exists(),
+                    "docs/security.md names fuzz target {t}, which fuzz/fuzz_targets lacks"
+                );
+            }
+        }
+    }
+    assert!(named > 40, "only {named} tests named in docs/security.md");
 }
