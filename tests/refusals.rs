@@ -159,7 +159,7 @@ fn publish_modified_manifest(env: &Env, edit: impl FnOnce(&mut Value)) {
 fn expired_snapshot_behind_a_fresh_pointer() {
     let env = published();
     publish_modified_manifest(&env, |m| m["expires_at"] = "2020-01-01T00:00:00Z".into());
-    assert_refused(&env, "manifest of chain eth version 1 expired", 3);
+    assert_refused(&env, "snapshot 1 of chain eth (from", 3);
 }
 
 /// Every chunk verifies, but the file they make is not the one the

@@ -68,10 +68,12 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     let out = env.restore_cmd(&server.url, "eth", &dest).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // The rerun trusts exactly what the journal recorded and fetches the rest.
-    assert_eq!(r["bytes_reused"].as_u64().unwrap(), journaled, "{r}");
+    // The rerun keeps at least what the journal recorded (files whose stat
+    // proves them untouched, and chunks a killed run wrote after its last
+    // journal flush, once hashed) and fetches only the rest.
+    assert!(r["bytes_reused"].as_u64().unwrap() >= journaled, "{r}");
     assert_eq!(
-        r["bytes_fetched"].as_u64().unwrap() + journaled,
+        r["bytes_fetched"].as_u64().unwrap() + r["bytes_reused"].as_u64().unwrap(),
         r["bytes_total"].as_u64().unwrap(),
         "{r}"
     );
