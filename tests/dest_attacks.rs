@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -272,30 +272,11 @@ fn served() -> (Env, Server) {
     (env, server)
 }
 
-/// Starts a slow restore and returns once it has planned (it then holds DEST).
-fn start_slow(env: &Env, server: &Server, dest: &Path) -> std::process::Child {
-    let mut cmd = env.restore_cmd(&server.url, "eth", dest);
-    cmd.args(["--concurrency", "1", "-v"]).env("RUST_LOG", "info");
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("planned:") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("restore ended before planning finished");
-    child
-}
-
 #[test]
 fn second_restore_into_the_same_dest_fails_at_once() {
     let (env, server) = served();
     let dest = env.path("dest");
-    let mut first = start_slow(&env, &server, &dest);
+    let mut first = env.start_planned_restore(&server.url, &dest);
     let (code, _, err) = run_bounded(
         env.restore_cmd(&server.url, "eth", &dest),
         Duration::from_secs(60),
@@ -343,7 +324,7 @@ fn journaled_file_changed_in_place_with_same_size_is_hashed_on_resume() {
             })
             .map(|(f, _)| *f)
     };
-    let mut child = start_slow(&env, &server, &dest);
+    let mut child = env.start_planned_restore(&server.url, &dest);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut victim = None;
     while victim.is_none() && child.try_wait().unwrap().is_none() && Instant::now() < deadline {

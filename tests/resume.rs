@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,21 +25,7 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     let mut killed_mid_flight = 0;
     for more_records in [0usize, 1, 3] {
         let before = journal_records(&dest);
-        let mut cmd = env.restore_cmd(&server.url, "eth", &dest);
-        cmd.args(["--concurrency", "1", "-v"]).env("RUST_LOG", "info");
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        // Drain stderr to the end so the child never writes into a closed pipe.
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if line.contains("planned:") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("restore ended before planning finished");
+        let mut child = env.start_planned_restore(&server.url, &dest);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while journal_records(&dest) < before + more_records
             && child.try_wait().unwrap().is_none()

@@ -25,6 +25,28 @@ pub struct Env {
 }
 
 impl Env {
+    /// Starts a `--concurrency 1` restore of chain "eth" from `url` and
+    /// returns once it has planned (it then holds DEST and writes its
+    /// journal); its stderr is drained to the end so it never writes into
+    /// a closed pipe.
+    pub fn start_planned_restore(&self, url: &str, dest: &Path) -> Child {
+        let mut cmd = self.restore_cmd(url, "eth", dest);
+        cmd.args(["--concurrency", "1", "-v"]).env("RUST_LOG", "info");
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("planned:") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("restore ended before planning finished");
+        child
+    }
+
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let (sk, pk) = (dir.path().join("k.sec"), dir.path().join("k.pub"));
