@@ -10,7 +10,9 @@
 //! once the lease of a holder process that no longer runs: the same machine
 //! means the same boot id and pid namespace, never just the same hostname,
 //! and "no longer runs" means no process with that pid and start time
-//! (see [`qsync_core::lease`]). Publishers and GC take their own lease
+//! (see [`qsync_core::lease`]); and a long-running agent takes back at
+//! once a lease it left itself in an earlier cycle whose release failed
+//! (the store was away), instead of waiting it out. Publishers and GC take their own lease
 //! first and only then look for the other's (see [`crate::gc`]): whichever
 //! looks second sees the first, so a collection never deletes a chunk a
 //! running publish has found in the store and is about to reference.
@@ -97,6 +99,14 @@ fn held_map<T>(f: impl FnOnce(&mut HashMap<(String, ObjectKey), String>) -> T) -
         .lock()
         .expect("not poisoned")
         .get_or_insert_with(HashMap::new))
+}
+
+/// Whether a [`Lease`] alive in this process is `holder`. A lease that
+/// names this very process but no live `Lease` here was left by an earlier
+/// attempt of ours whose release failed (the store was away): ours to take
+/// over, not another agent's to wait out.
+fn held_here(holder: &str) -> bool {
+    held_map(|m| m.values().any(|h| h == holder))
 }
 
 fn hostname() -> String {
@@ -196,9 +206,10 @@ impl Lease {
         };
         let (current, expect) = read(sink.as_ref(), &key).await?;
         let abandoned = |c: &LeaseBody| {
-            machine
-                .as_ref()
-                .is_some_and(|me| c.abandoned_for(me, start_time_of))
+            machine.as_ref().is_some_and(|me| {
+                c.abandoned_for(me, start_time_of)
+                    || (c.machine.as_ref() == Some(me) && !held_here(&c.holder))
+            })
         };
         if let Some(c) = current.filter(|c| c.is_live(Timestamp::now()) && !abandoned(c)) {
             return Err(LeaseError::held(sink.as_ref(), &key, c));
@@ -374,6 +385,23 @@ mod tests {
             .unwrap()
             .release()
             .await;
+        // Left by this very process, whose release failed while the store
+        // was away: no live `Lease` here holds it, so it is taken at once.
+        let left = Lease::acquire(sink.clone(), key.clone(), "publish eth")
+            .await
+            .unwrap();
+        drop(left);
+        assert!(live(sink.as_ref(), &key).await.unwrap().is_some());
+        let again = Lease::acquire(sink.clone(), key.clone(), "publish eth")
+            .await
+            .unwrap();
+        // While that one is alive, this process's lease is held.
+        let e = Lease::acquire(sink.clone(), key.clone(), "publish eth")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, LeaseError::Held { .. }), "{e}");
+        again.release().await;
         // The same from a machine with our hostname but another boot: held.
         let elsewhere = LeaseBody {
             machine: Some(Machine {
