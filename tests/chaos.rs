@@ -154,41 +154,15 @@ fn kill_after(mut cmd: Command, after: Duration, at: &str, what: &str) -> Run {
 
 /// Runs `cmd` to its end (killed and failed as a hang after [`HANG`]);
 /// returns (success, stdout, stderr, duration).
-fn run_bounded(mut cmd: Command, at: &str, what: &str) -> (bool, String, String, Duration) {
+fn run_timed(cmd: Command, at: &str, what: &str) -> (bool, String, String, Duration) {
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > HANG {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("{at}: {what} was still running after {HANG:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let took = started.elapsed();
-    (status.success(), out.join().unwrap(), err.join().unwrap(), took)
+    let (code, out, err) = run_bounded(cmd, HANG, &format!("{at}: {what}"));
+    (code == 0, out, err, started.elapsed())
 }
 
 /// Runs `cmd` to its end; it must succeed and print JSON.
 fn finish(cmd: Command, at: &str, what: &str) -> (Value, Duration) {
-    let (ok, out, err, took) = run_bounded(cmd, at, what);
+    let (ok, out, err, took) = run_timed(cmd, at, what);
     assert!(ok, "{at}: {what} failed: {err}{out}");
     let v =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{at}: {what} printed no JSON ({e}): {out}"));
@@ -452,7 +426,7 @@ impl Target {
             "--public-key",
         ])
         .arg(&self.env.pk);
-        let (ok, out, err, _) = run_bounded(self.aws(c), at, "verify");
+        let (ok, out, err, _) = run_timed(self.aws(c), at, "verify");
         assert!(
             ok,
             "{at}: qsync verify --from {} found the store incomplete or bad: {err}{out}",

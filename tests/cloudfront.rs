@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::moto::Moto;
 use common::s3::*;
 use common::*;
 use qsync_cdn::cloudfront::UrlSigner;
@@ -26,36 +26,6 @@ fn python(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// moto's server on a free loopback port; killed on drop.
-struct Moto {
-    url: String,
-    child: Child,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, "moto", Duration::from_secs(30));
-        Moto {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const CLIENT: &str = r#"
@@ -87,11 +57,14 @@ print(json.dumps([sorted(cf.get_invalidation(DistributionId=dist, Id=i["Id"])
 fn snapshot_invalidates_exactly_the_rewritten_pointer_paths() {
     let env = Env::new();
     let s3 = S3Server::start(&env.path("s3"));
-    let moto = Moto::start();
-    let dist = python(&format!("{CLIENT}{CREATE_DISTRIBUTION}"), &[&moto.url]);
+    let moto = Moto::bare();
+    let dist = python(&format!("{CLIENT}{CREATE_DISTRIBUTION}"), &[&moto.endpoint]);
     let invalidations = || -> Vec<Vec<String>> {
-        let mut v: Vec<Vec<String>> =
-            serde_json::from_str(&python(&format!("{CLIENT}{INVALIDATIONS}"), &[&moto.url, &dist])).unwrap();
+        let mut v: Vec<Vec<String>> = serde_json::from_str(&python(
+            &format!("{CLIENT}{INVALIDATIONS}"),
+            &[&moto.endpoint, &dist],
+        ))
+        .unwrap();
         v.sort_by_key(|paths| paths.len());
         v
     };
@@ -112,7 +85,7 @@ fn snapshot_invalidates_exactly_the_rewritten_pointer_paths() {
         .arg(&src)
         .arg("--secret-key")
         .arg(&env.sk);
-        aws_env(&mut c, &s3.endpoint).env("AWS_ENDPOINT_URL_CLOUDFRONT", &moto.url);
+        aws_env(&mut c, &s3.endpoint).env("AWS_ENDPOINT_URL_CLOUDFRONT", &moto.endpoint);
         let (code, out, err) = run(c);
         assert_eq!(code, 0, "{err}");
         let v: Value = serde_json::from_str(&out).unwrap();

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,7 +37,7 @@ fn published() -> Env {
 /// still going after that is killed and reported as a hang. The child's
 /// address space is capped at 4 GiB so reading an endless file fails
 /// instead of taking the machine's memory.
-fn run_bounded(c: Command, limit: Duration) -> (i32, String, String) {
+fn run_capped(c: Command, limit: Duration) -> (i32, String, String) {
     let mut capped = Command::new("prlimit");
     capped.arg("--as=4294967296").arg("--").arg(c.get_program());
     capped.args(c.get_args());
@@ -50,34 +50,14 @@ fn run_bounded(c: Command, limit: Duration) -> (i32, String, String) {
     if let Some(d) = c.get_current_dir() {
         capped.current_dir(d);
     }
-    let mut child = capped
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("qsync did not finish within {limit:?}: it hangs");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    run_bounded(capped, limit, "qsync")
 }
 
 /// Restores from the local store with `extra` flags, bounded in time.
 fn restore(env: &Env, dest: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut c = env.restore_cmd(env.store.to_str().unwrap(), "eth", dest);
     c.args(extra);
-    run_bounded(c, Duration::from_secs(120))
+    run_capped(c, Duration::from_secs(120))
 }
 
 /// A file outside every destination with recognisable contents.
@@ -252,7 +232,7 @@ fn state_dir_inside_dest_by_dot_dot_is_refused() {
     .arg(&env.pk)
     .args(["--dest", "x/../dd", "--state-dir", "dd/state"])
     .current_dir(env.dir.path());
-    let (code, _, err) = run_bounded(c, Duration::from_secs(60));
+    let (code, _, err) = run_capped(c, Duration::from_secs(60));
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("lies inside the destination"), "{err}");
     assert!(
@@ -277,7 +257,7 @@ fn second_restore_into_the_same_dest_fails_at_once() {
     let (env, server) = served();
     let dest = env.path("dest");
     let mut first = env.start_planned_restore(&server.url, &dest);
-    let (code, _, err) = run_bounded(
+    let (code, _, err) = run_capped(
         env.restore_cmd(&server.url, "eth", &dest),
         Duration::from_secs(60),
     );
@@ -349,7 +329,7 @@ fn journaled_file_changed_in_place_with_same_size_is_hashed_on_resume() {
     drop(f);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
 
-    let (code, _, err) = run_bounded(
+    let (code, _, err) = run_capped(
         env.restore_cmd(&server.url, "eth", &dest),
         Duration::from_secs(120),
     );

@@ -8,44 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::moto::Moto;
 use common::s3::*;
 use common::*;
 use serde_json::Value;
-
-/// Runs `c` to completion, or kills it after `limit` and panics: a hang is
-/// the failure these tests look for, not a slow machine.
-fn run_bounded(mut c: Command, limit: Duration, what: &str) -> (i32, String, String) {
-    let out_path = tempfile::NamedTempFile::new().unwrap();
-    let err_path = tempfile::NamedTempFile::new().unwrap();
-    let mut child = c
-        .stdout(out_path.reopen().unwrap())
-        .stderr(err_path.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} hung for {limit:?}: {}",
-                std::fs::read_to_string(err_path.path()).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(out_path.path()).unwrap(),
-        std::fs::read_to_string(err_path.path()).unwrap(),
-    )
-}
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -183,58 +151,6 @@ fn a_publisher_whose_lease_was_taken_over_does_not_move_the_pointer() {
     let r: Value = serde_json::from_str(&out).unwrap();
     let e = r["stores"][0]["error"].as_str().unwrap_or_default().to_string();
     assert!(e.contains("lease") && e.contains("elsewhere"), "{e}\n{err}");
-}
-
-/// moto's server (a given python with moto installed), on a free port,
-/// with bucket [`BUCKET`]; moto does not check SigV4, so the test
-/// credentials do. Killed on drop.
-struct Moto {
-    endpoint: String,
-    child: Child,
-}
-
-impl Moto {
-    fn start(program: &str, args: &[&str]) -> Moto {
-        let port = free_port();
-        let child = Command::new(program)
-            .args(args)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}; run ./scripts/test.sh, which installs it"));
-        wait_for_port(port, "moto", Duration::from_secs(30));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let out = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{endpoint}/{BUCKET}")])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "creating the bucket in moto failed");
-        Moto { endpoint, child }
-    }
-
-    /// moto 5, which honours conditional writes.
-    fn current() -> Moto {
-        Moto::start("python3", &["-m", "moto.server"])
-    }
-
-    /// moto 4.2, which ignores `If-None-Match` and `If-Match` on PutObject
-    /// and answers 200 (installed by scripts/test.sh in tests/moto4/venv).
-    fn ignoring_conditions() -> Moto {
-        let program = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto4/venv/bin/moto_server");
-        assert!(
-            Path::new(program).exists(),
-            "{program} is missing; run ./scripts/test.sh, which installs moto 4.2 there"
-        );
-        Moto::start(program, &[])
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An agent configuration with one chain per (name, store URL, endpoint).

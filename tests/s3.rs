@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::moto::Moto;
 use common::proxy::{FaultProxy, Faults};
 use common::s3::*;
 use common::*;
@@ -119,7 +120,6 @@ fn serve_pulls_through_from_s3() {
 }
 
 #[test]
-#[ignore = "regression, not yet fixed: a snapshot to s3://no-such-bucket/p on s3s-fs now succeeds (seen 2026-12-02, issue 14 closing note)"]
 fn wrong_credentials_and_missing_bucket_are_named() {
     let env = Env::new();
     let s3 = S3Server::start(&env.path("s3"));
@@ -137,15 +137,31 @@ fn wrong_credentials_and_missing_bucket_are_named() {
     assert!(err.contains("credentials were rejected"), "{err}");
     assert_eq!(s3.chunk_count("p"), 0, "a refused publish wrote chunks");
 
-    let (code, out, err) = run(snapshot_cmd(&env, &s3.endpoint, "s3://no-such-bucket/p", &src));
-    assert_ne!(code, 0, "{out} {err}");
-    assert!(err.contains("bucket no-such-bucket does not exist"), "{err}");
+    // A mistyped bucket, on both servers: s3s-fs creates a missing bucket
+    // on the first PUT (so a publish that wrote before it read would
+    // "succeed" into a new bucket), moto refuses the PUT.
+    let moto = Moto::current();
+    for endpoint in [&s3.endpoint, &moto.endpoint] {
+        let (code, out, err) = run(snapshot_cmd(&env, endpoint, "s3://no-such-bucket/p", &src));
+        assert_ne!(code, 0, "{endpoint}: {out} {err}");
+        assert!(
+            err.contains("bucket no-such-bucket does not exist"),
+            "{endpoint}: {err}"
+        );
+        assert!(
+            !s3.root.join("no-such-bucket").exists(),
+            "the refused publish created the bucket"
+        );
 
-    let mut c = env.restore_cmd("s3://no-such-bucket/p", "eth", &env.path("dest"));
-    aws_env(&mut c, &s3.endpoint);
-    let (code, _, err) = run(c);
-    assert_ne!(code, 0);
-    assert!(err.contains("bucket no-such-bucket does not exist"), "{err}");
+        let mut c = env.restore_cmd("s3://no-such-bucket/p", "eth", &env.path("dest"));
+        aws_env(&mut c, endpoint);
+        let (code, _, err) = run(c);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("bucket no-such-bucket does not exist"),
+            "{endpoint}: {err}"
+        );
+    }
 }
 
 #[test]

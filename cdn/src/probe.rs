@@ -48,7 +48,13 @@ fn probe_key() -> ObjectKey {
 
 /// Checks that `sink` honours conditional writes, leaving nothing behind.
 /// A store error (no write permission, say) is returned as it is.
+///
+/// It reads before it writes: listing `probes/` names a missing bucket or
+/// rejected credentials without creating anything, where some servers
+/// (s3s-fs) would create a missing bucket on the first PUT and let a
+/// publish to a mistyped bucket succeed.
 pub async fn conditional_writes(sink: &dyn ObjectSink) -> Result<(), ProbeError> {
+    sink.list(&ObjectKey::new("probes").expect("valid key")).await?;
     let key = probe_key();
     let opts = PutOptions::for_key(&key);
     let body = |n: u8| Bytes::from(format!("{{\"qsync_probe\":{n}}}"));

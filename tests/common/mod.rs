@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ipfs;
+pub mod moto;
 pub mod proxy;
 pub mod s3;
 
@@ -212,6 +213,44 @@ pub fn run(mut c: Command) -> (i32, String, String) {
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into(),
         String::from_utf8_lossy(&stderr).into(),
+    )
+}
+
+/// Runs `c` to its end with no stdin, like [`run`], but fails the test as a
+/// hang (after killing it) when it is still running after `limit`.
+pub fn run_bounded(mut c: Command, limit: std::time::Duration, what: &str) -> (i32, String, String) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} was still running after {limit:?}: a hang");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
     )
 }
 
