@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds every cargo-fuzz target in fuzz/ (one build, shared deps) and runs
-# each for FUZZ_SECONDS (default 5) from its seed corpus, printing how many
+# each for FUZZ_SECONDS (default 3) from its seed corpus, printing how many
 # inputs each ran. Exits non-zero if any target crashes, hangs or runs out
 # of memory, after printing the reproducer libFuzzer saved and the command
 # that replays it. Needs the nightly toolchain and cargo-fuzz
 # (`cargo install --locked cargo-fuzz`); scripts/test.sh installs it.
 #
-#   scripts/fuzz.sh                      all targets, 5 s each
+#   scripts/fuzz.sh                      all targets, 3 s each
 #   FUZZ_SECONDS=60 scripts/fuzz.sh chunk manifest
 #
 # Inputs libFuzzer finds are kept in fuzz/target/corpus/<target> (ignored by
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-seconds=${FUZZ_SECONDS:-5}
+seconds=${FUZZ_SECONDS:-3}
 mapfile -t all < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^qsync-fuzz$')
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
