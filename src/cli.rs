@@ -261,7 +261,7 @@ pub struct Remote {
     #[command(flatten)]
     pub s3: S3Flags,
     /// IPFS gateway for ipfs://CID stores.
-    #[arg(long, env = "QSYNC_IPFS_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "QSYNC_IPFS_GATEWAY", default_value = qsync_store::open::DEFAULT_IPFS_GATEWAY)]
     pub ipfs_gateway: String,
     /// Kubo RPC API (e.g. http://127.0.0.1:5001) to read ipfs://CID stores with `cat` instead of a gateway.
     #[arg(long, env = "QSYNC_IPFS_API")]
@@ -270,14 +270,14 @@ pub struct Remote {
 
 impl Remote {
     /// As store options.
-    pub fn options(&self) -> anyhow::Result<qsync_cdn::StoreOptions> {
+    pub fn options(&self) -> anyhow::Result<qsync_store::StoreOptions> {
         let cloudfront = match (&self.cloudfront_key_pair_id, &self.cloudfront_private_key) {
-            (Some(id), Some(pem)) => Some(std::sync::Arc::new(qsync_cdn::cloudfront::UrlSigner::load(
+            (Some(id), Some(pem)) => Some(std::sync::Arc::new(qsync_store::url_signer::UrlSigner::load(
                 id, pem,
             )?)),
             _ => None,
         };
-        Ok(qsync_cdn::StoreOptions {
+        Ok(qsync_store::StoreOptions {
             http_token: self.http_token.clone(),
             cloudfront,
             s3: self.s3.options(),
@@ -312,8 +312,8 @@ pub enum RequestPayer {
 
 impl S3Flags {
     /// As S3 options.
-    pub fn options(&self) -> qsync_cdn::s3::S3Options {
-        qsync_cdn::s3::S3Options {
+    pub fn options(&self) -> qsync_store::s3::S3Options {
+        qsync_store::s3::S3Options {
             endpoint: self.s3_endpoint.clone(),
             path_style: self.s3_path_style,
             requester_pays: self.request_payer.is_some(),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
-use qsync_cdn::{open_sink_with, open_source_with, ObjectSource};
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
 use qsync_core::trust::TrustStore;
@@ -17,6 +16,7 @@ use qsync_fetcher::{inspect, MirrorOptions, Mirrors, RestoreError, RestoreOption
 use qsync_snapshotter::config::Config;
 use qsync_snapshotter::cycle::ChainJob;
 use qsync_snapshotter::{SnapshotError, SnapshotOptions};
+use qsync_store::{open_sink_at, open_sink_with, open_source_with, ObjectSource, StoreUrl};
 
 use crate::cli::*;
 
@@ -83,12 +83,13 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     };
     let chain = ChainName::new(a.chain)?;
     let signer = SigningKey::load(&secret_key)?;
-    let mut store_opts = qsync_cdn::StoreOptions {
+    let mut store_opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         ..Default::default()
     };
     store_opts.s3.pointer_max_age = a.pointer_max_age;
-    let sink = open_sink_with(&store, &store_opts)?;
+    let store = StoreUrl::parse(&store)?;
+    let sink = open_sink_at(&store, &store_opts)?;
     let mut opts = SnapshotOptions::new(chain.clone());
     opts.height = a.height;
     opts.block_hash = a.block_hash;
@@ -97,7 +98,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.concurrency = a.concurrency;
     opts.mirror_hints = a.mirror_hints;
     opts.chunker = ChunkerParams::with_average_kib(a.chunk_size).context("--chunk-size")?;
-    qsync_cdn::probe::require_conditional_writes(sink.as_ref(), a.lease_only)
+    qsync_store::probe::require_conditional_writes(sink.as_ref(), a.lease_only)
         .await
         .with_context(|| format!("probing {} before publishing", sink.location()))?;
     let started = std::time::Instant::now();
@@ -117,7 +118,13 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
         )
     })?;
     let invalidation = match &a.cloudfront_distribution_id {
-        Some(id) => Some(qsync_cdn::cloudfront::invalidate_keys(id, &store, &s.rewritten).await),
+        Some(id) => {
+            let prefix = match &store {
+                StoreUrl::S3(at) => at.prefix.as_str(),
+                _ => "",
+            };
+            Some(qsync_cdn::cloudfront::invalidate_keys(id, prefix, &s.rewritten).await)
+        }
         None => None,
     };
     if a.json {
@@ -225,7 +232,7 @@ async fn agent_check(cfg: Config) -> Result<()> {
             job.signer().verifying_key().id()
         );
         for (url, sink) in job.cfg.stores.iter().zip(job.sinks()) {
-            for step in qsync_cdn::probe::check(sink.as_ref(), job.cfg.lease_only).await {
+            for step in qsync_store::probe::check(sink.as_ref(), job.cfg.lease_only).await {
                 match step.result {
                     Ok(note) => println!("  store {url}: {}: {note}", step.what),
                     Err(e) => {
@@ -245,7 +252,7 @@ async fn agent_check(cfg: Config) -> Result<()> {
 
 async fn gc(a: GcArgs) -> Result<()> {
     let vk = VerifyingKey::load(&a.public_key)?;
-    let opts = qsync_cdn::StoreOptions {
+    let opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         ..Default::default()
     };
@@ -277,7 +284,7 @@ fn mirrors(from: &[String], t: Option<&Timeouts>, remote: &Remote) -> Result<Mir
     Ok(Mirrors::with_options(sources, mirror_options(t)))
 }
 
-fn open_all(from: &[String], opts: &qsync_cdn::StoreOptions) -> Result<Vec<Arc<dyn ObjectSource>>> {
+fn open_all(from: &[String], opts: &qsync_store::StoreOptions) -> Result<Vec<Arc<dyn ObjectSource>>> {
     Ok(from
         .iter()
         .map(|u| open_source_with(u, opts))
@@ -450,7 +457,7 @@ async fn ls(a: LsArgs) -> Result<()> {
 
 async fn serve(a: ServeArgs) -> Result<()> {
     let public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
-    let mut cfg = match (qsync_cdn::open::local_dir(&a.store)?, &a.cache_dir) {
+    let mut cfg = match (qsync_store::open::local_dir(&a.store)?, &a.cache_dir) {
         (Some(dir), None) => qsync_cdn::serve::ServeConfig::new(dir),
         (_, None) => anyhow::bail!(
             "serving the remote store {} needs --cache-dir (a pull-through cache)",

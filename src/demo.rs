@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use qsync_cdn::open_source;
 use qsync_core::progress::NoProgress;
 use qsync_core::sign::{self, SigningKey};
 use qsync_core::ChainName;
 use qsync_fetcher::{Mirrors, RestoreOptions};
 use qsync_snapshotter::SnapshotOptions;
+use qsync_store::open_source;
 
 use crate::cli::DemoArgs;
 
@@ -84,7 +84,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     opts.height = Some(1_000_000);
     let s = qsync_snapshotter::publish(
         &source,
-        qsync_cdn::open_sink(store.to_str().context("UTF-8 path")?)?,
+        qsync_store::open_sink(store.to_str().context("UTF-8 path")?)?,
         &SigningKey::load(&sk)?,
         &opts,
         Arc::new(NoProgress),

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use qsync_cdn::prometheus;
 use qsync_core::ChainName;
 use qsync_fetcher::dest::Marker;
 use qsync_fetcher::{MirrorReport, RestoreSummary};
+use qsync_store::prometheus;
 
 /// What one run did.
 pub struct Run {

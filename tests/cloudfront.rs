@@ -10,7 +10,7 @@ use std::process::Command;
 use common::moto::Moto;
 use common::s3::*;
 use common::*;
-use qsync_cdn::cloudfront::UrlSigner;
+use qsync_store::url_signer::UrlSigner;
 use serde_json::Value;
 
 fn python(script: &str, args: &[&str]) -> String {

@@ -326,7 +326,7 @@ if r.retcode != 0 or out:
 /// Metric names the code exports: the `qsync_*` names (other than crate
 /// paths) in the modules that render /metrics and the restore metrics file.
 fn exported_metrics() -> BTreeSet<String> {
-    let crates = ["qsync_core", "qsync_cdn", "qsync_fetcher", "qsync_snapshotter"];
+    let crates = ["qsync_core", "qsync_store", "qsync_fetcher", "qsync_snapshotter"];
     let mut names = BTreeSet::new();
     for f in [
         "snapshotter/src/agent.rs",

@@ -10,7 +10,7 @@ use std::path::Path;
 use common::ipfs::IpfsNode;
 use common::proxy::{FaultProxy, Faults};
 use common::*;
-use qsync_cdn::ObjectSource;
+use qsync_store::ObjectSource;
 use serde_json::Value;
 
 fn publish(env: &Env, node: &IpfsNode, src: &Path) -> Value {
@@ -93,13 +93,13 @@ fn publish_then_restore_through_gateway_and_api() {
             .is_some()
     };
     assert!(pinned(&root), "the published root is not pinned");
-    let store = qsync_cdn::ipfs::IpfsStore::new(&format!("ipfs+{}/snapshots", node.api)).unwrap();
+    let store = qsync_store::ipfs::IpfsStore::new(&node.api, "snapshots").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     // Sizes through the API come from files/stat, the same for MFS and /ipfs paths.
-    let by_cid = qsync_cdn::ipfs::open_cid(&from, &node.gateway, Some(&node.api)).unwrap();
+    let by_cid = qsync_store::ipfs::open_cid(&root, &node.gateway, Some(&node.api)).unwrap();
     let catalog = qsync_core::ObjectKey::catalog();
     let (in_mfs, in_root) = rt.block_on(async { (store.head(&catalog).await, by_cid.head(&catalog).await) });
     assert!(in_mfs.unwrap().is_some());

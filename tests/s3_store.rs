@@ -10,9 +10,9 @@ mod common;
 use bytes::Bytes;
 use common::s3::*;
 use common::*;
-use qsync_cdn::s3::{S3Options, S3Store, MULTIPART_THRESHOLD};
-use qsync_cdn::{Expect, ObjectSink, ObjectSource, PutOptions, StoreError};
 use qsync_core::ObjectKey;
+use qsync_store::s3::{S3Options, S3Store, MULTIPART_THRESHOLD};
+use qsync_store::{Expect, ObjectSink, ObjectSource, PutOptions, StoreError, StoreUrl};
 
 #[test]
 fn conditional_writes_and_multipart_uploads() {
@@ -31,7 +31,11 @@ fn conditional_writes_and_multipart_uploads() {
         path_style: true,
         ..S3Options::default()
     };
-    let store = S3Store::new(&s3.url("api"), opts).unwrap();
+    let at = match StoreUrl::parse(&s3.url("api")).unwrap() {
+        StoreUrl::S3(at) => at,
+        other => panic!("{other:?}"),
+    };
+    let store = S3Store::new(at, opts);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let key = ObjectKey::new("chains/eth/latest.json").unwrap();
         let opts = PutOptions::for_key(&key);

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use qsync_cdn::signed::SignedReadError;
-use qsync_cdn::StoreError;
 use qsync_core::FormatError;
+use qsync_store::signed::SignedReadError;
+use qsync_store::StoreError;
 
 /// A failed fetcher operation. A failed restore never leaves a completion marker.
 #[derive(Debug, thiserror::Error)]

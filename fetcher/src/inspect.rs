@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use qsync_cdn::signed::get_signed;
 use qsync_core::manifest::ChunkRef;
 use qsync_core::pointer::{self, Catalog, Pointer};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, ObjectKey};
+use qsync_store::signed::get_signed;
 use serde::Serialize;
 
 use crate::{Mirrors, RestoreError};

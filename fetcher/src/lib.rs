@@ -5,7 +5,7 @@
 //! exact, verified copy of the latest snapshot; [`dest`] owns the on-disk
 //! rules (markers, path confinement, free space); [`inspect`] backs
 //! `qsync verify` and `qsync ls`. Signature and freshness rules live in
-//! `qsync_core::trust`; transports in `qsync_cdn`.
+//! `qsync_core::trust`; transports in `qsync_store`.
 
 pub mod choose;
 pub mod dest;

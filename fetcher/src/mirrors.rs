@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use qsync_cdn::signed::{get_manifest, get_signed, SignedReadError};
-use qsync_cdn::{ObjectSource, StoreError};
 use qsync_core::chunk::{self, StreamDecoder};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::trust::rank;
 use qsync_core::{ChainName, FormatError, ObjectKey};
+use qsync_store::signed::{get_manifest, get_signed, SignedReadError};
+use qsync_store::{ObjectSource, StoreError};
 use serde::Serialize;
 
 use crate::RestoreError;

@@ -13,9 +13,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use qsync_cdn::prometheus::{self, labels};
 use qsync_core::progress::Progress;
 use qsync_core::time::Timestamp;
+use qsync_store::prometheus::{self, labels};
 use tokio::sync::watch;
 
 use crate::commit::resign;

@@ -8,15 +8,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qsync_cdn::signed::get_signed_for_update;
-use qsync_cdn::{Expect, ObjectSink, StoreError};
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
 use qsync_core::sign::SigningKey;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, ObjectKey};
+use qsync_store::signed::get_signed_for_update;
+use qsync_store::{Expect, ObjectSink, StoreError};
 
-use crate::publish::{SnapshotOptions, SnapshotSummary};
+use crate::options::{SnapshotOptions, SnapshotSummary};
 use crate::upload::Target;
 use crate::SnapshotError;
 
@@ -28,19 +28,32 @@ pub(crate) struct Expiry {
     pub(crate) manifest_expires_at: Timestamp,
 }
 
-/// Writes one store's manifest, pointer and catalog entry; the summary and
-/// the BLAKE3 of the manifest as stored.
-#[allow(clippy::too_many_arguments)]
+/// The snapshot a run commits, the same for every store.
+pub(crate) struct NewSnapshot<'a> {
+    pub(crate) signer: &'a SigningKey,
+    pub(crate) opts: &'a SnapshotOptions,
+    pub(crate) manifest: &'a Manifest,
+    pub(crate) when: Expiry,
+    /// Plaintext bytes of all files.
+    pub(crate) total: u64,
+}
+
+/// Writes one store's manifest, pointer and catalog entry for `snapshot`,
+/// over the pointer `previous` the run read from it (version `expect`);
+/// the summary and the BLAKE3 of the manifest as stored.
 pub(crate) async fn finish_store(
     t: &Target,
-    signer: &SigningKey,
-    opts: &SnapshotOptions,
-    manifest: &Manifest,
+    snapshot: &NewSnapshot<'_>,
     previous: Option<&Pointer>,
     expect: &Expect,
-    when: Expiry,
-    total: u64,
 ) -> Result<(SnapshotSummary, Digest), SnapshotError> {
+    let NewSnapshot {
+        signer,
+        opts,
+        manifest,
+        when,
+        total,
+    } = *snapshot;
     let version = manifest.version;
     let (stored, compressed) = manifest.encode();
     let manifest_key = ObjectKey::manifest(&opts.chain, version, &Digest::of(&stored), compressed);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::ChainName;
+use qsync_store::StoreUrl;
 use serde::{Deserialize, Deserializer};
 
 /// A whole configuration file.
@@ -72,7 +73,7 @@ pub struct ChainConfig {
     /// minisign secret key.
     pub secret_key: PathBuf,
     /// Stores to publish to (directories, s3://, ipfs+http://).
-    pub stores: Vec<String>,
+    pub stores: Vec<StoreUrl>,
     /// How long fetchers accept the pointer without a re-sign.
     #[serde(default = "default_expires_in", deserialize_with = "duration")]
     pub expires_in: Duration,

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qsync_cdn::probe::require_conditional_writes;
-use qsync_cdn::{open_sink_with, ObjectSink, StoreOptions};
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::ChainName;
+use qsync_store::probe::require_conditional_writes;
+use qsync_store::{open_sink_at, ObjectSink, StoreOptions, StoreUrl};
 use serde::Serialize;
 
 use crate::chainmeta::{AroundFreeze, ChainHead};
@@ -28,7 +28,8 @@ use crate::config::{ChainConfig, Strategy};
 use crate::freeze::{self, run_hook};
 use crate::gc::{self, GcReport};
 use crate::lease::{self, Lease, LeaseError};
-use crate::publish::{publish_many, KnownFiles, SnapshotOptions, SnapshotSummary};
+use crate::options::{SnapshotOptions, SnapshotSummary};
+use crate::publish::{publish_many, KnownFiles, PublishRun};
 use crate::SnapshotError;
 
 /// Where a cycle failed; the `stage` label of the failure metric.
@@ -189,7 +190,7 @@ pub struct ChainJob {
     pub chain: ChainName,
     signer: SigningKey,
     /// (URL as configured, opened store).
-    stores: Vec<(String, Arc<dyn ObjectSink>)>,
+    stores: Vec<(StoreUrl, Arc<dyn ObjectSink>)>,
     state_dir: PathBuf,
     /// Held while a cycle or a re-sign writes this chain's pointers: both
     /// write conditionally, so running them at once would fail one.
@@ -214,7 +215,7 @@ impl ChainJob {
             .map(|url| {
                 Ok((
                     url.clone(),
-                    open_sink_with(url, &opts).with_context(|| format!("chain {chain}: store {url}"))?,
+                    open_sink_at(url, &opts).with_context(|| format!("chain {chain}: store {url}"))?,
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -304,7 +305,7 @@ impl ChainJob {
             if let Err(e) = require_conditional_writes(sink.as_ref(), self.cfg.lease_only).await {
                 report
                     .stores
-                    .push(StoreReport::new(url.clone(), Err(e.to_string())));
+                    .push(StoreReport::new(url.to_string(), Err(e.to_string())));
                 continue;
             }
             match lease::acquire_for_publish(sink.clone(), &self.chain).await {
@@ -320,7 +321,7 @@ impl ChainJob {
                 }
                 Err(e) => report
                     .stores
-                    .push(StoreReport::new(url.clone(), Err(e.to_string()))),
+                    .push(StoreReport::new(url.to_string(), Err(e.to_string()))),
             }
         }
         let result = if sinks.is_empty() {
@@ -464,17 +465,13 @@ impl ChainJob {
             .flatten();
         // With the hooks strategy the node thaws once the chunks are up,
         // before any pointer moves.
-        let published = publish_many(
-            &read_from,
-            sinks.to_vec(),
-            &self.signer,
-            &opts,
-            progress,
-            known.as_ref(),
-            Some(cancel),
-            Some(Box::pin(thaw())),
-        )
-        .await;
+        let run = PublishRun {
+            known: known.as_ref(),
+            cancel: Some(cancel),
+            gate: Some(Box::pin(thaw())),
+            ..PublishRun::new(&read_from, &self.signer, &opts, progress)
+        };
+        let published = publish_many(run, sinks.to_vec()).await;
         let done = thawed.lock().expect("not poisoned").clone();
         let post = match done {
             Some(done) => done,
@@ -538,9 +535,9 @@ impl ChainJob {
             let Some((url, sink)) = self.stores.iter().find(|(_, k)| k.location() == s.location) else {
                 continue;
             };
-            if let (Some(id), true) = (&self.cfg.cloudfront_distribution_id, url.starts_with("s3://")) {
+            if let (Some(id), StoreUrl::S3(at)) = (&self.cfg.cloudfront_distribution_id, url) {
                 s.cloudfront_invalidation =
-                    qsync_cdn::cloudfront::invalidate_keys(id, url, &summary.rewritten).await;
+                    qsync_cdn::cloudfront::invalidate_keys(id, &at.prefix, &summary.rewritten).await;
             }
             if let Some(root) = &summary.ipfs_root_cid {
                 self.retire_older_root(sink.as_ref(), root).await;

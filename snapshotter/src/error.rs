@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use qsync_cdn::signed::SignedReadError;
-use qsync_cdn::StoreError;
 use qsync_core::FormatError;
+use qsync_store::signed::SignedReadError;
+use qsync_store::StoreError;
 
 /// A failed snapshot run.
 #[derive(Debug, thiserror::Error)]

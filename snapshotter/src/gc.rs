@@ -22,13 +22,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use qsync_cdn::signed::{get_manifest, get_signed, SignedReadError};
-use qsync_cdn::{Listed, ObjectSink, PutOptions};
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
+use qsync_store::signed::{get_manifest, get_signed, SignedReadError};
+use qsync_store::{Listed, ObjectSink, PutOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Retention;

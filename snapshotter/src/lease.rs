@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use qsync_cdn::{Expect, ObjectSink, PutOptions, StoreError};
 use qsync_core::lease::{stat_start_time, Machine, MAX_BYTES};
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, ObjectKey};
+use qsync_store::{Expect, ObjectSink, PutOptions, StoreError};
 
 pub use qsync_core::lease::LeaseBody;
 
@@ -329,7 +329,7 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qsync_cdn::local::LocalStore;
+    use qsync_store::local::LocalStore;
 
     async fn put_lease(sink: &Arc<dyn ObjectSink>, key: &ObjectKey, body: &LeaseBody) {
         let bytes = Bytes::from(serde_json::to_vec(body).unwrap());

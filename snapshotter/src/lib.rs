@@ -1,7 +1,8 @@
 //! The publishing side: turn a chain data directory into a signed snapshot,
 //! once or on a schedule.
 //!
-//! [`scan`] lists what will be published; [`publish`] chunks, hashes and
+//! [`options`] says what a run is asked to do; [`scan`] lists what will be
+//! published; [`read`] cuts and hashes a file; [`publish`] chunks, hashes and
 //! compresses it, uploads only chunks the stores lack, then writes the
 //! manifest, its signature and, last, the chain pointer. The agent side
 //! builds on it: [`config`] (the TOML file), [`freeze`] (hooks and hard-link
@@ -19,10 +20,13 @@ pub mod error;
 pub mod freeze;
 pub mod gc;
 pub mod lease;
+pub mod options;
 pub mod publish;
+pub mod read;
 pub mod scan;
 pub mod upload;
 
 pub use commit::resign;
 pub use error::SnapshotError;
-pub use publish::{publish, publish_many, KnownFiles, Published, SnapshotOptions, SnapshotSummary};
+pub use options::{SnapshotOptions, SnapshotSummary};
+pub use publish::{publish, publish_many, KnownFiles, PublishRun, Published};

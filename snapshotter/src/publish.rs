@@ -10,7 +10,8 @@
 //! whose objects are missing. A store that fails drops out of the run (its
 //! pointer stays where it was) while the others go on.
 //!
-//! Uploading lives in [`crate::upload`], the manifest and pointer writes in
+//! Reading a file lives in [`crate::read`], uploading in [`crate::upload`],
+//! the manifest and pointer writes in
 //! [`crate::commit`].
 //!
 //! A file whose stat data matches [`KnownFiles`] from the previous run, when
@@ -20,118 +21,27 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use qsync_cdn::signed::get_signed_for_update;
-use qsync_cdn::ObjectSink;
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
 use qsync_core::pointer::{self, Pointer};
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::time::Timestamp;
-use qsync_core::{ChainName, Digest, ObjectKey};
+use qsync_core::{Digest, ObjectKey};
+use qsync_store::signed::get_signed_for_update;
+use qsync_store::ObjectSink;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::commit::{finish_store, Expiry};
-use crate::config::Retention;
+use crate::commit::{finish_store, Expiry, NewSnapshot};
 use crate::lease;
+use crate::options::{SnapshotOptions, SnapshotSummary};
+use crate::read::read_chunks;
 use crate::scan::{scan, SourceFile, Stat};
 use crate::upload::{Target, Uploader};
 use crate::SnapshotError;
-
-/// What to publish and how.
-#[derive(Clone, Debug)]
-pub struct SnapshotOptions {
-    /// Chain name.
-    pub chain: ChainName,
-    /// Block height, when known.
-    pub height: Option<u64>,
-    /// Head block hash, when known.
-    pub block_hash: Option<String>,
-    /// How long the pointer stays valid without a re-sign (freshness).
-    pub expires_in: Duration,
-    /// How long the snapshot itself stays usable (the manifest's expiry; at
-    /// least `expires_in`). A pointer re-sign cannot extend it, because the
-    /// manifest's bytes are fixed.
-    pub lifetime: Duration,
-    /// Chunker parameters.
-    pub chunker: ChunkerParams,
-    /// zstd level for chunks.
-    pub zstd_level: i32,
-    /// Chunks in flight (checked, compressed or uploading) at once.
-    pub concurrency: usize,
-    /// Plaintext bytes of chunks in flight at once; bounds memory.
-    pub in_flight_bytes: u64,
-    /// Other stores holding this snapshot's chunks, recorded in the pointer.
-    pub mirror_hints: Vec<String>,
-    /// Which earlier snapshots the pointer keeps; `None` keeps the last
-    /// [`pointer::HISTORY_LEN`].
-    pub retention: Option<Retention>,
-}
-
-impl SnapshotOptions {
-    /// Defaults for `chain`: pointer valid 14 days, snapshot 30, default chunker, zstd 3, at most 8
-    /// chunks and 64 MiB in flight.
-    pub fn new(chain: ChainName) -> Self {
-        SnapshotOptions {
-            chain,
-            height: None,
-            block_hash: None,
-            expires_in: Duration::from_secs(14 * 24 * 3600),
-            lifetime: Duration::from_secs(30 * 24 * 3600),
-            chunker: ChunkerParams::default(),
-            zstd_level: 3,
-            concurrency: 8,
-            in_flight_bytes: 64 << 20,
-            mirror_hints: Vec::new(),
-            retention: None,
-        }
-    }
-}
-
-/// The `--json` summary of a run.
-#[derive(Clone, Debug, Serialize)]
-pub struct SnapshotSummary {
-    /// Chain name.
-    pub chain: String,
-    /// New snapshot version.
-    pub version: u64,
-    /// Pointer sequence written.
-    pub pointer_sequence: u64,
-    /// Pointer object key.
-    pub pointer_key: String,
-    /// Manifest object key.
-    pub manifest_key: String,
-    /// BLAKE3 of the stored manifest.
-    pub manifest_blake3: String,
-    /// Files in the snapshot.
-    pub files: u64,
-    /// Bytes of all files.
-    pub bytes_total: u64,
-    /// Bytes written to the store (chunks, manifest, pointer, signatures).
-    pub bytes_uploaded: u64,
-    /// Plaintext bytes of chunks the store did not have.
-    pub bytes_new: u64,
-    /// Chunk references in the manifest.
-    pub chunks_total: u64,
-    /// Chunk objects uploaded.
-    pub chunks_uploaded: u64,
-    /// Keys rewritten in place (the pointer, and the catalog when the chain
-    /// is new): what a CDN in front of the store must invalidate.
-    pub rewritten: Vec<String>,
-    /// Root CID of the store directory after this publish, pinned (IPFS stores).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipfs_root_cid: Option<String>,
-    /// Snapshot creation time.
-    pub created_at: String,
-    /// Expiry of the pointer.
-    pub expires_at: String,
-    /// Expiry of the snapshot (manifest).
-    pub snapshot_expires_at: String,
-}
 
 /// What the previous run left: each store's manifest and each file's stat
 /// data with its manifest entry. Kept in the agent's state directory.
@@ -175,7 +85,7 @@ pub async fn publish(
     progress: Arc<dyn Progress>,
 ) -> Result<SnapshotSummary, SnapshotError> {
     let lease = lease::acquire_for_publish(sink.clone(), &opts.chain).await?;
-    let r = publish_many(source, vec![sink], signer, opts, progress, None, None, None).await;
+    let r = publish_many(PublishRun::new(source, signer, opts, progress), vec![sink]).await;
     lease.release().await;
     r?.stores.pop().expect("one store").result
 }
@@ -194,21 +104,64 @@ async fn cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
 /// manifest or pointer is written.
 pub type CommitGate = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
-/// Publishes `source` to every store in `sinks`; the caller holds each
+/// One publish: what is read, how it is signed, and what the run may be
+/// told by its caller. [`PublishRun::new`] gives the plain `qsync snapshot`
+/// run; the agent fills in the rest.
+pub struct PublishRun<'a> {
+    /// The directory read.
+    pub source: &'a Path,
+    /// Signs the manifest, pointer and catalog.
+    pub signer: &'a SigningKey,
+    /// Chain, chunker, expiries, retention.
+    pub opts: &'a SnapshotOptions,
+    /// Where progress is reported.
+    pub progress: Arc<dyn Progress>,
+    /// Files the last cycle recorded (skip-unchanged): reused when their
+    /// stat data are the same.
+    pub known: Option<&'a KnownFiles>,
+    /// Stops the run before any pointer moves when it turns true.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Runs between reading and committing (the agent's thaw).
+    pub gate: Option<CommitGate>,
+}
+
+impl<'a> PublishRun<'a> {
+    /// A run with nothing known, no cancel and no gate.
+    pub fn new(
+        source: &'a Path,
+        signer: &'a SigningKey,
+        opts: &'a SnapshotOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Self {
+        PublishRun {
+            source,
+            signer,
+            opts,
+            progress,
+            known: None,
+            cancel: None,
+            gate: None,
+        }
+    }
+}
+
+/// Publishes `run` to every store in `sinks`; the caller holds each
 /// store's publish lease. Fails as a whole only when the source cannot be
 /// read consistently, `cancel` fires or `gate` fails before any pointer
 /// moves; a store that fails is reported in its [`StoreOutcome`].
-#[allow(clippy::too_many_arguments)]
 pub async fn publish_many(
-    source: &Path,
+    run: PublishRun<'_>,
     sinks: Vec<Arc<dyn ObjectSink>>,
-    signer: &SigningKey,
-    opts: &SnapshotOptions,
-    progress: Arc<dyn Progress>,
-    known: Option<&KnownFiles>,
-    cancel: Option<tokio::sync::watch::Receiver<bool>>,
-    gate: Option<CommitGate>,
 ) -> Result<Published, SnapshotError> {
+    let PublishRun {
+        source,
+        signer,
+        opts,
+        progress,
+        known,
+        cancel,
+        gate,
+    } = run;
     opts.chunker.validate()?;
     let vk = signer.verifying_key();
     let pointer_key = ObjectKey::pointer(&opts.chain);
@@ -362,17 +315,14 @@ pub async fn publish_many(
             (Some(e), _) => Err(e),
             (None, None) => unreachable!("a store without a pointer read has failed"),
             (None, Some((previous, expect))) => {
-                finish_store(
-                    t,
+                let snapshot = NewSnapshot {
                     signer,
                     opts,
-                    &manifest,
-                    previous.as_ref(),
-                    &expect,
+                    manifest: &manifest,
                     when,
                     total,
-                )
-                .await
+                };
+                finish_store(t, &snapshot, previous.as_ref(), &expect).await
             }
         };
         if let Ok((_, digest)) = &result {
@@ -468,47 +418,4 @@ async fn publish_file(
         blake3: whole,
         chunks,
     })
-}
-
-/// Blocking: cuts `path` into chunks, sends them with their digests, and
-/// returns the whole-file digest after checking the file did not change.
-fn read_chunks(
-    path: &Path,
-    before: &Stat,
-    params: &ChunkerParams,
-    tx: mpsc::Sender<(Digest, Vec<u8>)>,
-) -> Result<Digest, SnapshotError> {
-    let io = |source| SnapshotError::Source {
-        path: path.into(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let opened = Stat::of(&f.metadata().map_err(io)?);
-    let mut whole = blake3::Hasher::new();
-    let mut read = 0u64;
-    for c in params.chunks(std::io::BufReader::with_capacity(1 << 20, &f)) {
-        let (_, data) = c.map_err(io)?;
-        whole.update(&data);
-        read += data.len() as u64;
-        if tx.blocking_send((Digest::of(&data), data)).is_err() {
-            break; // the upload side failed; its error is reported
-        }
-    }
-    let after = Stat::of(&f.metadata().map_err(io)?);
-    let changed = |what: String| SnapshotError::FileChanged {
-        path: path.into(),
-        what,
-    };
-    if opened != *before {
-        return Err(changed(
-            "it was replaced or modified between listing and opening".into(),
-        ));
-    }
-    if after != opened || read != before.size {
-        return Err(changed(format!(
-            "size {} -> {}, read {read} bytes, mtime {} -> {}",
-            before.size, after.size, before.mtime_ns, after.mtime_ns
-        )));
-    }
-    Ok(whole.finalize().into())
 }

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use qsync_cdn::{Expect, ObjectSink, PutOptions, StoreError};
 use qsync_core::chunk;
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::{Digest, ObjectKey};
+use qsync_store::{Expect, ObjectSink, PutOptions, StoreError};
 use tokio::sync::Semaphore;
 
 use crate::SnapshotError;

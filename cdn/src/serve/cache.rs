@@ -33,8 +33,8 @@ use qsync_core::{chunk, Digest, ObjectKey};
 use tokio::sync::Semaphore;
 
 use super::objects::Kind;
-use crate::local::LocalStore;
-use crate::store::{CacheClass, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError};
+use qsync_store::local::LocalStore;
+use qsync_store::{CacheClass, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError};
 
 /// Largest chunk plaintext any valid manifest allows (FastCDC's maximum).
 const MAX_CHUNK_PLAIN: u64 = 16 << 20;

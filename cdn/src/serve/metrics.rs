@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
 use super::ServeState;
-use crate::prometheus::{family, labels, CONTENT_TYPE};
+use qsync_store::prometheus::{family, labels, CONTENT_TYPE};
 
 /// (object kind, HTTP status) -> (requests, body bytes).
 type Table = BTreeMap<(&'static str, u16), (u64, u64)>;

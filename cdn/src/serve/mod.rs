@@ -36,8 +36,8 @@ use tokio::sync::Semaphore;
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::local::LocalStore;
-use crate::store::ObjectSource;
+use qsync_store::local::LocalStore;
+use qsync_store::ObjectSource;
 
 /// How `qsync serve` behaves.
 #[derive(Clone)]
@@ -165,8 +165,8 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::HttpStore;
     use qsync_core::ObjectKey;
+    use qsync_store::http::HttpStore;
 
     async fn healthz_status(cfg: ServeConfig) -> axum::http::StatusCode {
         use tower::ServiceExt;
@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(&s.get_limited(&k, 11).await.unwrap()[..], b"hello world");
         assert!(matches!(
             s.get_limited(&k, 10).await,
-            Err(crate::StoreError::TooLarge { .. })
+            Err(qsync_store::StoreError::TooLarge { .. })
         ));
         let missing = ObjectKey::new("chunks/aa/none").unwrap();
         assert!(s.get(&missing).await.unwrap_err().is_not_found());

@@ -34,7 +34,7 @@ use qsync_core::{chunk, ChainName, Digest, ObjectKey};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ServeState;
-use crate::signed::{get_manifest, get_signed};
+use qsync_store::signed::{get_manifest, get_signed};
 
 /// Largest piece handed to the client at once.
 const FRAME: usize = 256 << 10;
@@ -437,7 +437,7 @@ mod tests {
         let mut cfg = ServeConfig::new(dir);
         cfg.tar_memory = 16 << 20;
         let state = Arc::new(ServeState {
-            store: Arc::new(crate::local::LocalStore::new(dir)),
+            store: Arc::new(qsync_store::local::LocalStore::new(dir)),
             tar_budget: Arc::new(Semaphore::new(cfg.tar_memory)),
             cfg,
             metrics: Default::default(),

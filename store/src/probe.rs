@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use qsync_core::{Digest, ObjectKey};
 
-use crate::store::{Expect, ObjectSink, PutOptions, StoreError, Version};
+use crate::traits::{Expect, ObjectSink, PutOptions, StoreError, Version};
 
 /// Why a store failed the probe.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +173,7 @@ pub async fn check(sink: &dyn ObjectSink, lease_only: bool) -> Vec<Checked> {
 mod tests {
     use super::*;
     use crate::local::LocalStore;
-    use crate::store::{Listed, ObjectMeta, ObjectSource};
+    use crate::traits::{Listed, ObjectMeta, ObjectSource};
     use async_trait::async_trait;
 
     /// A store that ignores every condition, as some S3 servers do.

@@ -25,7 +25,9 @@ use futures::{StreamExt, TryStreamExt};
 use qsync_core::ObjectKey;
 use tokio::sync::OnceCell;
 
-use crate::store::{
+use crate::url::S3Location;
+
+use crate::traits::{
     bounded, collect, Body, CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions,
     StoreError, Version,
 };
@@ -70,49 +72,19 @@ impl Default for S3Options {
 
 /// An S3 bucket and prefix.
 pub struct S3Store {
-    bucket: String,
-    /// Empty, or ends with `/`.
-    prefix: String,
+    at: S3Location,
     opts: S3Options,
     client: OnceCell<Client>,
 }
 
 impl S3Store {
-    /// Parses `s3://BUCKET[/PREFIX]`; the client is built on first use.
-    pub fn new(url: &str, opts: S3Options) -> Result<Self, StoreError> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| StoreError::BadUrl {
-            url: url.into(),
-            reason: "an S3 store URL starts with s3://".into(),
-        })?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let valid_bucket = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
-        if !valid_bucket {
-            return Err(StoreError::BadUrl {
-                url: url.into(),
-                reason: format!(
-                    "{bucket:?} is not an S3 bucket name (3-63 of a-z 0-9 . -); use s3://BUCKET/PREFIX"
-                ),
-            });
-        }
-        let prefix = prefix.trim_matches('/');
-        let prefix = if prefix.is_empty() {
-            String::new()
-        } else {
-            ObjectKey::new(prefix).map_err(|e| StoreError::BadUrl {
-                url: url.into(),
-                reason: format!("prefix: {e}"),
-            })?;
-            format!("{prefix}/")
-        };
-        Ok(S3Store {
-            bucket: bucket.into(),
-            prefix,
+    /// The store at `at`; the client is built on first use.
+    pub fn new(at: S3Location, opts: S3Options) -> Self {
+        S3Store {
+            at,
             opts,
             client: OnceCell::new(),
-        })
+        }
     }
 
     async fn client(&self) -> &Client {
@@ -121,7 +93,7 @@ impl S3Store {
 
     /// The bucket's name for `key`: the prefix, then the key.
     pub fn object(&self, key: &ObjectKey) -> String {
-        format!("{}{}", self.prefix, key)
+        self.at.object(key)
     }
 
     fn payer(&self) -> Option<RequestPayer> {
@@ -155,7 +127,7 @@ impl S3Store {
             },
             hint,
         };
-        let bucket = &self.bucket;
+        let bucket = &self.at.bucket;
         match (code.as_str(), status) {
             ("NoSuchBucket", _) => refused(format!(
                 "bucket {bucket} does not exist at this endpoint; check the bucket name, AWS_REGION and the endpoint"
@@ -213,7 +185,7 @@ impl S3Store {
             .client()
             .await
             .head_bucket()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .send()
             .await;
         match head {
@@ -223,7 +195,7 @@ impl S3Store {
                 code: "NoSuchBucket".into(),
                 hint: format!(
                     "bucket {} does not exist at this endpoint; check the bucket name, AWS_REGION and the endpoint",
-                    self.bucket
+                    self.at.bucket
                 ),
             },
             _ => err,
@@ -251,7 +223,7 @@ impl S3Store {
             .client()
             .await
             .get_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(self.object(key))
             .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end.saturating_sub(1))))
             .set_request_payer(self.payer())
@@ -276,7 +248,7 @@ impl S3Store {
         let object = self.object(key);
         let upload = client
             .create_multipart_upload()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(&object)
             .cache_control(self.cache_control(opts.cache))
             .content_type(content_type(key))
@@ -293,7 +265,7 @@ impl S3Store {
                 async move {
                     let out = client
                         .upload_part()
-                        .bucket(&self.bucket)
+                        .bucket(&self.at.bucket)
                         .key(object)
                         .upload_id(id)
                         .part_number(number)
@@ -316,7 +288,7 @@ impl S3Store {
         let completed = match parts {
             Ok(parts) => client
                 .complete_multipart_upload()
-                .bucket(&self.bucket)
+                .bucket(&self.at.bucket)
                 .key(&object)
                 .upload_id(&id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
@@ -331,7 +303,7 @@ impl S3Store {
             // Best effort: a lifecycle rule should also abort stale uploads (docs/backends/s3.md).
             let _ = client
                 .abort_multipart_upload()
-                .bucket(&self.bucket)
+                .bucket(&self.at.bucket)
                 .key(&object)
                 .upload_id(&id)
                 .set_request_payer(self.payer())
@@ -356,7 +328,7 @@ impl S3Store {
         self.client()
             .await
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(self.object(key))
             .body(ByteStream::from(body))
             .cache_control(self.cache_control(opts.cache))
@@ -382,7 +354,7 @@ fn content_type(key: &ObjectKey) -> &'static str {
 
 /// The error and its sources on one line (the SDK's top-level message alone
 /// is often just "dispatch failure").
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -397,7 +369,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// region chain, a rustls (ring) HTTPS client, standard retries with
 /// backoff, and timeouts. `default_region` applies when the environment
 /// names none.
-pub(crate) async fn aws_config(
+pub async fn aws_config(
     max_attempts: u32,
     read_timeout: Duration,
     default_region: Option<&'static str>,
@@ -460,7 +432,7 @@ async fn build_client(opts: &S3Options) -> Client {
 #[async_trait]
 impl ObjectSource for S3Store {
     fn location(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
+        format!("s3://{}/{}", self.at.bucket, self.at.prefix)
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
@@ -488,7 +460,7 @@ impl ObjectSource for S3Store {
             .client()
             .await
             .head_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(self.object(key))
             .set_request_payer(self.payer())
             .send()
@@ -547,7 +519,7 @@ impl ObjectSink for S3Store {
         self.client()
             .await
             .delete_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(self.object(key))
             .set_request_payer(self.payer())
             .send()
@@ -562,7 +534,7 @@ impl ObjectSink for S3Store {
             .client()
             .await
             .list_objects_v2()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .prefix(&prefix)
             .set_request_payer(self.payer())
             .into_paginator()
@@ -571,7 +543,7 @@ impl ObjectSink for S3Store {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error(dir, e))?;
             for o in page.contents() {
-                let Some(name) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                let Some(name) = o.key().and_then(|k| k.strip_prefix(&self.at.prefix)) else {
                     continue;
                 };
                 let Ok(key) = ObjectKey::new(name) else {
@@ -593,16 +565,20 @@ impl ObjectSink for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::url::StoreUrl;
 
     #[test]
-    fn urls() {
-        let s = S3Store::new("s3://chain-data/snapshots/", S3Options::default()).unwrap();
+    fn objects_are_named_under_the_prefix() {
+        let at = |url: &str| match StoreUrl::parse(url).unwrap() {
+            StoreUrl::S3(l) => S3Store::new(l, S3Options::default()),
+            other => panic!("{other:?}"),
+        };
+        let s = at("s3://chain-data/snapshots/");
         assert_eq!(s.location(), "s3://chain-data/snapshots/");
         assert_eq!(s.object(&ObjectKey::catalog()), "snapshots/catalog.json");
-        let s = S3Store::new("s3://chain-data", S3Options::default()).unwrap();
-        assert_eq!(s.object(&ObjectKey::catalog()), "catalog.json");
-        for bad in ["s3://", "s3://UPPER/x", "s3://b/../x", "s3://ab"] {
-            assert!(S3Store::new(bad, S3Options::default()).is_err(), "{bad}");
-        }
+        assert_eq!(
+            at("s3://chain-data").object(&ObjectKey::catalog()),
+            "catalog.json"
+        );
     }
 }

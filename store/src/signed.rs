@@ -10,7 +10,7 @@ use qsync_core::pointer::SnapshotRef;
 use qsync_core::sign::VerifyingKey;
 use qsync_core::{Digest, FormatError, ObjectKey};
 
-use crate::store::{Expect, ObjectSink, ObjectSource, StoreError};
+use crate::traits::{Expect, ObjectSink, ObjectSource, StoreError};
 
 /// Why a signed object could not be read.
 #[derive(Debug, thiserror::Error)]

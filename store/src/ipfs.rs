@@ -35,7 +35,7 @@ use reqwest::Client;
 use serde::Deserialize;
 
 use crate::http::{client_builder, read_body, HttpStore};
-use crate::store::{
+use crate::traits::{
     Body, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
 };
 
@@ -175,24 +175,13 @@ pub struct IpfsStore {
 }
 
 impl IpfsStore {
-    /// Parses `ipfs+http://HOST:PORT[/MFS/DIR]` (or `ipfs+https://`).
-    pub fn new(url: &str) -> Result<Self, StoreError> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| StoreError::BadUrl {
-            url: url.into(),
-            reason: "use ipfs+http://HOST:PORT[/MFS/DIR]".into(),
-        })?;
-        let http = scheme.strip_prefix("ipfs+").unwrap_or("http");
-        let (host, dir) = rest.split_once('/').unwrap_or((rest, "qsync"));
-        let dir = dir.trim_matches('/');
-        let dir = if dir.is_empty() { "qsync" } else { dir };
-        ObjectKey::new(dir).map_err(|e| StoreError::BadUrl {
-            url: url.into(),
-            reason: format!("MFS directory: {e}"),
-        })?;
-        let api = format!("{http}://{host}");
+    /// The MFS directory `dir` (a valid key) of the node whose RPC API is
+    /// at `api` (`http://HOST:PORT`), as [`crate::url::StoreUrl::IpfsMfs`]
+    /// names them.
+    pub fn new(api: &str, dir: &str) -> Result<Self, StoreError> {
         Ok(IpfsStore {
             read: Reader {
-                rpc: Rpc::new(&api)?,
+                rpc: Rpc::new(api)?,
                 root: format!("/{dir}"),
                 location: format!("{api} (MFS /{dir})"),
             },
@@ -539,17 +528,10 @@ fn number(v: &serde_json::Value) -> Option<u64> {
     }
 }
 
-/// Opens `ipfs://CID` for reading: through `api` (`cat`) when given,
-/// otherwise through `gateway`.
-pub fn open_cid(url: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn ObjectSource>, StoreError> {
-    let cid = url.strip_prefix("ipfs://").unwrap_or(url).trim_matches('/');
-    let valid = !cid.is_empty() && cid.bytes().all(|b| b.is_ascii_alphanumeric());
-    if !valid {
-        return Err(StoreError::BadUrl {
-            url: url.into(),
-            reason: "use ipfs://CID, the root CID a publish printed (ipfs_root_cid)".into(),
-        });
-    }
+/// Opens the published directory `cid` (as [`crate::url::StoreUrl::IpfsCid`]
+/// names it) for reading: through `api` (`cat`) when given, otherwise
+/// through `gateway`.
+pub fn open_cid(cid: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn ObjectSource>, StoreError> {
     Ok(match api {
         Some(api) => Arc::new(Reader {
             rpc: Rpc::new(api)?,
@@ -568,14 +550,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        let s = IpfsStore::new("ipfs+http://127.0.0.1:5001").unwrap();
+    fn mfs_paths_and_gateway_urls() {
+        let s = IpfsStore::new("http://127.0.0.1:5001", "qsync").unwrap();
         assert_eq!(s.location(), "http://127.0.0.1:5001 (MFS /qsync)");
-        let s = IpfsStore::new("ipfs+http://h:5001/snapshots/eth/").unwrap();
+        let s = IpfsStore::new("http://h:5001", "snapshots/eth").unwrap();
         assert_eq!(s.path(&ObjectKey::catalog()), "/snapshots/eth/catalog.json");
-        assert!(IpfsStore::new("ipfs+http://h:5001/../x").is_err());
-        assert!(open_cid("ipfs://", "http://g", None).is_err());
-        let g = open_cid("ipfs://bafyabc", "http://g:8080/", None).unwrap();
+        let g = open_cid("bafyabc", "http://g:8080/", None).unwrap();
         assert_eq!(g.location(), "http://g:8080/ipfs/bafyabc/");
     }
 }

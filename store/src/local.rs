@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use qsync_core::ObjectKey;
 
-use crate::store::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+use crate::traits::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
 
 /// A directory store.
 pub struct LocalStore {
@@ -252,7 +252,7 @@ fn list_dir(path: &Path, prefix: &str) -> std::io::Result<Vec<Listed>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::CacheClass;
+    use crate::traits::CacheClass;
 
     #[tokio::test]
     async fn put_get_range_head_delete() {

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use qsync_core::ObjectKey;
 use reqwest::{Client, StatusCode};
 
-use crate::cloudfront::UrlSigner;
-use crate::store::{bounded, collect, Body, ObjectMeta, ObjectSource, StoreError};
+use crate::traits::{bounded, collect, Body, ObjectMeta, ObjectSource, StoreError};
+use crate::url_signer::UrlSigner;
 
 /// The client settings every backend that speaks HTTP shares.
 pub(crate) fn client_builder() -> reqwest::ClientBuilder {
