@@ -83,11 +83,13 @@ downloads >"$work/downloads.log" 2>&1 &
 downloading=$!
 
 # --- on the CPU, meanwhile --------------------------------------------------
-# A real S3 server that checks SigV4 signatures (about 3 minutes to build;
-# 0.14.1 is the last release this toolchain builds).
+# A real S3 server that checks SigV4 signatures (0.14.1 is the last
+# release this toolchain builds). Built at opt-level 1 without debug info:
+# about 2 minutes instead of 3.5, and fast enough for loopback tests.
 command -v s3s-fs >/dev/null 2>&1 || {
   echo "installing s3s-fs (cargo install)"
-  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 }
 # Fuzzing (below) needs cargo-fuzz from crates.io (under a minute to build)
 # and the nightly toolchain the machine image ships.
