@@ -10,12 +10,13 @@ use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::sign::{self, SigningKey, VerifyingKey};
-use qsync_core::trust::TrustStore;
+use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::ChainName;
-use qsync_fetcher::{inspect, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
+use qsync_fetcher::{inspect, ForeignDest, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
 use qsync_snapshotter::config::Config;
 use qsync_snapshotter::cycle::ChainJob;
 use qsync_snapshotter::{SnapshotError, SnapshotOptions};
+use qsync_store::probe::WriteSafety;
 use qsync_store::{open_sink_at, open_sink_with, open_source_with, ObjectSource, StoreUrl};
 
 use crate::cli::*;
@@ -98,7 +99,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     opts.concurrency = a.concurrency;
     opts.mirror_hints = a.mirror_hints;
     opts.chunker = ChunkerParams::with_average_kib(a.chunk_size).context("--chunk-size")?;
-    qsync_store::probe::require_conditional_writes(sink.as_ref(), a.lease_only)
+    qsync_store::probe::require_conditional_writes(sink.as_ref(), WriteSafety::from_lease_only(a.lease_only))
         .await
         .with_context(|| format!("probing {} before publishing", sink.location()))?;
     let started = std::time::Instant::now();
@@ -232,7 +233,10 @@ async fn agent_check(cfg: Config) -> Result<()> {
             job.signer().verifying_key().id()
         );
         for (url, sink) in job.cfg.stores.iter().zip(job.sinks()) {
-            for step in qsync_store::probe::check(sink.as_ref(), job.cfg.lease_only).await {
+            for step in
+                qsync_store::probe::check(sink.as_ref(), WriteSafety::from_lease_only(job.cfg.lease_only))
+                    .await
+            {
                 match step.result {
                     Ok(note) => println!("  store {url}: {}: {note}", step.what),
                     Err(e) => {
@@ -257,7 +261,12 @@ async fn gc(a: GcArgs) -> Result<()> {
         ..Default::default()
     };
     let sink = open_sink_with(&a.store, &opts)?;
-    let r = qsync_snapshotter::gc::collect(sink, &vk, None, a.grace, a.dry_run)
+    let mode = if a.dry_run {
+        qsync_snapshotter::gc::GcMode::DryRun
+    } else {
+        qsync_snapshotter::gc::GcMode::Delete
+    };
+    let r = qsync_snapshotter::gc::collect(sink, &vk, None, a.grace, mode)
         .await
         .with_context(|| format!("collecting garbage in {}", a.store))?;
     if a.json {
@@ -345,8 +354,16 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         chain: chain.clone(),
         dest: a.dest.clone(),
         state_dir: state_dir(a.state_dir)?,
-        allow_expired: a.allow_expired,
-        force: a.force,
+        expired: if a.allow_expired {
+            Expired::Allow
+        } else {
+            Expired::Refuse
+        },
+        foreign_dest: if a.force {
+            ForeignDest::TakeOver
+        } else {
+            ForeignDest::Refuse
+        },
         concurrency: a.concurrency,
         verify_existing: a.verify_existing,
         verify_cmd: a.verify_cmd.clone(),

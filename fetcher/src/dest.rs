@@ -63,9 +63,26 @@ pub fn remove_marker(root: &Root, name: &str) -> Result<(), RestoreError> {
     }
 }
 
+/// What a restore does with a destination qsync does not own: one that is
+/// not empty and carries no marker, or holds another chain's restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignDest {
+    /// Refuse it, naming `--force` (the default: never touch data qsync did
+    /// not write).
+    Refuse,
+    /// Make it exactly the snapshot, deleting what is not in it (`--force`).
+    TakeOver,
+}
+
 /// Claims the destination for a restore of `pointer`: checks ownership,
 /// then writes the in-progress marker and removes the completion marker.
-pub fn claim(root: &Root, pointer: &Pointer, key_id: String, force: bool) -> Result<(), RestoreError> {
+pub fn claim(
+    root: &Root,
+    pointer: &Pointer,
+    key_id: String,
+    foreign: ForeignDest,
+) -> Result<(), RestoreError> {
+    let force = foreign == ForeignDest::TakeOver;
     let refuse = |reason: String| RestoreError::Dest {
         path: root.path().into(),
         reason,

@@ -17,6 +17,7 @@ pub mod restore;
 pub mod root;
 mod write;
 
+pub use dest::ForeignDest;
 pub use error::RestoreError;
 pub use mirrors::{MirrorOptions, MirrorReport, Mirrors};
 pub use restore::{restore, RestoreOptions, RestoreSummary};

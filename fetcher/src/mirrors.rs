@@ -160,6 +160,19 @@ enum Attempt {
     Local(RestoreError),
 }
 
+/// How bad a mirror's failed attempt was.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Worth retrying on this mirror later (a timeout, a 5xx, a reset).
+    Transient,
+    /// Retrying this mirror for this chunk cannot help (a missing object,
+    /// a client error).
+    Permanent,
+    /// The mirror served bytes that do not match the signed digest:
+    /// permanent, and the mirror is demoted if `--demote-corrupt`.
+    Corrupt,
+}
+
 /// What went wrong inside one attempt.
 enum Fault {
     Store(StoreError),
@@ -422,10 +435,14 @@ impl Mirrors {
         let wire = match tokio::time::timeout(self.opts.attempt_timeout, transfer).await {
             Ok(Ok(wire)) => wire,
             Ok(Err(Fault::Store(e))) => {
-                let permanent = !e.is_retryable();
-                return self.failed(i, e.into(), false, permanent);
+                let kind = if e.is_retryable() {
+                    Failure::Transient
+                } else {
+                    Failure::Permanent
+                };
+                return self.failed(i, e.into(), kind);
             }
-            Ok(Err(Fault::Corrupt(e))) => return self.failed(i, e.into(), true, true),
+            Ok(Err(Fault::Corrupt(e))) => return self.failed(i, e.into(), Failure::Corrupt),
             Ok(Err(Fault::Local(e))) => return Attempt::Local(e),
             Err(_) => {
                 let e = StoreError::Transport {
@@ -433,7 +450,7 @@ impl Mirrors {
                     key: key.to_string(),
                     source: format!("no answer within {:?} (--timeout)", self.opts.attempt_timeout).into(),
                 };
-                return self.failed(i, e.into(), false, false);
+                return self.failed(i, e.into(), Failure::Transient);
             }
         };
         let secs = started.elapsed().as_secs_f64().max(1e-4);
@@ -452,8 +469,9 @@ impl Mirrors {
         (i, self.attempt(i, c, sink).await)
     }
 
-    fn failed(&self, i: usize, e: RestoreError, corrupt: bool, permanent: bool) -> Attempt {
+    fn failed(&self, i: usize, e: RestoreError, kind: Failure) -> Attempt {
         let m = &self.mirrors[i];
+        let corrupt = kind == Failure::Corrupt;
         {
             let mut h = m.health.lock().expect("not poisoned");
             h.report.errors += 1;
@@ -473,7 +491,10 @@ impl Mirrors {
         } else {
             self.note(m.source.as_ref(), format_args!("{e}"));
         }
-        Attempt::Failed { error: e, permanent }
+        Attempt::Failed {
+            error: e,
+            permanent: kind != Failure::Transient,
+        }
     }
 
     /// Chunk `c`, verified, from whichever mirror delivers, written into

@@ -27,7 +27,9 @@ use qsync_core::{ChainName, Digest};
 use serde::Serialize;
 
 use crate::choose::choose;
-use crate::dest::{self, hash_existing, layout, presize, seal_dirs, seal_file, Marker, MARKER, PARTIAL};
+use crate::dest::{
+    self, hash_existing, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL,
+};
 use crate::journal::{Index, IndexEntry, Journal, Record};
 use crate::root::Root;
 use crate::write::{Disk, Slot};
@@ -45,10 +47,11 @@ pub struct RestoreOptions {
     pub dest: PathBuf,
     /// Trust state directory (never inside `dest`).
     pub state_dir: PathBuf,
-    /// Accept an expired pointer or manifest (with a warning).
-    pub allow_expired: bool,
-    /// Take over a non-empty destination without a qsync marker.
-    pub force: bool,
+    /// Refuse an expired pointer or manifest, or accept it with a warning.
+    pub expired: Expired,
+    /// Whether a destination qsync does not own (not empty, no marker, or
+    /// another chain's) is refused or taken over.
+    pub foreign_dest: ForeignDest,
     /// Chunks in flight at once.
     pub concurrency: usize,
     /// Hash everything already in the destination instead of trusting the
@@ -133,12 +136,7 @@ pub async fn restore(
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
-    let expired = if opts.allow_expired {
-        Expired::Allow
-    } else {
-        Expired::Refuse
-    };
-    let chosen = choose(mirrors, vk, &opts.chain, &trust, expired, opts.version, now).await?;
+    let chosen = choose(mirrors, vk, &opts.chain, &trust, opts.expired, opts.version, now).await?;
     let (pointer, pointer_from) = (chosen.pointer, chosen.from);
     let manifest = Arc::new(chosen.manifest);
 
@@ -160,7 +158,7 @@ pub async fn restore(
         })
         .await?
     };
-    dest::claim(&root, &pointer, vk.id(), opts.force)?;
+    dest::claim(&root, &pointer, vk.id(), opts.foreign_dest)?;
     let removed = {
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?

@@ -19,7 +19,7 @@ use qsync_core::chunk::ChunkerParams;
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::ChainName;
-use qsync_store::probe::require_conditional_writes;
+use qsync_store::probe::{require_conditional_writes, WriteSafety};
 use qsync_store::{open_sink_at, ObjectSink, StoreOptions, StoreUrl};
 use serde::Serialize;
 
@@ -302,7 +302,10 @@ impl ChainJob {
         let mut leases: Vec<Lease> = Vec::new();
         let mut sinks: Vec<Arc<dyn ObjectSink>> = Vec::new();
         for (url, sink) in &self.stores {
-            if let Err(e) = require_conditional_writes(sink.as_ref(), self.cfg.lease_only).await {
+            if let Err(e) =
+                require_conditional_writes(sink.as_ref(), WriteSafety::from_lease_only(self.cfg.lease_only))
+                    .await
+            {
                 report
                     .stores
                     .push(StoreReport::new(url.to_string(), Err(e.to_string())));
@@ -549,7 +552,7 @@ impl ChainJob {
                     vk,
                     Some(&self.chain),
                     self.cfg.retention.gc_grace,
-                    false,
+                    gc::GcMode::Delete,
                 )
                 .await
                 {

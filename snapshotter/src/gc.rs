@@ -97,6 +97,15 @@ pub struct GcReport {
     pub signatures_deleted: u64,
 }
 
+/// Whether a collection deletes what it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcMode {
+    /// Delete garbage past its grace period.
+    Delete,
+    /// Only report what would be deleted (`qsync gc --dry-run`).
+    DryRun,
+}
+
 /// Collects garbage in `sink`. `own` is the chain whose lease the caller
 /// already holds (the agent right after its publish), if any.
 pub async fn collect(
@@ -104,10 +113,10 @@ pub async fn collect(
     vk: &VerifyingKey,
     own: Option<&ChainName>,
     grace: Duration,
-    dry_run: bool,
+    mode: GcMode,
 ) -> Result<GcReport, SnapshotError> {
     let mut report = GcReport {
-        dry_run,
+        dry_run: mode == GcMode::DryRun,
         ..GcReport::default()
     };
     let gc_key = ObjectKey::gc_lock();

@@ -93,12 +93,37 @@ pub async fn conditional_writes(sink: &dyn ObjectSink) -> Result<(), ProbeError>
     Ok(())
 }
 
+/// What a publish relies on to keep two publishers from both winning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteSafety {
+    /// Conditional writes (`If-None-Match`/`If-Match`) and leases: a store
+    /// that ignores conditions is refused.
+    Conditional,
+    /// Leases alone (`--lease-only`, `lease-only = true`): a store that
+    /// ignores conditions is a warning; one publisher per chain and store.
+    LeaseOnly,
+}
+
+impl WriteSafety {
+    /// [`WriteSafety::LeaseOnly`] when `lease_only` (the flag) is set.
+    pub fn from_lease_only(lease_only: bool) -> Self {
+        if lease_only {
+            WriteSafety::LeaseOnly
+        } else {
+            WriteSafety::Conditional
+        }
+    }
+}
+
 /// [`conditional_writes`] for a publish: fails unless the store honours
-/// them, or `lease_only` says the operator accepts leases alone (then a
-/// store that ignores them is only a warning).
-pub async fn require_conditional_writes(sink: &dyn ObjectSink, lease_only: bool) -> Result<(), ProbeError> {
+/// them, or `safety` says the operator accepts leases alone (then a store
+/// that ignores them is only a warning).
+pub async fn require_conditional_writes(
+    sink: &dyn ObjectSink,
+    safety: WriteSafety,
+) -> Result<(), ProbeError> {
     match conditional_writes(sink).await {
-        Err(ProbeError::NotHonoured { location, what }) if lease_only => {
+        Err(ProbeError::NotHonoured { location, what }) if safety == WriteSafety::LeaseOnly => {
             tracing::warn!(
                 "{location} does not honour conditional writes ({what}); publishing with lease-only safety: run one publisher per chain and store"
             );
@@ -120,8 +145,9 @@ pub struct Checked {
 /// Contacts `sink` as a publisher will: lists it (credentials, bucket, read
 /// permission), then writes, conditionally rewrites and deletes a probe
 /// object (write permission, conditional writes). Stops at the first failed
-/// step; `lease_only` turns ignored conditional writes into a note.
-pub async fn check(sink: &dyn ObjectSink, lease_only: bool) -> Vec<Checked> {
+/// step; [`WriteSafety::LeaseOnly`] turns ignored conditional writes into
+/// a note.
+pub async fn check(sink: &dyn ObjectSink, safety: WriteSafety) -> Vec<Checked> {
     let mut out = Vec::new();
     let listed = sink
         .list(&ObjectKey::new("chains").expect("valid key"))
@@ -158,7 +184,7 @@ pub async fn check(sink: &dyn ObjectSink, lease_only: bool) -> Vec<Checked> {
             });
             out.push(Checked {
                 what: "conditional writes (If-None-Match/If-Match)",
-                result: if lease_only {
+                result: if safety == WriteSafety::LeaseOnly {
                     Ok("NOT honoured; accepted because lease-only = true".into())
                 } else {
                     Err(e.to_string())
@@ -235,11 +261,15 @@ mod tests {
             e.to_string().contains("does not honour If-None-Match/If-Match"),
             "{e}"
         );
-        require_conditional_writes(&bad, true).await.unwrap();
-        assert!(require_conditional_writes(&bad, false).await.is_err());
-        let lines = check(&bad, false).await;
+        require_conditional_writes(&bad, WriteSafety::LeaseOnly)
+            .await
+            .unwrap();
+        assert!(require_conditional_writes(&bad, WriteSafety::Conditional)
+            .await
+            .is_err());
+        let lines = check(&bad, WriteSafety::Conditional).await;
         assert!(lines.last().unwrap().result.is_err(), "{lines:?}");
-        assert!(check(&good, false).await.iter().all(|c| c.result.is_ok()));
+        assert!(check(&good, WriteSafety::Conditional).await.iter().all(|c| c.result.is_ok()));
         // Nothing is left behind.
         assert!(good
             .list(&ObjectKey::new("probes").unwrap())
