@@ -28,10 +28,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return r.exit_code() as u8;
         }
         if let Some(s) = cause.downcast_ref::<SnapshotError>() {
-            return match s {
-                SnapshotError::Format(_) => 3,
-                _ => 1,
-            };
+            return s.exit_code();
         }
         if cause.downcast_ref::<qsync_core::FormatError>().is_some() {
             return 3;

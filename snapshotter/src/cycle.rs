@@ -32,59 +32,7 @@ use crate::options::{SnapshotOptions, SnapshotSummary};
 use crate::publish::{publish_many, KnownFiles, PublishRun};
 use crate::SnapshotError;
 
-/// Where a cycle failed; the `stage` label of the failure metric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// Taking the store leases.
-    Lock,
-    /// The pre hook.
-    Freeze,
-    /// Asking for the head block.
-    Metadata,
-    /// Hard-linking and copying into staging.
-    Stage,
-    /// Reading the source (including a file changing while read).
-    Read,
-    /// Uploading to or committing in a store.
-    Upload,
-    /// The post hook.
-    Thaw,
-    /// Retention and garbage collection.
-    Gc,
-    /// Told to stop.
-    Cancelled,
-}
-
-impl Stage {
-    /// Every stage, for metrics that list zero counts too.
-    pub const ALL: [Stage; 9] = [
-        Stage::Lock,
-        Stage::Freeze,
-        Stage::Metadata,
-        Stage::Stage,
-        Stage::Read,
-        Stage::Upload,
-        Stage::Thaw,
-        Stage::Gc,
-        Stage::Cancelled,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Lock => "lock",
-            Stage::Freeze => "freeze",
-            Stage::Metadata => "metadata",
-            Stage::Stage => "stage",
-            Stage::Read => "read",
-            Stage::Upload => "upload",
-            Stage::Thaw => "thaw",
-            Stage::Gc => "gc",
-            Stage::Cancelled => "cancelled",
-        }
-    }
-}
+pub use crate::error::Stage;
 
 /// A failed cycle: where, and why.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +128,7 @@ const KNOWN_FILES: &str = "known-files.json";
 const IPFS_ROOTS: &str = "ipfs-roots.json";
 
 /// The post hook's result and the freeze time when it finished.
-type Thawed = (Result<(), String>, Duration);
+type Thawed = (Result<(), freeze::HookError>, Duration);
 
 /// A configured chain, ready to run cycles.
 pub struct ChainJob {
@@ -407,7 +355,7 @@ impl ChainJob {
         };
         if let Err(e) = run_hook("pre", &f.pre, f.timeout).await {
             let _ = thaw().await;
-            return Err(fail(Stage::Freeze, e));
+            return Err(fail(Stage::Freeze, e.to_string()));
         }
         let head = match (&self.cfg.metadata, around) {
             (Some(m), Some(around)) => match around.frozen(m).await {
@@ -457,7 +405,7 @@ impl ChainJob {
             if let Err(e) = thaw().await {
                 let _ = freeze::clear(&staging);
                 report.freeze_seconds = frozen_at.elapsed().as_secs_f64();
-                return Err(fail(Stage::Thaw, e));
+                return Err(fail(Stage::Thaw, e.to_string()));
             }
         }
         let opts = self.snapshot_options(head.as_ref());
@@ -494,11 +442,10 @@ impl ChainJob {
                     "stopped by a signal before any pointer moved; the previous snapshot stands".into(),
                 ))
             }
-            Err(SnapshotError::Thaw(m)) => return Err(fail(Stage::Thaw, m)),
-            Err(e) => return Err(fail(Stage::Read, e.to_string())),
+            Err(e) => return Err(fail(e.stage(), e.to_string())),
         };
         if let Err(e) = post.0 {
-            return Err(fail(Stage::Thaw, e));
+            return Err(fail(Stage::Thaw, e.to_string()));
         }
         report.files_unchanged = published.files_unchanged;
         report.bytes_unchanged = published.bytes_unchanged;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use qsync_core::FormatError;
 use qsync_store::signed::SignedReadError;
 use qsync_store::StoreError;
+use serde::Serialize;
 
 /// A failed snapshot run.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,7 @@ pub enum SnapshotError {
     /// The node could not be thawed (the post hook failed) after reading;
     /// no pointer was moved.
     #[error("{0}; no pointer was moved")]
-    Thaw(String),
+    Thaw(crate::freeze::HookError),
     /// Another agent holds the store's lease.
     #[error(transparent)]
     Lease(#[from] crate::lease::LeaseError),
@@ -67,5 +68,116 @@ impl From<SignedReadError> for SnapshotError {
             SignedReadError::Store(s) => SnapshotError::Store(s),
             SignedReadError::Format(f) => SnapshotError::Format(f),
         }
+    }
+}
+
+impl SnapshotError {
+    /// The cycle stage this error fails, from its kind alone: the source
+    /// is `read`, a store (or its lease, or a race on its pointer) is
+    /// `upload`, the post hook is `thaw`.
+    pub fn stage(&self) -> Stage {
+        match self {
+            SnapshotError::Source { .. }
+            | SnapshotError::FileChanged { .. }
+            | SnapshotError::Unsupported { .. } => Stage::Read,
+            SnapshotError::PointerRace { .. }
+            | SnapshotError::Lease(_)
+            | SnapshotError::Store(_)
+            | SnapshotError::Format(_) => Stage::Upload,
+            SnapshotError::Cancelled => Stage::Cancelled,
+            SnapshotError::Thaw(_) => Stage::Thaw,
+        }
+    }
+
+    /// The process exit code (docs/operations.md, "Exit codes"): 3 when a
+    /// store's signed objects break a format rule (another key, a bad
+    /// signature), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SnapshotError::Format(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Where a cycle failed; the `stage` label of the failure metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Taking the store leases.
+    Lock,
+    /// The pre hook.
+    Freeze,
+    /// Asking for the head block.
+    Metadata,
+    /// Hard-linking and copying into staging.
+    Stage,
+    /// Reading the source (including a file changing while read).
+    Read,
+    /// Uploading to or committing in a store.
+    Upload,
+    /// The post hook.
+    Thaw,
+    /// Retention and garbage collection.
+    Gc,
+    /// Told to stop.
+    Cancelled,
+}
+
+impl Stage {
+    /// Every stage, for metrics that list zero counts too.
+    pub const ALL: [Stage; 9] = [
+        Stage::Lock,
+        Stage::Freeze,
+        Stage::Metadata,
+        Stage::Stage,
+        Stage::Read,
+        Stage::Upload,
+        Stage::Thaw,
+        Stage::Gc,
+        Stage::Cancelled,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Lock => "lock",
+            Stage::Freeze => "freeze",
+            Stage::Metadata => "metadata",
+            Stage::Stage => "stage",
+            Stage::Read => "read",
+            Stage::Upload => "upload",
+            Stage::Thaw => "thaw",
+            Stage::Gc => "gc",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_outage_while_uploading_fails_the_upload_stage_not_read() {
+        let outage = SnapshotError::Store(StoreError::Transport {
+            location: "s3://b/p/".into(),
+            key: "chunks/ab/cd".into(),
+            source: "connection refused".into(),
+        });
+        assert_eq!(outage.stage(), Stage::Upload);
+        let changed = SnapshotError::FileChanged {
+            path: "/data/x".into(),
+            what: "size".into(),
+        };
+        assert_eq!(changed.stage(), Stage::Read);
+        let post = crate::freeze::HookError::Failed {
+            what: "post",
+            command: "systemctl start geth".into(),
+            status: "exit status: 1".into(),
+            tail: String::new(),
+        };
+        assert_eq!(SnapshotError::Thaw(post).stage(), Stage::Thaw);
+        assert_eq!(SnapshotError::Cancelled.stage(), Stage::Cancelled);
     }
 }

@@ -14,10 +14,60 @@ use tokio::io::AsyncReadExt;
 use crate::scan::scan;
 use crate::SnapshotError;
 
+/// A freeze or thaw hook that did not succeed. Cloneable (its causes are
+/// kept as text) because the post hook's result is both recorded for the
+/// cycle report and returned to the publish it gates.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// The program could not be started.
+    #[error("{what} hook {program:?} could not start: {reason}")]
+    Start {
+        /// `pre` or `post`.
+        what: &'static str,
+        /// The program.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+    /// It ran and exited unsuccessfully; `tail` holds its last output lines.
+    #[error("{what} hook {command:?} failed ({status}){}", if tail.is_empty() { String::new() } else { format!(": {tail}") })]
+    Failed {
+        /// `pre` or `post`.
+        what: &'static str,
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its last lines of output, joined with ` | `.
+        tail: String,
+    },
+    /// Waiting for it failed.
+    #[error("{what} hook {program:?}: {reason}")]
+    Wait {
+        /// `pre` or `post`.
+        what: &'static str,
+        /// The program.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+    /// It ran past its timeout and was killed with its process group.
+    #[error("{what} hook {command:?} did not finish within {timeout:?} and was killed; raise freeze.timeout or fix the hook")]
+    TimedOut {
+        /// `pre` or `post`.
+        what: &'static str,
+        /// The command line.
+        command: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
 /// Runs `argv` to completion within `timeout`; the child is killed (with
 /// its process group) when it takes longer. Its stdout and stderr go to the
 /// agent's log; the error carries their last lines.
-pub async fn run_hook(what: &str, argv: &[String], timeout: Duration) -> Result<(), String> {
+pub async fn run_hook(what: &'static str, argv: &[String], timeout: Duration) -> Result<(), HookError> {
     let Some(program) = argv.first() else {
         return Ok(());
     };
@@ -28,9 +78,11 @@ pub async fn run_hook(what: &str, argv: &[String], timeout: Duration) -> Result<
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{what} hook {program:?} could not start: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| HookError::Start {
+        what,
+        program: program.clone(),
+        reason: e.to_string(),
+    })?;
     let (mut out, mut err) = (
         child.stdout.take().expect("piped"),
         child.stderr.take().expect("piped"),
@@ -52,9 +104,17 @@ pub async fn run_hook(what: &str, argv: &[String], timeout: Duration) -> Result<
             }
             match status {
                 Ok(s) if s.success() => Ok(()),
-                Ok(s) if tail.is_empty() => Err(format!("{what} hook {:?} failed ({s})", argv.join(" "))),
-                Ok(s) => Err(format!("{what} hook {:?} failed ({s}): {tail}", argv.join(" "))),
-                Err(e) => Err(format!("{what} hook {program:?}: {e}")),
+                Ok(s) => Err(HookError::Failed {
+                    what,
+                    command: argv.join(" "),
+                    status: s.to_string(),
+                    tail,
+                }),
+                Err(e) => Err(HookError::Wait {
+                    what,
+                    program: program.clone(),
+                    reason: e.to_string(),
+                }),
             }
         }
         Err(_) => {
@@ -65,10 +125,11 @@ pub async fn run_hook(what: &str, argv: &[String], timeout: Duration) -> Result<
                     .status();
             }
             let _ = child.kill().await;
-            Err(format!(
-                "{what} hook {:?} did not finish within {timeout:?} and was killed; raise freeze.timeout or fix the hook",
-                argv.join(" ")
-            ))
+            Err(HookError::TimedOut {
+                what,
+                command: argv.join(" "),
+                timeout,
+            })
         }
     }
 }
@@ -215,16 +276,18 @@ mod tests {
         let e = run_hook("pre", &sh("echo disk busy >&2; exit 4"), Duration::from_secs(5))
             .await
             .unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("disk busy") && e.contains("pre hook"), "{e}");
         let t = std::time::Instant::now();
         let e = run_hook("post", &sh("sleep 30 & sleep 30"), Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(e.contains("killed"), "{e}");
+        assert!(matches!(e, HookError::TimedOut { .. }), "{e}");
+        assert!(e.to_string().contains("killed"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(10));
         let e = run_hook("pre", &["/no/such/hook".into()], Duration::from_secs(1))
             .await
             .unwrap_err();
-        assert!(e.contains("could not start"), "{e}");
+        assert!(e.to_string().contains("could not start"), "{e}");
     }
 }

@@ -102,7 +102,8 @@ async fn cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
 
 /// Runs between reading and committing; an error stops the run before any
 /// manifest or pointer is written.
-pub type CommitGate = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+pub type CommitGate =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::freeze::HookError>> + Send>>;
 
 /// One publish: what is read, how it is signed, and what the run may be
 /// told by its caller. [`PublishRun::new`] gives the plain `qsync snapshot`

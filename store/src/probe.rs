@@ -269,7 +269,10 @@ mod tests {
             .is_err());
         let lines = check(&bad, WriteSafety::Conditional).await;
         assert!(lines.last().unwrap().result.is_err(), "{lines:?}");
-        assert!(check(&good, WriteSafety::Conditional).await.iter().all(|c| c.result.is_ok()));
+        assert!(check(&good, WriteSafety::Conditional)
+            .await
+            .iter()
+            .all(|c| c.result.is_ok()));
         // Nothing is left behind.
         assert!(good
             .list(&ObjectKey::new("probes").unwrap())
