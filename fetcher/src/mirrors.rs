@@ -574,3 +574,112 @@ impl Mirrors {
 fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + fastrand::f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsync_store::testing::{Fault, Faulty, MemoryStore};
+    use qsync_store::{ObjectSink, PutOptions};
+
+    /// The chunk a store holds for `plain`, published as the snapshotter does.
+    async fn publish(stores: &[&MemoryStore], plain: &[u8]) -> ChunkRef {
+        let c = ChunkRef {
+            blake3: qsync_core::Digest::of(plain),
+            size: plain.len() as u64,
+        };
+        let key = ObjectKey::chunk(&c.blake3);
+        let (_, stored) = chunk::encode(plain.to_vec(), 3);
+        for s in stores {
+            s.put(&key, stored.clone().into(), PutOptions::for_key(&key))
+                .await
+                .unwrap();
+        }
+        c
+    }
+
+    /// Collects a chunk's plaintext.
+    struct Buffer(Vec<u8>);
+
+    #[async_trait::async_trait]
+    impl ChunkSink for Buffer {
+        async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
+            let end = at as usize + plain.len();
+            if self.0.len() < end {
+                self.0.resize(end, 0);
+            }
+            self.0[at as usize..end].copy_from_slice(plain);
+            Ok(())
+        }
+    }
+
+    fn fast() -> MirrorOptions {
+        MirrorOptions {
+            attempt_timeout: Duration::from_millis(300),
+            deadline: Duration::from_secs(20),
+            demote_corrupt: true,
+        }
+    }
+
+    fn plain() -> Vec<u8> {
+        (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_mirror_is_demoted_and_the_chunk_comes_from_an_honest_one() {
+        let (a, b) = (Arc::new(MemoryStore::new("a")), MemoryStore::new("b"));
+        let data = plain();
+        let c = publish(&[&a, &b], &data).await;
+        let bad = Arc::new(Faulty::new(a));
+        bad.set(None, Fault::Corrupt);
+        // With no rates measured yet, the first mirror is asked first.
+        let m = Mirrors::with_options(vec![bad.clone(), Arc::new(b)], fast());
+        let mut got = Buffer(Vec::new());
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0, data);
+        let r = m.report();
+        assert_eq!((r[0].corrupt, r[0].demoted, r[0].chunks), (1, true, 0), "{r:?}");
+        assert_eq!(r[1].chunks, 1, "{r:?}");
+        // Demoted: the next chunk does not ask it again.
+        let before = bad.reads();
+        m.chunk(&c, &mut Buffer(Vec::new())).await.unwrap();
+        assert_eq!(bad.reads(), before);
+    }
+
+    #[tokio::test]
+    async fn stalling_and_failing_mirrors_do_not_stop_the_chunk() {
+        let s: Vec<Arc<MemoryStore>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Arc::new(MemoryStore::new(n)))
+            .collect();
+        let data = plain();
+        let c = publish(&[&s[0], &s[1], &s[2]], &data).await;
+        let stall = Arc::new(Faulty::new(s[0].clone()));
+        stall.set(None, Fault::Stall);
+        let error = Arc::new(Faulty::new(s[1].clone()));
+        error.set(None, Fault::Error);
+        let m = Mirrors::with_options(vec![stall, error, s[2].clone()], fast());
+        let mut got = Buffer(Vec::new());
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0, data);
+        let r = m.report();
+        assert_eq!(r[2].chunks, 1, "{r:?}");
+        assert_eq!(r[0].chunks + r[1].chunks, 0, "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_no_mirror_holds_fails_naming_it_instead_of_retrying_forever() {
+        let (a, b) = (MemoryStore::new("a"), MemoryStore::new("b"));
+        let data = plain();
+        let c = ChunkRef {
+            blake3: qsync_core::Digest::of(&data),
+            size: data.len() as u64,
+        };
+        let m = Mirrors::with_options(vec![Arc::new(a), Arc::new(b)], fast());
+        let e = m
+            .chunk(&c, &mut Buffer(Vec::new()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&c.blake3.to_hex()[..16]), "{e}");
+    }
+}

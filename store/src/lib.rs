@@ -7,7 +7,9 @@
 //! ([`open`]); [`probe`] checks a writable store
 //! before it is relied on; [`signed`] reads an object with its detached
 //! signature. [`prometheus`] writes the text exposition format, for the
-//! agent's `/metrics` and restore's metrics file alike.
+//! agent's `/metrics` and restore's metrics file alike. [`testing`] holds
+//! an in-memory store and a fault-injecting wrapper for unit tests of the
+//! pipelines.
 //!
 //! This crate has no HTTP server: fetchers depend on it alone. The origin
 //! server, the pull-through mirror and CloudFront invalidation are in
@@ -22,6 +24,7 @@ pub mod probe;
 pub mod prometheus;
 pub mod s3;
 pub mod signed;
+pub mod testing;
 pub mod traits;
 pub mod url;
 pub mod url_signer;

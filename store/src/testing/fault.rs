@@ -1,0 +1,132 @@
+//! A store wrapper that misbehaves on purpose: [`Faulty`] passes reads to
+//! the store it wraps, except for keys a [`Fault`] was set on, which fail,
+//! stall, arrive corrupted or arrive late. Writes pass through unchanged.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use qsync_core::ObjectKey;
+
+use crate::traits::{ObjectMeta, ObjectSource, StoreError};
+
+/// How a read misbehaves.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Fails with a retryable transport error.
+    Error,
+    /// Fails as if the object were absent.
+    Missing,
+    /// Never answers (until the caller's timeout).
+    Stall,
+    /// Answers with the object's bytes, one flipped.
+    Corrupt,
+    /// Answers correctly after this long.
+    Latency(Duration),
+}
+
+/// `inner` with faults on chosen keys (or on every key), counting reads.
+pub struct Faulty {
+    inner: Arc<dyn ObjectSource>,
+    faults: Mutex<HashMap<Option<ObjectKey>, Fault>>,
+    reads: AtomicU64,
+}
+
+impl Faulty {
+    /// `inner`, behaving until told otherwise.
+    pub fn new(inner: Arc<dyn ObjectSource>) -> Self {
+        Faulty {
+            inner,
+            faults: Mutex::new(HashMap::new()),
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads of `key` (every key when `None`) misbehave as `fault`.
+    pub fn set(&self, key: Option<&ObjectKey>, fault: Fault) {
+        self.faults
+            .lock()
+            .expect("not poisoned")
+            .insert(key.cloned(), fault);
+    }
+
+    /// Every read behaves again.
+    pub fn heal(&self) {
+        self.faults.lock().expect("not poisoned").clear();
+    }
+
+    /// Reads (get, range, head) asked of this store so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn fault_for(&self, key: &ObjectKey) -> Option<Fault> {
+        let faults = self.faults.lock().expect("not poisoned");
+        faults
+            .get(&Some(key.clone()))
+            .or_else(|| faults.get(&None))
+            .cloned()
+    }
+
+    /// Applies the fault set for `key` before a read; `true` when the
+    /// answer must be corrupted.
+    async fn before(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        match self.fault_for(key) {
+            None => Ok(false),
+            Some(Fault::Error) => Err(StoreError::Transport {
+                location: self.location(),
+                key: key.to_string(),
+                source: "injected fault: connection reset".into(),
+            }),
+            Some(Fault::Missing) => Err(StoreError::NotFound {
+                location: self.location(),
+                key: key.to_string(),
+            }),
+            Some(Fault::Stall) => std::future::pending().await,
+            Some(Fault::Corrupt) => Ok(true),
+            Some(Fault::Latency(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn flip(body: Bytes) -> Bytes {
+    if body.is_empty() {
+        return Bytes::from_static(b"\0");
+    }
+    let mut b = BytesMut::from(&body[..]);
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    b.freeze()
+}
+
+#[async_trait]
+impl ObjectSource for Faulty {
+    fn location(&self) -> String {
+        format!("faulty:{}", self.inner.location())
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        let corrupt = self.before(key).await?;
+        let body = self.inner.get(key).await?;
+        Ok(if corrupt { flip(body) } else { body })
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let corrupt = self.before(key).await?;
+        let body = self.inner.get_range(key, range).await?;
+        Ok(if corrupt { flip(body) } else { body })
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        self.before(key).await?;
+        self.inner.head(key).await
+    }
+}
