@@ -420,3 +420,78 @@ async fn publish_file(
         chunks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsync_core::progress::NoProgress;
+    use qsync_core::ChainName;
+    use qsync_store::testing::{FaultySink, MemoryStore};
+    use qsync_store::ObjectSource;
+
+    fn source() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("db")).unwrap();
+        for i in 0..5u32 {
+            let body: Vec<u8> = (0..300_000u32).map(|j| ((j * 7 + i) % 253) as u8).collect();
+            std::fs::write(d.path().join(format!("db/{i}.sst")), body).unwrap();
+        }
+        d
+    }
+
+    fn signer(dir: &Path) -> SigningKey {
+        qsync_core::sign::keygen(&dir.join("k.sec"), &dir.join("k.pub")).unwrap();
+        SigningKey::load(&dir.join("k.sec")).unwrap()
+    }
+
+    /// Every chunk the manifest at `key` references is in `store`.
+    async fn complete(store: &MemoryStore, manifest_key: &str) -> bool {
+        let bytes = store.get(&ObjectKey::new(manifest_key).unwrap()).await.unwrap();
+        let m = Manifest::decode(&bytes, manifest_key).unwrap();
+        for f in &m.files {
+            for c in &f.chunks {
+                if store.head(&ObjectKey::chunk(&c.blake3)).await.unwrap().is_none() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn the_pointer_moves_only_after_the_manifest_and_every_chunk_are_stored() {
+        let (src, keys) = (source(), tempfile::tempdir().unwrap());
+        let signer = signer(keys.path());
+        let chain = ChainName::new("eth").unwrap();
+        let opts = SnapshotOptions::new(chain.clone());
+        let memory = Arc::new(MemoryStore::new("ordering"));
+        let store = Arc::new(FaultySink::new(memory.clone()));
+        let pointer = ObjectKey::pointer(&chain);
+
+        // The store goes away when the manifest is written: chunks are up,
+        // but no pointer names them.
+        store.fail_writes("chains/eth/manifests/");
+        let e = publish(src.path(), store.clone(), &signer, &opts, Arc::new(NoProgress))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SnapshotError::Store(_)), "{e}");
+        assert_eq!(e.stage(), crate::error::Stage::Upload);
+        assert!(
+            memory.head(&pointer).await.unwrap().is_none(),
+            "a pointer without its manifest"
+        );
+        assert!(memory.keys().iter().any(|k| k.as_str().starts_with("chunks/")));
+
+        // Back: the rerun publishes version 1, and its pointer names a
+        // manifest whose chunks are all there.
+        store.heal();
+        let s = publish(src.path(), store.clone(), &signer, &opts, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        assert_eq!(s.version, 1);
+        assert!(memory.head(&pointer).await.unwrap().is_some());
+        assert!(complete(&memory, &s.manifest_key).await);
+        // Nothing new to upload the second time but the manifest and pointer.
+        assert_eq!(s.chunks_uploaded, 0, "{s:?}");
+    }
+}

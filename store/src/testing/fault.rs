@@ -1,6 +1,8 @@
 //! A store wrapper that misbehaves on purpose: [`Faulty`] passes reads to
 //! the store it wraps, except for keys a [`Fault`] was set on, which fail,
-//! stall, arrive corrupted or arrive late. Writes pass through unchanged.
+//! stall, arrive corrupted or arrive late. [`FaultySink`] wraps a writable
+//! store and fails writes under chosen key prefixes (a store that goes away
+//! halfway through a publish), passing everything else through.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use qsync_core::ObjectKey;
 
-use crate::traits::{ObjectMeta, ObjectSource, StoreError};
+use crate::traits::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
 
 /// How a read misbehaves.
 #[derive(Clone, Debug)]
@@ -128,5 +130,100 @@ impl ObjectSource for Faulty {
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
         self.before(key).await?;
         self.inner.head(key).await
+    }
+}
+
+/// `inner`, whose writes under chosen key prefixes are refused (as when
+/// write permission is revoked mid-publish: not retryable, so a test does
+/// not wait out retries); reads, deletes and listings pass through.
+pub struct FaultySink {
+    inner: Arc<dyn ObjectSink>,
+    failing: Mutex<Vec<String>>,
+}
+
+impl FaultySink {
+    /// `inner`, behaving until told otherwise.
+    pub fn new(inner: Arc<dyn ObjectSink>) -> Self {
+        FaultySink {
+            inner,
+            failing: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Writes of keys starting with `prefix` fail from now on.
+    pub fn fail_writes(&self, prefix: &str) {
+        self.failing.lock().expect("not poisoned").push(prefix.into());
+    }
+
+    /// Every write succeeds again.
+    pub fn heal(&self) {
+        self.failing.lock().expect("not poisoned").clear();
+    }
+
+    fn check(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        let failing = self.failing.lock().expect("not poisoned");
+        if failing.iter().any(|p| key.as_str().starts_with(p.as_str())) {
+            return Err(StoreError::Refused {
+                location: self.inner.location(),
+                key: key.to_string(),
+                code: "AccessDenied".into(),
+                hint: "injected fault: write permission revoked".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectSource for FaultySink {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+}
+
+#[async_trait]
+impl ObjectSink for FaultySink {
+    async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError> {
+        self.check(key)?;
+        self.inner.put(key, body, opts).await
+    }
+
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> Result<Option<(Bytes, Version)>, StoreError> {
+        self.inner.get_versioned(key, limit).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        opts: PutOptions,
+        expect: &Expect,
+    ) -> Result<(), StoreError> {
+        self.check(key)?;
+        self.inner.put_if(key, body, opts, expect).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        self.inner.list(dir).await
     }
 }

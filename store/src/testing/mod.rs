@@ -2,12 +2,13 @@
 //! trust decisions, publish ordering and garbage collection can be tested
 //! in milliseconds without the binary or a server: [`MemoryStore`] holds
 //! objects in memory with versions and modification times like a real
-//! store, and [`Faulty`] wraps any store and injects errors, stalls,
-//! corruption and latency on the keys it is told to. They complement the
+//! store, [`Faulty`] wraps any store and injects errors, stalls,
+//! corruption and latency on the keys it is told to, and [`FaultySink`]
+//! fails writes under chosen prefixes. They complement the
 //! end-to-end tests against real servers in `tests/`, which stay the proof.
 
 mod fault;
 mod memory;
 
-pub use fault::{Fault, Faulty};
+pub use fault::{Fault, Faulty, FaultySink};
 pub use memory::MemoryStore;
