@@ -36,25 +36,70 @@ fn number(v: &Value) -> Option<u64> {
     }
 }
 
+/// Why the head block could not be learnt.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// Neither the RPC nor the command answered in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// `[chain.metadata]` names no way to ask.
+    #[error("[chain.metadata] names neither rpc nor command")]
+    NotConfigured,
+    /// The request failed or the node answered with an error.
+    #[error("{what} at {url}: {reason}")]
+    Rpc {
+        /// The method or path asked.
+        what: String,
+        /// The node's URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node answered, but not with a head.
+    #[error("{url} answered {what} without a usable head: {answer}")]
+    NoHead {
+        /// The method or path asked.
+        what: &'static str,
+        /// The node's URL.
+        url: String,
+        /// The answer.
+        answer: String,
+    },
+    /// The metadata command failed or printed something else.
+    #[error("metadata command {command:?} {reason}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
 /// Asks the node (or runs the command) for its head.
-pub async fn query(cfg: &MetadataConfig) -> Result<ChainHead, String> {
+pub async fn query(cfg: &MetadataConfig) -> Result<ChainHead, MetadataError> {
     match tokio::time::timeout(cfg.timeout, query_inner(cfg)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+        Err(_) => Err(MetadataError::Timeout(cfg.timeout)),
     }
 }
 
-async fn query_inner(cfg: &MetadataConfig) -> Result<ChainHead, String> {
+async fn query_inner(cfg: &MetadataConfig) -> Result<ChainHead, MetadataError> {
     if !cfg.command.is_empty() {
         return from_command(&cfg.command).await;
     }
     let (Some(url), Some(kind)) = (&cfg.rpc, cfg.kind) else {
-        return Err("[chain.metadata] names neither rpc nor command".into());
+        return Err(MetadataError::NotConfigured);
+    };
+    let failed = |what: &str, reason: String| MetadataError::Rpc {
+        what: what.into(),
+        url: url.clone(),
+        reason,
     };
     let client = reqwest::Client::builder()
         .timeout(cfg.timeout)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed("building a client", e.to_string()))?;
     let rpc = |method: &'static str, params: Value| {
         let client = client.clone();
         async move {
@@ -64,16 +109,20 @@ async fn query_inner(cfg: &MetadataConfig) -> Result<ChainHead, String> {
                     .post(url)
                     .header("content-type", "application/json")
                     .body(body.to_string()),
+                |e| failed(method, e),
             )
-            .await
-            .map_err(|e| format!("{method} at {url}: {e}"))?;
+            .await?;
             if let Some(err) = v.get("error") {
-                return Err(format!("{method} at {url}: {err}"));
+                return Err(failed(method, err.to_string()));
             }
-            Ok::<Value, String>(v["result"].clone())
+            Ok::<Value, MetadataError>(v["result"].clone())
         }
     };
-    let bad = |what: &str, v: &Value| format!("{url} answered {what} without a usable head: {v}");
+    let bad = |what: &'static str, v: &Value| MetadataError::NoHead {
+        what,
+        url: url.clone(),
+        answer: v.to_string(),
+    };
     match kind {
         RpcKind::Ethereum => {
             let b = rpc("eth_getBlockByNumber", json!(["latest", false])).await?;
@@ -99,9 +148,7 @@ async fn query_inner(cfg: &MetadataConfig) -> Result<ChainHead, String> {
         }
         RpcKind::Cometbft => {
             let status_url = format!("{}/status", url.trim_end_matches('/'));
-            let v = fetch_json(client.get(&status_url))
-                .await
-                .map_err(|e| format!("{status_url}: {e}"))?;
+            let v = fetch_json(client.get(&status_url), |e| failed("/status", e)).await?;
             // CometBFT 0.38 wraps it in a JSON-RPC envelope; older builds may not.
             let info = v.get("result").unwrap_or(&v)["sync_info"].clone();
             match (
@@ -118,41 +165,47 @@ async fn query_inner(cfg: &MetadataConfig) -> Result<ChainHead, String> {
     }
 }
 
-/// Sends `req` and parses the answer as JSON (at most 1 MiB).
-async fn fetch_json(req: reqwest::RequestBuilder) -> Result<Value, String> {
+/// Sends `req` and parses the answer as JSON (at most 1 MiB); `failed`
+/// names the request in the error.
+async fn fetch_json(
+    req: reqwest::RequestBuilder,
+    failed: impl Fn(String) -> MetadataError,
+) -> Result<Value, MetadataError> {
     let resp = req
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| e.to_string())?;
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
+    let body = resp.bytes().await.map_err(|e| failed(e.to_string()))?;
     if body.len() > 1 << 20 {
-        return Err("the answer is larger than 1 MiB".into());
+        return Err(failed("the answer is larger than 1 MiB".into()));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
+    serde_json::from_slice(&body).map_err(|e| failed(format!("not JSON: {e}")))
 }
 
-async fn from_command(argv: &[String]) -> Result<ChainHead, String> {
+async fn from_command(argv: &[String]) -> Result<ChainHead, MetadataError> {
+    let failed = |reason: String| MetadataError::Command {
+        command: argv.join(" "),
+        reason,
+    };
     let out = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("metadata command {:?}: {e}", argv[0]))?;
+        .map_err(|e| failed(format!("could not run: {e}")))?;
     if !out.status.success() {
-        return Err(format!(
-            "metadata command {:?} failed ({}): {}",
-            argv.join(" "),
+        return Err(failed(format!(
+            "failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "metadata command {:?} must print {{\"height\": N, \"block_hash\": \"...\"}}: {e}",
-            argv.join(" ")
-        )
+        failed(format!(
+            "must print {{\"height\": N, \"block_hash\": \"...\"}}: {e}"
+        ))
     })
 }
 
@@ -160,7 +213,7 @@ async fn from_command(argv: &[String]) -> Result<ChainHead, String> {
 /// while frozen. The frozen answer wins; when the node no longer answers
 /// (the pre hook stopped it), the last answer before the freeze is used.
 pub struct AroundFreeze {
-    before: Option<Result<ChainHead, String>>,
+    before: Option<Result<ChainHead, MetadataError>>,
 }
 
 impl AroundFreeze {
@@ -183,7 +236,7 @@ impl AroundFreeze {
     }
 
     /// Asks while frozen and picks the answer to record.
-    pub async fn frozen(self, cfg: &MetadataConfig) -> Result<ChainHead, String> {
+    pub async fn frozen(self, cfg: &MetadataConfig) -> Result<ChainHead, MetadataError> {
         match (query(cfg).await, self.before) {
             (Ok(h), _) => Ok(h),
             (Err(e), Some(Ok(h))) => {
@@ -229,8 +282,11 @@ mod tests {
             }
         );
         let e = query(&cfg("echo nope; exit 3")).await.unwrap_err();
-        assert!(e.contains("failed"), "{e}");
+        assert!(
+            matches!(e, MetadataError::Command { .. }) && e.to_string().contains("failed"),
+            "{e}"
+        );
         let e = query(&cfg("echo '{}'")).await.unwrap_err();
-        assert!(e.contains("must print"), "{e}");
+        assert!(e.to_string().contains("must print"), "{e}");
     }
 }
