@@ -101,10 +101,7 @@ impl S3Store {
     }
 
     fn cache_control(&self, cache: CacheClass) -> String {
-        match cache {
-            CacheClass::Immutable => "public, max-age=31536000, immutable".into(),
-            CacheClass::Mutable => format!("public, max-age={}", self.opts.pointer_max_age.as_secs()),
-        }
+        cache.cache_control(self.opts.pointer_max_age)
     }
 
     /// Maps an SDK failure on `key` to a [`StoreError`] that says what to check.

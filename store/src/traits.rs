@@ -80,6 +80,19 @@ pub enum CacheClass {
     Mutable,
 }
 
+impl CacheClass {
+    /// The `Cache-Control` value of this class, the one policy for S3
+    /// uploads and `qsync serve`: a year and `immutable` for objects that
+    /// never change under their key, `pointer_max_age` for objects rewritten
+    /// in place (so a new snapshot reaches readers through caches within it).
+    pub fn cache_control(self, pointer_max_age: std::time::Duration) -> String {
+        match self {
+            CacheClass::Immutable => "public, max-age=31536000, immutable".into(),
+            CacheClass::Mutable => format!("public, max-age={}", pointer_max_age.as_secs()),
+        }
+    }
+}
+
 /// Options for [`ObjectSink::put`].
 #[derive(Clone, Copy, Debug)]
 pub struct PutOptions {

@@ -22,6 +22,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use qsync_core::{Digest, ObjectKey};
+use qsync_store::CacheClass;
 
 use super::ServeState;
 
@@ -105,7 +106,7 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
             let name = key.as_str().rsplit('/').next().expect("keys are non-empty");
             (
                 Some(format!("\"{name}\"")),
-                "public, max-age=31536000, immutable".to_string(),
+                CacheClass::Immutable.cache_control(st.cfg.pointer_max_age),
             )
         }
         Kind::Pointer | Kind::Chunk | Kind::Manifest | Kind::Signature => {
@@ -116,10 +117,7 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
                 .await
                 .ok()
                 .map(|b| format!("\"{}\"", Digest::of(&b)));
-            (
-                etag,
-                format!("public, max-age={}", st.cfg.pointer_max_age.as_secs()),
-            )
+            (etag, CacheClass::Mutable.cache_control(st.cfg.pointer_max_age))
         }
         Kind::Other => (None, "no-cache".to_string()),
     };
