@@ -30,6 +30,28 @@ impl Timestamp {
     }
 }
 
+/// Where "now" comes from wherever expiry is decided: the system clock in
+/// production, a fixed time in tests (which then need not sleep for a
+/// signature to expire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// Always this time.
+    Fixed(Timestamp),
+}
+
+impl Clock {
+    /// The time now, by this clock.
+    pub fn now(self) -> Timestamp {
+        match self {
+            Clock::System => Timestamp::now(),
+            Clock::Fixed(t) => t,
+        }
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_rfc3339_seconds(self.system_time()))

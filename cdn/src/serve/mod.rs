@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub limits: listen::Limits,
     /// Chunk bytes all `/tar` streams together may hold (shared fairly, FIFO).
     pub tar_memory: usize,
+    /// Decides whether a snapshot has expired (the system clock; tests fix it).
+    pub clock: qsync_core::time::Clock,
 }
 
 impl ServeConfig {
@@ -76,6 +78,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(60),
             limits: listen::Limits::default(),
             tar_memory: 256 << 20,
+            clock: Default::default(),
         }
     }
 }

@@ -28,7 +28,6 @@ use bytes::Bytes;
 use qsync_core::keys::{parse_tar_name, TarVersion};
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Pointer};
-use qsync_core::time::Timestamp;
 use qsync_core::trust::{check_manifest, check_pointer, Expired};
 use qsync_core::{chunk, ChainName, Digest, ObjectKey};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -88,7 +87,7 @@ pub async fn handler(
             );
         }
     };
-    let now = Timestamp::now();
+    let now = st.cfg.clock.now();
     if let Err(e) = check_pointer(&pointer, now, Expired::Refuse) {
         tracing::warn!("tar {chain}: {e}");
         return fail(StatusCode::GONE, refused(e));
@@ -395,6 +394,7 @@ mod tests {
 
     use crate::serve::ServeConfig;
     use qsync_core::manifest::{ChainMeta, ChunkRef, FileEntry};
+    use qsync_core::time::Timestamp;
 
     /// A state over a store holding one file of `chunks` 1 MiB chunks.
     fn state_with_file(dir: &std::path::Path, chunks: usize) -> (Arc<ServeState>, Arc<Manifest>) {
@@ -481,6 +481,76 @@ mod tests {
             total,
             "a dropped stream kept its share"
         );
+    }
+
+    /// A store with one signed snapshot of chain `eth` whose pointer
+    /// expires at `pointer_expires` (Unix seconds), signed by a fresh key.
+    fn signed_store(dir: &std::path::Path, pointer_expires: u64) -> qsync_core::sign::VerifyingKey {
+        use qsync_core::pointer::SnapshotRef;
+        use qsync_core::sign::{keygen, SigningKey};
+        let keys = tempfile::tempdir().unwrap();
+        let vk = keygen(&keys.path().join("k.sec"), &keys.path().join("k.pub")).unwrap();
+        let sk = SigningKey::load(&keys.path().join("k.sec")).unwrap();
+        let (_, m) = state_with_file(dir, 1);
+        let mut m = (*m).clone();
+        m.created_at = Timestamp(1_000);
+        m.expires_at = Timestamp(pointer_expires + 3_600);
+        let put = |key: &ObjectKey, body: &[u8]| {
+            for (k, b) in [
+                (key.clone(), body.to_vec()),
+                (key.signature_for(body), sk.sign(key, body)),
+            ] {
+                let p = dir.join(k.as_str());
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, b).unwrap();
+            }
+        };
+        let (stored, compressed) = m.encode();
+        let mkey = ObjectKey::manifest(&m.chain.name, 1, &Digest::of(&stored), compressed);
+        put(&mkey, &stored);
+        let snap = SnapshotRef::new(&m, mkey, &stored);
+        let p = Pointer::next(
+            None,
+            m.chain.name.clone(),
+            snap,
+            Timestamp(1_000),
+            Timestamp(pointer_expires),
+        );
+        put(&ObjectKey::pointer(&m.chain.name), &p.encode());
+        vk
+    }
+
+    /// `/tar` applies restore's expiry rule by the configured clock: the
+    /// same store streams before the pointer's expiry and answers 410 after
+    /// it, with no waiting for the wall clock.
+    #[tokio::test]
+    async fn an_expired_snapshot_is_refused_by_the_clock() {
+        use axum::body::Body;
+        use axum::extract::connect_info::MockConnectInfo;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let expires = 2_000_000_000;
+        let vk = signed_store(dir.path(), expires);
+        let status_at = |now: u64| {
+            let mut cfg = ServeConfig::new(dir.path());
+            cfg.public_key = Some(vk.clone());
+            cfg.clock = qsync_core::time::Clock::Fixed(Timestamp(now));
+            let peer: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+            let req = axum::http::Request::builder()
+                .uri("/tar/eth/latest")
+                .body(Body::empty())
+                .unwrap();
+            async move {
+                crate::serve::app(cfg)
+                    .layer(MockConnectInfo(peer))
+                    .oneshot(req)
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        assert_eq!(status_at(expires - 60).await, StatusCode::OK);
+        assert_eq!(status_at(expires + 1).await, StatusCode::GONE);
     }
 
     /// Our headers read back with the tar crate, long names included.
