@@ -1,18 +1,19 @@
 //! The upload side of a publish: each store of a run ([`Target`]), the
-//! bounded chunk upload stage ([`Uploader`]), signed writes, and the retry
-//! that rides out transient store errors. What to upload, and when the
+//! bounded chunk upload stage ([`Uploader`]) and signed writes. Each store
+//! of a run is wrapped once in the retry layer (`qsync_store::retry`),
+//! which rides out transient store errors. What to upload, and when the
 //! manifest and pointer may be written, is [`crate::publish`]'s business.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use qsync_core::chunk;
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::{Digest, ObjectKey};
+use qsync_store::retry::Retrying;
 use qsync_store::{Expect, ObjectSink, PutOptions, StoreError};
 use tokio::sync::Semaphore;
 
@@ -34,10 +35,13 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// `sink` as a store of a run, with nothing uploaded yet.
+    /// `sink` as a store of a run, with nothing uploaded yet, wrapped in
+    /// the retry layer ([`Retrying`]): a publish that may have run for hours
+    /// rides out a store outage of about a minute. (Probes and leases, which
+    /// come first, fail fast instead.)
     pub(crate) fn new(sink: Arc<dyn ObjectSink>) -> Target {
         Target {
-            sink,
+            sink: Arc::new(Retrying::new(sink)),
             counters: Counters::default(),
             failed: Mutex::new(None),
         }
@@ -70,10 +74,10 @@ impl Target {
         let sig_key = key.signature_for(&body);
         let sig_opts = PutOptions::for_key(&sig_key);
         let sig = Bytes::from(sig);
-        retrying(|| self.sink.put(&sig_key, sig.clone(), sig_opts)).await?;
+        self.sink.put(&sig_key, sig, sig_opts).await?;
         let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
         match expect {
-            Some(expect) => match retrying(|| self.sink.put_if(key, body.clone(), opts, expect)).await {
+            Some(expect) => match self.sink.put_if(key, body.clone(), opts, expect).await {
                 // Retried (here or in the backend) after a lost answer, the
                 // write can meet its own first attempt: not a conflict.
                 Err(StoreError::Conflict { .. })
@@ -84,7 +88,7 @@ impl Target {
                         .is_ok_and(|now| now == body) => {}
                 r => r?,
             },
-            None => retrying(|| self.sink.put(key, body.clone(), opts)).await?,
+            None => self.sink.put(key, body, opts).await?,
         }
         self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
         Ok(())
@@ -120,7 +124,7 @@ impl Uploader {
         let key = ObjectKey::chunk(&d);
         // Every store at once: a chunk should wait for the slowest store, not for their sum.
         let live: Vec<&Arc<Target>> = self.targets.iter().filter(|t| t.live()).collect();
-        let heads = futures::future::join_all(live.iter().map(|t| retrying(|| t.sink.head(&key)))).await;
+        let heads = futures::future::join_all(live.iter().map(|t| t.sink.head(&key))).await;
         let mut lacking = Vec::new();
         for (t, head) in live.into_iter().zip(heads) {
             match head {
@@ -140,7 +144,7 @@ impl Uploader {
                 let stored = stored.clone();
                 let key = &key;
                 async move {
-                    match retrying(|| t.sink.put(key, stored.clone(), PutOptions::for_key(key))).await {
+                    match t.sink.put(key, stored.clone(), PutOptions::for_key(key)).await {
                         Ok(()) => {
                             let c = &t.counters;
                             c.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
@@ -164,27 +168,4 @@ impl Uploader {
         self.progress.advance(len);
         Ok(())
     }
-}
-
-/// Runs a store operation, trying again with growing pauses while it fails
-/// with a transient error. Backends retry single requests themselves; this
-/// rides out a longer outage (about a minute) instead of failing a publish
-/// that may have run for hours over one chunk.
-pub(crate) async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut pause = Duration::from_millis(500);
-    for _ in 0..7 {
-        match op().await {
-            Err(e) if e.is_retryable() => {
-                tracing::warn!("{e}; trying again in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            r => return r,
-        }
-    }
-    op().await
 }

@@ -5,7 +5,8 @@
 //! an IPFS node's MFS or a published IPFS directory ([`ipfs`]). Store URLs
 //! are parsed once into a [`StoreUrl`] ([`url`]) and opened in one place
 //! ([`open`]); [`probe`] checks a writable store
-//! before it is relied on; [`signed`] reads an object with its detached
+//! before it is relied on; [`retry`] is the one retry layer over a store;
+//! [`signed`] reads an object with its detached
 //! signature. [`prometheus`] writes the text exposition format, for the
 //! agent's `/metrics` and restore's metrics file alike. [`testing`] holds
 //! an in-memory store and a fault-injecting wrapper for unit tests of the
@@ -22,6 +23,7 @@ pub mod local;
 pub mod open;
 pub mod probe;
 pub mod prometheus;
+pub mod retry;
 pub mod s3;
 pub mod signed;
 pub mod testing;
