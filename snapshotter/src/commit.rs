@@ -87,7 +87,10 @@ pub(crate) async fn finish_store(
     if update_catalog(t, signer, &opts.chain).await? {
         rewritten.push(ObjectKey::catalog().to_string());
     }
-    let ipfs_root_cid = t.sink.snapshot_root().await?;
+    let ipfs_root_cid = match t.sink.roots() {
+        Some(roots) => Some(roots.snapshot_root().await?),
+        None => None,
+    };
 
     let c = &t.counters;
     let summary = SnapshotSummary {

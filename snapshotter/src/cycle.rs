@@ -468,8 +468,9 @@ impl ChainJob {
         let mut roots: std::collections::BTreeMap<String, String> =
             self.load_state(IPFS_ROOTS).unwrap_or_default();
         let location = sink.location();
-        if let Some(old) = roots.get(&location).filter(|old| old.as_str() != root) {
-            match sink.retire_root(old).await {
+        let old = roots.get(&location).filter(|old| old.as_str() != root);
+        if let (Some(old), Some(pins)) = (old, sink.roots()) {
+            match pins.retire_root(old).await {
                 Ok(()) => tracing::info!("{location}: unpinned the previous root {old}"),
                 Err(e) => tracing::warn!("{location}: could not unpin the previous root {old}: {e}"),
             }

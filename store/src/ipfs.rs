@@ -36,7 +36,7 @@ use serde::Deserialize;
 
 use crate::http::{client_builder, read_body, HttpStore};
 use crate::traits::{
-    Body, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version,
+    Body, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, Roots, StoreError, Version,
 };
 
 /// Longest one RPC call may take: a node asked for a CID it does not have
@@ -367,12 +367,8 @@ impl ObjectSink for IpfsStore {
         self.put(key, body, opts).await
     }
 
-    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
-        IpfsStore::snapshot_root(self).await.map(Some)
-    }
-
-    async fn retire_root(&self, root: &str) -> Result<(), StoreError> {
-        self.unpin(root).await
+    fn roots(&self) -> Option<&dyn Roots> {
+        Some(self)
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
@@ -543,6 +539,17 @@ pub fn open_cid(cid: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn O
             gateway.trim_end_matches('/')
         ))?),
     })
+}
+
+#[async_trait]
+impl Roots for IpfsStore {
+    async fn snapshot_root(&self) -> Result<String, StoreError> {
+        IpfsStore::snapshot_root(self).await
+    }
+
+    async fn retire_root(&self, root: &str) -> Result<(), StoreError> {
+        self.unpin(root).await
+    }
 }
 
 #[cfg(test)]

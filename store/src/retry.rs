@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use qsync_core::ObjectKey;
 
-use crate::traits::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+use crate::traits::{
+    Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, Roots, StoreError, Version,
+};
 
 /// `inner`, with transient errors retried.
 pub struct Retrying {
@@ -114,12 +116,8 @@ impl ObjectSink for Retrying {
             .await
     }
 
-    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
-        self.run(|| self.inner.snapshot_root()).await
-    }
-
-    async fn retire_root(&self, root: &str) -> Result<(), StoreError> {
-        self.run(|| self.inner.retire_root(root)).await
+    fn roots(&self) -> Option<&dyn Roots> {
+        self.inner.roots()
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {

@@ -304,21 +304,29 @@ pub trait ObjectSink: ObjectSource {
         opts: PutOptions,
         expect: &Expect,
     ) -> Result<(), StoreError>;
-    /// After a publish: the backend's own name for the store as it now is,
-    /// kept available (the pinned root CID of an IPFS directory); `None` for
-    /// backends where the location already says it.
-    async fn snapshot_root(&self) -> Result<Option<String>, StoreError> {
-        Ok(None)
-    }
-    /// Lets go of a root [`ObjectSink::snapshot_root`] returned earlier,
-    /// once a newer root holds everything still kept (IPFS: unpin it, so the
-    /// node's repository GC can reclaim what only it held).
-    async fn retire_root(&self, _root: &str) -> Result<(), StoreError> {
-        Ok(())
+    /// The store's [`Roots`] capability, where it has one (IPFS MFS);
+    /// `None` for stores whose location already names their contents.
+    /// Pipelines ask for the capability, never for the backend.
+    fn roots(&self) -> Option<&dyn Roots> {
+        None
     }
     /// Removes the object; absent objects are not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
     /// Every object whose key lies under `dir/`, in no particular order.
     /// Retention and garbage collection use it; readers never list.
     async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError>;
+}
+
+/// An optional capability of a writable store whose contents as a whole
+/// have a name of their own that must be kept alive: an IPFS directory's
+/// root CID, pinned.
+#[async_trait]
+pub trait Roots: Send + Sync {
+    /// After a publish: the name of the store as it now is, kept available
+    /// (IPFS: the directory's CID, pinned recursively).
+    async fn snapshot_root(&self) -> Result<String, StoreError>;
+    /// Lets go of a root [`Roots::snapshot_root`] returned earlier, once a
+    /// newer root holds everything still kept (IPFS: unpin it, so the
+    /// node's repository GC can reclaim what only it held).
+    async fn retire_root(&self, root: &str) -> Result<(), StoreError>;
 }
