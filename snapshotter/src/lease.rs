@@ -101,12 +101,35 @@ fn held_map<T>(f: impl FnOnce(&mut HashMap<(String, ObjectKey), String>) -> T) -
         .get_or_insert_with(HashMap::new))
 }
 
-/// Whether a [`Lease`] alive in this process is `holder`. A lease that
-/// names this very process but no live `Lease` here was left by an earlier
-/// attempt of ours whose release failed (the store was away): ours to take
-/// over, not another agent's to wait out.
+/// Holders whose lease write this process has in flight: written (or
+/// about to be) but not yet in [`HELD`]. Without them, a second task of
+/// this process could read the first's fresh lease in that window, find no
+/// live `Lease` for it, and take it over.
+static WRITING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// `holder` in [`WRITING`] while this lives.
+struct Writing(String);
+
+impl Writing {
+    fn new(holder: &str) -> Writing {
+        WRITING.lock().expect("not poisoned").push(holder.into());
+        Writing(holder.into())
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.lock().expect("not poisoned").retain(|h| *h != self.0);
+    }
+}
+
+/// Whether a [`Lease`] alive in this process is `holder`, or one whose
+/// write is in flight. A lease that names this very process but neither
+/// was left by an earlier attempt of ours whose release failed (the store
+/// was away): ours to take over, not another agent's to wait out.
 fn held_here(holder: &str) -> bool {
-    held_map(|m| m.values().any(|h| h == holder))
+    WRITING.lock().expect("not poisoned").iter().any(|h| h == holder)
+        || held_map(|m| m.values().any(|h| h == holder))
 }
 
 fn hostname() -> String {
@@ -216,6 +239,7 @@ impl Lease {
         }
         let mine = body(purpose, &holder);
         let bytes = Bytes::from(serde_json::to_vec(&mine).expect("serialisable"));
+        let _writing = Writing::new(&holder);
         match sink.put_if(&key, bytes, PutOptions::for_key(&key), &expect).await {
             Ok(()) => {}
             Err(StoreError::Conflict { .. }) => {
@@ -402,6 +426,27 @@ mod tests {
             .unwrap();
         assert!(matches!(e, LeaseError::Held { .. }), "{e}");
         again.release().await;
+        // One whose write another task of this process has in flight (not
+        // yet recorded as held) is held too, not taken over.
+        let racing = LeaseBody {
+            holder: "ours-in-flight".into(),
+            purpose: "gc".into(),
+            expires_at: Timestamp::now().plus(TTL),
+            machine: Some(me.clone()),
+        };
+        put_lease(&sink, &key, &racing).await;
+        let writing = Writing::new("ours-in-flight");
+        let e = Lease::acquire(sink.clone(), key.clone(), "publish eth")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, LeaseError::Held { .. }), "{e}");
+        drop(writing);
+        Lease::acquire(sink.clone(), key.clone(), "publish eth")
+            .await
+            .unwrap()
+            .release()
+            .await;
         // The same from a machine with our hostname but another boot: held.
         let elsewhere = LeaseBody {
             machine: Some(Machine {
