@@ -426,7 +426,7 @@ mod tests {
     use super::*;
     use qsync_core::progress::NoProgress;
     use qsync_core::ChainName;
-    use qsync_store::testing::{FaultySink, MemoryStore};
+    use qsync_store::testing::{FaultySink, MemoryStore, WriteFault};
     use qsync_store::ObjectSource;
 
     fn source() -> tempfile::TempDir {
@@ -470,7 +470,7 @@ mod tests {
 
         // The store goes away when the manifest is written: chunks are up,
         // but no pointer names them.
-        store.fail_writes("chains/eth/manifests/");
+        store.fail_writes("chains/eth/manifests/", WriteFault::Refused, None);
         let e = publish(src.path(), store.clone(), &signer, &opts, Arc::new(NoProgress))
             .await
             .unwrap_err();

@@ -132,105 +132,37 @@ impl ObjectSink for Retrying {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryStore;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use crate::testing::{FaultySink, MemoryStore, WriteFault};
 
-    /// Fails its first `n` puts with `error`, then behaves.
-    struct Flaky {
-        inner: MemoryStore,
-        left: AtomicU32,
-        permanent: bool,
-    }
-
-    #[async_trait]
-    impl ObjectSource for Flaky {
-        fn location(&self) -> String {
-            self.inner.location()
-        }
-        async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
-            self.inner.get_range(key, range).await
-        }
-        async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
-            self.inner.head(key).await
-        }
-    }
-
-    #[async_trait]
-    impl ObjectSink for Flaky {
-        async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError> {
-            if self.left.load(Ordering::Relaxed) > 0 {
-                self.left.fetch_sub(1, Ordering::Relaxed);
-                return Err(if self.permanent {
-                    StoreError::Refused {
-                        location: self.location(),
-                        key: key.to_string(),
-                        code: "AccessDenied".into(),
-                        hint: "test".into(),
-                    }
-                } else {
-                    StoreError::Transport {
-                        location: self.location(),
-                        key: key.to_string(),
-                        source: "reset".into(),
-                    }
-                });
-            }
-            self.inner.put(key, body, opts).await
-        }
-        async fn get_versioned(
-            &self,
-            key: &ObjectKey,
-            limit: u64,
-        ) -> Result<Option<(Bytes, Version)>, StoreError> {
-            self.inner.get_versioned(key, limit).await
-        }
-        async fn put_if(
-            &self,
-            key: &ObjectKey,
-            body: Bytes,
-            opts: PutOptions,
-            expect: &Expect,
-        ) -> Result<(), StoreError> {
-            self.inner.put_if(key, body, opts, expect).await
-        }
-        async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
-            self.inner.list(dir).await
-        }
-    }
-
-    fn flaky(fails: u32, permanent: bool) -> Arc<Flaky> {
-        Arc::new(Flaky {
-            inner: MemoryStore::new("flaky"),
-            left: AtomicU32::new(fails),
-            permanent,
-        })
+    /// Puts one chunk through [`Retrying`] (3 retries) over a store whose
+    /// chunk writes fail with `fault`, `times` times; the store behind it.
+    async fn put_through(fault: WriteFault, times: u32) -> (Result<(), StoreError>, Arc<MemoryStore>) {
+        let key = ObjectKey::new("chunks/ab/cd").unwrap();
+        let memory = Arc::new(MemoryStore::new("flaky"));
+        let faulty = FaultySink::new(memory.clone());
+        faulty.fail_writes("chunks/", fault, Some(times));
+        let r = Retrying::with_schedule(Arc::new(faulty), Duration::from_millis(1), 3);
+        let result = r
+            .put(&key, Bytes::from_static(b"x"), PutOptions::for_key(&key))
+            .await;
+        (result, memory)
     }
 
     #[tokio::test]
     async fn transient_errors_are_ridden_out_and_permanent_ones_are_not() {
         let key = ObjectKey::new("chunks/ab/cd").unwrap();
-        async fn put(s: Arc<Flaky>, key: &ObjectKey) -> Result<(), StoreError> {
-            let r = Retrying::with_schedule(s, Duration::from_millis(1), 3);
-            r.put(key, Bytes::from_static(b"x"), PutOptions::for_key(key))
-                .await
-        }
-        let s = flaky(3, false);
-        put(s.clone(), &key).await.unwrap();
-        assert_eq!(s.inner.get(&key).await.unwrap(), Bytes::from_static(b"x"));
+        let (r, memory) = put_through(WriteFault::Transient, 3).await;
+        r.unwrap();
+        assert_eq!(memory.get(&key).await.unwrap(), Bytes::from_static(b"x"));
         // More transient failures than retries: the last error comes back.
-        assert!(put(flaky(4, false), &key).await.unwrap_err().is_retryable());
+        assert!(put_through(WriteFault::Transient, 4)
+            .await
+            .0
+            .unwrap_err()
+            .is_retryable());
         // A refusal is not retried: the second attempt would have succeeded.
-        let s = flaky(1, true);
-        assert!(matches!(
-            put(s.clone(), &key).await,
-            Err(StoreError::Refused { .. })
-        ));
-        assert!(s.inner.head(&key).await.unwrap().is_none());
+        let (r, memory) = put_through(WriteFault::Refused, 1).await;
+        assert!(matches!(r, Err(StoreError::Refused { .. })));
+        assert!(memory.head(&key).await.unwrap().is_none());
     }
 }

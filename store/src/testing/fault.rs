@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use qsync_core::ObjectKey;
 
-use crate::traits::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+use crate::traits::{
+    Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, Roots, StoreError, Version,
+};
 
 /// How a read misbehaves.
 #[derive(Clone, Debug)]
@@ -133,12 +135,22 @@ impl ObjectSource for Faulty {
     }
 }
 
-/// `inner`, whose writes under chosen key prefixes are refused (as when
-/// write permission is revoked mid-publish: not retryable, so a test does
-/// not wait out retries); reads, deletes and listings pass through.
+/// How a write misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Refused (write permission revoked mid-publish): not retryable, so a
+    /// test does not wait out retries.
+    Refused,
+    /// A transient error (a connection reset) that a retry rides out.
+    Transient,
+}
+
+/// `inner`, whose writes under chosen key prefixes fail, for good or a
+/// given number of times. Reads, deletes and listings pass through.
 pub struct FaultySink {
     inner: Arc<dyn ObjectSink>,
-    failing: Mutex<Vec<String>>,
+    /// Key prefix, the fault, and how many more times (`None`: for good).
+    failing: Mutex<Vec<(String, WriteFault, Option<u32>)>>,
 }
 
 impl FaultySink {
@@ -150,9 +162,13 @@ impl FaultySink {
         }
     }
 
-    /// Writes of keys starting with `prefix` fail from now on.
-    pub fn fail_writes(&self, prefix: &str) {
-        self.failing.lock().expect("not poisoned").push(prefix.into());
+    /// Writes of keys starting with `prefix` fail with `fault`: the next
+    /// `times` of them, or every one from now on when `times` is `None`.
+    pub fn fail_writes(&self, prefix: &str, fault: WriteFault, times: Option<u32>) {
+        self.failing
+            .lock()
+            .expect("not poisoned")
+            .push((prefix.into(), fault, times));
     }
 
     /// Every write succeeds again.
@@ -161,16 +177,29 @@ impl FaultySink {
     }
 
     fn check(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        let failing = self.failing.lock().expect("not poisoned");
-        if failing.iter().any(|p| key.as_str().starts_with(p.as_str())) {
-            return Err(StoreError::Refused {
+        let mut failing = self.failing.lock().expect("not poisoned");
+        let Some((_, fault, left)) = failing
+            .iter_mut()
+            .find(|(p, _, left)| key.as_str().starts_with(p.as_str()) && *left != Some(0))
+        else {
+            return Ok(());
+        };
+        if let Some(n) = left {
+            *n -= 1;
+        }
+        Err(match fault {
+            WriteFault::Refused => StoreError::Refused {
                 location: self.inner.location(),
                 key: key.to_string(),
                 code: "AccessDenied".into(),
                 hint: "injected fault: write permission revoked".into(),
-            });
-        }
-        Ok(())
+            },
+            WriteFault::Transient => StoreError::Transport {
+                location: self.inner.location(),
+                key: key.to_string(),
+                source: "injected fault: connection reset".into(),
+            },
+        })
     }
 }
 
@@ -195,6 +224,10 @@ impl ObjectSource for FaultySink {
 
 #[async_trait]
 impl ObjectSink for FaultySink {
+    fn roots(&self) -> Option<&dyn Roots> {
+        self.inner.roots()
+    }
+
     async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError> {
         self.check(key)?;
         self.inner.put(key, body, opts).await
