@@ -646,24 +646,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stalling_and_failing_mirrors_do_not_stop_the_chunk() {
-        let s: Vec<Arc<MemoryStore>> = ["a", "b", "c"]
+    async fn stalling_failing_and_missing_mirrors_do_not_stop_the_chunk() {
+        let s: Vec<Arc<MemoryStore>> = ["a", "b", "c", "d"]
             .iter()
             .map(|n| Arc::new(MemoryStore::new(n)))
             .collect();
         let data = plain();
-        let c = publish(&[&s[0], &s[1], &s[2]], &data).await;
-        let stall = Arc::new(Faulty::new(s[0].clone()));
-        stall.set(None, Fault::Stall);
-        let error = Arc::new(Faulty::new(s[1].clone()));
-        error.set(None, Fault::Error);
-        let m = Mirrors::with_options(vec![stall, error, s[2].clone()], fast());
+        let c = publish(&[&s[0], &s[1], &s[2], &s[3]], &data).await;
+        let faulty = |i: usize, fault: Fault| {
+            let f = Arc::new(Faulty::new(s[i].clone()));
+            f.set(None, fault);
+            f as Arc<dyn ObjectSource>
+        };
+        let m = Mirrors::with_options(
+            vec![
+                faulty(0, Fault::Stall),
+                faulty(1, Fault::Error),
+                faulty(2, Fault::Missing),
+                s[3].clone(),
+            ],
+            fast(),
+        );
         let mut got = Buffer(Vec::new());
         m.chunk(&c, &mut got).await.unwrap();
         assert_eq!(got.0, data);
         let r = m.report();
-        assert_eq!(r[2].chunks, 1, "{r:?}");
-        assert_eq!(r[0].chunks + r[1].chunks, 0, "{r:?}");
+        assert_eq!(r[3].chunks, 1, "{r:?}");
+        assert_eq!(r[0].chunks + r[1].chunks + r[2].chunks, 0, "{r:?}");
     }
 
     #[tokio::test]

@@ -429,7 +429,7 @@ async fn build_client(opts: &S3Options) -> Client {
 #[async_trait]
 impl ObjectSource for S3Store {
     fn location(&self) -> String {
-        format!("s3://{}/{}", self.at.bucket, self.at.prefix)
+        self.at.to_string()
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {

@@ -110,19 +110,6 @@ impl StoreUrl {
             )),
         }
     }
-
-    /// Whether stores of this kind can be written.
-    pub fn writable(&self) -> bool {
-        !matches!(self, StoreUrl::Http(_) | StoreUrl::IpfsCid(_))
-    }
-}
-
-impl std::str::FromStr for StoreUrl {
-    type Err = StoreError;
-
-    fn from_str(s: &str) -> Result<Self, StoreError> {
-        StoreUrl::parse(s)
-    }
 }
 
 /// From the URL's text (agent configuration files), with
@@ -140,10 +127,18 @@ impl fmt::Display for StoreUrl {
         match self {
             StoreUrl::Local(p) => write!(f, "{}", p.display()),
             StoreUrl::Http(base) => f.write_str(base),
-            StoreUrl::S3(l) => write!(f, "s3://{}/{}", l.bucket, l.prefix),
+            StoreUrl::S3(l) => l.fmt(f),
             StoreUrl::IpfsMfs { api, dir } => write!(f, "ipfs+{api}/{dir}"),
             StoreUrl::IpfsCid(cid) => write!(f, "ipfs://{cid}"),
         }
+    }
+}
+
+/// `s3://BUCKET/PREFIX`, the form [`StoreUrl::parse`] reads back (and
+/// the S3 store's location).
+impl fmt::Display for S3Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
     }
 }
 
@@ -230,6 +225,7 @@ mod tests {
         for url in [
             "",
             "gopher://h",
+            "s3://",
             "s3://UPPER/x",
             "s3://ab",
             "s3://bucket/../x",

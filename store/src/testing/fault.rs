@@ -58,11 +58,6 @@ impl Faulty {
             .insert(key.cloned(), fault);
     }
 
-    /// Every read behaves again.
-    pub fn heal(&self) {
-        self.faults.lock().expect("not poisoned").clear();
-    }
-
     /// Reads (get, range, head) asked of this store so far.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
@@ -258,5 +253,55 @@ impl ObjectSink for FaultySink {
 
     async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
         self.inner.list(dir).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryStore;
+    use crate::traits::{ObjectSink, PutOptions};
+
+    #[tokio::test]
+    async fn each_fault_shows_as_a_reader_would_see_it() {
+        let memory = Arc::new(MemoryStore::new("m"));
+        let (key, other) = (
+            ObjectKey::new("chunks/ab/cd").unwrap(),
+            ObjectKey::new("chunks/ab/ef").unwrap(),
+        );
+        for k in [&key, &other] {
+            memory
+                .put(k, Bytes::from_static(b"payload"), PutOptions::for_key(k))
+                .await
+                .unwrap();
+        }
+        let f = Faulty::new(memory);
+        async fn get_in_time(
+            f: &Faulty,
+            k: &ObjectKey,
+        ) -> Result<Result<Bytes, StoreError>, tokio::time::error::Elapsed> {
+            tokio::time::timeout(Duration::from_millis(200), f.get(k)).await
+        }
+        f.set(Some(&key), Fault::Error);
+        assert!(get_in_time(&f, &key).await.unwrap().unwrap_err().is_retryable());
+        // A fault on one key leaves the others alone.
+        assert_eq!(
+            get_in_time(&f, &other).await.unwrap().unwrap(),
+            Bytes::from_static(b"payload")
+        );
+        f.set(Some(&key), Fault::Missing);
+        assert!(get_in_time(&f, &key).await.unwrap().unwrap_err().is_not_found());
+        f.set(Some(&key), Fault::Corrupt);
+        let bad = get_in_time(&f, &key).await.unwrap().unwrap();
+        assert_eq!(bad.len(), 7);
+        assert_ne!(bad, Bytes::from_static(b"payload"));
+        f.set(Some(&key), Fault::Stall);
+        assert!(get_in_time(&f, &key).await.is_err(), "a stalled read answered");
+        f.set(Some(&key), Fault::Latency(Duration::from_millis(20)));
+        assert_eq!(
+            get_in_time(&f, &key).await.unwrap().unwrap(),
+            Bytes::from_static(b"payload")
+        );
+        assert_eq!(f.reads(), 6);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -22,7 +23,8 @@ struct Object {
 pub struct MemoryStore {
     name: String,
     objects: Mutex<HashMap<ObjectKey, Object>>,
-    writes: Mutex<u64>,
+    /// Versions handed out so far (each write gets the next).
+    writes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -31,7 +33,7 @@ impl MemoryStore {
         MemoryStore {
             name: name.into(),
             objects: Mutex::new(HashMap::new()),
-            writes: Mutex::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -46,14 +48,6 @@ impl MemoryStore {
             .collect();
         keys.sort();
         keys
-    }
-
-    /// Replaces an object's bytes behind the store's back (a hostile or
-    /// rotting mirror), keeping its version.
-    pub fn tamper(&self, key: &ObjectKey, body: impl Into<Bytes>) {
-        if let Some(o) = self.objects.lock().expect("not poisoned").get_mut(key) {
-            o.body = body.into();
-        }
     }
 
     fn not_found(&self, key: &ObjectKey) -> StoreError {
@@ -77,11 +71,7 @@ impl MemoryStore {
                 key: key.to_string(),
             });
         }
-        let version = {
-            let mut w = self.writes.lock().expect("not poisoned");
-            *w += 1;
-            *w
-        };
+        let version = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
         objects.insert(
             key.clone(),
             Object {
