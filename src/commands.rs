@@ -116,13 +116,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
         )
     })?;
     let invalidation = match &a.cloudfront_distribution_id {
-        Some(id) => {
-            let prefix = match &store {
-                StoreUrl::S3(at) => at.prefix.as_str(),
-                _ => "",
-            };
-            Some(qsync_cdn::cloudfront::invalidate_keys(id, prefix, &s.rewritten).await)
-        }
+        Some(id) => Some(qsync_cdn::cloudfront::invalidate_keys(id, &store, &s.rewritten).await),
         None => None,
     };
     if a.json {

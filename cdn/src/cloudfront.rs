@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use qsync_store::s3::{aws_config, error_chain};
+use qsync_store::StoreUrl;
 
 /// Why a CloudFront invalidation failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +22,16 @@ pub enum CloudFrontError {
     },
 }
 
-/// After a publish: invalidates the paths of the rewritten `keys` on
-/// `distribution`, whose root serves the store's objects under `prefix`
-/// (an S3 store's key prefix, empty for a store served at the root). The
-/// invalidation ID, or `None` after a warning: the snapshot is published
-/// either way, and edges pick it up within the pointer's max-age.
-pub async fn invalidate_keys(distribution: &str, prefix: &str, keys: &[String]) -> Option<String> {
+/// After a publish to `store`: invalidates the paths of the rewritten
+/// `keys` on `distribution`, whose root serves the store's objects (an S3
+/// bucket's objects by name, prefix included; any other store's by key).
+/// The invalidation ID, or `None` after a warning: the snapshot is
+/// published either way, and edges pick it up within the pointer's max-age.
+pub async fn invalidate_keys(distribution: &str, store: &StoreUrl, keys: &[String]) -> Option<String> {
+    let prefix = match store {
+        StoreUrl::S3(at) => at.prefix.as_str(),
+        _ => "",
+    };
     let paths = keys.iter().map(|k| format!("/{prefix}{k}")).collect();
     match invalidate(distribution, paths).await {
         Ok(id) => {

@@ -486,9 +486,9 @@ impl ChainJob {
             let Some((url, sink)) = self.stores.iter().find(|(_, k)| k.location() == s.location) else {
                 continue;
             };
-            if let (Some(id), StoreUrl::S3(at)) = (&self.cfg.cloudfront_distribution_id, url) {
+            if let (Some(id), StoreUrl::S3(_)) = (&self.cfg.cloudfront_distribution_id, url) {
                 s.cloudfront_invalidation =
-                    qsync_cdn::cloudfront::invalidate_keys(id, &at.prefix, &summary.rewritten).await;
+                    qsync_cdn::cloudfront::invalidate_keys(id, url, &summary.rewritten).await;
             }
             if let Some(root) = &summary.ipfs_root_cid {
                 self.retire_older_root(sink.as_ref(), root).await;
