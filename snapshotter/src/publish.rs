@@ -307,6 +307,13 @@ pub async fn publish_many(
             .collect(),
         files,
     };
+    let snapshot = NewSnapshot {
+        signer,
+        opts,
+        manifest: &manifest,
+        when,
+        total,
+    };
     let mut manifests = BTreeMap::new();
     let mut stores = Vec::new();
     for (t, prev) in targets.iter().zip(previous) {
@@ -315,16 +322,7 @@ pub async fn publish_many(
         let result = match (failed, prev) {
             (Some(e), _) => Err(e),
             (None, None) => unreachable!("a store without a pointer read has failed"),
-            (None, Some((previous, expect))) => {
-                let snapshot = NewSnapshot {
-                    signer,
-                    opts,
-                    manifest: &manifest,
-                    when,
-                    total,
-                };
-                finish_store(t, &snapshot, previous.as_ref(), &expect).await
-            }
+            (None, Some((previous, expect))) => finish_store(t, &snapshot, previous.as_ref(), &expect).await,
         };
         if let Ok((_, digest)) = &result {
             manifests.insert(location.clone(), *digest);
