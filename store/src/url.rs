@@ -72,6 +72,7 @@ impl StoreUrl {
         match scheme(url) {
             None if url.is_empty() => Err(bad(url, format!("empty; {SUPPORTED}"))),
             None => Ok(StoreUrl::Local(url.into())),
+            Some(("file", "")) => Err(bad(url, format!("no path; {SUPPORTED}"))),
             Some(("file", path)) => Ok(StoreUrl::Local(path.into())),
             Some(("http" | "https", _)) => Ok(StoreUrl::Http(if url.ends_with('/') {
                 url.to_string()
@@ -224,6 +225,7 @@ mod tests {
     fn bad_urls_say_what_is_accepted() {
         for url in [
             "",
+            "file://",
             "gopher://h",
             "s3://",
             "s3://UPPER/x",
