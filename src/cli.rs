@@ -271,7 +271,7 @@ pub struct Remote {
 impl Remote {
     /// As store options.
     pub fn options(&self) -> anyhow::Result<qsync_store::StoreOptions> {
-        let cloudfront = match (&self.cloudfront_key_pair_id, &self.cloudfront_private_key) {
+        let url_signer = match (&self.cloudfront_key_pair_id, &self.cloudfront_private_key) {
             (Some(id), Some(pem)) => Some(std::sync::Arc::new(qsync_store::url_signer::UrlSigner::load(
                 id, pem,
             )?)),
@@ -279,10 +279,11 @@ impl Remote {
         };
         Ok(qsync_store::StoreOptions {
             http_token: self.http_token.clone(),
-            cloudfront,
+            url_signer,
             s3: self.s3.options(),
             ipfs_gateway: Some(self.ipfs_gateway.clone()),
             ipfs_api: self.ipfs_api.clone(),
+            edge_cache: None,
         })
     }
 }

@@ -83,11 +83,13 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     let signer = SigningKey::load(&secret_key)?;
     let mut store_opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
+        edge_cache: a.cloudfront_distribution_id.map(|distribution| {
+            Arc::new(qsync_cdn::cloudfront::CloudFront { distribution }) as Arc<dyn qsync_store::EdgeCache>
+        }),
         ..Default::default()
     };
     store_opts.s3.pointer_max_age = a.pointer_max_age;
-    let store = StoreUrl::parse(&store)?;
-    let sink = open_sink_at(&store, &store_opts)?;
+    let sink = open_sink_at(&StoreUrl::parse(&store)?, &store_opts)?;
     let mut opts = SnapshotOptions::new(chain.clone());
     opts.height = a.height;
     opts.block_hash = a.block_hash;
@@ -115,10 +117,7 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
             sink.location()
         )
     })?;
-    let invalidation = match &a.cloudfront_distribution_id {
-        Some(id) => Some(qsync_cdn::cloudfront::invalidate_keys(id, &store, &s.rewritten).await),
-        None => None,
-    };
+    let invalidation = qsync_snapshotter::commit::invalidate_rewritten(sink.as_ref(), &s.rewritten).await;
     if a.json {
         let mut v = serde_json::to_value(&s)?;
         if let Some(i) = &invalidation {
@@ -152,7 +151,7 @@ fn stop_on_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
 /// `qsync snapshot --config F --chain N --once`.
 async fn snapshot_cycle(config: &std::path::Path, chain: &str, json: bool, lease_only: bool) -> Result<()> {
     let cfg = Config::load(config)?;
-    let mut c = cfg.chain(chain).map_err(anyhow::Error::msg)?.clone();
+    let mut c = cfg.chain(chain)?.clone();
     c.lease_only |= lease_only;
     let job = ChainJob::open(c, &cfg.agent.state_dir)?;
     let stop = stop_on_signal()?;

@@ -1,61 +1,39 @@
-//! CloudFront in front of an S3 store, the publisher's side: invalidating
-//! the pointer paths a publish rewrote. Readers' signed URLs are
-//! `qsync_store::url_signer`.
+//! CloudFront in front of a store, the publisher's side: the
+//! [`EdgeCache`] that invalidates the pointer paths a publish rewrote.
+//! Readers' signed URLs are `qsync_store::url_signer`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use qsync_store::s3::{aws_config, error_chain};
-use qsync_store::StoreUrl;
+use qsync_store::{EdgeCache, StoreError};
 
-/// Why a CloudFront invalidation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CloudFrontError {
-    /// The invalidation request failed.
-    #[error("invalidating {paths:?} on CloudFront distribution {distribution}: {reason}; check the distribution ID and that the publisher may call cloudfront:CreateInvalidation")]
-    Invalidation {
-        /// Distribution ID.
-        distribution: String,
-        /// Paths asked for.
-        paths: Vec<String>,
-        /// The service's answer.
-        reason: String,
-    },
+/// A CloudFront distribution whose root serves a store's objects: given to
+/// a store as its [`EdgeCache`] (`StoreOptions::edge_cache`).
+#[derive(Clone, Debug)]
+pub struct CloudFront {
+    /// The distribution ID.
+    pub distribution: String,
 }
 
-/// After a publish to `store`: invalidates the paths of the rewritten
-/// `keys` on `distribution`, whose root serves the store's objects (an S3
-/// bucket's objects by name, prefix included; any other store's by key).
-/// The invalidation ID, or `None` after a warning: the snapshot is
-/// published either way, and edges pick it up within the pointer's max-age.
-pub async fn invalidate_keys(distribution: &str, store: &StoreUrl, keys: &[String]) -> Option<String> {
-    let prefix = match store {
-        StoreUrl::S3(at) => at.prefix.as_str(),
-        _ => "",
-    };
-    let paths = keys.iter().map(|k| format!("/{prefix}{k}")).collect();
-    match invalidate(distribution, paths).await {
-        Ok(id) => {
-            tracing::info!("CloudFront invalidation {id} created on {distribution}");
-            Some(id)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "the snapshot is published, but {e}; edges serve the old pointer until its max-age runs out"
-            );
-            None
-        }
+#[async_trait]
+impl EdgeCache for CloudFront {
+    async fn invalidate(&self, paths: Vec<String>) -> Result<String, StoreError> {
+        invalidate(&self.distribution, paths).await
     }
 }
 
 /// Invalidates `paths` (each starting with `/`) on `distribution`; returns
 /// the invalidation ID. Honours `AWS_ENDPOINT_URL_CLOUDFRONT`.
-pub async fn invalidate(distribution: &str, paths: Vec<String>) -> Result<String, CloudFrontError> {
+pub async fn invalidate(distribution: &str, paths: Vec<String>) -> Result<String, StoreError> {
     use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
 
-    let fail = |paths: &Vec<String>, reason: String| CloudFrontError::Invalidation {
-        distribution: distribution.into(),
-        paths: paths.clone(),
-        reason,
+    let fail = |paths: &Vec<String>, reason: String| StoreError::Refused {
+        location: format!("CloudFront distribution {distribution}"),
+        key: paths.join(" "),
+        code: reason,
+        hint: "check the distribution ID and that the publisher may call cloudfront:CreateInvalidation"
+            .into(),
     };
     // CloudFront is global; its API lives in us-east-1.
     let shared = aws_config(6, Duration::from_secs(30), Some("us-east-1")).await;

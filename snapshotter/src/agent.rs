@@ -345,7 +345,7 @@ pub async fn run(
     }
     let mut tasks = tokio::task::JoinSet::new();
     for job in jobs {
-        let schedule = parse_schedule(&job.cfg.schedule).map_err(anyhow::Error::msg)?;
+        let schedule = parse_schedule(&job.cfg.schedule)?;
         let (cycle_stats, mut stop, progress) = (stats.clone(), shutdown.clone(), progress.clone());
         let cycles = job.clone();
         tasks.spawn(async move {
@@ -366,7 +366,7 @@ pub async fn run(
                 cycle_stats.update(&chain, |s| s.record(&r));
             }
         });
-        let schedule = parse_schedule(&job.cfg.resign).map_err(anyhow::Error::msg)?;
+        let schedule = parse_schedule(&job.cfg.resign)?;
         let (resign_stats, mut stop) = (stats.clone(), shutdown.clone());
         tasks.spawn(async move {
             while wait_for(&schedule, &mut stop).await {

@@ -2,7 +2,9 @@
 //! (written only while the run's publish lease is still its own, and only
 //! over the version the run started from, its history cut by the retention
 //! policy), then the catalog entry; and re-signing a pointer
-//! to move its expiry. Everything here runs after every chunk is uploaded.
+//! to move its expiry; then telling the store's edge cache (a CDN), if it
+//! has one, which paths were rewritten. Everything here runs after every
+//! chunk is uploaded.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -180,5 +182,26 @@ pub async fn resign(
     match t.put_signed(&key, p.encode(), signer, Some(&expect)).await {
         Err(StoreError::Conflict { location, key }) => Err(SnapshotError::PointerRace { location, key }),
         r => r.map(|()| Some(p)).map_err(Into::into),
+    }
+}
+
+/// After a publish to `sink`: has its edge cache (a CDN, where the store
+/// has one) forget the `rewritten` keys. The invalidation's ID, or `None`
+/// when the store has no edge cache or the request failed (after a warning:
+/// the snapshot is published either way, and edges pick it up within the
+/// pointer's max-age).
+pub async fn invalidate_rewritten(sink: &dyn ObjectSink, rewritten: &[String]) -> Option<String> {
+    let edge = sink.edge()?;
+    match edge.invalidate(rewritten).await {
+        Ok(id) => {
+            tracing::info!("{}: edge cache invalidation {id} created", sink.location());
+            Some(id)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the snapshot is published, but {e}; edges serve the old pointer until its max-age runs out"
+            );
+            None
+        }
     }
 }

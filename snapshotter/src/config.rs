@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::ChainName;
-use qsync_store::StoreUrl;
+use std::sync::Arc;
+
+use qsync_store::{StoreOptions, StoreUrl};
+
+use crate::chainmeta::ChainHead;
+use crate::options::SnapshotOptions;
 use serde::{Deserialize, Deserializer};
 
 /// A whole configuration file.
@@ -97,7 +102,8 @@ pub struct ChainConfig {
     /// Cache max-age of the pointer and catalog on S3.
     #[serde(default = "default_pointer_max_age", deserialize_with = "duration")]
     pub pointer_max_age: Duration,
-    /// CloudFront distribution to invalidate after each publish to an s3:// store.
+    /// CloudFront distribution in front of the stores (an s3:// bucket or a
+    /// directory `qsync serve` exposes): invalidated after each publish.
     #[serde(default)]
     pub cloudfront_distribution_id: Option<String>,
     /// Endpoint of an S3-compatible server.
@@ -294,116 +300,244 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// A configuration that cannot be used, with the file and what to change.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{path}: {problem}")]
 pub struct ConfigError {
     /// The file.
     pub path: PathBuf,
     /// What is wrong and what to do.
-    pub message: String,
+    #[source]
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong with a configuration, and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The file cannot be read.
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    /// Not TOML, or not the keys and types documented.
+    #[error("{0}")]
+    Syntax(#[source] Box<toml::de::Error>),
+    /// No chain to snapshot.
+    #[error("no [[chain]] table; add one per chain to snapshot")]
+    NoChains,
+    /// One chain's table is wrong.
+    #[error("[[chain]] {chain:?}: {problem}")]
+    Chain {
+        /// The chain's name as written.
+        chain: String,
+        /// What is wrong.
+        problem: Box<ChainProblem>,
+    },
+    /// A command named a chain the file does not have.
+    #[error("no chain {name:?} in the configuration (it has: {known})")]
+    UnknownChain {
+        /// The name asked for.
+        name: String,
+        /// The names the file has, comma-separated.
+        known: String,
+    },
+}
+
+/// What is wrong with one `[[chain]]` table.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainProblem {
+    /// The name, the chunk size or another value of the wire format.
+    #[error("{0}")]
+    Format(#[from] qsync_core::FormatError),
+    /// A second table with the same name.
+    #[error("appears twice; each chain needs one table")]
+    Duplicate,
+    /// `schedule` or `resign` does not parse.
+    #[error("{key}: {source}")]
+    Schedule {
+        /// Which key.
+        key: &'static str,
+        /// Why.
+        source: ScheduleError,
+    },
+    /// `stores = []`.
+    #[error("stores is empty; name at least one store")]
+    NoStores,
+    /// A freeze strategy without what it needs.
+    #[error("freeze strategy \"{strategy}\" needs {needs}")]
+    Freeze {
+        /// The strategy.
+        strategy: &'static str,
+        /// What to add.
+        needs: &'static str,
+    },
+    /// A metadata table that names neither an RPC nor a command.
+    #[error("[chain.metadata] needs either rpc with kind (ethereum, substrate, cometbft) or command")]
+    Metadata,
+    /// `retention.keep-last = 0`.
+    #[error("retention.keep-last must be at least 1")]
+    KeepNone,
+    /// More kept snapshots than a pointer names.
+    #[error("retention keeps up to {kept} snapshots, but a pointer names at most {most}; lower keep-last, keep-daily or keep-weekly")]
+    KeepTooMany {
+        /// keep-last + keep-daily + keep-weekly.
+        kept: usize,
+        /// What a pointer holds.
+        most: usize,
+    },
+}
+
+/// A schedule that is not a cron expression with seconds.
+#[derive(Debug, thiserror::Error)]
+#[error("{expr:?} is not a cron expression with seconds, like \"0 0 */6 * * *\" ({source})")]
+pub struct ScheduleError {
+    /// The expression as written.
+    pub expr: String,
+    /// The parser's complaint.
+    pub source: cron::error::Error,
 }
 
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
+        let err = |problem| ConfigError {
             path: path.into(),
-            message,
+            problem,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| err(ConfigProblem::Read(e)))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| err(ConfigProblem::Syntax(Box::new(e))))?;
         cfg.check().map_err(err)?;
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ConfigProblem> {
         if self.chains.is_empty() {
-            return Err("no [[chain]] table; add one per chain to snapshot".into());
+            return Err(ConfigProblem::NoChains);
         }
         let mut names = std::collections::HashSet::new();
         for c in &self.chains {
-            let at = format!("[[chain]] {:?}", c.name);
-            ChainName::new(c.name.clone()).map_err(|e| format!("{at}: {e}"))?;
+            let in_chain = |problem| ConfigProblem::Chain {
+                chain: c.name.clone(),
+                problem: Box::new(problem),
+            };
             if !names.insert(&c.name) {
-                return Err(format!("{at} appears twice; each chain needs one table"));
+                return Err(in_chain(ChainProblem::Duplicate));
             }
-            for (key, expr) in [("schedule", &c.schedule), ("resign", &c.resign)] {
-                parse_schedule(expr).map_err(|e| format!("{at}: {key}: {e}"))?;
-            }
-            if c.stores.is_empty() {
-                return Err(format!("{at}: stores is empty; name at least one store"));
-            }
-            ChunkerParams::with_average_kib(c.chunk_size).map_err(|e| format!("{at}: {e}"))?;
-            let f = &c.freeze;
-            match f.strategy {
-                Strategy::Path if f.path.is_none() => {
-                    return Err(format!(
-                        "{at}: freeze strategy \"path\" needs freeze.path, the directory the pre hook fills"
-                    ))
-                }
-                Strategy::Path if f.pre.is_empty() => {
-                    return Err(format!(
-                        "{at}: freeze strategy \"path\" needs a pre hook that produces freeze.path"
-                    ))
-                }
-                Strategy::Hardlink if f.immutable.is_empty() => {
-                    return Err(format!(
-                        "{at}: freeze strategy \"hardlink\" needs immutable patterns"
-                    ))
-                }
-                _ => {}
-            }
-            if let Some(m) = &c.metadata {
-                match (&m.rpc, m.kind, m.command.is_empty()) {
-                    (Some(_), Some(_), true) | (None, None, false) => {}
-                    _ => {
-                        return Err(format!(
-                            "{at}: [chain.metadata] needs either rpc with kind (ethereum, substrate, cometbft) or command"
-                        ))
-                    }
-                }
-            }
-            let r = &c.retention;
-            if r.keep_last == 0 {
-                return Err(format!("{at}: retention.keep-last must be at least 1"));
-            }
-            // The pointer holds the current snapshot and at most HISTORY_LEN more.
-            let most = qsync_core::pointer::HISTORY_LEN + 1;
-            if r.keep_last + r.keep_daily + r.keep_weekly > most {
-                return Err(format!(
-                    "{at}: retention keeps up to {} snapshots, but a pointer names at most {most}; lower keep-last, keep-daily or keep-weekly",
-                    r.keep_last + r.keep_daily + r.keep_weekly
-                ));
-            }
+            c.check().map_err(in_chain)?;
         }
         Ok(())
     }
 
     /// The chain called `name`.
-    pub fn chain(&self, name: &str) -> Result<&ChainConfig, String> {
-        self.chains.iter().find(|c| c.name == name).ok_or_else(|| {
-            let known: Vec<_> = self.chains.iter().map(|c| c.name.as_str()).collect();
-            format!(
-                "no chain {name:?} in the configuration (it has: {})",
-                known.join(", ")
-            )
-        })
+    pub fn chain(&self, name: &str) -> Result<&ChainConfig, ConfigProblem> {
+        self.chains
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ConfigProblem::UnknownChain {
+                name: name.into(),
+                known: self
+                    .chains
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+impl ChainConfig {
+    fn check(&self) -> Result<(), ChainProblem> {
+        ChainName::new(self.name.clone())?;
+        for (key, expr) in [("schedule", &self.schedule), ("resign", &self.resign)] {
+            parse_schedule(expr).map_err(|source| ChainProblem::Schedule { key, source })?;
+        }
+        if self.stores.is_empty() {
+            return Err(ChainProblem::NoStores);
+        }
+        ChunkerParams::with_average_kib(self.chunk_size)?;
+        let f = &self.freeze;
+        let needs = |strategy, needs| Err(ChainProblem::Freeze { strategy, needs });
+        match f.strategy {
+            Strategy::Path if f.path.is_none() => {
+                return needs("path", "freeze.path, the directory the pre hook fills")
+            }
+            Strategy::Path if f.pre.is_empty() => {
+                return needs("path", "a pre hook that produces freeze.path")
+            }
+            Strategy::Hardlink if f.immutable.is_empty() => return needs("hardlink", "immutable patterns"),
+            _ => {}
+        }
+        if let Some(m) = &self.metadata {
+            if !matches!(
+                (&m.rpc, m.kind, m.command.is_empty()),
+                (Some(_), Some(_), true) | (None, None, false)
+            ) {
+                return Err(ChainProblem::Metadata);
+            }
+        }
+        let r = &self.retention;
+        if r.keep_last == 0 {
+            return Err(ChainProblem::KeepNone);
+        }
+        // The pointer holds the current snapshot and at most HISTORY_LEN more.
+        let most = qsync_core::pointer::HISTORY_LEN + 1;
+        let kept = r.keep_last + r.keep_daily + r.keep_weekly;
+        if kept > most {
+            return Err(ChainProblem::KeepTooMany { kept, most });
+        }
+        Ok(())
+    }
+
+    /// How to reach this chain's stores: S3 settings, and CloudFront as
+    /// the edge cache of each store when a distribution is configured.
+    pub fn store_options(&self) -> StoreOptions {
+        let mut opts = StoreOptions::default();
+        opts.s3.endpoint = self.s3_endpoint.clone();
+        opts.s3.path_style = self.s3_path_style;
+        opts.s3.requester_pays = self.s3_requester_pays;
+        opts.s3.pointer_max_age = self.pointer_max_age;
+        opts.edge_cache = self.cloudfront_distribution_id.as_ref().map(|id| {
+            Arc::new(qsync_cdn::cloudfront::CloudFront {
+                distribution: id.clone(),
+            }) as Arc<dyn qsync_store::EdgeCache>
+        });
+        opts
+    }
+
+    /// What one cycle of this chain publishes, with the head block `head`.
+    pub fn snapshot_options(&self, chain: ChainName, head: Option<&ChainHead>) -> SnapshotOptions {
+        let mut o = SnapshotOptions::new(chain);
+        o.height = head.map(|h| h.height);
+        o.block_hash = head.map(|h| h.block_hash.clone());
+        o.expires_in = self.expires_in;
+        o.lifetime = self.lifetime;
+        o.concurrency = self.concurrency;
+        o.chunker = ChunkerParams::with_average_kib(self.chunk_size).expect("checked by Config::load");
+        o.retention = Some(self.retention.clone());
+        o
     }
 }
 
 /// Parses a cron expression with seconds.
-pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
-    cron::Schedule::from_str(expr)
-        .map_err(|e| format!("{expr:?} is not a cron expression with seconds, like \"0 0 */6 * * *\" ({e})"))
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, ScheduleError> {
+    cron::Schedule::from_str(expr).map_err(|source| ScheduleError {
+        expr: expr.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        cfg.check()?;
-        Ok(cfg)
+    fn parse(text: &str) -> Config {
+        let cfg: Config = toml::from_str(text).unwrap();
+        cfg.check().unwrap();
+        cfg
+    }
+
+    /// What is wrong with `text`, as the operator reads it.
+    fn problem(text: &str) -> String {
+        match toml::from_str::<Config>(text) {
+            Err(e) => e.to_string(),
+            Ok(cfg) => cfg.check().unwrap_err().to_string(),
+        }
     }
 
     const MINIMAL: &str = r#"
@@ -419,7 +553,7 @@ mod tests {
     fn the_example_config_parses() {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../qsync.example.toml")).unwrap();
-        let cfg = parse(&text).unwrap();
+        let cfg = parse(&text);
         assert_eq!(cfg.agent.listen, "127.0.0.1:9464");
         assert_eq!(cfg.chains[0].freeze.strategy, Strategy::Hooks);
         assert_eq!(cfg.chains[0].retention.keep_last, 3);
@@ -427,7 +561,7 @@ mod tests {
 
     #[test]
     fn defaults_and_unknown_keys() {
-        let cfg = parse(MINIMAL).unwrap();
+        let cfg = parse(MINIMAL);
         let c = &cfg.chains[0];
         assert_eq!(c.freeze.immutable, ["*.sst", "*.ldb"]);
         assert_eq!(c.retention.keep_last, 3);
@@ -436,26 +570,24 @@ mod tests {
             !c.lease_only,
             "conditional writes are required unless asked otherwise"
         );
-        assert!(parse(&format!("{MINIMAL}\nlease-only = true")).unwrap().chains[0].lease_only);
-        let e = parse(&format!("{MINIMAL}\nsurprise = 1")).unwrap_err();
+        assert!(parse(&format!("{MINIMAL}\nlease-only = true")).chains[0].lease_only);
+        let e = problem(&format!("{MINIMAL}\nsurprise = 1"));
         assert!(e.contains("surprise"), "{e}");
-        let e = parse(&MINIMAL.replace("*/6", "every six hours")).unwrap_err();
+        let e = problem(&MINIMAL.replace("*/6", "every six hours"));
         assert!(e.contains("cron"), "{e}");
-        let e = parse(&format!(
+        let e = problem(&format!(
             "{MINIMAL}\n[chain.freeze]\nstrategy = \"path\"\npre = [\"true\"]"
-        ))
-        .unwrap_err();
+        ));
         assert!(e.contains("freeze.path"), "{e}");
-        let e = parse(&format!("{MINIMAL}\n[chain.metadata]\nrpc = \"http://x\"")).unwrap_err();
+        let e = problem(&format!("{MINIMAL}\n[chain.metadata]\nrpc = \"http://x\""));
         assert!(e.contains("kind"), "{e}");
-        let e = parse(&format!("{MINIMAL}\nexpires-in = \"soon\"")).unwrap_err();
+        let e = problem(&format!("{MINIMAL}\nexpires-in = \"soon\""));
         assert!(e.contains("duration"), "{e}");
-        let e = parse(&format!(
+        let e = problem(&format!(
             "{MINIMAL}\n[chain.retention]\nkeep-last = 30\nkeep-weekly = 8"
-        ))
-        .unwrap_err();
+        ));
         assert!(e.contains("at most 33"), "{e}");
-        let e = parse(&format!("{MINIMAL}\nchunk-size = 9000")).unwrap_err();
+        let e = problem(&format!("{MINIMAL}\nchunk-size = 9000"));
         assert!(e.contains("256 to 4096"), "{e}");
     }
 }

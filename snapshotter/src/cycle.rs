@@ -15,20 +15,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qsync_core::chunk::ChunkerParams;
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::ChainName;
 use qsync_store::probe::{require_conditional_writes, WriteSafety};
-use qsync_store::{open_sink_at, ObjectSink, StoreOptions, StoreUrl};
+use qsync_store::{open_sink_at, ObjectSink, StoreUrl};
 use serde::Serialize;
 
-use crate::chainmeta::{AroundFreeze, ChainHead};
+use crate::chainmeta::AroundFreeze;
+use crate::commit;
 use crate::config::{ChainConfig, Strategy};
 use crate::freeze::{self, run_hook};
 use crate::gc::{self, GcReport};
 use crate::lease::{self, Lease, LeaseError};
-use crate::options::{SnapshotOptions, SnapshotSummary};
+use crate::options::SnapshotSummary;
 use crate::publish::{publish_many, KnownFiles, PublishRun};
 use crate::SnapshotError;
 
@@ -152,11 +152,7 @@ impl ChainJob {
         let chain = ChainName::new(cfg.name.clone())?;
         let signer = SigningKey::load(&cfg.secret_key)
             .with_context(|| format!("chain {chain}: secret-key {}", cfg.secret_key.display()))?;
-        let mut opts = StoreOptions::default();
-        opts.s3.endpoint = cfg.s3_endpoint.clone();
-        opts.s3.path_style = cfg.s3_path_style;
-        opts.s3.requester_pays = cfg.s3_requester_pays;
-        opts.s3.pointer_max_age = cfg.pointer_max_age;
+        let opts = cfg.store_options();
         let stores = cfg
             .stores
             .iter()
@@ -209,19 +205,6 @@ impl ChainJob {
         if let Err(e) = write() {
             tracing::warn!("could not save {}: {e}; {consequence}", path.display());
         }
-    }
-
-    fn snapshot_options(&self, head: Option<&ChainHead>) -> SnapshotOptions {
-        let c = &self.cfg;
-        let mut o = SnapshotOptions::new(self.chain.clone());
-        o.height = head.map(|h| h.height);
-        o.block_hash = head.map(|h| h.block_hash.clone());
-        o.expires_in = c.expires_in;
-        o.lifetime = c.lifetime;
-        o.concurrency = c.concurrency;
-        o.chunker = ChunkerParams::with_average_kib(c.chunk_size).expect("checked by Config::load");
-        o.retention = Some(c.retention.clone());
-        o
     }
 
     /// Runs one cycle. `cancel` turning true aborts it before any pointer
@@ -408,7 +391,7 @@ impl ChainJob {
                 return Err(fail(Stage::Thaw, e.to_string()));
             }
         }
-        let opts = self.snapshot_options(head.as_ref());
+        let opts = self.cfg.snapshot_options(self.chain.clone(), head.as_ref());
         let known: Option<KnownFiles> = self
             .cfg
             .skip_unchanged
@@ -486,10 +469,7 @@ impl ChainJob {
             let Some((url, sink)) = self.stores.iter().find(|(_, k)| k.location() == s.location) else {
                 continue;
             };
-            if let (Some(id), StoreUrl::S3(_)) = (&self.cfg.cloudfront_distribution_id, url) {
-                s.cloudfront_invalidation =
-                    qsync_cdn::cloudfront::invalidate_keys(id, url, &summary.rewritten).await;
-            }
+            s.cloudfront_invalidation = commit::invalidate_rewritten(sink.as_ref(), &summary.rewritten).await;
             if let Some(root) = &summary.ipfs_root_cid {
                 self.retire_older_root(sink.as_ref(), root).await;
             }

@@ -35,7 +35,7 @@ pub use open::{
     open_sink, open_sink_at, open_sink_with, open_source, open_source_at, open_source_with, StoreOptions,
 };
 pub use traits::{
-    Body, CacheClass, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, Roots, StoreError,
-    Version,
+    Body, CacheClass, Edge, EdgeCache, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions,
+    Roots, StoreError, Version,
 };
 pub use url::{S3Location, StoreUrl};

@@ -21,12 +21,23 @@ use crate::traits::{Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOpt
 /// A directory store.
 pub struct LocalStore {
     root: PathBuf,
+    edge: Option<std::sync::Arc<dyn crate::EdgeCache>>,
 }
 
 impl LocalStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            edge: None,
+        }
+    }
+
+    /// The store with `edge` in front of it: a CDN whose origin serves
+    /// the directory (`qsync serve --store`), objects at `/KEY`.
+    pub fn with_edge(mut self, edge: Option<std::sync::Arc<dyn crate::EdgeCache>>) -> Self {
+        self.edge = edge;
+        self
     }
 
     /// The root directory.
@@ -166,6 +177,11 @@ impl ObjectSource for LocalStore {
 
 #[async_trait]
 impl ObjectSink for LocalStore {
+    fn edge(&self) -> Option<crate::Edge<'_>> {
+        let cache = self.edge.as_deref()?;
+        Some(crate::Edge { cache, prefix: "" })
+    }
+
     async fn put(&self, key: &ObjectKey, body: Bytes, _: PutOptions) -> Result<(), StoreError> {
         self.blocking(key, move |p| write_atomically(&p, &body)).await
     }

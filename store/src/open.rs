@@ -8,7 +8,7 @@ use crate::http::HttpStore;
 use crate::ipfs::{self, IpfsStore};
 use crate::local::LocalStore;
 use crate::s3::{S3Options, S3Store};
-use crate::traits::{ObjectSink, ObjectSource, StoreError};
+use crate::traits::{EdgeCache, ObjectSink, ObjectSource, StoreError};
 use crate::url::StoreUrl;
 use crate::url_signer::UrlSigner;
 
@@ -26,13 +26,16 @@ pub struct StoreOptions {
     /// Bearer token for HTTP stores (private `qsync serve` mirrors).
     pub http_token: Option<String>,
     /// Signs requests to https:// stores (a private CloudFront distribution).
-    pub cloudfront: Option<Arc<UrlSigner>>,
+    pub url_signer: Option<Arc<UrlSigner>>,
     /// S3 endpoint, addressing and request options.
     pub s3: S3Options,
     /// Gateway for `ipfs://CID` stores [default: [`DEFAULT_IPFS_GATEWAY`]].
     pub ipfs_gateway: Option<String>,
     /// RPC API for `ipfs://CID` stores; when set, reads use `cat` instead of the gateway.
     pub ipfs_api: Option<String>,
+    /// The CDN in front of writable S3 and local stores, told which
+    /// objects a publish rewrote ([`crate::ObjectSink::edge`]).
+    pub edge_cache: Option<Arc<dyn EdgeCache>>,
 }
 
 /// The gateway `ipfs://CID` stores are read through unless told otherwise.
@@ -60,7 +63,7 @@ pub fn open_source_at(url: &StoreUrl, opts: &StoreOptions) -> Result<Arc<dyn Obj
             opts.ipfs_api.as_deref(),
         )?,
         StoreUrl::Http(base) => Arc::new(
-            HttpStore::with_token(base, opts.http_token.as_deref())?.with_signer(opts.cloudfront.clone()),
+            HttpStore::with_token(base, opts.http_token.as_deref())?.with_signer(opts.url_signer.clone()),
         ),
     })
 }
@@ -78,8 +81,10 @@ pub fn open_sink_with(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectSi
 /// Opens the store at `url` for writing with `opts`.
 pub fn open_sink_at(url: &StoreUrl, opts: &StoreOptions) -> Result<Arc<dyn ObjectSink>, StoreError> {
     match url {
-        StoreUrl::Local(dir) => Ok(Arc::new(LocalStore::new(dir))),
-        StoreUrl::S3(at) => Ok(Arc::new(S3Store::new(at.clone(), opts.s3.clone()))),
+        StoreUrl::Local(dir) => Ok(Arc::new(LocalStore::new(dir).with_edge(opts.edge_cache.clone()))),
+        StoreUrl::S3(at) => Ok(Arc::new(
+            S3Store::new(at.clone(), opts.s3.clone()).with_edge(opts.edge_cache.clone()),
+        )),
         StoreUrl::IpfsMfs { api, dir } => Ok(Arc::new(IpfsStore::new(api, dir)?)),
         StoreUrl::Http(_) | StoreUrl::IpfsCid(_) => Err(StoreError::ReadOnly {
             location: url.to_string(),
@@ -103,5 +108,42 @@ mod tests {
         ));
         let err = open_source("gopher://h").err().unwrap().to_string();
         assert!(err.contains("not supported"), "{err}");
+    }
+
+    /// Records what it is asked to invalidate.
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl EdgeCache for Recorder {
+        async fn invalidate(&self, paths: Vec<String>) -> Result<String, StoreError> {
+            self.0.lock().unwrap().extend(paths);
+            Ok("I1".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_edge_cache_is_told_the_paths_it_serves_the_keys_at() {
+        let recorder = Arc::new(Recorder::default());
+        let opts = StoreOptions {
+            edge_cache: Some(recorder.clone()),
+            ..Default::default()
+        };
+        let keys = ["chains/eth/latest.json".to_string()];
+        for (url, path) in [
+            ("s3://bkt/main/net", "/main/net/chains/eth/latest.json"),
+            ("/tmp/x", "/chains/eth/latest.json"),
+        ] {
+            let sink = open_sink_with(url, &opts).unwrap();
+            assert_eq!(sink.edge().unwrap().invalidate(&keys).await.unwrap(), "I1");
+            assert_eq!(recorder.0.lock().unwrap().pop().unwrap(), path, "{url}");
+        }
+        // Readers of an IPFS directory go through gateways, never this cache;
+        // without the option no store has one.
+        assert!(open_sink_with("ipfs+http://127.0.0.1:5001/qsync", &opts)
+            .unwrap()
+            .edge()
+            .is_none());
+        assert!(open_sink("s3://bkt/p").unwrap().edge().is_none());
     }
 }

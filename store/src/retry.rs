@@ -120,6 +120,10 @@ impl ObjectSink for Retrying {
         self.inner.roots()
     }
 
+    fn edge(&self) -> Option<crate::Edge<'_>> {
+        self.inner.edge()
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         self.run(|| self.inner.delete(key)).await
     }

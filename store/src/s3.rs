@@ -75,6 +75,7 @@ pub struct S3Store {
     at: S3Location,
     opts: S3Options,
     client: OnceCell<Client>,
+    edge: Option<std::sync::Arc<dyn crate::EdgeCache>>,
 }
 
 impl S3Store {
@@ -84,7 +85,15 @@ impl S3Store {
             at,
             opts,
             client: OnceCell::new(),
+            edge: None,
         }
+    }
+
+    /// The store with `edge` in front of it: a CDN whose root serves the
+    /// bucket's objects by name, prefix included.
+    pub fn with_edge(mut self, edge: Option<std::sync::Arc<dyn crate::EdgeCache>>) -> Self {
+        self.edge = edge;
+        self
     }
 
     async fn client(&self) -> &Client {
@@ -476,6 +485,14 @@ impl ObjectSource for S3Store {
 
 #[async_trait]
 impl ObjectSink for S3Store {
+    fn edge(&self) -> Option<crate::Edge<'_>> {
+        let cache = self.edge.as_deref()?;
+        Some(crate::Edge {
+            cache,
+            prefix: &self.at.prefix,
+        })
+    }
+
     async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError> {
         if body.len() > MULTIPART_THRESHOLD {
             self.put_multipart(key, body, opts).await

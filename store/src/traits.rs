@@ -310,6 +310,12 @@ pub trait ObjectSink: ObjectSource {
     fn roots(&self) -> Option<&dyn Roots> {
         None
     }
+    /// The [`Edge`] cache in front of this store, where one was configured
+    /// (CloudFront before an S3 bucket or a `qsync serve` origin); `None`
+    /// when readers reach the store directly.
+    fn edge(&self) -> Option<Edge<'_>> {
+        None
+    }
     /// Removes the object; absent objects are not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
     /// Every object whose key lies under `dir/`, in no particular order.
@@ -329,4 +335,34 @@ pub trait Roots: Send + Sync {
     /// newer root holds everything still kept (IPFS: unpin it, so the
     /// node's repository GC can reclaim what only it held).
     async fn retire_root(&self, root: &str) -> Result<(), StoreError>;
+}
+
+/// A cache between a store and its readers (a CDN) that must be told
+/// which objects were rewritten in place, so it stops serving their old
+/// bytes before their max-age runs out. Implemented outside this crate
+/// (CloudFront invalidation is in `qsync-cdn`) and handed to a store
+/// through [`crate::StoreOptions::edge_cache`].
+#[async_trait]
+pub trait EdgeCache: Send + Sync + std::fmt::Debug {
+    /// Makes the cache forget `paths` (each starting with `/`, as the
+    /// cache's readers request them); returns the cache's ID for the request.
+    async fn invalidate(&self, paths: Vec<String>) -> Result<String, StoreError>;
+}
+
+/// A store's [`EdgeCache`] with the path at which the cache serves the
+/// store's objects: what a pipeline sees, in keys, never in backends.
+#[derive(Clone, Copy, Debug)]
+pub struct Edge<'a> {
+    /// The cache.
+    pub cache: &'a dyn EdgeCache,
+    /// What comes before a key in the cache's paths (an S3 bucket's prefix).
+    pub prefix: &'a str,
+}
+
+impl Edge<'_> {
+    /// Invalidates the cached copies of `keys`.
+    pub async fn invalidate(&self, keys: &[String]) -> Result<String, StoreError> {
+        let paths = keys.iter().map(|k| format!("/{}{k}", self.prefix)).collect();
+        self.cache.invalidate(paths).await
+    }
 }

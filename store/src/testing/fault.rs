@@ -223,6 +223,10 @@ impl ObjectSink for FaultySink {
         self.inner.roots()
     }
 
+    fn edge(&self) -> Option<crate::Edge<'_>> {
+        self.inner.edge()
+    }
+
     async fn put(&self, key: &ObjectKey, body: Bytes, opts: PutOptions) -> Result<(), StoreError> {
         self.check(key)?;
         self.inner.put(key, body, opts).await
