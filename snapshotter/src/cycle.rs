@@ -19,7 +19,7 @@ use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
 use qsync_core::ChainName;
 use qsync_store::probe::{require_conditional_writes, WriteSafety};
-use qsync_store::{open_sink_at, ObjectSink, StoreUrl};
+use qsync_store::{open_sink_at, ObjectSink, StoreId};
 use serde::Serialize;
 
 use crate::chainmeta::AroundFreeze;
@@ -51,6 +51,9 @@ pub struct CycleError {
 /// One store's part of a cycle.
 #[derive(Clone, Debug, Serialize)]
 pub struct StoreReport {
+    /// Which store (matches the report to the opened store).
+    #[serde(skip)]
+    pub id: StoreId,
     /// The store.
     pub location: String,
     /// Whether its pointer moved.
@@ -98,11 +101,20 @@ pub struct CycleReport {
 
 impl StoreReport {
     /// A store's report from its publish result; GC and the CDN come later.
-    fn new(location: String, result: Result<SnapshotSummary, String>) -> StoreReport {
+    fn new(sink: &dyn ObjectSink, result: Result<SnapshotSummary, impl std::fmt::Display>) -> StoreReport {
+        StoreReport::of(sink.id(), sink.location(), result)
+    }
+
+    fn of(
+        id: StoreId,
+        location: String,
+        result: Result<SnapshotSummary, impl std::fmt::Display>,
+    ) -> StoreReport {
         StoreReport {
+            id,
             location,
             ok: result.is_ok(),
-            error: result.as_ref().err().cloned(),
+            error: result.as_ref().err().map(|e| e.to_string()),
             summary: result.ok(),
             gc: None,
             cloudfront_invalidation: None,
@@ -137,8 +149,8 @@ pub struct ChainJob {
     /// Its validated name.
     pub chain: ChainName,
     signer: SigningKey,
-    /// (URL as configured, opened store).
-    stores: Vec<(StoreUrl, Arc<dyn ObjectSink>)>,
+    /// The opened stores, in the configured order.
+    stores: Vec<Arc<dyn ObjectSink>>,
     state_dir: PathBuf,
     /// Held while a cycle or a re-sign writes this chain's pointers: both
     /// write conditionally, so running them at once would fail one.
@@ -156,12 +168,7 @@ impl ChainJob {
         let stores = cfg
             .stores
             .iter()
-            .map(|url| {
-                Ok((
-                    url.clone(),
-                    open_sink_at(url, &opts).with_context(|| format!("chain {chain}: store {url}"))?,
-                ))
-            })
+            .map(|url| open_sink_at(url, &opts).with_context(|| format!("chain {chain}: store {url}")))
             .collect::<anyhow::Result<_>>()?;
         Ok(ChainJob {
             state_dir: state_dir.join(chain.as_str()),
@@ -180,7 +187,7 @@ impl ChainJob {
 
     /// The opened stores.
     pub fn sinks(&self) -> impl Iterator<Item = &Arc<dyn ObjectSink>> {
-        self.stores.iter().map(|(_, s)| s)
+        self.stores.iter()
     }
 
     /// A JSON record of this chain in the state dir; `None` when absent or
@@ -232,14 +239,12 @@ impl ChainJob {
         // which leases and pointer moves rely on (unless `lease-only`).
         let mut leases: Vec<Lease> = Vec::new();
         let mut sinks: Vec<Arc<dyn ObjectSink>> = Vec::new();
-        for (url, sink) in &self.stores {
+        for sink in &self.stores {
             if let Err(e) =
                 require_conditional_writes(sink.as_ref(), WriteSafety::from_lease_only(self.cfg.lease_only))
                     .await
             {
-                report
-                    .stores
-                    .push(StoreReport::new(url.to_string(), Err(e.to_string())));
+                report.stores.push(StoreReport::new(sink.as_ref(), Err(e)));
                 continue;
             }
             match lease::acquire_for_publish(sink.clone(), &self.chain).await {
@@ -253,9 +258,7 @@ impl ChainJob {
                     }
                     return Err(fail(Stage::Lock, e.to_string(), &report));
                 }
-                Err(e) => report
-                    .stores
-                    .push(StoreReport::new(url.to_string(), Err(e.to_string()))),
+                Err(e) => report.stores.push(StoreReport::new(sink.as_ref(), Err(e))),
             }
         }
         let result = if sinks.is_empty() {
@@ -436,8 +439,7 @@ impl ChainJob {
             self.save_state(KNOWN_FILES, &published.known, "the next cycle reads every file");
         }
         for s in published.stores {
-            let result = s.result.map_err(|e| e.to_string());
-            report.stores.push(StoreReport::new(s.location, result));
+            report.stores.push(StoreReport::of(s.id, s.location, s.result));
         }
         report.summary = report.stores.iter().find_map(|s| s.summary.clone());
         tracing::debug!("cycle of {} published after {:?}", self.chain, started.elapsed());
@@ -448,17 +450,17 @@ impl ChainJob {
     /// every snapshot the pointer keeps; the root pinned by the previous
     /// cycle is then unpinned (remembered in the state dir per store).
     async fn retire_older_root(&self, sink: &dyn ObjectSink, root: &str) {
-        let mut roots: std::collections::BTreeMap<String, String> =
+        let mut roots: std::collections::BTreeMap<StoreId, String> =
             self.load_state(IPFS_ROOTS).unwrap_or_default();
         let location = sink.location();
-        let old = roots.get(&location).filter(|old| old.as_str() != root);
+        let old = roots.get(&sink.id()).filter(|old| old.as_str() != root);
         if let (Some(old), Some(pins)) = (old, sink.roots()) {
             match pins.retire_root(old).await {
                 Ok(()) => tracing::info!("{location}: unpinned the previous root {old}"),
                 Err(e) => tracing::warn!("{location}: could not unpin the previous root {old}: {e}"),
             }
         }
-        roots.insert(location, root.to_string());
+        roots.insert(sink.id(), root.to_string());
         self.save_state(IPFS_ROOTS, &roots, "the next cycle cannot unpin this root");
     }
 
@@ -466,7 +468,7 @@ impl ChainJob {
     async fn after_publish(&self, report: &mut CycleReport) {
         for s in report.stores.iter_mut() {
             let Some(summary) = &s.summary else { continue };
-            let Some((url, sink)) = self.stores.iter().find(|(_, k)| k.location() == s.location) else {
+            let Some(sink) = self.stores.iter().find(|k| k.id() == s.id) else {
                 continue;
             };
             s.cloudfront_invalidation = commit::invalidate_rewritten(sink.as_ref(), &summary.rewritten).await;
@@ -486,7 +488,7 @@ impl ChainJob {
                 {
                     Ok(g) => {
                         if let Some(why) = &g.deferred {
-                            tracing::info!("{url}: garbage collection deferred: {why}");
+                            tracing::info!("{}: garbage collection deferred: {why}", s.location);
                         }
                         s.gc = Some(g);
                     }

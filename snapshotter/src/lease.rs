@@ -29,7 +29,7 @@ use bytes::Bytes;
 use qsync_core::lease::{stat_start_time, Machine, MAX_BYTES};
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, ObjectKey};
-use qsync_store::{Expect, ObjectSink, PutOptions, StoreError};
+use qsync_store::{Expect, ObjectSink, PutOptions, StoreError, StoreId};
 
 pub use qsync_core::lease::LeaseBody;
 
@@ -90,11 +90,11 @@ pub struct Lease {
     renew: tokio::task::JoinHandle<()>,
 }
 
-/// The leases this process holds, by (store location, lease key): what
+/// The leases this process holds, by (store, lease key): what
 /// [`check_held`] compares the store's lease with.
-static HELD: Mutex<Option<HashMap<(String, ObjectKey), String>>> = Mutex::new(None);
+static HELD: Mutex<Option<HashMap<(StoreId, ObjectKey), String>>> = Mutex::new(None);
 
-fn held_map<T>(f: impl FnOnce(&mut HashMap<(String, ObjectKey), String>) -> T) -> T {
+fn held_map<T>(f: impl FnOnce(&mut HashMap<(StoreId, ObjectKey), String>) -> T) -> T {
     f(HELD
         .lock()
         .expect("not poisoned")
@@ -191,7 +191,7 @@ pub async fn check_held(sink: &dyn ObjectSink, chain: &ChainName) -> Result<(), 
         key: key.to_string(),
         now,
     };
-    let Some(ours) = held_map(|m| m.get(&(sink.location(), key.clone())).cloned()) else {
+    let Some(ours) = held_map(|m| m.get(&(sink.id(), key.clone())).cloned()) else {
         return Err(lost("this run never took it".into()));
     };
     match read(sink, &key).await? {
@@ -249,7 +249,7 @@ impl Lease {
             }
             Err(e) => return Err(e.into()),
         }
-        held_map(|m| m.insert((sink.location(), key.clone()), holder.clone()));
+        held_map(|m| m.insert((sink.id(), key.clone()), holder.clone()));
         let renew = {
             let (sink, key, holder, purpose) =
                 (sink.clone(), key.clone(), holder.clone(), purpose.to_string());
@@ -289,7 +289,7 @@ impl Lease {
     /// Forgets this lease in the process's record of held leases.
     fn forget(&self) {
         held_map(|m| {
-            let k = (self.sink.location(), self.key.clone());
+            let k = (self.sink.id(), self.key.clone());
             if m.get(&k) == Some(&self.holder) {
                 m.remove(&k);
             }

@@ -31,7 +31,7 @@ use qsync_core::sign::SigningKey;
 use qsync_core::time::Timestamp;
 use qsync_core::{Digest, ObjectKey};
 use qsync_store::signed::get_signed_for_update;
-use qsync_store::ObjectSink;
+use qsync_store::{ObjectSink, StoreId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -48,7 +48,7 @@ use crate::SnapshotError;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KnownFiles {
     /// BLAKE3 of the manifest each store's pointer named after the run.
-    pub manifests: BTreeMap<String, Digest>,
+    pub manifests: BTreeMap<StoreId, Digest>,
     /// Per file: stat data when read, and its entry.
     pub files: HashMap<String, (Stat, FileEntry)>,
 }
@@ -57,6 +57,8 @@ pub struct KnownFiles {
 #[derive(Debug)]
 pub struct StoreOutcome {
     /// The store.
+    pub id: StoreId,
+    /// Where it is.
     pub location: String,
     /// Its summary, or why its pointer did not move.
     pub result: Result<SnapshotSummary, SnapshotError>,
@@ -196,7 +198,7 @@ pub async fn publish_many(
     // snapshot, whose chunks are then all there.
     let reuse = known.filter(|k| {
         targets.iter().zip(&previous).all(|(t, p)| match p {
-            Some((Some(p), _)) => k.manifests.get(&t.sink.location()) == Some(&p.current.manifest_blake3),
+            Some((Some(p), _)) => k.manifests.get(&t.sink.id()) == Some(&p.current.manifest_blake3),
             _ => !t.live(),
         })
     });
@@ -317,7 +319,7 @@ pub async fn publish_many(
     let mut manifests = BTreeMap::new();
     let mut stores = Vec::new();
     for (t, prev) in targets.iter().zip(previous) {
-        let location = t.sink.location();
+        let id = t.sink.id();
         let failed = t.failed.lock().expect("not poisoned").take();
         let result = match (failed, prev) {
             (Some(e), _) => Err(e),
@@ -325,10 +327,11 @@ pub async fn publish_many(
             (None, Some((previous, expect))) => finish_store(t, &snapshot, previous.as_ref(), &expect).await,
         };
         if let Ok((_, digest)) = &result {
-            manifests.insert(location.clone(), *digest);
+            manifests.insert(id.clone(), *digest);
         }
         stores.push(StoreOutcome {
-            location,
+            id,
+            location: t.sink.location(),
             result: result.map(|(summary, _)| summary),
         });
     }
@@ -354,6 +357,7 @@ fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
         stores: targets
             .iter()
             .map(|t| StoreOutcome {
+                id: t.sink.id(),
                 location: t.sink.location(),
                 result: Err(t
                     .failed

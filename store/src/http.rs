@@ -149,6 +149,10 @@ impl ObjectSource for HttpStore {
         self.base.clone()
     }
 
+    fn id(&self) -> crate::StoreId {
+        crate::StoreUrl::Http(self.base.clone()).id()
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         self.get_limited(key, u64::MAX).await
     }

@@ -184,6 +184,11 @@ impl IpfsStore {
                 rpc: Rpc::new(api)?,
                 root: format!("/{dir}"),
                 location: format!("{api} (MFS /{dir})"),
+                id: crate::StoreUrl::IpfsMfs {
+                    api: api.into(),
+                    dir: dir.into(),
+                }
+                .id(),
             },
             dirs: Mutex::new(HashSet::new()),
         })
@@ -296,6 +301,10 @@ impl IpfsStore {
 impl ObjectSource for IpfsStore {
     fn location(&self) -> String {
         self.read.location()
+    }
+
+    fn id(&self) -> crate::StoreId {
+        self.read.id()
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
@@ -452,6 +461,7 @@ struct Reader {
     /// `/<MFS dir>` or `/ipfs/<CID>`, no trailing `/`.
     root: String,
     location: String,
+    id: crate::StoreId,
 }
 
 impl Reader {
@@ -489,6 +499,10 @@ impl Reader {
 impl ObjectSource for Reader {
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn id(&self) -> crate::StoreId {
+        self.id.clone()
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
@@ -533,6 +547,7 @@ pub fn open_cid(cid: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn O
             rpc: Rpc::new(api)?,
             root: format!("/ipfs/{cid}"),
             location: format!("ipfs://{cid} (via {api})"),
+            id: crate::StoreUrl::IpfsCid(cid.into()).id(),
         }),
         None => Arc::new(HttpStore::new(&format!(
             "{}/ipfs/{cid}/",

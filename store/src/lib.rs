@@ -38,4 +38,4 @@ pub use traits::{
     Body, CacheClass, Edge, EdgeCache, Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions,
     Roots, StoreError, Version,
 };
-pub use url::{S3Location, StoreUrl};
+pub use url::{S3Location, StoreId, StoreUrl};

@@ -140,6 +140,10 @@ impl ObjectSource for LocalStore {
         self.root.display().to_string()
     }
 
+    fn id(&self) -> crate::StoreId {
+        crate::StoreUrl::Local(self.root.clone()).id()
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         self.blocking(key, |p| std::fs::read(p).map(Bytes::from)).await
     }

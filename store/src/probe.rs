@@ -210,6 +210,10 @@ mod tests {
         fn location(&self) -> String {
             self.0.location()
         }
+
+        fn id(&self) -> crate::StoreId {
+            self.0.id()
+        }
         async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
             self.0.get(key).await
         }

@@ -74,6 +74,10 @@ impl ObjectSource for Retrying {
         self.inner.location()
     }
 
+    fn id(&self) -> crate::StoreId {
+        self.inner.id()
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         self.run(|| self.inner.get(key)).await
     }

@@ -441,6 +441,10 @@ impl ObjectSource for S3Store {
         self.at.to_string()
     }
 
+    fn id(&self) -> crate::StoreId {
+        crate::StoreUrl::S3(self.at.clone()).id()
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         self.get_limited(key, u64::MAX).await
     }

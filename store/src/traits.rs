@@ -248,6 +248,8 @@ impl StoreError {
 pub trait ObjectSource: Send + Sync + 'static {
     /// Where this store is, for error messages and logs.
     fn location(&self) -> String;
+    /// Which store this is, for records kept between runs.
+    fn id(&self) -> crate::StoreId;
     /// The whole object.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError>;
     /// The whole object, refusing (without reading it all) one longer than

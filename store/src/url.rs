@@ -122,6 +122,50 @@ impl<'de> serde::Deserialize<'de> for StoreUrl {
     }
 }
 
+/// A store's identity in the records kept about it between runs (which
+/// manifest each store last took, which IPFS root each store pinned):
+/// its URL in canonical form, with a local directory made absolute, so the
+/// same store has the same id however it was spelled and from whichever
+/// working directory. Serialised as that string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StoreId(String);
+
+impl StoreId {
+    /// The id of a store that has no URL (the in-memory test store).
+    pub fn unlisted(name: &str) -> StoreId {
+        StoreId(format!("unlisted:{name}"))
+    }
+}
+
+impl fmt::Display for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StoreUrl {
+    /// The store's [`StoreId`].
+    pub fn id(&self) -> StoreId {
+        match self {
+            StoreUrl::Local(p) => {
+                // Lexically, as the operator wrote it: `..` goes up one name.
+                let mut normal = PathBuf::new();
+                for c in std::path::absolute(p).unwrap_or_else(|_| p.clone()).components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            normal.pop();
+                        }
+                        c => normal.push(c),
+                    }
+                }
+                StoreId(normal.display().to_string())
+            }
+            other => StoreId(other.to_string()),
+        }
+    }
+}
+
 /// The canonical form: parsing it gives the same value.
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,6 +222,22 @@ impl S3Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_has_one_id_however_it_is_spelled() {
+        let id = |u: &str| StoreUrl::parse(u).unwrap().id();
+        let cwd = std::env::current_dir().unwrap();
+        let here = id(&cwd.join("store").display().to_string());
+        for spelling in ["store", "./store", "store/", "./x/../store"] {
+            assert_eq!(id(spelling), here, "{spelling}");
+        }
+        assert_eq!(id("s3://bkt/p"), id("s3://bkt/p/"));
+        assert_ne!(id("s3://bkt/p"), id("s3://bkt/q"));
+        assert_eq!(
+            serde_json::to_string(&id("s3://bkt/p")).unwrap(),
+            "\"s3://bkt/p/\""
+        );
+    }
 
     #[test]
     fn every_kind_parses_and_prints_back() {

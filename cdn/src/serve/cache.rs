@@ -420,6 +420,10 @@ impl ObjectSource for PullThrough {
         )
     }
 
+    fn id(&self) -> qsync_store::StoreId {
+        self.upstream.id()
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         self.ensure(key).await?;
         self.local.get(key).await

@@ -112,6 +112,10 @@ impl ObjectSource for Faulty {
         format!("faulty:{}", self.inner.location())
     }
 
+    fn id(&self) -> crate::StoreId {
+        self.inner.id()
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         let corrupt = self.before(key).await?;
         let body = self.inner.get(key).await?;
@@ -202,6 +206,10 @@ impl FaultySink {
 impl ObjectSource for FaultySink {
     fn location(&self) -> String {
         self.inner.location()
+    }
+
+    fn id(&self) -> crate::StoreId {
+        self.inner.id()
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {

@@ -90,6 +90,10 @@ impl ObjectSource for MemoryStore {
         format!("mem://{}", self.name)
     }
 
+    fn id(&self) -> crate::StoreId {
+        crate::StoreId::unlisted(&self.name)
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         let objects = self.objects.lock().expect("not poisoned");
         objects
