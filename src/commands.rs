@@ -472,6 +472,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         ),
         (_, Some(dir)) => {
             let upstream = open_source_with(&a.store, &a.remote.options()?)?;
+            qsync_store::probe::readable(upstream.as_ref())
+                .await
+                .with_context(|| format!("checking the upstream store {}", a.store))?;
             let cache = PullThrough::open(
                 upstream,
                 dir,

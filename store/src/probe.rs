@@ -8,14 +8,27 @@
 //! creates `probes/<random>.json` on condition that it is absent, then tries
 //! the same again (it must conflict) and an overwrite expecting a version
 //! that never existed (it must conflict too), and deletes the object.
-//! Generic over [`ObjectSink`]: no backend is special-cased.
+//! Generic over [`ObjectSink`]: no backend is special-cased. A store only
+//! read from gets [`readable`]: reachable, credentials accepted, bucket there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use qsync_core::{Digest, ObjectKey};
 
-use crate::traits::{Expect, ObjectSink, PutOptions, StoreError, Version};
+use crate::traits::{Expect, ObjectSink, ObjectSource, PutOptions, StoreError, Version};
+
+/// Checks that `source` can be read, as a reader will read it: fetches the
+/// catalog (an absent one is fine, an empty store has none), so an
+/// unreachable host, rejected credentials or a missing bucket are named at
+/// start instead of on the first client request.
+pub async fn readable(source: &dyn ObjectSource) -> Result<(), StoreError> {
+    match source.get_limited(&ObjectKey::catalog(), 1 << 20).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// Why a store failed the probe.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +265,18 @@ mod tests {
         async fn list(&self, dir: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
             self.0.list(dir).await
         }
+    }
+
+    #[tokio::test]
+    async fn readable_names_what_cannot_be_read() {
+        let d = tempfile::tempdir().unwrap();
+        readable(&LocalStore::new(d.path())).await.unwrap();
+        let store = crate::testing::MemoryStore::new("upstream");
+        readable(&store).await.unwrap();
+        let broken = crate::testing::Faulty::new(std::sync::Arc::new(store));
+        broken.set(None, crate::testing::Fault::Error);
+        let e = readable(&broken).await.unwrap_err();
+        assert!(e.to_string().contains("upstream"), "{e}");
     }
 
     #[tokio::test]
