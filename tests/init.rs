@@ -67,7 +67,12 @@ fn fresh_then_recent_without_network_then_stale_top_up() {
     // Stale: a newer snapshot exists and the restore is older than --max-age.
     std::fs::write(env.path("src/new.sst"), noise(1 << 20, 4)).unwrap();
     env.snapshot(&env.path("src"), "eth", &["--height", "2000"]);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The restore was written an hour ago.
+    let marker_path = dest.join(".qsync-restore.json");
+    let mut marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker_path).unwrap()).unwrap();
+    marker["written_at"] = an_hour_ago().to_string().into();
+    std::fs::write(&marker_path, serde_json::to_vec(&marker).unwrap()).unwrap();
     let mut c = init_cmd(&env, env.store.to_str().unwrap(), &dest);
     c.env("QSYNC_MAX_AGE", "1s");
     let (code, _, err) = run(c);

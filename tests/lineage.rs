@@ -111,13 +111,8 @@ fn an_expired_candidate_that_outranks_a_fresh_one_is_skipped() {
     let (fresh, expiring) = (env.path("fresh"), env.path("expiring"));
     publish(&env, &fresh, "fresh", &[]);
     next_second();
-    publish(
-        &env,
-        &expiring,
-        "newer-but-expiring",
-        &["--expires-in", "1s", "--lifetime", "1h"],
-    );
-    std::thread::sleep(Duration::from_millis(2100));
+    publish(&env, &expiring, "newer-but-expiring", &[]);
+    env.resign_pointer(&expiring, "eth", |p| p.expires_at = an_hour_ago());
     let dest = env.path("dest");
     let (code, s, err) = restore_from(
         &env,

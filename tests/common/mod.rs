@@ -185,6 +185,28 @@ impl Env {
     pub fn pointer_path(&self, chain: &str) -> PathBuf {
         self.store.join(format!("chains/{chain}/latest.json"))
     }
+
+    /// Rewrites the pointer of `chain` in the local `store` with `change`
+    /// and signs it with this environment's key, as a publisher would:
+    /// tests make a validly signed pointer that expired an hour ago
+    /// instead of sleeping until one does.
+    pub fn resign_pointer(
+        &self,
+        store: &Path,
+        chain: &str,
+        change: impl FnOnce(&mut qsync_core::pointer::Pointer),
+    ) {
+        let key = qsync_core::ObjectKey::pointer(&qsync_core::ChainName::new(chain).unwrap());
+        let path = store.join(key.as_str());
+        let mut p = qsync_core::pointer::Pointer::decode(&std::fs::read(&path).unwrap(), "test").unwrap();
+        change(&mut p);
+        let body = p.encode();
+        let sk = qsync_core::sign::SigningKey::load(&self.sk).unwrap();
+        let sig = store.join(key.signature_for(&body).as_str());
+        std::fs::create_dir_all(sig.parent().unwrap()).unwrap();
+        std::fs::write(sig, sk.sign(&key, &body)).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
 }
 
 /// The binary under test, with no QSYNC_* variables leaking in.
@@ -333,6 +355,11 @@ pub fn mutate(dir: &Path, percent: u32, seed: Option<u64>) -> Value {
 }
 
 /// Panics with an install hint when an external tool is missing.
+/// An hour before now, as the format writes times.
+pub fn an_hour_ago() -> qsync_core::time::Timestamp {
+    qsync_core::time::Timestamp(qsync_core::time::Timestamp::now().0 - 3600)
+}
+
 pub fn require(tool: &str) {
     let ok = Command::new("sh")
         .arg("-c")

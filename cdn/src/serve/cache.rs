@@ -74,6 +74,8 @@ pub struct PullThrough {
     local: LocalStore,
     max_bytes: u64,
     mutable_max_age: Duration,
+    /// Objects used this recently are not evicted ([`EVICTION_GRACE`]).
+    eviction_grace: Duration,
     lru: Mutex<Lru>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     slots: Semaphore,
@@ -115,6 +117,7 @@ impl PullThrough {
             local: LocalStore::new(dir),
             max_bytes,
             mutable_max_age,
+            eviction_grace: EVICTION_GRACE,
             lru: Mutex::new(lru),
             flights: Mutex::new(HashMap::new()),
             slots: Semaphore::new(upstream_concurrency.max(1)),
@@ -122,6 +125,13 @@ impl PullThrough {
             verified: Mutex::new(HashSet::new()),
             stats: CacheStats::default(),
         })
+    }
+
+    /// Protects objects used within `grace` from eviction instead of
+    /// [`EVICTION_GRACE`] (tests use zero and an hour instead of waiting).
+    pub fn with_eviction_grace(mut self, grace: Duration) -> Self {
+        self.eviction_grace = grace;
+        self
     }
 
     /// Checks signatures against `vk` before caching them as immutable
@@ -338,7 +348,7 @@ impl PullThrough {
             lru.total += size;
             let mut victims = Vec::new();
             while lru.total > self.max_bytes {
-                let idle = |used: &Option<Instant>| used.is_none_or(|t| t.elapsed() > EVICTION_GRACE);
+                let idle = |used: &Option<Instant>| used.is_none_or(|t| t.elapsed() > self.eviction_grace);
                 let oldest = lru
                     .entries
                     .iter()
@@ -445,5 +455,63 @@ impl ObjectSource for PullThrough {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsync_core::Digest;
+    use qsync_store::testing::MemoryStore;
+
+    /// An upstream holding `n` raw chunks of 64 KiB; their keys.
+    async fn upstream(n: u8) -> (Arc<MemoryStore>, Vec<ObjectKey>) {
+        use qsync_store::ObjectSink;
+        let store = Arc::new(MemoryStore::new("upstream"));
+        let mut keys = Vec::new();
+        for i in 0..n {
+            let plain = vec![i; 64 << 10];
+            let key = ObjectKey::chunk(&Digest::of(&plain));
+            store
+                .put(&key, plain.into(), qsync_store::PutOptions::for_key(&key))
+                .await
+                .unwrap();
+            keys.push(key);
+        }
+        (store, keys)
+    }
+
+    /// Least recently used objects go once the cache is over its size and
+    /// they are idle; objects in use within the grace period stay (the
+    /// size is a soft limit during a burst). Decided with the grace passed
+    /// in, instead of a test sleeping through it.
+    #[tokio::test]
+    async fn evicts_idle_objects_beyond_its_size_and_spares_busy_ones() {
+        let (store, keys) = upstream(6).await;
+        let limit = 3 * (64 << 10);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PullThrough::open(store.clone(), dir.path(), limit, Duration::from_secs(1), 4)
+            .unwrap()
+            .with_eviction_grace(Duration::ZERO);
+        for k in &keys {
+            cache.ensure(k).await.unwrap();
+        }
+        assert_eq!(cache.stats.evictions.load(Ordering::Relaxed), 3);
+        assert!(cache.cached_bytes() <= limit);
+        assert!(!dir.path().join(keys[0].as_str()).exists(), "the oldest was kept");
+        assert!(
+            dir.path().join(keys[5].as_str()).exists(),
+            "the newest was evicted"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let busy = PullThrough::open(store, dir.path(), limit, Duration::from_secs(1), 4)
+            .unwrap()
+            .with_eviction_grace(Duration::from_secs(3600));
+        for k in &keys {
+            busy.ensure(k).await.unwrap();
+        }
+        assert_eq!(busy.stats.evictions.load(Ordering::Relaxed), 0);
+        assert_eq!(busy.cached_bytes(), 6 * (64 << 10));
     }
 }
