@@ -480,6 +480,10 @@ pub enum SampleAction {
         /// Approximate size, MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
+        /// Instead of a database of large tables, this many small files of
+        /// 4-64 KiB (a goleveldb, account or blob store).
+        #[arg(long, default_value_t = 0)]
+        small_files: u64,
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,

@@ -546,9 +546,12 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 fn sample(a: SampleArgs) -> Result<()> {
     let r = match a.action {
-        SampleAction::Generate { dir, size_mib, seed } => {
-            crate::sample::generate(&dir, size_mib << 20, seed)?
-        }
+        SampleAction::Generate {
+            dir,
+            size_mib,
+            small_files,
+            seed,
+        } => crate::sample::generate(&dir, size_mib << 20, small_files, seed)?,
         SampleAction::Mutate { dir, percent, seed } => crate::sample::mutate(&dir, percent, seed)?,
     };
     print_json(&r)

@@ -6,6 +6,11 @@
 //! directories. `mutate` advances it like a node does: compaction deletes
 //! some SSTs and writes new ones of the same total size, the LOG grows and
 //! the MANIFEST/CURRENT pair is rewritten. Deterministic for a given seed.
+//!
+//! With `--small-files N` it lays out a store of N small files instead
+//! (4-64 KiB each, half compressible, in two levels of hashed directories),
+//! as goleveldb tables, account stores and blob stores look; `mutate`
+//! then rewrites that share of them.
 
 use std::fs;
 use std::io::Write;
@@ -125,8 +130,69 @@ fn report(dir: &Path, changed: u64) -> Result<SampleReport> {
     })
 }
 
-/// Writes a fresh sample chain directory of about `total` bytes into `dir`.
-pub fn generate(dir: &Path, total: u64, seed: u64) -> Result<SampleReport> {
+/// Where `--small-files` puts its files.
+const BLOBS: &str = "chains/sample/blobs";
+
+/// One small file's bytes: a log-like (compressible) half and a random half.
+fn small_file(rng: &mut Rng) -> Vec<u8> {
+    let size = (4 << 10) + rng.below(60 << 10);
+    let mut out = log_lines(size / 2, rng);
+    let at = out.len();
+    out.resize(size as usize, 0);
+    rng.fill(&mut out[at..]);
+    out
+}
+
+/// `count` small files under [`BLOBS`], named by number in 256 x 16 directories.
+fn generate_small(dir: &Path, count: u64, seed: u64) -> Result<SampleReport> {
+    let mut rng = Rng(seed);
+    let blobs = dir.join(BLOBS);
+    for i in 0..count {
+        let sub = blobs.join(format!("{:02x}/{:x}", i % 256, (i / 256) % 16));
+        if i < 256 * 16 {
+            fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
+        }
+        fs::write(sub.join(format!("{i:08}.blob")), small_file(&mut rng))?;
+    }
+    let r = report(dir, 0)?;
+    Ok(SampleReport {
+        bytes_changed: r.bytes_total,
+        ..r
+    })
+}
+
+/// Rewrites about `percent` % of the small files in place.
+fn mutate_small(dir: &Path, percent: f64, rng: &mut Rng) -> Result<SampleReport> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.join(BLOBS)];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    let n = ((files.len() as f64 * percent / 100.0).ceil() as usize).min(files.len());
+    let mut changed = 0;
+    for _ in 0..n {
+        let p = files.swap_remove(rng.below(files.len() as u64) as usize);
+        let body = small_file(rng);
+        changed += body.len() as u64;
+        fs::write(&p, body)?;
+    }
+    report(dir, changed)
+}
+
+/// Writes a fresh sample chain directory of about `total` bytes into `dir`,
+/// or `small_files` small files when that is not zero.
+pub fn generate(dir: &Path, total: u64, small_files: u64, seed: u64) -> Result<SampleReport> {
+    if small_files > 0 {
+        return generate_small(dir, small_files, seed);
+    }
     let mut rng = Rng(seed);
     let db = dir.join("chains/sample/db/full");
     let meta = dir.join("chains/sample/state-meta");
@@ -185,6 +251,9 @@ pub fn generate(dir: &Path, total: u64, seed: u64) -> Result<SampleReport> {
 /// Advances a sample directory by about `percent` % of its bytes.
 pub fn mutate(dir: &Path, percent: f64, seed: u64) -> Result<SampleReport> {
     let mut rng = Rng(seed ^ 0x5eed);
+    if dir.join(BLOBS).is_dir() {
+        return mutate_small(dir, percent, &mut rng);
+    }
     let db = dir.join("chains/sample/db/full");
     let before = report(dir, 0)?.bytes_total;
     let target = (before as f64 * percent / 100.0) as u64;

@@ -84,24 +84,21 @@ fn journal_records(dest: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Bytes of the chunks the journal in `dest` records as written.
+/// Bytes of the pieces the journal in `dest` records as written.
 fn journaled_bytes(env: &Env, dest: &std::path::Path) -> u64 {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
+    let stored = std::fs::read(env.manifest_path("eth")).unwrap();
+    let m = qsync_core::manifest::Manifest::decode(&stored, "manifest").unwrap();
     let text = std::fs::read_to_string(dest.join(".qsync-restore.journal")).unwrap();
     let mut done = std::collections::HashSet::new();
     for line in text.lines().skip(1).filter(|l| l.ends_with('}')) {
         let rec: serde_json::Value = serde_json::from_str(line).unwrap();
         let f = rec["f"].as_u64().unwrap() as usize;
-        let chunks = m["files"][f]["chunks"].as_array().unwrap();
         match rec["c"].as_array() {
             Some(c) => done.extend(c.iter().map(|i| (f, i.as_u64().unwrap() as usize))),
-            None => done.extend((0..chunks.len()).map(|i| (f, i))),
+            None => done.extend((0..m.piece_count(f)).map(|i| (f, i))),
         }
     }
-    done.iter()
-        .map(|(f, c)| m["files"][*f]["chunks"][*c]["size"].as_u64().unwrap())
-        .sum()
+    done.iter().map(|(f, c)| m.pieces(*f)[*c].len).sum()
 }
 
 #[test]

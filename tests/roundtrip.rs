@@ -86,8 +86,13 @@ fn top_up_fetches_only_changes_and_removes_extras() {
     let r = env.restore("eth", &dest);
     assert_eq!(r["version"], 2);
     assert_eq!(tree(&src), tree(&dest));
+    // Both files are small, so packed: their chunk brings its few small
+    // neighbours along.
     let changed = 700_000 + (1 << 20);
-    assert!(r["bytes_fetched"].as_u64().unwrap() <= changed, "{r}");
+    assert!(
+        r["bytes_fetched"].as_u64().unwrap() <= changed + (64 << 10),
+        "{r}"
+    );
     assert!(r["bytes_reused"].as_u64().unwrap() >= 20 << 20, "{r}");
     assert!(r["removed"].as_u64().unwrap() >= 3, "{r}");
 }
@@ -108,7 +113,10 @@ fn top_up_repairs_what_the_node_changed_and_verify_existing_rechecks_all() {
         .unwrap();
     let r = env.restore("eth", &dest);
     assert_eq!(tree(&src), tree(&dest));
-    assert!(r["bytes_fetched"].as_u64().unwrap() <= 700_000, "{r}");
+    assert!(
+        r["bytes_fetched"].as_u64().unwrap() <= 700_000 + (64 << 10),
+        "{r}"
+    );
 
     // A write in place that restores size and mtime still moves the inode's
     // change time, which the index also compares: the top-up repairs it.

@@ -180,17 +180,25 @@ fn publish_and_restore_survive_a_faulty_network() {
     };
     let proxy = FaultProxy::start(&s3.endpoint, faults, 17);
     let url = s3.url("faulty");
-    snapshot(&env, &proxy.url, &url, &src);
+    // Small chunks: about a hundred chunk requests each way for the faults to hit.
+    let mut c = snapshot_cmd(&env, &proxy.url, &url, &src);
+    c.args(["--chunk-size", "256"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(proxy.count(|c| &c.requester_pays), 0);
     // The reader pays for its requests, as a requester-pays bucket demands.
     let dest = env.path("dest");
     let mut c = env.restore_cmd(&url, "eth", &dest);
     aws_env(&mut c, &proxy.url).args(["--request-payer", "requester"]);
+    let before = proxy.count(|c| &c.requests);
     let (code, _, err) = run(c);
     assert_eq!(code, 0, "{err}");
     assert_eq!(tree(&dest), tree(&src));
-    assert!(
-        proxy.count(|c| &c.requester_pays) >= 220,
+    let restore_requests = proxy.count(|c| &c.requests) - before;
+    assert!(restore_requests >= 80, "{restore_requests} requests");
+    assert_eq!(
+        proxy.count(|c| &c.requester_pays),
+        restore_requests,
         "requests without x-amz-request-payer"
     );
     for (what, n) in [
@@ -234,7 +242,17 @@ fn publish_killed_with_sigkill_leaves_the_old_snapshot_and_resumes() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let partial = s3.chunk_count("killed");
+    // Uploads whose bodies were all sent land after the client is gone:
+    // count once the server has written them.
+    let mut partial = s3.chunk_count("killed");
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = s3.chunk_count("killed");
+        if now == partial {
+            break;
+        }
+        partial = now;
+    }
     assert_eq!(
         std::fs::read(s3.dir("killed/chains/eth/latest.json")).unwrap(),
         pointer,

@@ -66,18 +66,15 @@ fn addr(server: &Server) -> String {
     server.url.strip_prefix("http://").unwrap().to_string()
 }
 
-/// Some chunk of the current manifest (a plain JSON one).
+/// Some chunk object of the store, by key.
 fn some_chunk_key(env: &Env) -> String {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
-    let h = m["files"]
-        .as_array()
+    let first = env.chunk_objects().into_iter().next().expect("a chunk object");
+    first
+        .strip_prefix(&env.store)
         .unwrap()
-        .iter()
-        .find_map(|f| f["chunks"][0]["blake3"].as_str())
+        .to_str()
         .unwrap()
-        .to_string();
-    format!("chunks/{}/{h}", &h[..2])
+        .to_string()
 }
 
 #[test]

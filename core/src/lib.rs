@@ -1,4 +1,4 @@
-//! qsync format v1: everything a reader or writer of a qsync store must agree on.
+//! qsync's store format (v1; v2 packs small files): what every reader and writer agrees on.
 //!
 //! Object keys, content-defined chunking and chunk encoding, the manifest and
 //! the per-chain pointer, minisign signatures, and the trust state a fetcher
@@ -14,6 +14,7 @@ pub mod filehash;
 pub mod keys;
 pub mod lease;
 pub mod manifest;
+pub mod pieces;
 pub mod pointer;
 pub mod progress;
 pub mod records;

@@ -5,6 +5,12 @@
 //! on — confined paths, chunk sizes that add up, bounded sizes — so code
 //! holding a [`Manifest`] can trust its shape (its signature is checked by the
 //! caller, over the stored bytes, before decoding).
+//!
+//! Format 2 adds the pack: small files are not chunked one by one but as
+//! one stream, their concatenation in path order, whose chunks the
+//! manifest lists once ([`Manifest::pack`]); a packed file records no
+//! chunks of its own. Where each file's bytes lie, packed or not, is
+//! [`crate::pieces`].
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -15,8 +21,12 @@ use crate::chunk::{ChunkerParams, ZSTD_MAGIC};
 use crate::time::Timestamp;
 use crate::{ChainName, Digest, FormatError};
 
-/// `format` field of a v1 manifest.
+/// `format` field of a v1 manifest: every file chunked on its own.
 pub const MANIFEST_FORMAT: &str = "qsync-manifest/1";
+/// `format` field of a v2 manifest: small files packed into one stream
+/// ([`Manifest::pack`]). A writer uses it only when it packs something, so
+/// readers older than v2 keep reading snapshots that do not need it.
+pub const MANIFEST_FORMAT_PACKED: &str = "qsync-manifest/2";
 /// JSON larger than this is stored zstd-compressed.
 pub const COMPRESS_ABOVE: usize = 64 * 1024;
 /// Largest decoded manifest a reader accepts (about 20 million chunks).
@@ -66,8 +76,12 @@ pub struct FileEntry {
     pub mode: u32,
     /// BLAKE3 of the whole file.
     pub blake3: Digest,
-    /// Chunks in order; their sizes add up to `size`.
+    /// Chunks in order; their sizes add up to `size`. Empty for a packed file.
     pub chunks: Vec<ChunkRef>,
+    /// The file's bytes lie in the pack stream ([`Manifest::pack`]), after
+    /// those of every packed file before it (format 2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packed: bool,
 }
 
 /// A directory of the snapshot (listed so that empty ones are restored too).
@@ -117,17 +131,41 @@ pub struct Manifest {
     pub directories: Vec<DirEntry>,
     /// Regular files, sorted by path.
     pub files: Vec<FileEntry>,
+    /// Chunks of the pack stream: the packed files' bytes, concatenated in
+    /// file order (format 2; empty in format 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pack: Vec<ChunkRef>,
+    /// Where packed files and pack chunks start in the stream, worked out
+    /// once on first use (never stored).
+    #[serde(skip)]
+    pub pack_index: crate::pieces::PackIndex,
 }
 
 impl Manifest {
+    /// The `format` a manifest with this `pack` is labelled with: format 2
+    /// only when it packs something.
+    pub fn format_for(pack: &[ChunkRef]) -> &'static str {
+        if pack.is_empty() {
+            MANIFEST_FORMAT
+        } else {
+            MANIFEST_FORMAT_PACKED
+        }
+    }
+
     /// Total bytes of all files.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// Number of chunk references (with repeats).
+    /// Number of chunk references (with repeats), the pack's included.
     pub fn chunk_refs(&self) -> usize {
-        self.files.iter().map(|f| f.chunks.len()).sum()
+        self.files.iter().map(|f| f.chunks.len()).sum::<usize>() + self.pack.len()
+    }
+
+    /// Every chunk the snapshot references (with repeats): each file's,
+    /// then the pack's.
+    pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.files.iter().flat_map(|f| f.chunks.iter()).chain(&self.pack)
     }
 
     /// Serialises for storage; the bool says whether the bytes are zstd.
@@ -162,10 +200,18 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.format != MANIFEST_FORMAT {
+        let packs = match self.format.as_str() {
+            MANIFEST_FORMAT => false,
+            MANIFEST_FORMAT_PACKED => true,
+            other => {
+                return Err(format!(
+                    "format {other:?} is not one this qsync reads ({MANIFEST_FORMAT:?}, {MANIFEST_FORMAT_PACKED:?}); upgrade qsync to read it"
+                ))
+            }
+        };
+        if !packs && (!self.pack.is_empty() || self.files.iter().any(|f| f.packed)) {
             return Err(format!(
-                "format {:?} is not {MANIFEST_FORMAT:?}; upgrade qsync to read it",
-                self.format
+                "format {MANIFEST_FORMAT:?} cannot pack files; a packing writer labels its manifests {MANIFEST_FORMAT_PACKED:?}"
             ));
         }
         self.chunker.validate().map_err(|e| e.to_string())?;
@@ -180,13 +226,29 @@ impl Manifest {
                 return Err(format!("{:?} is listed twice", d.path));
             }
         }
+        let bad_size = |c: &&ChunkRef| c.size == 0 || c.size > u64::from(self.chunker.max_size);
+        if let Some(c) = self.pack.iter().find(bad_size) {
+            return Err(format!(
+                "pack chunk {} has size {}, outside 1..={}",
+                c.blake3, c.size, self.chunker.max_size
+            ));
+        }
+        let mut packed_bytes = 0u64;
         for f in &self.files {
             check_path(&f.path, &files)?;
-            if let Some(c) = f
-                .chunks
-                .iter()
-                .find(|c| c.size == 0 || c.size > u64::from(self.chunker.max_size))
-            {
+            if f.packed {
+                if !f.chunks.is_empty() || f.size == 0 {
+                    return Err(format!(
+                        "{:?} is packed but lists chunks of its own or is empty",
+                        f.path
+                    ));
+                }
+                packed_bytes = packed_bytes
+                    .checked_add(f.size)
+                    .ok_or_else(|| format!("{:?}: packed files add up to more than 2^64 bytes", f.path))?;
+                continue;
+            }
+            if let Some(c) = f.chunks.iter().find(bad_size) {
                 return Err(format!(
                     "{:?}: chunk {} has size {}, outside 1..={}",
                     f.path, c.blake3, c.size, self.chunker.max_size
@@ -201,6 +263,13 @@ impl Manifest {
                     f.path, f.size
                 ));
             }
+        }
+        // Bounded chunks again: at most 2 GiB of them cannot overflow.
+        let pack_bytes: u64 = self.pack.iter().map(|c| c.size).sum();
+        if pack_bytes != packed_bytes {
+            return Err(format!(
+                "the pack's chunks add up to {pack_bytes} bytes but the packed files to {packed_bytes}"
+            ));
         }
         Ok(())
     }
@@ -231,7 +300,7 @@ fn check_path(path: &str, files: &HashSet<&str>) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Manifest {
@@ -260,8 +329,63 @@ mod tests {
                     blake3: Digest::of(data),
                     size: 5,
                 }],
+                packed: false,
             }],
+            pack: Vec::new(),
+            pack_index: Default::default(),
         }
+    }
+
+    /// `sample` with two more files packed into one pack chunk.
+    pub(crate) fn packed_sample() -> Manifest {
+        let mut m = sample();
+        m.format = MANIFEST_FORMAT_PACKED.into();
+        let stream = b"0123456789abc";
+        for (path, bytes) in [("db/b", &stream[..4]), ("db/c", &stream[4..])] {
+            m.files.push(FileEntry {
+                path: path.into(),
+                size: bytes.len() as u64,
+                mode: 0o644,
+                blake3: Digest::of(bytes),
+                chunks: Vec::new(),
+                packed: true,
+            });
+        }
+        m.pack = vec![ChunkRef {
+            blake3: Digest::of(stream),
+            size: stream.len() as u64,
+        }];
+        m
+    }
+
+    #[test]
+    fn packed_round_trip_and_version_rules() {
+        let m = packed_sample();
+        assert_eq!(Manifest::format_for(&m.pack), MANIFEST_FORMAT_PACKED);
+        let (bytes, _) = m.encode();
+        assert_eq!(Manifest::decode(&bytes, "t").unwrap(), m);
+        // A v1 manifest cannot pack: an old writer never made one, and a
+        // v1 reader would not see those files' bytes.
+        let mut v1 = packed_sample();
+        v1.format = MANIFEST_FORMAT.into();
+        let err = Manifest::decode(&v1.encode().0, "t").unwrap_err().to_string();
+        assert!(err.contains("cannot pack"), "{err}");
+        // A version from the future is named, with what to do.
+        let mut v3 = packed_sample();
+        v3.format = "qsync-manifest/3".into();
+        let err = Manifest::decode(&v3.encode().0, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("\"qsync-manifest/3\"") && err.contains("upgrade qsync"),
+            "{err}"
+        );
+        // The pack must hold exactly the packed files' bytes.
+        let mut short = packed_sample();
+        short.pack[0].size -= 1;
+        let err = Manifest::decode(&short.encode().0, "t").unwrap_err().to_string();
+        assert!(err.contains("add up"), "{err}");
+        let mut both = packed_sample();
+        both.files[1].chunks = both.pack.clone();
+        assert!(Manifest::decode(&both.encode().0, "t").is_err());
     }
 
     #[test]

@@ -107,12 +107,23 @@ impl FileStat {
         use std::os::unix::fs::MetadataExt;
         // i64 nanoseconds reach the year 2262; serde's untagged enums
         // (the journal line) cannot carry i128.
-        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        FileStat::from_parts(
+            m.len(),
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+            m.ino(),
+        )
+    }
+
+    /// The stat of a file of `size` bytes whose mtime and ctime are
+    /// (seconds, nanoseconds) and inode `ino`, as `stat(2)` gives them.
+    pub fn from_parts(size: u64, mtime: (i64, i64), ctime: (i64, i64), ino: u64) -> FileStat {
+        let ns = |(s, n): (i64, i64)| s.saturating_mul(1_000_000_000).saturating_add(n);
         FileStat {
-            size: m.len(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-            ino: m.ino(),
+            size,
+            mtime_ns: ns(mtime),
+            ctime_ns: ns(ctime),
+            ino,
         }
     }
 }

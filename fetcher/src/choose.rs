@@ -194,6 +194,8 @@ mod tests {
             chunker: Default::default(),
             directories: Vec::new(),
             files: Vec::new(),
+            pack: Vec::new(),
+            pack_index: Default::default(),
         };
         let (stored, compressed) = m.encode();
         let key = ObjectKey::manifest(&chain(), version, &qsync_core::Digest::of(&stored), compressed);

@@ -18,6 +18,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 
 use qsync_core::manifest::{FileEntry, Manifest, RESERVED_NAMES};
+use qsync_core::pieces::Piece;
 use qsync_core::pointer::Pointer;
 use qsync_core::progress::Progress;
 use qsync_core::records::{parse_marker, MARKER_LIMIT};
@@ -228,32 +229,42 @@ pub(crate) fn layout(root: &Root, m: &Manifest) -> Result<u64, RestoreError> {
     Ok(removed)
 }
 
-/// For each chunk of `f`: does the file already hold it? Also returns the
-/// file's stat as it was read (`None` when absent).
+/// For each piece of `f` ([`qsync_core::pieces`]): does the file already
+/// hold it? A whole chunk is proved by its own digest; a part of one (a
+/// packed file's) only by the whole file's digest. Also returns the file's
+/// stat as it was read (`None` when absent).
 pub(crate) fn hash_existing(
     root: &Root,
     f: &FileEntry,
+    pieces: &[Piece],
 ) -> Result<(Vec<bool>, Option<std::fs::Metadata>), RestoreError> {
     let path = root.display(&f.path);
     let file = match root.open_read(&f.path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![false; f.chunks.len()], None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![false; pieces.len()], None)),
         Err(e) => return Err(RestoreError::io(path)(e)),
     };
     let meta = file.metadata().map_err(RestoreError::io(&path))?;
     let have = meta.len();
     let mut buf = Vec::new();
-    let mut offset = 0u64;
-    let mut ok = Vec::with_capacity(f.chunks.len());
-    for c in &f.chunks {
-        let present = offset + c.size <= have && {
-            buf.resize(c.size as usize, 0);
-            file.read_exact_at(&mut buf, offset)
-                .map_err(RestoreError::io(&path))?;
-            Digest::of(&buf) == c.blake3
+    let whole_file_ok = pieces.iter().any(|p| !p.whole()) && have == f.size && {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(&file).map_err(RestoreError::io(&path))?;
+        Digest::from(h.finalize()) == f.blake3
+    };
+    let mut ok = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let present = if p.whole() {
+            p.offset + p.len <= have && {
+                buf.resize(p.len as usize, 0);
+                file.read_exact_at(&mut buf, p.offset)
+                    .map_err(RestoreError::io(&path))?;
+                Digest::of(&buf) == p.chunk.blake3
+            }
+        } else {
+            whole_file_ok
         };
         ok.push(present);
-        offset += c.size;
     }
     Ok((ok, Some(meta)))
 }

@@ -59,12 +59,7 @@ pub async fn verify_store(
             pointer.current.manifest_key, manifest.expires_at
         ));
     }
-    let unique: BTreeMap<_, _> = manifest
-        .files
-        .iter()
-        .flat_map(|f| f.chunks.iter())
-        .map(|c| (c.blake3, c.size))
-        .collect();
+    let unique: BTreeMap<_, _> = manifest.all_chunks().map(|c| (c.blake3, c.size)).collect();
     let chunks_checked = unique.len() as u64;
     let bytes_checked = unique.values().sum();
     let results: Vec<Option<String>> = futures::stream::iter(unique)

@@ -39,6 +39,10 @@ use crate::dest::{INDEX, JOURNAL};
 use crate::root::Root;
 use crate::RestoreError;
 
+/// Files a journal batch fdatasyncs one by one; more are synced with one
+/// `syncfs`.
+const SYNC_ONE_BY_ONE: usize = 16;
+
 /// One record to append: file, chunks (`None` for all), stat once synced.
 pub type Record = (u32, Option<Vec<u32>>, Option<FileStat>);
 
@@ -60,7 +64,7 @@ impl Journal {
         digest: &Digest,
     ) -> Result<(Journal, JournalState), RestoreError> {
         let path = root.display(JOURNAL);
-        let places = manifest.files.iter().map(|f| f.chunks.len()).sum();
+        let places = (0..manifest.files.len()).map(|i| manifest.piece_count(i)).sum();
         let limit = journal_limit(manifest.files.len(), places);
         let previous = root
             .read_bounded(JOURNAL, limit)
@@ -102,17 +106,35 @@ impl Journal {
             .map_err(RestoreError::io(self.root.display(JOURNAL)))
     }
 
-    /// Fdatasyncs each file of `written` (file index -> chunks written),
-    /// then journals the chunks with the stat each file had once synced.
+    /// Makes each file of `written` (file index -> pieces written) durable,
+    /// then journals the pieces with the stat each file had once synced.
+    /// A few files are fdatasync'ed one by one; many (small packed files)
+    /// with one `syncfs` of the destination's filesystem, as `tar -x; sync`
+    /// would, instead of a disk flush per file.
     pub fn sync_and_record(&mut self, written: HashMap<u32, Vec<u32>>) -> Result<(), RestoreError> {
+        let one_by_one = written.len() <= SYNC_ONE_BY_ONE;
+        if !one_by_one {
+            self.root
+                .sync_filesystem()
+                .map_err(RestoreError::io(self.root.path()))?;
+        }
         let mut entries = Vec::with_capacity(written.len());
-        for (f, chunks) in written {
+        for (f, pieces) in written {
             let rel = &self.manifest.files[f as usize].path;
             let io = || RestoreError::io(self.root.display(rel));
-            let file = self.root.open_read(rel).map_err(io())?;
-            file.sync_data().map_err(io())?;
-            let st = FileStat::of(&file.metadata().map_err(io())?);
-            entries.push((f, Some(chunks), Some(st)));
+            let meta = if one_by_one {
+                let file = self.root.open_read(rel).map_err(io())?;
+                file.sync_data().map_err(io())?;
+                file.metadata().map_err(io())?
+            } else {
+                self.root.stat(rel).map_err(io())?.ok_or_else(|| {
+                    io()(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "vanished while restoring",
+                    ))
+                })?
+            };
+            entries.push((f, Some(pieces), Some(FileStat::of(&meta))));
         }
         self.record(&entries)
     }
@@ -153,16 +175,18 @@ impl Index {
 
     /// Whether the file of `f` is still exactly what a restore left.
     pub fn unchanged(&self, root: &Root, f: &FileEntry) -> bool {
-        let Some(entry) = self.files.get(&f.path) else {
-            return false;
-        };
-        entry.blake3 == f.blake3
-            && entry.size == f.size
-            && root
-                .stat(&f.path)
-                .ok()
-                .flatten()
-                .is_some_and(|m| m.is_file() && FileStat::of(&m) == entry.stat())
+        root.stat(&f.path)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.is_file() && self.unchanged_stat(f, FileStat::of(&m)))
+    }
+
+    /// Whether a file of `f`'s path with stat `now` is still exactly what
+    /// a restore of `f` left.
+    pub fn unchanged_stat(&self, f: &FileEntry, now: FileStat) -> bool {
+        self.files
+            .get(&f.path)
+            .is_some_and(|e| e.blake3 == f.blake3 && e.size == f.size && e.stat() == now)
     }
 
     /// Writes the index atomically and durably.
@@ -191,6 +215,7 @@ mod tests {
             mode: 0o644,
             blake3: Digest::of(b"f"),
             chunks: vec![chunk.clone(); 10],
+            packed: false,
         };
         Arc::new(Manifest {
             format: MANIFEST_FORMAT.into(),
@@ -205,6 +230,8 @@ mod tests {
             chunker: ChunkerParams::default(),
             directories: Vec::new(),
             files: (0..10).map(file).collect(),
+            pack: Vec::new(),
+            pack_index: Default::default(),
         })
     }
 

@@ -114,13 +114,14 @@ struct Plan {
     verified: Vec<Record>,
 }
 
-/// How planning learned what a file holds.
+/// How planning learned what a file holds, piece by piece
+/// ([`qsync_core::pieces`]).
 enum Known {
-    /// Every chunk, from the journal or the index: nothing read.
+    /// Every piece, from the journal or the index: nothing read.
     Trusted,
-    /// These chunks, from the journal of this very manifest: nothing read.
+    /// These pieces, from the journal of this very manifest: nothing read.
     Journaled(HashSet<u32>),
-    /// These chunks, by hashing the file's current contents (with the
+    /// These pieces, by hashing the file's current contents (with the
     /// file's stat as it was read).
     Hashed(Vec<bool>, Option<FileStat>),
 }
@@ -158,6 +159,25 @@ pub async fn restore(
         })
         .await?
     };
+    let index = Arc::new(if opts.verify_existing {
+        Index::default()
+    } else {
+        Index::load(&root, &manifest)
+    });
+    let mut summary = RestoreSummary {
+        chain: opts.chain.to_string(),
+        version: pointer.current.version,
+        height: manifest.chain.height,
+        files: manifest.files.len() as u64,
+        bytes_total: manifest.total_bytes(),
+        bytes_fetched: 0,
+        bytes_reused: manifest.total_bytes(),
+        chunks_fetched: 0,
+        removed: 0,
+        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
+        pointer_from,
+        mirrors: Vec::new(),
+    };
     dest::claim(&root, &pointer, vk.id(), opts.foreign_dest)?;
     let removed = {
         let (root, m) = (root.clone(), manifest.clone());
@@ -172,11 +192,6 @@ pub async fn restore(
     );
     let (mut journal, done) =
         Journal::open(root.clone(), manifest.clone(), &pointer.current.manifest_blake3)?;
-    let index = Arc::new(if opts.verify_existing {
-        Index::default()
-    } else {
-        Index::load(&root, &manifest)
-    });
     let done = (!opts.verify_existing).then(|| Arc::new(done));
     let plan = plan(&manifest, &root, done, index).await?;
     if !plan.verified.is_empty() {
@@ -238,20 +253,12 @@ pub async fn restore(
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
 
-    Ok(RestoreSummary {
-        chain: opts.chain.to_string(),
-        version: pointer.current.version,
-        height: manifest.chain.height,
-        files: manifest.files.len() as u64,
-        bytes_total: manifest.total_bytes(),
-        bytes_fetched,
-        bytes_reused: reused,
-        chunks_fetched,
-        removed,
-        manifest_blake3: pointer.current.manifest_blake3.to_hex(),
-        pointer_from,
-        mirrors: mirrors.report(),
-    })
+    summary.bytes_fetched = bytes_fetched;
+    summary.bytes_reused = reused;
+    summary.chunks_fetched = chunks_fetched;
+    summary.removed = removed;
+    summary.mirrors = mirrors.report();
+    Ok(summary)
 }
 
 /// Works out what the destination already holds (from the journal of this
@@ -289,7 +296,7 @@ async fn plan(
                     _ if done.is_some() && index.unchanged(&root, f) => Known::Trusted,
                     Some(Some(set)) => Known::Journaled(set.clone()),
                     _ => {
-                        let (ok, meta) = hash_existing(&root, f)?;
+                        let (ok, meta) = hash_existing(&root, f, &m.pieces(i))?;
                         Known::Hashed(ok, meta.as_ref().map(FileStat::of))
                     }
                 };
@@ -316,29 +323,30 @@ async fn plan(
         };
         plan.growth += f.size.saturating_sub(have.unwrap_or(0));
         plan.touched[i] = have != Some(f.size);
+        let pieces = manifest.pieces(i);
         let mut good = Vec::new();
-        let mut offset = 0;
-        for (c, chunk) in f.chunks.iter().enumerate() {
+        for (c, p) in pieces.iter().enumerate() {
             if ok(c) {
-                plan.reused += chunk.size;
+                plan.reused += p.len;
                 good.push(c as u32);
             } else {
                 plan.touched[i] = true;
                 let entry = plan
                     .needed
-                    .entry(chunk.blake3)
-                    .or_insert((chunk.size, Vec::new()));
+                    .entry(p.chunk.blake3)
+                    .or_insert((p.chunk.size, Vec::new()));
                 entry.1.push(Slot {
                     file: i as u32,
-                    chunk: c as u32,
-                    offset,
+                    piece: c as u32,
+                    offset: p.offset,
+                    at: p.at,
+                    len: p.len,
                 });
             }
-            offset += chunk.size;
         }
-        plan.whole[i] = good.is_empty() && !f.chunks.is_empty();
+        plan.whole[i] = good.is_empty() && !pieces.is_empty();
         if let Known::Hashed(_, st) = known {
-            let all = good.len() == f.chunks.len();
+            let all = good.len() == pieces.len();
             plan.verified.push((i as u32, (!all).then_some(good), st));
         }
     }
@@ -360,7 +368,7 @@ async fn fetch_and_write(
     let to_write: u64 = plan
         .needed
         .values()
-        .map(|(size, slots)| size * slots.len() as u64)
+        .flat_map(|(_, slots)| slots.iter().map(|s| s.len))
         .sum();
     progress.start("restore", to_write);
     let fetched = AtomicU64::new(0);
@@ -372,11 +380,11 @@ async fn fetch_and_write(
         .map(|(blake3, (size, slots))| {
             let (fetched, tx) = (&fetched, tx.clone());
             async move {
-                let mut targets = disk.targets(&slots, size)?;
+                let mut targets = disk.targets(&slots, size);
                 mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
                 targets.landed().await?;
                 fetched.fetch_add(size, Ordering::Relaxed);
-                progress.advance(size * slots.len() as u64);
+                progress.advance(slots.iter().map(|s| s.len).sum());
                 let _ = tx.send(slots);
                 Ok::<_, RestoreError>(())
             }
@@ -439,7 +447,7 @@ async fn flush_journal(
         blocking(move || {
             let mut by_file: HashMap<u32, Vec<u32>> = HashMap::new();
             for s in batch {
-                by_file.entry(s.file).or_default().push(s.chunk);
+                by_file.entry(s.file).or_default().push(s.piece);
             }
             journal.lock().expect("not poisoned").sync_and_record(by_file)
         })

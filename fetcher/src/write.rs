@@ -14,13 +14,21 @@
 //! ([`qsync_core::filehash`]), so the seal does not read them back; the
 //! others (top-ups, resumed runs) are re-read at the seal.
 //!
-//! Two bounds hold whatever the manifest says. A chunk streams into at
-//! most [`FANOUT`] places; once it is verified, the rest are copied one at
-//! a time from the first place's file, so one chunk shared by thousands of
-//! identical files costs a handful of descriptors, not thousands. And an
-//! attempt that was dropped (a timeout, a hedge that lost) cannot write
-//! after the next one: a place's pending blocking write is awaited before
-//! the place is written again.
+//! A place is a byte range of the chunk at an offset of a file: the whole
+//! chunk for a file chunked on its own, a part of it for a packed small
+//! file (format 2), where one chunk holds many files. A place's file is
+//! opened when the stream reaches its range and closed once the range is
+//! written, so a chunk of a thousand small files holds one or two
+//! descriptors at a time. Packed files (parts of chunks) are written
+//! through the page cache, as small writes should be.
+//!
+//! Two bounds hold whatever the manifest says. The same range of a chunk
+//! streams into at most [`FANOUT`] places; once it is verified, the rest
+//! are copied one at a time from the first such place's file, so one chunk
+//! shared by thousands of identical files costs a handful of descriptors,
+//! not thousands. And an attempt that was dropped (a timeout, a hedge that
+//! lost) cannot write after the next one: a place's pending blocking write
+//! is awaited before the place is written again.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
@@ -48,12 +56,21 @@ const STAGE: usize = 1 << 20;
 /// the first once it is verified.
 const FANOUT: usize = 4;
 
-/// Where one chunk goes: a file (by index into the manifest) and an offset.
+/// Where bytes of one chunk go: `len` bytes from `at` in the chunk, to
+/// `offset` in a file (by index into the manifest), as its piece `piece`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
     pub(crate) file: u32,
-    pub(crate) chunk: u32,
+    pub(crate) piece: u32,
     pub(crate) offset: u64,
+    pub(crate) at: u64,
+    pub(crate) len: u64,
+}
+
+impl Slot {
+    fn range(&self) -> (u64, u64) {
+        (self.at, self.at + self.len)
+    }
 }
 
 /// A file hashed in flight: its digest so far (until checked) and how many
@@ -90,7 +107,10 @@ impl Disk {
             .files
             .iter()
             .zip(whole)
-            .map(|(f, w)| w.then(|| Mutex::new((Some(FileHasher::new(f.size)), f.chunks.len()))))
+            .enumerate()
+            .map(|(i, (f, w))| {
+                w.then(|| Mutex::new((Some(FileHasher::new(f.size)), manifest.piece_count(i))))
+            })
             .collect();
         Disk {
             root,
@@ -108,46 +128,61 @@ impl Disk {
         self.hashing[i].is_some()
     }
 
-    /// Opens the first [`FANOUT`] places a chunk of `size` bytes goes; the
-    /// others are opened one at a time by [`Targets::landed`].
-    pub(crate) fn targets(&self, slots: &[Slot], size: u64) -> Result<Targets<'_>, RestoreError> {
-        let (streamed, rest) = slots.split_at(slots.len().min(FANOUT));
-        let places = streamed
-            .iter()
-            .map(|s| self.place(*s, size))
-            .collect::<Result<_, RestoreError>>()?;
-        Ok(Targets {
+    /// The places a chunk of `size` bytes goes: each range of it streams
+    /// into its first [`FANOUT`] places, the others are filled by
+    /// [`Targets::landed`] from the first. Nothing is opened yet.
+    pub(crate) fn targets(&self, slots: &[Slot], size: u64) -> Targets<'_> {
+        let mut places: Vec<Place<'_>> = Vec::new();
+        let mut rest = Vec::new();
+        for s in slots {
+            if places.iter().filter(|p| p.slot.range() == s.range()).count() >= FANOUT {
+                rest.push(*s);
+            } else {
+                places.push(Place {
+                    slot: *s,
+                    path: &self.paths[s.file as usize],
+                    state: State::Waiting,
+                });
+            }
+        }
+        places.sort_by_key(|p| p.slot.at);
+        let rest = rest
+            .into_iter()
+            .map(|s| {
+                let first = places.iter().position(|p| p.slot.range() == s.range());
+                (first.expect("FANOUT places of this range stream"), s)
+            })
+            .collect();
+        Targets {
             disk: self,
             places,
-            rest: rest.to_vec(),
+            rest,
             size,
-        })
+        }
     }
 
-    /// Opens one place for writing `size` bytes.
-    fn place(&self, slot: Slot, size: u64) -> Result<Place<'_>, RestoreError> {
+    /// Opens `slot`'s range of its file for writing, with `O_DIRECT` for
+    /// a whole chunk (a part of one belongs to a small packed file).
+    fn open(&self, slot: Slot, size: u64) -> Result<RangeWriter, RestoreError> {
         let path = &self.paths[slot.file as usize];
         let rel = &self.rels[slot.file as usize];
         let file = self
             .root
             .open_write(rel, rustix::fs::OFlags::empty())
             .map_err(RestoreError::io(path))?;
-        let direct = self.open_direct(rel, path)?;
-        Ok(Place {
-            writer: RangeWriter::new(file, direct, slot.offset, size),
-            path,
-            span: None,
-            slot,
-        })
+        let direct = if slot.at == 0 && slot.len == size {
+            self.open_direct(rel, path)?
+        } else {
+            None
+        };
+        Ok(RangeWriter::new(file, direct, slot.offset, slot.len))
     }
 
-    /// Starts (or starts over) `place`'s in-flight digest, for a file
-    /// hashed in flight.
-    fn start_span(&self, place: &mut Place<'_>) {
-        let file_len = self.sizes[place.slot.file as usize];
-        place.span = self
-            .hashes(place.slot.file as usize)
-            .then(|| SpanHasher::new(place.slot.offset, place.writer.len(), file_len));
+    /// A fresh in-flight digest of `slot`, for a file hashed in flight.
+    fn span(&self, slot: Slot) -> Option<SpanHasher> {
+        let file_len = self.sizes[slot.file as usize];
+        self.hashes(slot.file as usize)
+            .then(|| SpanHasher::new(slot.offset, slot.len, file_len))
     }
 
     fn open_direct(&self, rel: &str, path: &Path) -> Result<Option<std::fs::File>, RestoreError> {
@@ -211,21 +246,72 @@ impl Disk {
     }
 }
 
-/// The places one chunk goes: the first [`FANOUT`] open for writing as
-/// it streams in, the `rest` filled from the first once it is verified.
+/// The places one chunk goes: those it streams into, by where their
+/// range starts, and the `rest`, each filled from a streamed place of the
+/// same range (by position) once the chunk is verified.
 pub(crate) struct Targets<'a> {
     disk: &'a Disk,
     places: Vec<Place<'a>>,
-    rest: Vec<Slot>,
+    rest: Vec<(usize, Slot)>,
     size: u64,
 }
 
 struct Place<'a> {
-    writer: RangeWriter,
-    path: &'a Path,
-    /// The in-flight digest of this chunk at its offset in the file.
-    span: Option<SpanHasher>,
     slot: Slot,
+    path: &'a Path,
+    state: State,
+}
+
+/// Where a streamed place stands in the current attempt.
+enum State {
+    /// The stream has not reached its range.
+    Waiting,
+    /// Its range is being written, with its in-flight digest.
+    Open(RangeWriter, Option<SpanHasher>),
+    /// Its range is written (the file closed), with its in-flight digest.
+    Written(Option<SpanHasher>),
+}
+
+impl Place<'_> {
+    /// Back to [`State::Waiting`] for a new attempt, once a dropped
+    /// attempt's last write to it is done.
+    async fn reset(&mut self) {
+        if let State::Open(writer, _) = &mut self.state {
+            writer.settle().await;
+        }
+        self.state = State::Waiting;
+    }
+
+    /// Writes the part of `plain` (at `at` in the chunk) that falls in this
+    /// place's range, opening its file when the stream reaches the range
+    /// and closing it at the range's end.
+    async fn write(&mut self, disk: &Disk, size: u64, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
+        let (start, end) = self.slot.range();
+        let (from, to) = (start.max(at), end.min(at + plain.len() as u64));
+        if from >= to {
+            return Ok(());
+        }
+        if matches!(self.state, State::Waiting) {
+            self.state = State::Open(disk.open(self.slot, size)?, disk.span(self.slot));
+        }
+        let State::Open(writer, span) = &mut self.state else {
+            // Written already: only a new attempt (from 0) writes it again.
+            return Ok(());
+        };
+        let bytes = &plain[(from - at) as usize..(to - at) as usize];
+        if let Some(span) = span {
+            span.update(bytes);
+        }
+        writer.write(bytes).await.map_err(RestoreError::io(self.path))?;
+        if to == end {
+            writer.settle().await;
+            let State::Open(_, span) = std::mem::replace(&mut self.state, State::Waiting) else {
+                unreachable!("open above");
+            };
+            self.state = State::Written(span);
+        }
+        Ok(())
+    }
 }
 
 impl Targets<'_> {
@@ -234,50 +320,55 @@ impl Targets<'_> {
     /// in the in-flight file digests and checks every file it completed.
     pub(crate) async fn landed(mut self) -> Result<(), RestoreError> {
         for place in &mut self.places {
-            place.writer.settle().await;
+            if let State::Open(writer, _) = &mut place.state {
+                writer.settle().await;
+                return Err(RestoreError::Dest {
+                    path: place.path.into(),
+                    reason: "a verified chunk ended before this file's part of it was written; this is a qsync bug, rerun the restore".into(),
+                });
+            }
         }
         if !self.rest.is_empty() {
             self.fill_rest().await?;
         }
         for place in self.places {
-            if let Some(span) = place.span {
+            if let State::Written(Some(span)) = place.state {
                 self.disk.landed(place.slot, span)?;
             }
         }
         Ok(())
     }
 
-    /// Copies the chunk from the first place's file into every slot in
-    /// `rest`, each hashed as it is written (the bytes read back, so the
-    /// copy is checked too).
+    /// Copies each slot in `rest` from the streamed place of the same
+    /// range, hashed as it is written (the bytes read back, so the copy is
+    /// checked too).
     async fn fill_rest(&mut self) -> Result<(), RestoreError> {
-        let first = self.places[0].slot;
-        let (rel, path) = (
-            &self.disk.rels[first.file as usize],
-            &self.disk.paths[first.file as usize],
-        );
-        let source = self.disk.root.open_read(rel).map_err(RestoreError::io(path))?;
-        let mut buf = vec![0u8; STAGE.min(self.size as usize)];
-        for slot in std::mem::take(&mut self.rest) {
-            let mut place = self.disk.place(slot, self.size)?;
-            self.disk.start_span(&mut place);
+        let mut buf = Vec::new();
+        for (first, slot) in std::mem::take(&mut self.rest) {
+            let from = self.places[first].slot;
+            let (rel, path) = (
+                &self.disk.rels[from.file as usize],
+                &self.disk.paths[from.file as usize],
+            );
+            let source = self.disk.root.open_read(rel).map_err(RestoreError::io(path))?;
+            buf.resize(STAGE.min(slot.len as usize), 0);
+            let mut writer = self.disk.open(slot, self.size)?;
+            let mut span = self.disk.span(slot);
+            let to = &self.disk.paths[slot.file as usize];
             let mut done = 0u64;
-            while done < self.size {
-                let n = buf.len().min((self.size - done) as usize);
+            while done < slot.len {
+                let n = buf.len().min((slot.len - done) as usize);
                 source
-                    .read_exact_at(&mut buf[..n], first.offset + done)
+                    .read_exact_at(&mut buf[..n], from.offset + done)
                     .map_err(RestoreError::io(path))?;
-                if let Some(span) = &mut place.span {
+                if let Some(span) = &mut span {
                     span.update(&buf[..n]);
                 }
-                place
-                    .writer
-                    .write(&buf[..n])
-                    .await
-                    .map_err(RestoreError::io(place.path))?;
+                writer.write(&buf[..n]).await.map_err(RestoreError::io(to))?;
                 done += n as u64;
             }
-            if let Some(span) = place.span {
+            writer.settle().await;
+            if let Some(span) = span {
                 self.disk.landed(slot, span)?;
             }
         }
@@ -290,15 +381,10 @@ impl ChunkSink for Targets<'_> {
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
         for p in &mut self.places {
             if at == 0 {
-                // A new attempt: start this place's digest and writes over,
-                // once a dropped attempt's last write is done.
-                p.writer.restart().await;
-                self.disk.start_span(p);
+                // A new attempt writes every place over.
+                p.reset().await;
             }
-            if let Some(span) = &mut p.span {
-                span.update(plain);
-            }
-            p.writer.write(plain).await.map_err(RestoreError::io(p.path))?;
+            p.write(self.disk, self.size, at, plain).await?;
         }
         Ok(())
     }
@@ -311,7 +397,6 @@ impl ChunkSink for Targets<'_> {
 struct RangeWriter {
     file: Arc<std::fs::File>,
     direct: Option<Arc<std::fs::File>>,
-    start: u64,
     /// The range and its aligned interior (empty without `O_DIRECT`).
     range: Aligned,
     pos: u64,
@@ -333,7 +418,6 @@ impl RangeWriter {
         RangeWriter {
             file: Arc::new(file),
             direct: direct.map(Arc::new),
-            start,
             range,
             pos: start,
             stage: Vec::new(),
@@ -342,17 +426,6 @@ impl RangeWriter {
             #[cfg(test)]
             slow: std::time::Duration::ZERO,
         }
-    }
-
-    fn len(&self) -> u64 {
-        self.range.end - self.start
-    }
-
-    /// Starts the range over, after any write a dropped attempt left.
-    async fn restart(&mut self) {
-        self.settle().await;
-        self.pos = self.start;
-        self.staged = 0;
     }
 
     /// Waits for the blocking write in flight, if any, and takes back its
@@ -437,22 +510,29 @@ mod tests {
         // Under target/, on a disk filesystem: /tmp may be a tmpfs without O_DIRECT.
         let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
         let path = dir.path().join("f");
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(start + len + 100).unwrap();
-        let d = direct
-            .then(|| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&path)
-                    .ok()
-            })
-            .flatten();
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(start + len + 100)
+            .unwrap();
+        let open = || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let d = direct
+                .then(|| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(&path)
+                        .ok()
+                })
+                .flatten();
+            RangeWriter::new(file, d, start, len)
+        };
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-        let mut w = RangeWriter::new(file, d, start, len);
         // A failed first attempt, then a full one.
+        let mut w = open();
         w.write(&data[..data.len() / 3]).await.unwrap();
-        w.restart().await;
+        w.settle().await;
+        let mut w = open();
         for p in data.chunks(piece) {
             w.write(p).await.unwrap();
         }
@@ -471,24 +551,28 @@ mod tests {
         let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
         let path = dir.path().join("f");
         let len = 2 * STAGE as u64;
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(len).unwrap();
-        let Ok(d) = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-        else {
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        let open = || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let d = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .ok()?;
+            Some(RangeWriter::new(file, Some(d), 0, len))
+        };
+        let Some(mut w) = open() else {
             eprintln!("no O_DIRECT under target/; nothing to race");
             return;
         };
-        let mut w = RangeWriter::new(file, Some(d), 0, len);
         w.slow = std::time::Duration::from_millis(300);
         let stale = vec![b'x'; len as usize];
         // The first attempt stalls in its first flush and is dropped there.
         let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), w.write(&stale)).await;
         assert!(dropped.is_err(), "the slow write should still be in flight");
-        w.slow = std::time::Duration::ZERO;
-        w.restart().await;
+        // What a place does for the next attempt: settle, then open anew.
+        w.settle().await;
+        let mut w = open().unwrap();
         let fresh = vec![b'y'; len as usize];
         w.write(&fresh).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use qsync_core::manifest::{Manifest, MANIFEST_FORMAT, RESERVED_NAMES};
+use qsync_core::manifest::{Manifest, MANIFEST_FORMAT, MANIFEST_FORMAT_PACKED, RESERVED_NAMES};
 
 fn check_path(path: &str) {
     assert!(
@@ -53,7 +53,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(m) = Manifest::decode(&stored, "fuzz") else {
         return;
     };
-    assert_eq!(m.format, MANIFEST_FORMAT);
+    assert!(
+        m.format == MANIFEST_FORMAT || m.format == MANIFEST_FORMAT_PACKED,
+        "{}",
+        m.format
+    );
+    if m.format == MANIFEST_FORMAT {
+        assert!(m.pack.is_empty() && m.files.iter().all(|f| !f.packed));
+    }
     let files: HashSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(files.len(), m.files.len(), "a file is listed twice");
     let mut seen = files.clone();
@@ -73,7 +80,27 @@ fuzz_target!(|data: &[u8]| {
             assert!((1..=u64::from(m.chunker.max_size)).contains(&c.size), "{c:?}");
             sum = sum.checked_add(c.size).expect("chunk sizes overflow");
         }
-        assert_eq!(sum, f.size, "{:?}: chunks do not add up", f.path);
+        if f.packed {
+            assert!(f.chunks.is_empty() && f.size > 0, "{:?}", f.path);
+        } else {
+            assert_eq!(sum, f.size, "{:?}: chunks do not add up", f.path);
+        }
+    }
+    for c in &m.pack {
+        assert!((1..=u64::from(m.chunker.max_size)).contains(&c.size), "{c:?}");
+    }
+    // Every file's pieces lie inside their chunks and cover the file
+    // exactly, front to back: what restore, tar and verify rely on.
+    for i in 0..m.files.len() {
+        let pieces = m.pieces(i);
+        assert_eq!(pieces.len(), m.piece_count(i));
+        let mut at = 0u64;
+        for p in &pieces {
+            assert_eq!(p.offset, at, "{:?}: pieces leave a gap", m.files[i].path);
+            assert!(p.len > 0 && p.at + p.len <= p.chunk.size, "{p:?}");
+            at += p.len;
+        }
+        assert_eq!(at, m.files[i].size, "{:?}: pieces do not cover it", m.files[i].path);
     }
     for d in &m.directories {
         let mut parent = d.path.as_str();

@@ -193,7 +193,7 @@ async fn collect_leased(
         report.chains.push(chain.to_string());
         for snap in std::iter::once(&p.current).chain(&p.history) {
             let m = manifest(sink.as_ref(), snap, vk).await?;
-            referenced.extend(m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.blake3)));
+            referenced.extend(m.all_chunks().map(|c| c.blake3));
             kept_manifests.insert(snap.manifest_key.to_string());
             report.manifests_kept += 1;
         }
@@ -229,7 +229,7 @@ async fn collect_leased(
         }
         report.manifests_in_grace += 1;
         match retired_manifest(sink.as_ref(), l, vk).await {
-            Ok(m) => referenced.extend(m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.blake3))),
+            Ok(m) => referenced.extend(m.all_chunks().map(|c| c.blake3)),
             Err(e) => {
                 tracing::warn!("{k} in {}, retired less than the grace period ago, cannot be read ({e}); no chunk is deleted until it can be or its grace period is over", sink.location());
                 unknown_references = Some(k.to_string());

@@ -14,9 +14,15 @@
 //! the manifest and pointer writes in
 //! [`crate::commit`].
 //!
+//! Files smaller than the chunker's minimum chunk are packed (format 2):
+//! read as one stream in manifest order and cut into chunks together
+//! ([`crate::read`]), so objects follow bytes, not files.
+//!
 //! A file whose stat data matches [`KnownFiles`] from the previous run, when
 //! every store still holds that run's snapshot, is not read again: its
-//! manifest entry is reused.
+//! manifest entry is reused. The pack is reused as a whole when every
+//! packed file is unchanged, and read again as a whole otherwise (its
+//! chunks then mostly exist already and are not uploaded again).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -24,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use qsync_core::chunk::ChunkerParams;
-use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
+use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest};
 use qsync_core::pointer::{self, Pointer};
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKey;
@@ -38,7 +44,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::commit::{finish_store, Expiry, NewSnapshot};
 use crate::lease;
 use crate::options::{SnapshotOptions, SnapshotSummary};
-use crate::read::read_chunks;
+use crate::read::read_stream;
 use crate::scan::{scan, SourceFile, Stat};
 use crate::upload::{Target, Uploader};
 use crate::SnapshotError;
@@ -51,6 +57,9 @@ pub struct KnownFiles {
     pub manifests: BTreeMap<StoreId, Digest>,
     /// Per file: stat data when read, and its entry.
     pub files: HashMap<String, (Stat, FileEntry)>,
+    /// The pack's chunks, for when every packed file is unchanged.
+    #[serde(default)]
+    pub pack: Vec<ChunkRef>,
 }
 
 /// One store's outcome.
@@ -225,30 +234,22 @@ pub async fn publish_many(
         uploads: Mutex::new(tokio::task::JoinSet::new()),
     });
     let stats: Vec<Stat> = listing.files.iter().map(|f| f.stat.clone()).collect();
-    let (mut files_unchanged, mut bytes_unchanged) = (0, 0);
-    let work: Vec<_> = listing
-        .files
-        .into_iter()
-        .map(|f| match reuse.and_then(|k| k.files.get(&f.rel)) {
-            Some((stat, entry)) if *stat == f.stat && entry.size == f.stat.size => {
-                files_unchanged += 1;
-                bytes_unchanged += f.stat.size;
-                Err(entry.clone())
-            }
-            _ => Ok(f),
-        })
-        .collect();
+    let (work, files_unchanged, bytes_unchanged) = plan_reads(listing.files, reuse, &opts.chunker);
     let read_all = async {
-        let files: Vec<FileEntry> = futures::stream::iter(work)
+        let done: Vec<Done> = futures::stream::iter(work)
             .map(|w| {
                 let up = up.clone();
                 let params = opts.chunker.clone();
                 async move {
                     match w {
-                        Ok(f) => publish_file(f, params, up).await,
-                        Err(entry) => {
-                            up.progress.advance(entry.size);
-                            Ok(entry)
+                        Read::Solo(i, f) => Ok(Done {
+                            files: vec![(i, publish_file(f, params, up).await?)],
+                            pack: None,
+                        }),
+                        Read::Pack(files) => publish_pack(files, params, up).await,
+                        Read::Known(done) => {
+                            up.progress.advance(done.files.iter().map(|(_, e)| e.size).sum());
+                            Ok(done)
                         }
                     }
                 }
@@ -260,10 +261,13 @@ pub async fn publish_many(
         while let Some(done) = uploads.join_next().await {
             done.expect("upload task does not panic")?;
         }
-        Ok::<_, SnapshotError>(files)
+        let pack = done.iter().find_map(|d| d.pack.clone()).unwrap_or_default();
+        let mut files: Vec<(usize, FileEntry)> = done.into_iter().flat_map(|d| d.files).collect();
+        files.sort_unstable_by_key(|(i, _)| *i);
+        Ok::<_, SnapshotError>((files.into_iter().map(|(_, e)| e).collect::<Vec<_>>(), pack))
     };
     // Cancelling here is clean: no manifest or pointer has been written.
-    let files = tokio::select! {
+    let (files, pack) = tokio::select! {
         biased;
         () = cancelled(cancel) => {
             up.uploads.lock().expect("not poisoned").abort_all();
@@ -292,7 +296,7 @@ pub async fn publish_many(
         manifest_expires_at: now.plus(opts.lifetime.max(opts.expires_in)),
     };
     let manifest = Manifest {
-        format: MANIFEST_FORMAT.into(),
+        format: Manifest::format_for(&pack).into(),
         chain: ChainMeta {
             name: opts.chain.clone(),
             height: opts.height,
@@ -308,6 +312,8 @@ pub async fn publish_many(
             .map(|(path, mode)| DirEntry { path, mode })
             .collect(),
         files,
+        pack,
+        pack_index: Default::default(),
     };
     let snapshot = NewSnapshot {
         signer,
@@ -343,6 +349,7 @@ pub async fn publish_many(
             .zip(stats)
             .map(|(e, s)| (e.path.clone(), (s, e)))
             .collect(),
+        pack: manifest.pack,
     };
     Ok(Published {
         stores,
@@ -373,20 +380,100 @@ fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
     }
 }
 
-/// Reads and chunks one file and starts the uploads of its chunks; returns
-/// its manifest entry once the file is read. Uploads run on, bounded by the
-/// slots and the byte budget, so many small files keep the store busy while
-/// only two are read at a time; [`publish`] awaits them all.
-async fn publish_file(
-    file: SourceFile,
+/// What one read gives: entries with their places in the listing, and the
+/// pack's chunks from the read of the pack.
+struct Done {
+    files: Vec<(usize, FileEntry)>,
+    pack: Option<Vec<ChunkRef>>,
+}
+
+/// What the run reads: a file on its own, the pack (every packed file,
+/// read as one stream), or what the last run knew (files, or the pack
+/// with its chunks). Each carries its files' places in the listing.
+enum Read {
+    Solo(usize, SourceFile),
+    Pack(Vec<(usize, SourceFile)>),
+    Known(Done),
+}
+
+/// Sorts the listing into reads: files below the chunker's minimum chunk
+/// go into the pack, files `reuse` knows unchanged are not read (the pack
+/// only when every packed file is). Returns the reads, and the files and
+/// bytes known unchanged.
+fn plan_reads(
+    listing: Vec<SourceFile>,
+    reuse: Option<&KnownFiles>,
+    chunker: &ChunkerParams,
+) -> (Vec<Read>, u64, u64) {
+    let packs = |f: &SourceFile| f.stat.size > 0 && f.stat.size < u64::from(chunker.min_size);
+    let known = |f: &SourceFile| match reuse.and_then(|k| k.files.get(&f.rel)) {
+        Some((stat, entry)) if *stat == f.stat && entry.size == f.stat.size => Some(entry.clone()),
+        _ => None,
+    };
+    let (mut reads, mut packed, mut known_packed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut files_unchanged, mut bytes_unchanged) = (0, 0);
+    let mut unchanged = |e: &FileEntry| {
+        files_unchanged += 1;
+        bytes_unchanged += e.size;
+    };
+    for (i, f) in listing.into_iter().enumerate() {
+        let entry = known(&f);
+        if packs(&f) {
+            if let Some(e) = entry.filter(|e| e.packed) {
+                known_packed.push((i, e));
+            }
+            packed.push((i, f));
+            continue;
+        }
+        match entry.filter(|e| !e.packed) {
+            Some(e) => {
+                unchanged(&e);
+                reads.push(Read::Known(Done {
+                    files: vec![(i, e)],
+                    pack: None,
+                }));
+            }
+            None => reads.push(Read::Solo(i, f)),
+        }
+    }
+    // The same packed files as last time, each unchanged: the same stream.
+    let same_pack = reuse.filter(|k| {
+        known_packed.len() == packed.len()
+            && k.files.values().filter(|(_, e)| e.packed).count() == packed.len()
+    });
+    // First, so the one long read of many small files overlaps the others.
+    match same_pack {
+        _ if packed.is_empty() => {}
+        Some(k) => {
+            known_packed.iter().for_each(|(_, e)| unchanged(e));
+            reads.insert(
+                0,
+                Read::Known(Done {
+                    files: known_packed,
+                    pack: Some(k.pack.clone()),
+                }),
+            );
+        }
+        None => reads.insert(0, Read::Pack(packed)),
+    }
+    (reads, files_unchanged, bytes_unchanged)
+}
+
+/// Reads `files` as one stream ([`read_stream`]), starting the uploads of
+/// its chunks as they are cut; returns the digests of the files and the
+/// stream's chunks once it is read. Uploads run on, bounded by the slots
+/// and the byte budget, so many small chunks keep the store busy while
+/// only two streams are read at a time; [`publish`] awaits them all.
+async fn upload_stream(
+    files: Vec<SourceFile>,
     params: ChunkerParams,
     up: Arc<Uploader>,
-) -> Result<FileEntry, SnapshotError> {
+) -> Result<(Vec<SourceFile>, Vec<Digest>, Vec<ChunkRef>), SnapshotError> {
     let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(1);
-    let path = file.path.clone();
-    let before = file.stat.clone();
-    let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &before, &params, tx));
-
+    let reader = tokio::task::spawn_blocking(move || {
+        let digests = read_stream(&files, &params, tx);
+        (files, digests)
+    });
     let mut chunks = Vec::new();
     while let Some((d, plain)) = rx.recv().await {
         chunks.push(ChunkRef {
@@ -413,13 +500,47 @@ async fn publish_file(
             done.expect("upload task does not panic")?;
         }
     }
-    let whole = reader.await.expect("reader does not panic")?;
-    Ok(FileEntry {
-        path: file.rel,
-        size: file.stat.size,
-        mode: file.stat.mode,
-        blake3: whole,
+    let (files, digests) = reader.await.expect("reader does not panic");
+    Ok((files, digests?, chunks))
+}
+
+/// The entry of a file read on its own.
+fn entry(f: SourceFile, blake3: Digest, chunks: Vec<ChunkRef>, packed: bool) -> FileEntry {
+    FileEntry {
+        path: f.rel,
+        size: f.stat.size,
+        mode: f.stat.mode,
+        blake3,
         chunks,
+        packed,
+    }
+}
+
+/// Reads, chunks and uploads one file on its own.
+async fn publish_file(
+    file: SourceFile,
+    params: ChunkerParams,
+    up: Arc<Uploader>,
+) -> Result<FileEntry, SnapshotError> {
+    let (mut files, digests, chunks) = upload_stream(vec![file], params, up).await?;
+    Ok(entry(files.remove(0), digests[0], chunks, false))
+}
+
+/// Reads, chunks and uploads the packed files as one stream.
+async fn publish_pack(
+    files: Vec<(usize, SourceFile)>,
+    params: ChunkerParams,
+    up: Arc<Uploader>,
+) -> Result<Done, SnapshotError> {
+    let (places, files): (Vec<usize>, Vec<SourceFile>) = files.into_iter().unzip();
+    let (files, digests, pack) = upload_stream(files, params, up).await?;
+    Ok(Done {
+        files: places
+            .into_iter()
+            .zip(files.into_iter().zip(digests))
+            .map(|(i, (f, d))| (i, entry(f, d, Vec::new(), true)))
+            .collect(),
+        pack: Some(pack),
     })
 }
 
@@ -450,11 +571,9 @@ mod tests {
     async fn complete(store: &MemoryStore, manifest_key: &str) -> bool {
         let bytes = store.get(&ObjectKey::new(manifest_key).unwrap()).await.unwrap();
         let m = Manifest::decode(&bytes, manifest_key).unwrap();
-        for f in &m.files {
-            for c in &f.chunks {
-                if store.head(&ObjectKey::chunk(&c.blake3)).await.unwrap().is_none() {
-                    return false;
-                }
+        for c in m.all_chunks() {
+            if store.head(&ObjectKey::chunk(&c.blake3)).await.unwrap().is_none() {
+                return false;
             }
         }
         true

@@ -1,56 +1,234 @@
-//! Reading one source file: cut into content-defined chunks as it is read
-//! once, each chunk and the whole file hashed on the way, and the file
-//! proved unchanged from listing to the last byte (a file the node changes
-//! while it is read fails the run: no snapshot mixes two states of it).
+//! Reading source files as one stream of bytes: cut into content-defined
+//! chunks as it is read once, each chunk and each whole file hashed on the
+//! way, and every file proved unchanged from listing to its last byte (a
+//! file the node changes while it is read fails the run: no snapshot mixes
+//! two states of it).
+//!
+//! A large file is a stream of one file. Small files are read as one
+//! stream in manifest order, the pack (format 2): their chunks follow
+//! bytes, not files, so a directory of a million small files is about one
+//! object per chunk size, not a million objects, and one changed file
+//! changes about one chunk (content-defined cuts find their place again
+//! after it).
 
-use std::path::Path;
+use std::fs::File;
+use std::io::Read;
 
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::Digest;
 use tokio::sync::mpsc;
 
-use crate::scan::Stat;
+use crate::scan::{SourceFile, Stat};
 use crate::SnapshotError;
 
-/// Blocking: cuts `path` into chunks, sends them with their digests, and
-/// returns the whole-file digest after checking the file did not change.
-pub(crate) fn read_chunks(
-    path: &Path,
-    before: &Stat,
+/// Blocking: cuts the concatenation of `files` into chunks and sends them
+/// with their digests; returns each file's digest after checking that it
+/// did not change while it was read.
+pub(crate) fn read_stream(
+    files: &[SourceFile],
     params: &ChunkerParams,
     tx: mpsc::Sender<(Digest, Vec<u8>)>,
-) -> Result<Digest, SnapshotError> {
-    let io = |source| SnapshotError::Source {
-        path: path.into(),
-        source,
+) -> Result<Vec<Digest>, SnapshotError> {
+    let mut stream = Files {
+        files,
+        next: 0,
+        open: None,
+        digests: Vec::with_capacity(files.len()),
+        failed: None,
     };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let opened = Stat::of(&f.metadata().map_err(io)?);
-    let mut whole = blake3::Hasher::new();
-    let mut read = 0u64;
-    for c in params.chunks(std::io::BufReader::with_capacity(1 << 20, &f)) {
-        let (_, data) = c.map_err(io)?;
-        whole.update(&data);
-        read += data.len() as u64;
+    let mut stopped = None;
+    for c in params.chunks(&mut stream) {
+        let (_, data) = match c {
+            Ok(c) => c,
+            Err(e) => {
+                stopped = Some(e);
+                break;
+            }
+        };
         if tx.blocking_send((Digest::of(&data), data)).is_err() {
             break; // the upload side failed; its error is reported
         }
     }
-    let after = Stat::of(&f.metadata().map_err(io)?);
-    let changed = |what: String| SnapshotError::FileChanged {
-        path: path.into(),
-        what,
-    };
-    if opened != *before {
-        return Err(changed(
-            "it was replaced or modified between listing and opening".into(),
-        ));
+    match (stream.failed.take(), stopped) {
+        (Some(e), _) => Err(e),
+        (None, Some(e)) => Err(stream.io(e)),
+        (None, None) => Ok(stream.digests),
     }
-    if after != opened || read != before.size {
-        return Err(changed(format!(
-            "size {} -> {}, read {read} bytes, mtime {} -> {}",
-            before.size, after.size, before.mtime_ns, after.mtime_ns
-        )));
+}
+
+/// `files` read front to back as one [`Read`].
+struct Files<'a> {
+    files: &'a [SourceFile],
+    /// The next file to open.
+    next: usize,
+    /// The file being read: its handle, stat when opened, digest so far
+    /// and bytes read.
+    open: Option<(File, Stat, blake3::Hasher, u64)>,
+    digests: Vec<Digest>,
+    /// Why reading stopped, in its own type (the chunker sees an `io::Error`).
+    failed: Option<SnapshotError>,
+}
+
+impl Files<'_> {
+    /// The file being read, or the last one opened.
+    fn current(&self) -> &SourceFile {
+        &self.files[self.next.saturating_sub(1)]
     }
-    Ok(whole.finalize().into())
+
+    fn io(&self, source: std::io::Error) -> SnapshotError {
+        SnapshotError::Source {
+            path: self.current().path.clone(),
+            source,
+        }
+    }
+
+    /// Keeps `e` as the reason and hands the chunker an error to stop on.
+    fn fail(&mut self, e: SnapshotError) -> std::io::Error {
+        let text = e.to_string();
+        self.failed = Some(e);
+        std::io::Error::other(text)
+    }
+
+    fn changed(&self, what: String) -> SnapshotError {
+        SnapshotError::FileChanged {
+            path: self.current().path.clone(),
+            what,
+        }
+    }
+
+    /// Opens the next file, checking it is the one listed.
+    fn open_next(&mut self) -> Result<(), SnapshotError> {
+        let f = &self.files[self.next];
+        self.next += 1;
+        let file = File::open(&f.path).map_err(|e| self.io(e))?;
+        let opened = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
+        if opened != f.stat {
+            return Err(self.changed("it was replaced or modified between listing and opening".into()));
+        }
+        self.open = Some((file, opened, blake3::Hasher::new(), 0));
+        Ok(())
+    }
+
+    /// Finishes the open file: it must still be as it was opened, and as
+    /// long as listed.
+    fn close(&mut self) -> Result<(), SnapshotError> {
+        let (file, opened, whole, read) = self.open.take().expect("a file is open");
+        let before = &self.current().stat;
+        let after = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
+        if after != opened || read != before.size {
+            return Err(self.changed(format!(
+                "size {} -> {}, read {read} bytes, mtime {} -> {}",
+                before.size, after.size, before.mtime_ns, after.mtime_ns
+            )));
+        }
+        self.digests.push(whole.finalize().into());
+        Ok(())
+    }
+}
+
+impl Read for Files<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.failed.is_some() {
+            return Err(std::io::Error::other("reading stopped"));
+        }
+        loop {
+            let Some((file, _, whole, read)) = &mut self.open else {
+                if self.next == self.files.len() {
+                    return Ok(0);
+                }
+                if let Err(e) = self.open_next() {
+                    return Err(self.fail(e));
+                }
+                continue;
+            };
+            // Never past the listed size: a file that grew fails at close.
+            let left = self.files[self.next - 1].stat.size - *read;
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            if want == 0 {
+                if let Err(e) = self.close() {
+                    return Err(self.fail(e));
+                }
+                continue;
+            }
+            let n = match file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    // Shorter than listed: close names the change.
+                    if let Err(e) = self.close() {
+                        return Err(self.fail(e));
+                    }
+                    continue;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let e = self.io(e);
+                    return Err(self.fail(e));
+                }
+            };
+            whole.update(&buf[..n]);
+            *read += n as u64;
+            return Ok(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(dir: &std::path::Path, names: &[(&str, &[u8])]) -> Vec<SourceFile> {
+        names
+            .iter()
+            .map(|(name, body)| {
+                let path = dir.join(name);
+                std::fs::write(&path, body).unwrap();
+                SourceFile {
+                    rel: name.to_string(),
+                    stat: Stat::of(&std::fs::metadata(&path).unwrap()),
+                    path,
+                }
+            })
+            .collect()
+    }
+
+    fn read_all(files: &[SourceFile]) -> (Result<Vec<Digest>, SnapshotError>, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let r = read_stream(files, &ChunkerParams::with_average_kib(256).unwrap(), tx);
+        let mut stream = Vec::new();
+        while let Ok((d, c)) = rx.try_recv() {
+            assert_eq!(Digest::of(&c), d);
+            stream.extend(c);
+        }
+        (r, stream)
+    }
+
+    #[test]
+    fn files_are_one_stream_with_a_digest_each() {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..700_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let files = listed(
+            d.path(),
+            &[("a", b"alpha"), ("b", &big), ("c", b""), ("d", b"delta")],
+        );
+        let (r, stream) = read_all(&files);
+        let digests = r.unwrap();
+        assert_eq!(
+            digests,
+            [&b"alpha"[..], &big, b"", b"delta"].map(Digest::of).to_vec()
+        );
+        assert_eq!(stream, [&b"alpha"[..], &big, b"delta"].concat());
+    }
+
+    #[test]
+    fn a_file_changed_after_listing_fails_the_stream_and_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let files = listed(d.path(), &[("a", b"alpha"), ("b", b"bravo")]);
+        std::fs::write(d.path().join("b"), b"bravo, longer now").unwrap();
+        let (r, _) = read_all(&files);
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::FileChanged { ref path, .. } if path.ends_with("b")),
+            "{e}"
+        );
+    }
 }

@@ -185,6 +185,14 @@ fn broken(msg: String) -> std::io::Error {
 struct Held {
     plain: Bytes,
     at: usize,
+    /// The chunk's share of the budget, when no [`Archive::kept`] holds it.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A verified chunk kept because a packed file after this one continues in it.
+struct Kept {
+    digest: Digest,
+    plain: Bytes,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -194,12 +202,15 @@ struct Archive {
     st: Arc<ServeState>,
     /// Next directory to emit.
     dir: usize,
-    /// Current file, its next chunk, whether its header is out, its running digest.
+    /// Current file, its pieces and the next one, whether its header is
+    /// out, its running digest.
     file: usize,
-    chunk: usize,
+    pieces: Vec<qsync_core::pieces::Piece>,
+    piece: usize,
     header_sent: bool,
     whole: blake3::Hasher,
     held: Option<Held>,
+    kept: Option<Kept>,
     trailer_sent: bool,
     zstd: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
     zstd_finished: bool,
@@ -215,10 +226,12 @@ impl Archive {
             st,
             dir: 0,
             file: 0,
-            chunk: 0,
+            pieces: Vec::new(),
+            piece: 0,
             header_sent: false,
             whole: blake3::Hasher::new(),
             held: None,
+            kept: None,
             trailer_sent: false,
             zstd: None,
             zstd_finished: false,
@@ -323,12 +336,14 @@ impl Archive {
             if !self.header_sent {
                 self.header_sent = true;
                 self.whole = blake3::Hasher::new();
+                self.pieces = m.pieces(self.file);
+                self.piece = 0;
                 let h = entry_header(&f.path, tar::EntryType::Regular, f.applied_mode(), f.size, mtime);
                 return Ok(Some(Bytes::from(h)));
             }
-            if let Some(c) = f.chunks.get(self.chunk) {
-                self.chunk += 1;
-                self.held = Some(self.fetch(c.blake3, c.size).await?);
+            if let Some(p) = self.pieces.get(self.piece).cloned() {
+                self.piece += 1;
+                self.held = Some(self.piece_of(&p).await?);
                 continue;
             }
             let actual: Digest = self.whole.finalize().into();
@@ -336,7 +351,6 @@ impl Archive {
                 return Err(broken(format!("{}: whole-file digest mismatch", f.path)));
             }
             self.file += 1;
-            self.chunk = 0;
             self.header_sent = false;
             let pad = padding(f.size);
             if pad > 0 {
@@ -345,8 +359,45 @@ impl Archive {
         }
     }
 
+    /// The bytes of piece `p`, hashed into the file's digest. A chunk that
+    /// a packed file after this one continues in is kept, so a chunk of a
+    /// thousand small files is read once, not a thousand times.
+    async fn piece_of(&mut self, p: &qsync_core::pieces::Piece) -> std::io::Result<Held> {
+        let (at, end) = (p.at as usize, (p.at + p.len) as usize);
+        let kept = self.kept.take().filter(|k| k.digest == p.chunk.blake3);
+        // Any other chunk kept is gone now: its budget is free before this
+        // one waits for its own.
+        let (plain, permit) = match kept {
+            Some(k) => (k.plain, k._permit),
+            None => self.fetch(p.chunk.blake3, p.chunk.size).await?,
+        };
+        let part = plain.slice(at..end);
+        let mut whole = std::mem::take(&mut self.whole);
+        let hashed = part.clone();
+        self.whole = blocking(move || {
+            whole.update(&hashed);
+            Ok(whole)
+        })
+        .await?;
+        let permit = if end < plain.len() {
+            self.kept = Some(Kept {
+                digest: p.chunk.blake3,
+                plain,
+                _permit: permit,
+            });
+            None
+        } else {
+            Some(permit)
+        };
+        Ok(Held {
+            plain: part,
+            at: 0,
+            _permit: permit,
+        })
+    }
+
     /// Reads and verifies one chunk, within the shared memory budget.
-    async fn fetch(&mut self, digest: Digest, size: u64) -> std::io::Result<Held> {
+    async fn fetch(&mut self, digest: Digest, size: u64) -> std::io::Result<(Bytes, OwnedSemaphorePermit)> {
         let budget: Arc<Semaphore> = self.st.tar_budget.clone();
         let want = size.min(self.st.cfg.tar_memory as u64).max(1) as u32;
         let permit = budget
@@ -360,22 +411,16 @@ impl Archive {
             .get_limited(&key, chunk::stored_limit(size))
             .await
             .map_err(std::io::Error::other)?;
-        let mut whole = std::mem::take(&mut self.whole);
-        let (plain, whole) = blocking(move || {
-            let plain = match chunk::decode(&stored, size, &digest).map_err(std::io::Error::other)? {
-                std::borrow::Cow::Borrowed(_) => stored.clone(),
-                std::borrow::Cow::Owned(v) => Bytes::from(v),
-            };
-            whole.update(&plain);
-            Ok((plain, whole))
+        let plain = blocking(move || {
+            Ok(
+                match chunk::decode(&stored, size, &digest).map_err(std::io::Error::other)? {
+                    std::borrow::Cow::Borrowed(_) => stored.clone(),
+                    std::borrow::Cow::Owned(v) => Bytes::from(v),
+                },
+            )
         })
         .await?;
-        self.whole = whole;
-        Ok(Held {
-            plain,
-            at: 0,
-            _permit: permit,
-        })
+        Ok((plain, permit))
     }
 }
 
@@ -432,7 +477,10 @@ mod tests {
                 mode: 0o4755,
                 blake3: whole.finalize().into(),
                 chunks: refs,
+                packed: false,
             }],
+            pack: Vec::new(),
+            pack_index: Default::default(),
         };
         let mut cfg = ServeConfig::new(dir);
         cfg.tar_memory = 16 << 20;
