@@ -195,3 +195,63 @@ fn restore_is_configurable_by_environment_alone() {
     assert_eq!(r["chain"], "eth");
     assert_eq!(tree(&src), tree(&dest));
 }
+
+/// A destination that already is the snapshot, as the last restore left
+/// it, is recognised from its directories and one stat per file: the
+/// rerun writes nothing (not even its markers). Anything out of place (a
+/// stray file, a directory's mode, a file swapped for a link) sends it the
+/// full way, which repairs it.
+#[test]
+fn a_complete_destination_is_left_untouched_and_anything_amiss_is_repaired() {
+    let (env, src) = published();
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+    let marker = dest.join(".qsync-restore.json");
+    let index = dest.join(".qsync-restore.index.json");
+    let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (marker_at, index_at) = (stamp(&marker), stamp(&index));
+
+    let r = env.restore("eth", &dest);
+    assert_eq!(
+        (r["bytes_fetched"].as_u64(), r["removed"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(stamp(&marker), marker_at, "the marker was rewritten");
+    assert_eq!(stamp(&index), index_at, "the index was rewritten");
+
+    // A stray file, a loosened directory, a file replaced by a link to
+    // another with the same bytes outside: each is noticed and repaired.
+    let outside = env.path("outside-tiny");
+    std::fs::write(&outside, b"x").unwrap();
+    type Damage<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let damage: [Damage; 3] = [
+        (
+            "stray",
+            Box::new(|| std::fs::write(dest.join("db/stray"), b"?").unwrap()),
+        ),
+        (
+            "mode",
+            Box::new(|| {
+                std::fs::set_permissions(dest.join("db/deep"), std::fs::Permissions::from_mode(0o777))
+                    .unwrap()
+            }),
+        ),
+        (
+            "link",
+            Box::new(|| {
+                let tiny = dest.join("db/deep/er/est/tiny");
+                std::fs::remove_file(&tiny).unwrap();
+                std::os::unix::fs::symlink(&outside, &tiny).unwrap();
+            }),
+        ),
+    ];
+    for (what, damage) in damage {
+        let before = stamp(&marker);
+        damage();
+        let r = env.restore("eth", &dest);
+        assert_eq!(tree(&src), tree(&dest), "{what}: not repaired: {r}");
+        assert!(stamp(&marker) > before, "{what}: took the fast path");
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), b"x");
+}

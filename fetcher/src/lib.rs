@@ -8,6 +8,7 @@
 //! `qsync_core::trust`; transports in `qsync_store`.
 
 pub mod choose;
+mod complete;
 pub mod dest;
 pub mod error;
 pub mod inspect;

@@ -27,6 +27,7 @@ use qsync_core::{ChainName, Digest};
 use serde::Serialize;
 
 use crate::choose::choose;
+use crate::complete::already_complete;
 use crate::dest::{
     self, hash_existing, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL,
 };
@@ -178,6 +179,23 @@ pub async fn restore(
         pointer_from,
         mirrors: Vec::new(),
     };
+    let complete = !opts.verify_existing && {
+        let (root, m, index) = (root.clone(), manifest.clone(), index.clone());
+        let digest = pointer.current.manifest_blake3;
+        blocking(move || already_complete(&root, &m, &digest, &index).map_err(RestoreError::io(root.path())))
+            .await?
+    };
+    if complete {
+        tracing::info!(
+            elapsed = ?clock.elapsed(),
+            "{} already holds snapshot {} exactly as the last restore left it; nothing to do",
+            root.path().display(),
+            pointer.current.version
+        );
+        trust.advance(&opts.chain, &pointer.current, &vk.id())?;
+        summary.mirrors = mirrors.report();
+        return Ok(summary);
+    }
     dest::claim(&root, &pointer, vk.id(), opts.foreign_dest)?;
     let removed = {
         let (root, m) = (root.clone(), manifest.clone());
