@@ -229,8 +229,10 @@ pub struct RestoreArgs {
     /// Write Prometheus metrics of this run to this file (node-exporter textfile collector).
     #[arg(long, env = "QSYNC_METRICS_FILE")]
     pub metrics_file: Option<PathBuf>,
-    /// Chunks in flight at once.
-    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
+    /// Most chunks in flight at once: the restore starts at 8 and takes
+    /// more while the mirrors deliver more for it (a per-connection
+    /// limited CDN), at most this many and 96 MiB of chunks.
+    #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
     /// Print one JSON summary on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]

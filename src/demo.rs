@@ -122,7 +122,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
         state_dir: state.clone(),
         expired: qsync_core::trust::Expired::Refuse,
         foreign_dest: qsync_fetcher::ForeignDest::Refuse,
-        concurrency: 8,
+        concurrency: 64,
         verify_existing: false,
         verify_cmd: None,
         version: None,

@@ -17,7 +17,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use qsync_core::manifest::{DirEntry, FileEntry, Manifest, RESERVED_NAMES};
-use qsync_core::records::FileStat;
 use qsync_core::Digest;
 use rustix::fs::{self as rfs, AtFlags, FileType};
 
@@ -100,15 +99,9 @@ fn walk(
             }
             (Some(Want::File(f)), FileType::RegularFile) => {
                 let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-                let now = FileStat::from_parts(
-                    st.st_size as u64,
-                    (st.st_mtime, st.st_mtime_nsec as i64),
-                    (st.st_ctime, st.st_ctime_nsec as i64),
-                    st.st_ino,
-                );
                 st.st_nlink == 1
                     && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && index.unchanged_stat(f, now)
+                    && index.unchanged_stat(f, root::file_stat(&st))
             }
             _ => false,
         };

@@ -149,20 +149,30 @@ pub fn ensure_dir(root: &Root, rel: &str) -> Result<File, RestoreError> {
 /// Prepares `rel` to be a regular file: parents are real directories,
 /// nothing but a regular file (or nothing) is left at the path, and a
 /// regular file with other hard links is replaced by a private copy.
-pub fn ensure_file_slot(root: &Root, rel: &str) -> Result<(), RestoreError> {
+/// Returns whether a regular file is there.
+pub fn ensure_file_slot(root: &Root, rel: &str) -> Result<bool, RestoreError> {
     let (parent, name) = match rel.rsplit_once('/') {
         Some((dir, name)) => (ensure_dir(root, dir)?, name),
         None => (root.open_dir("").map_err(RestoreError::io(root.path()))?, rel),
     };
+    file_slot_at(root, &parent, rel, name)
+}
+
+/// [`ensure_file_slot`] for `name` in the open directory `parent` (at `rel`).
+fn file_slot_at(root: &Root, parent: &File, rel: &str, name: &str) -> Result<bool, RestoreError> {
     let io = io_at(root, rel);
-    match root::stat_at(&parent, name).map_err(&io)? {
+    match root::stat_at(parent, name).map_err(&io)? {
         Some((FileType::RegularFile, links)) if links > 1 => {
-            root::break_links_at(&parent, name).map_err(io)?;
+            root::break_links_at(parent, name).map_err(io)?;
+            Ok(true)
         }
-        Some((FileType::RegularFile, _)) | None => {}
-        Some(_) => root::remove_at(&parent, name).map_err(io)?,
+        Some((FileType::RegularFile, _)) => Ok(true),
+        None => Ok(false),
+        Some(_) => {
+            root::remove_at(parent, name).map_err(io)?;
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// Deletes everything in the destination that `manifest` does not list
@@ -217,16 +227,35 @@ pub fn free_space(dir: &Path) -> Result<u64, RestoreError> {
 
 /// Removes what the snapshot lacks, creates its directories, and clears
 /// every file's slot of links, directories and other hard links. Returns
-/// how many entries were removed.
-pub(crate) fn layout(root: &Root, m: &Manifest) -> Result<u64, RestoreError> {
+/// how many entries were removed, and per file whether a regular file is
+/// there now (what is absent needs no look later). Files of one directory
+/// are checked through one handle of it.
+pub(crate) fn layout(root: &Root, m: &Manifest) -> Result<(u64, Vec<bool>), RestoreError> {
     let removed = remove_extras(root, m)?;
     for d in &m.directories {
         ensure_dir(root, &d.path)?;
     }
+    let mut parent: Option<(&str, File)> = None;
+    let mut present = Vec::with_capacity(m.files.len());
     for f in &m.files {
-        ensure_file_slot(root, &f.path)?;
+        let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", f.path.as_str()));
+        let handle = match parent.take() {
+            Some((d, h)) if d == dir => h,
+            _ => ensure_dir_or_root(root, dir)?,
+        };
+        present.push(file_slot_at(root, &handle, &f.path, name)?);
+        parent = Some((dir, handle));
     }
-    Ok(removed)
+    Ok((removed, present))
+}
+
+/// [`ensure_dir`], or the destination itself for "".
+fn ensure_dir_or_root(root: &Root, rel: &str) -> Result<File, RestoreError> {
+    if rel.is_empty() {
+        root.open_dir("").map_err(RestoreError::io(root.path()))
+    } else {
+        ensure_dir(root, rel)
+    }
 }
 
 /// For each piece of `f` ([`qsync_core::pieces`]): does the file already
@@ -269,39 +298,54 @@ pub(crate) fn hash_existing(
     Ok((ok, Some(meta)))
 }
 
-/// Creates or truncates/extends `rel` to `size`, reserving the blocks. A
-/// file with other hard links is first replaced by a private copy, so the
-/// writes that follow never reach a name outside the destination.
-pub(crate) fn presize(root: &Root, rel: &str, size: u64) -> Result<(), RestoreError> {
+/// Files at least this large get their blocks reserved when sized; for
+/// smaller ones the call costs more than the fragmentation it saves.
+pub(crate) const PREALLOCATE_FROM: u64 = 1 << 20;
+
+/// Creates or truncates/extends `rel` to `size`, reserving the blocks of a
+/// large file. `existed`: layout found a regular file there (a file absent
+/// then is created with its final mode `mode`, plus owner read and write
+/// while it fills). A file with other hard links is first replaced by a
+/// private copy, so the writes that follow never reach a name outside the
+/// destination.
+pub(crate) fn presize(
+    root: &Root,
+    rel: &str,
+    size: u64,
+    mode: u32,
+    existed: bool,
+) -> Result<(), RestoreError> {
     let path = root.display(rel);
     let io = || RestoreError::io(&path);
-    root.break_links(rel).map_err(io())?;
-    // A previous restore may have left the file read-only (its snapshot
-    // mode): widen it through an open file, never by path.
-    if let Ok(f) = root.open_read(rel) {
-        let mode = f.metadata().map_err(io())?.permissions().mode() | 0o600;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io())?;
+    if existed {
+        root.break_links(rel).map_err(io())?;
+        // A previous restore may have left the file read-only (its snapshot
+        // mode): widen it through an open file, never by path.
+        if let Ok(f) = root.open_read(rel) {
+            let mode = f.metadata().map_err(io())?.permissions().mode() | 0o600;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io())?;
+        }
     }
-    let f = root.open_create(rel).map_err(io())?;
+    let f = root.open_create(rel, mode | 0o600).map_err(io())?;
     // Unchanged size: leave the file (and its stat, which the journal
     // compares) alone.
-    if f.metadata().map_err(io())?.len() == size {
+    if existed && f.metadata().map_err(io())?.len() == size {
         return Ok(());
     }
     f.set_len(size).map_err(io())?;
-    if size > 0 {
+    if size >= PREALLOCATE_FROM {
         // Not every filesystem can preallocate; the free-space check already ran.
         let _ = fs4::fs_std::FileExt::allocate(&f, size);
     }
     Ok(())
 }
 
-/// Applies the mode and fsyncs; with `changed` (a file this run changed
-/// whose digest was not already assembled as its chunks landed), first
-/// reads it back and verifies the whole-file digest (chunk digests were
-/// checked as they landed; this catches a chunk written at the wrong place).
-/// Returns the file's metadata once sealed, for the index.
+/// Applies the mode (when it differs) and fsyncs; with `changed` (a file
+/// this run changed whose digest was not already assembled as its chunks
+/// landed), first reads it back and verifies the whole-file digest (chunk
+/// digests were checked as they landed; this catches a chunk written at the
+/// wrong place). Returns the file's metadata once sealed, for the index.
 pub(crate) fn seal_file(
     root: &Root,
     f: &FileEntry,
@@ -311,8 +355,7 @@ pub(crate) fn seal_file(
     let path = root.display(&f.path);
     let io = || RestoreError::io(&path);
     let file = root.open_read(&f.path).map_err(io())?;
-    file.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777))
-        .map_err(io())?;
+    let mut meta = file.metadata().map_err(io())?;
     if changed {
         let mut h = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -335,20 +378,37 @@ pub(crate) fn seal_file(
         }
         file.sync_all().map_err(io())?;
     }
-    file.metadata().map_err(io())
+    if meta.permissions().mode() & 0o7777 != f.applied_mode() {
+        file.set_permissions(std::fs::Permissions::from_mode(f.applied_mode()))
+            .map_err(io())?;
+        meta = file.metadata().map_err(io())?;
+    }
+    Ok(meta)
 }
 
-/// Applies directory modes (through open directories) and fsyncs every
-/// directory, deepest first.
+/// Directories above which [`seal_dirs`] syncs the filesystem once instead
+/// of each directory.
+const SYNC_DIRS_ONE_BY_ONE: usize = 16;
+
+/// Applies directory modes (through open directories, where they differ)
+/// and makes every directory durable: each fsynced, deepest first, or the
+/// whole filesystem synced once when there are many.
 pub(crate) fn seal_dirs(root: &Root, m: &Manifest) -> Result<(), RestoreError> {
+    let one_by_one = m.directories.len() <= SYNC_DIRS_ONE_BY_ONE;
     for d in m.directories.iter().rev() {
         let io = || RestoreError::io(root.display(&d.path));
         let dir = root.open_dir(&d.path).map_err(io())?;
         // Keep the owner able to write, or a later top-up could not update it.
-        let mode = (d.mode & 0o777) | 0o700;
-        dir.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io())?;
-        dir.sync_all().map_err(io())?;
+        if dir.metadata().map_err(io())?.permissions().mode() & 0o777 != d.applied_mode() {
+            dir.set_permissions(std::fs::Permissions::from_mode(d.applied_mode()))
+                .map_err(io())?;
+        }
+        if one_by_one {
+            dir.sync_all().map_err(io())?;
+        }
+    }
+    if !one_by_one {
+        root.sync_filesystem().map_err(RestoreError::io(root.path()))?;
     }
     root.sync().map_err(RestoreError::io(root.path()))
 }

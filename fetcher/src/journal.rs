@@ -36,7 +36,7 @@ use rustix::fs::OFlags;
 pub use qsync_core::records::{DoneSet, IndexEntry};
 
 use crate::dest::{INDEX, JOURNAL};
-use crate::root::Root;
+use crate::root::{self, Root};
 use crate::RestoreError;
 
 /// Files a journal batch fdatasyncs one by one; more are synced with one
@@ -112,29 +112,37 @@ impl Journal {
     /// with one `syncfs` of the destination's filesystem, as `tar -x; sync`
     /// would, instead of a disk flush per file.
     pub fn sync_and_record(&mut self, written: HashMap<u32, Vec<u32>>) -> Result<(), RestoreError> {
-        let one_by_one = written.len() <= SYNC_ONE_BY_ONE;
-        if !one_by_one {
-            self.root
-                .sync_filesystem()
-                .map_err(RestoreError::io(self.root.path()))?;
-        }
+        let mut written: Vec<(u32, Vec<u32>)> = written.into_iter().collect();
+        // In path order, so the stats below reuse each directory's handle.
+        written.sort_unstable_by_key(|(f, _)| *f);
+        let files = &self.manifest.files;
+        let stats: Vec<Option<FileStat>> = if written.len() <= SYNC_ONE_BY_ONE {
+            written
+                .iter()
+                .map(|(f, _)| {
+                    let rel = &files[*f as usize].path;
+                    let io = || RestoreError::io(self.root.display(rel));
+                    let file = self.root.open_read(rel).map_err(io())?;
+                    file.sync_data().map_err(io())?;
+                    Ok(Some(FileStat::of(&file.metadata().map_err(io())?)))
+                })
+                .collect::<Result<_, RestoreError>>()?
+        } else {
+            let io = || RestoreError::io(self.root.path());
+            self.root.sync_filesystem().map_err(io())?;
+            let rels = written.iter().map(|(f, _)| files[*f as usize].path.as_str());
+            let stats = self.root.stat_files(rels).map_err(io())?;
+            stats.iter().map(|st| st.as_ref().map(root::file_stat)).collect()
+        };
         let mut entries = Vec::with_capacity(written.len());
-        for (f, pieces) in written {
-            let rel = &self.manifest.files[f as usize].path;
-            let io = || RestoreError::io(self.root.display(rel));
-            let meta = if one_by_one {
-                let file = self.root.open_read(rel).map_err(io())?;
-                file.sync_data().map_err(io())?;
-                file.metadata().map_err(io())?
-            } else {
-                self.root.stat(rel).map_err(io())?.ok_or_else(|| {
-                    io()(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "vanished while restoring",
-                    ))
-                })?
-            };
-            entries.push((f, Some(pieces), Some(FileStat::of(&meta))));
+        for ((f, pieces), st) in written.into_iter().zip(stats) {
+            let st = st.ok_or_else(|| {
+                RestoreError::io(self.root.display(&files[f as usize].path))(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "vanished while it was restored",
+                ))
+            })?;
+            entries.push((f, Some(pieces), Some(st)));
         }
         self.record(&entries)
     }

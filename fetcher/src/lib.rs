@@ -14,6 +14,7 @@ pub mod error;
 pub mod inspect;
 pub mod journal;
 pub mod mirrors;
+mod pace;
 pub mod restore;
 pub mod root;
 mod write;

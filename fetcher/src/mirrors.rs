@@ -112,8 +112,11 @@ impl Drop for InFlight<'_> {
 }
 
 /// One or more stores holding the same chain.
+#[derive(Clone)]
 pub struct Mirrors {
-    mirrors: Vec<Mirror>,
+    /// Shared by clones, so every task of a restore sees one health record
+    /// per mirror.
+    mirrors: Arc<[Mirror]>,
     opts: MirrorOptions,
 }
 
@@ -195,7 +198,7 @@ impl Mirrors {
     /// The mirrors with explicit timeouts. Panics on an empty list.
     pub fn with_options(sources: Vec<Arc<dyn ObjectSource>>, opts: MirrorOptions) -> Self {
         assert!(!sources.is_empty(), "at least one mirror");
-        let mirrors = sources
+        let mirrors: Vec<Mirror> = sources
             .into_iter()
             .map(|source| Mirror {
                 health: Mutex::new(Health {
@@ -209,7 +212,10 @@ impl Mirrors {
                 in_flight: AtomicU32::new(0),
             })
             .collect();
-        Mirrors { mirrors, opts }
+        Mirrors {
+            mirrors: mirrors.into(),
+            opts,
+        }
     }
 
     /// The first mirror (for single-store commands).
@@ -223,6 +229,14 @@ impl Mirrors {
             .iter()
             .map(|m| m.health.lock().expect("not poisoned").report.clone())
             .collect()
+    }
+
+    /// Failed attempts so far, on every mirror.
+    pub fn errors(&self) -> u64 {
+        self.mirrors
+            .iter()
+            .map(|m| m.health.lock().expect("not poisoned").report.errors)
+            .sum()
     }
 
     /// Logs a mirror failure. With one mirror the error itself reaches the
@@ -360,7 +374,7 @@ impl Mirrors {
     /// The manifest `snap` names, verified (signature and digest) and parsed.
     pub async fn manifest(&self, snap: &SnapshotRef, vk: &VerifyingKey) -> Result<Manifest, RestoreError> {
         let mut last: Option<RestoreError> = None;
-        for m in &self.mirrors {
+        for m in self.mirrors.iter() {
             let s = m.source.as_ref();
             match get_manifest(s, snap, vk).await {
                 Ok(m) => return Ok(m),

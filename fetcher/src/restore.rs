@@ -30,14 +30,19 @@ use crate::choose::choose;
 use crate::complete::already_complete;
 use crate::dest::{
     self, hash_existing, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL,
+    PREALLOCATE_FROM,
 };
 use crate::journal::{Index, IndexEntry, Journal, Record};
+use crate::pace::Pace;
 use crate::root::Root;
 use crate::write::{Disk, Slot};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
 const SPACE_MARGIN: u64 = 64 << 20;
+/// Plaintext of the chunks in flight at once, MiB: each may be held whole
+/// while it decodes, so this bounds the restore's memory whatever the pace.
+const IN_FLIGHT_MIB: usize = 96;
 
 /// What to restore where.
 #[derive(Clone, Debug)]
@@ -53,7 +58,8 @@ pub struct RestoreOptions {
     /// Whether a destination qsync does not own (not empty, no marker, or
     /// another chain's) is refused or taken over.
     pub foreign_dest: ForeignDest,
-    /// Chunks in flight at once.
+    /// Most chunks in flight at once; the restore picks how many up to
+    /// this from what the mirrors deliver.
     pub concurrency: usize,
     /// Hash everything already in the destination instead of trusting the
     /// resume journal and the index of the last completed restore.
@@ -107,6 +113,8 @@ struct Plan {
     growth: u64,
     /// Files this run changes (written, truncated or created).
     touched: Vec<bool>,
+    /// Files that were there (a regular file) when planning looked.
+    existed: Vec<bool>,
     /// Files this run writes entirely: their digests are assembled as the
     /// chunks land, so the seal need not read them back.
     whole: Vec<bool>,
@@ -197,7 +205,7 @@ pub async fn restore(
         return Ok(summary);
     }
     dest::claim(&root, &pointer, vk.id(), opts.foreign_dest)?;
-    let removed = {
+    let (removed, present) = {
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?
     };
@@ -211,7 +219,7 @@ pub async fn restore(
     let (mut journal, done) =
         Journal::open(root.clone(), manifest.clone(), &pointer.current.manifest_blake3)?;
     let done = (!opts.verify_existing).then(|| Arc::new(done));
-    let plan = plan(&manifest, &root, done, index).await?;
+    let plan = plan(&manifest, &root, done, index, Arc::new(present)).await?;
     if !plan.verified.is_empty() {
         journal.record(&plan.verified)?;
     }
@@ -232,18 +240,30 @@ pub async fn restore(
         manifest.total_bytes(),
         plan.needed.len()
     );
-    for (i, f) in manifest
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| plan.touched[*i])
     {
-        let (root, rel, size) = (root.clone(), manifest.files[i].path.clone(), f.size);
-        blocking(move || presize(&root, &rel, size)).await?;
+        let (root, m) = (root.clone(), manifest.clone());
+        // A small file that was not there is created by its first write:
+        // sizing it beforehand would cost an open for nothing.
+        let sized: Arc<Vec<Option<bool>>> = Arc::new(
+            plan.touched
+                .iter()
+                .zip(&plan.existed)
+                .zip(&manifest.files)
+                .map(|((t, e), f)| (*t && (*e || f.size == 0 || f.size >= PREALLOCATE_FROM)).then_some(*e))
+                .collect(),
+        );
+        per_file(manifest.files.len(), move |i| match sized[i] {
+            Some(existed) => {
+                let f = &m.files[i];
+                presize(&root, &f.path, f.size, f.applied_mode(), existed)
+            }
+            None => Ok(()),
+        })
+        .await?;
     }
 
     let (reused, touched) = (plan.reused, plan.touched.clone());
-    let disk = Disk::new(&manifest, root.clone(), paths.clone(), &plan.whole);
+    let disk = Arc::new(Disk::new(&manifest, root.clone(), paths.clone(), &plan.whole));
     let (bytes_fetched, chunks_fetched, journal) =
         fetch_and_write(mirrors, plan, &disk, &paths, journal, opts.concurrency, &progress).await?;
     tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
@@ -290,49 +310,56 @@ async fn plan(
     root: &Arc<Root>,
     done: Option<Arc<JournalState>>,
     index: Arc<Index>,
+    present: Arc<Vec<bool>>,
 ) -> Result<Plan, RestoreError> {
-    let checked: Vec<(usize, Known, Option<u64>)> = futures::stream::iter(0..manifest.files.len())
-        .map(|i| {
-            let (m, root, done, index) = (manifest.clone(), root.clone(), done.clone(), index.clone());
-            blocking(move || {
-                let f = &m.files[i];
-                let now = root
-                    .stat(&f.path)
-                    .map_err(RestoreError::io(root.display(&f.path)))?
-                    .filter(|m| m.is_file());
-                let have = now.as_ref().map(|m| m.len());
-                let still = |j: &JournalState| {
-                    now.as_ref()
-                        .is_some_and(|m| j.stats.get(&(i as u32)) == Some(&FileStat::of(m)))
-                };
-                let journaled = done
-                    .as_deref()
-                    .filter(|j| still(j))
-                    .and_then(|j| j.done.get(&(i as u32)));
-                let known = match journaled {
-                    Some(None) => Known::Trusted,
-                    _ if done.is_some() && index.unchanged(&root, f) => Known::Trusted,
-                    Some(Some(set)) => Known::Journaled(set.clone()),
-                    _ => {
-                        let (ok, meta) = hash_existing(&root, f, &m.pieces(i))?;
-                        Known::Hashed(ok, meta.as_ref().map(FileStat::of))
-                    }
-                };
-                Ok((i, known, have))
-            })
-        })
-        .buffered(2)
-        .try_collect()
-        .await?;
+    let (m, root) = (manifest.clone(), root.clone());
+    let checked: Vec<(Known, Option<u64>)> = per_file(manifest.files.len(), move |i| {
+        let f = &m.files[i];
+        if !present[i] {
+            // Layout found nothing there: nothing to look at.
+            return Ok((Known::Hashed(vec![false; m.piece_count(i)], None), None));
+        }
+        let now = root
+            .stat(&f.path)
+            .map_err(RestoreError::io(root.display(&f.path)))?
+            .filter(|m| m.is_file());
+        let have = now.as_ref().map(|m| m.len());
+        let still = |j: &JournalState| {
+            now.as_ref()
+                .is_some_and(|m| j.stats.get(&(i as u32)) == Some(&FileStat::of(m)))
+        };
+        let journaled = done
+            .as_deref()
+            .filter(|j| still(j))
+            .and_then(|j| j.done.get(&(i as u32)));
+        let known = match journaled {
+            Some(None) => Known::Trusted,
+            _ if done.is_some()
+                && now
+                    .as_ref()
+                    .is_some_and(|m| index.unchanged_stat(f, FileStat::of(m))) =>
+            {
+                Known::Trusted
+            }
+            Some(Some(set)) => Known::Journaled(set.clone()),
+            _ => {
+                let (ok, meta) = hash_existing(&root, f, &m.pieces(i))?;
+                Known::Hashed(ok, meta.as_ref().map(FileStat::of))
+            }
+        };
+        Ok((known, have))
+    })
+    .await?;
     let mut plan = Plan {
         needed: HashMap::new(),
         reused: 0,
         growth: 0,
+        existed: checked.iter().map(|(_, have)| have.is_some()).collect(),
         touched: vec![false; manifest.files.len()],
         whole: vec![false; manifest.files.len()],
         verified: Vec::new(),
     };
-    for (i, known, have) in checked {
+    for (i, (known, have)) in checked.into_iter().enumerate() {
         let f = &manifest.files[i];
         let ok = |c: usize| match &known {
             Known::Trusted => true,
@@ -363,9 +390,11 @@ async fn plan(
             }
         }
         plan.whole[i] = good.is_empty() && !pieces.is_empty();
-        if let Known::Hashed(_, st) = known {
+        // What hashing proved goes into the journal; a file that was not
+        // there proved nothing.
+        if let Known::Hashed(_, Some(st)) = known {
             let all = good.len() == pieces.len();
-            plan.verified.push((i as u32, (!all).then_some(good), st));
+            plan.verified.push((i as u32, (!all).then_some(good), Some(st)));
         }
     }
     Ok(plan)
@@ -377,7 +406,7 @@ async fn plan(
 async fn fetch_and_write(
     mirrors: &Mirrors,
     plan: Plan,
-    disk: &Disk,
+    disk: &Arc<Disk>,
     paths: &Arc<Vec<PathBuf>>,
     journal: Journal,
     concurrency: usize,
@@ -389,33 +418,69 @@ async fn fetch_and_write(
         .flat_map(|(_, slots)| slots.iter().map(|s| s.len))
         .sum();
     progress.start("restore", to_write);
-    let fetched = AtomicU64::new(0);
+    let fetched = Arc::new(AtomicU64::new(0));
     let chunks = plan.needed.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
     let flusher = tokio::spawn(flush_journal(rx, journal, paths.clone()));
-    let needed = shuffle_in_windows(plan.needed, 64 * concurrency.max(1));
-    let result = futures::stream::iter(needed)
-        .map(|(blake3, (size, slots))| {
-            let (fetched, tx) = (&fetched, tx.clone());
-            async move {
-                let mut targets = disk.targets(&slots, size);
-                mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
-                targets.landed().await?;
-                fetched.fetch_add(size, Ordering::Relaxed);
-                progress.advance(slots.iter().map(|s| s.len).sum());
-                let _ = tx.send(slots);
-                Ok::<_, RestoreError>(())
+    let needed = shuffle_in_windows(plan.needed, 64 * 16);
+    // Chunks in flight: as many as the mirrors reward ([`Pace`]), at most
+    // `concurrency`, and never more than IN_FLIGHT_MIB of them (a
+    // compressible chunk is held whole while it decodes). Each is a task of
+    // its own, so hashing, decompressing and page-cache writes run on every
+    // core.
+    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MIB));
+    let mut pace = Pace::new(concurrency, std::time::Instant::now());
+    let fetch = |(blake3, (size, slots)): (Digest, (u64, Vec<Slot>))| {
+        let (fetched, tx, budget) = (fetched.clone(), tx.clone(), budget.clone());
+        let (mirrors, disk, progress) = (mirrors.clone(), disk.clone(), progress.clone());
+        async move {
+            let mib = (size.div_ceil(1 << 20) as u32).clamp(1, IN_FLIGHT_MIB as u32);
+            let _bytes = budget.acquire_many(mib).await.expect("never closed");
+            let mut targets = disk.targets(&slots, size);
+            mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
+            targets.landed().await?;
+            fetched.fetch_add(size, Ordering::Relaxed);
+            progress.advance(slots.iter().map(|s| s.len).sum());
+            let _ = tx.send(slots);
+            Ok::<_, RestoreError>(())
+        }
+    };
+    let result = async {
+        let mut queue = needed.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let mut done = 0u64;
+        loop {
+            while running.len() < pace.limit() {
+                let Some(next) = queue.next() else { break };
+                running.spawn(fetch(next));
             }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .try_collect::<()>()
-        .await;
+            if running.is_empty() {
+                return Ok::<(), RestoreError>(());
+            }
+            tokio::select! {
+                r = running.join_next() => {
+                    r.expect("not empty").expect("a chunk task does not panic")?;
+                    done += 1;
+                }
+                _ = tick.tick() => {}
+            }
+            let now = std::time::Instant::now();
+            pace.observe(fetched.load(Ordering::Relaxed), done, mirrors.errors(), now);
+        }
+    }
+    .await;
+    tracing::info!(
+        "chunks in flight: up to {} (--concurrency {concurrency}), {} at the end",
+        pace.peak(),
+        pace.limit()
+    );
     drop(tx);
     // Journal what was written even when the run failed: the rerun keeps it.
     let journal = flusher.await.expect("flusher does not panic")?;
     result?;
     progress.finish();
-    Ok((fetched.into_inner(), chunks, journal))
+    Ok((fetched.load(Ordering::Relaxed), chunks, journal))
 }
 
 /// Orders the chunks file by file, shuffled within windows of `window`
@@ -494,19 +559,29 @@ async fn seal(
         .map(|(f, _)| f.size)
         .sum();
     progress.start("verify", to_hash);
-    let entries: Vec<(String, IndexEntry)> = futures::stream::iter(0..manifest.files.len())
-        .map(|i| {
-            let (m, root, touched, progress) =
-                (manifest.clone(), root.clone(), touched.clone(), progress.clone());
-            blocking(move || {
+    let (m, r, t, p) = (manifest.clone(), root.clone(), touched.clone(), progress.clone());
+    let entries: Vec<(String, IndexEntry)> = per_batch(manifest.files.len(), move |files| {
+        // Most files need no more than a look: their digest was checked in
+        // flight (or they were not touched), they have one link and the
+        // mode they were created with. The look goes through one handle
+        // per directory; anything else is opened and sealed in full.
+        let rels = files.clone().map(|i| m.files[i].path.as_str());
+        let stats = r.stat_files(rels).map_err(RestoreError::io(r.path()))?;
+        files
+            .zip(stats)
+            .map(|(i, st)| {
                 let f = &m.files[i];
-                let meta = seal_file(&root, f, touched[i], progress.as_ref())?;
-                Ok((f.path.clone(), IndexEntry::new(f.blake3, FileStat::of(&meta))))
+                let stat = match st {
+                    Some(st) if !t[i] && st.st_nlink == 1 && st.st_mode & 0o7777 == f.applied_mode() => {
+                        crate::root::file_stat(&st)
+                    }
+                    _ => FileStat::of(&seal_file(&r, f, t[i], p.as_ref())?),
+                };
+                Ok((f.path.clone(), IndexEntry::new(f.blake3, stat)))
             })
-        })
-        .buffer_unordered(2)
-        .try_collect()
-        .await?;
+            .collect()
+    })
+    .await?;
     progress.finish();
     let (root, m) = (root.clone(), manifest.clone());
     blocking(move || seal_dirs(&root, &m)).await?;
@@ -550,6 +625,38 @@ async fn run_verify_cmd(cmd: &str, root: &Path, m: &Manifest) -> Result<(), Rest
             format!(": {tail}")
         },
     })
+}
+
+/// Files handed to one blocking task by [`per_file`].
+const FILES_PER_TASK: usize = 512;
+
+/// Runs `f` for every file index `0..n` on the blocking pool, two tasks at
+/// a time of [`FILES_PER_TASK`] files each, and returns the results in
+/// order: a directory of a million small files costs a few thousand task
+/// hand-offs, not a million.
+async fn per_file<T: Send + 'static>(
+    n: usize,
+    f: impl Fn(usize) -> Result<T, RestoreError> + Send + Sync + 'static,
+) -> Result<Vec<T>, RestoreError> {
+    per_batch(n, move |files| files.map(&f).collect()).await
+}
+
+/// [`per_file`] with the batch (a range of file indexes) handed to `f`
+/// whole, which returns one result per file.
+async fn per_batch<T: Send + 'static>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>, RestoreError> + Send + Sync + 'static,
+) -> Result<Vec<T>, RestoreError> {
+    let f = Arc::new(f);
+    let batches: Vec<Vec<T>> = futures::stream::iter((0..n).step_by(FILES_PER_TASK))
+        .map(|start| {
+            let f = f.clone();
+            blocking(move || f(start..(start + FILES_PER_TASK).min(n)))
+        })
+        .buffered(2)
+        .try_collect()
+        .await?;
+    Ok(batches.into_iter().flatten().collect())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -202,14 +202,15 @@ impl Root {
         writable(File::from(self.open_at(rel, flags, Mode::empty())?))
     }
 
-    /// Opens `rel` for writing, creating it (mode 0600) when absent; the
-    /// same refusals as [`Root::open_write`].
-    pub fn open_create(&self, rel: &str) -> io::Result<File> {
+    /// Opens `rel` for writing, creating it with permission bits `mode`
+    /// (less the umask) when absent; the same refusals as
+    /// [`Root::open_write`].
+    pub fn open_create(&self, rel: &str, mode: u32) -> io::Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK;
         writable(File::from(self.open_at(
             rel,
             flags,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(mode & 0o777),
         )?))
     }
 
@@ -223,6 +224,39 @@ impl Root {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The stat of each regular file of `rels` (`None` for anything else
+    /// or nothing), looked up through one handle per directory: consecutive
+    /// names in one directory cost a `statat` each. No link is followed.
+    pub fn stat_files<'a>(
+        &self,
+        rels: impl IntoIterator<Item = &'a str>,
+    ) -> io::Result<Vec<Option<rfs::Stat>>> {
+        let mut parent: Option<(&str, File)> = None;
+        let mut out = Vec::new();
+        for rel in rels {
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            let handle = match parent.take() {
+                Some((d, h)) if d == dir => h,
+                _ => match self.open_dir(dir) {
+                    Ok(h) => h,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        out.push(None);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let st = match rfs::statat(&handle, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => Some(st),
+                Ok(_) | Err(rustix::io::Errno::NOENT) => None,
+                Err(e) => return Err(err(e)),
+            };
+            out.push(st);
+            parent = Some((dir, handle));
+        }
+        Ok(out)
     }
 
     /// Removes the non-directory `rel`; `false` when it was absent.
@@ -317,6 +351,16 @@ impl Root {
         let (dir, name) = self.parent(rel)?;
         break_links_at(&dir, name)
     }
+}
+
+/// The fields of `st` the journal and index compare.
+pub(crate) fn file_stat(st: &rfs::Stat) -> qsync_core::records::FileStat {
+    qsync_core::records::FileStat::from_parts(
+        st.st_size as u64,
+        (st.st_mtime, st.st_mtime_nsec as i64),
+        (st.st_ctime, st.st_ctime_nsec as i64),
+        st.st_ino,
+    )
 }
 
 /// `f` if it is a regular file with no other hard link.
@@ -443,7 +487,7 @@ mod tests {
         symlink(d.path(), dest.join("sub/up")).unwrap();
         let root = Root::create_locked(&dest).unwrap();
         assert!(root.open_write("link", OFlags::empty()).is_err());
-        assert!(root.open_create("sub/up/outside").is_err());
+        assert!(root.open_create("sub/up/outside", 0o600).is_err());
         assert!(root.open_read("../outside").is_err());
         assert!(root.read_bounded("link", 100).unwrap().is_none());
         assert!(root.stat("link").unwrap().unwrap().file_type().is_symlink());

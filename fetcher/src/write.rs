@@ -85,6 +85,9 @@ pub(crate) struct Disk {
     rels: Vec<String>,
     paths: Arc<Vec<PathBuf>>,
     sizes: Vec<u64>,
+    /// Permission bits each file is created with, when its first write
+    /// creates it (small files are not sized beforehand).
+    modes: Vec<u32>,
     digests: Vec<Digest>,
     /// Cleared on the first file that refuses `O_DIRECT`.
     direct: AtomicBool,
@@ -117,6 +120,7 @@ impl Disk {
             rels: manifest.files.iter().map(|f| f.path.clone()).collect(),
             paths,
             sizes: manifest.files.iter().map(|f| f.size).collect(),
+            modes: manifest.files.iter().map(|f| f.applied_mode() | 0o600).collect(),
             digests: manifest.files.iter().map(|f| f.blake3).collect(),
             direct: AtomicBool::new(true),
             hashing,
@@ -168,7 +172,7 @@ impl Disk {
         let rel = &self.rels[slot.file as usize];
         let file = self
             .root
-            .open_write(rel, rustix::fs::OFlags::empty())
+            .open_create(rel, self.modes[slot.file as usize])
             .map_err(RestoreError::io(path))?;
         let direct = if slot.at == 0 && slot.len == size {
             self.open_direct(rel, path)?
