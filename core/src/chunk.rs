@@ -169,11 +169,76 @@ fn expand<'a>(stored: &'a [u8], max: u64, digest: &Digest) -> Result<Cow<'a, [u8
     if !stored.starts_with(&ZSTD_MAGIC) {
         return Ok(Cow::Borrowed(stored));
     }
-    zstd::bulk::decompress(stored, max as usize).map(Cow::Owned).map_err(|e| {
-        FormatError::Invalid(format!(
-            "chunk {digest}: zstd frame does not decode to at most {max} bytes ({e}); the copy is corrupt, fetch it from another mirror"
-        ))
-    })
+    // The streaming decoder, run to the end: the same decoder (and the same
+    // refusals) as a restore's StreamDecoder.
+    let mut decoder = zstd_decoder(digest)?;
+    let mut input = zstd::stream::raw::InBuffer::around(stored);
+    let mut out = Vec::new();
+    if !inflate_into(&mut decoder, &mut input, &mut out, max, digest)? {
+        return Err(undecodable(digest, "the zstd frame is cut short"));
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// A streaming zstd decoder whose window may not exceed the largest chunk.
+fn zstd_decoder(digest: &Digest) -> Result<zstd::stream::raw::Decoder<'static>, FormatError> {
+    let mut d = zstd::stream::raw::Decoder::new().map_err(|e| undecodable(digest, e))?;
+    d.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(WINDOW_LOG_MAX))
+        .map_err(|e| undecodable(digest, e))?;
+    Ok(d)
+}
+
+/// Runs `decoder` over what is left of `input`, appending plaintext to
+/// `out` but never more than `left` bytes, until it needs more input or
+/// the frame ends (true). Bytes after the frame are refused: a chunk
+/// object is exactly one frame (§3).
+fn inflate_into(
+    decoder: &mut zstd::stream::raw::Decoder<'static>,
+    input: &mut zstd::stream::raw::InBuffer<'_>,
+    out: &mut Vec<u8>,
+    left: u64,
+    digest: &Digest,
+) -> Result<bool, FormatError> {
+    use zstd::stream::raw::{Operation, OutBuffer};
+    let start = out.len() as u64;
+    loop {
+        // One byte of room past `left`, to notice a frame that would
+        // expand beyond it.
+        let room = INFLATE_STEP
+            .min((start + left + 1).saturating_sub(out.len() as u64) as usize)
+            .max(1);
+        out.reserve(room);
+        let len = out.len();
+        let hint = {
+            let mut output = OutBuffer::around_pos(out, len);
+            decoder
+                .run(input, &mut output)
+                .map_err(|e| undecodable(digest, e))?
+        };
+        if out.len() as u64 - start > left {
+            return Err(undecodable(
+                digest,
+                format!("expands beyond the {left} bytes declared"),
+            ));
+        }
+        if hint == 0 {
+            if input.pos() < input.src.len() {
+                return Err(undecodable(digest, "bytes follow the zstd frame"));
+            }
+            return Ok(true);
+        }
+        // More is pending only when the output was filled; else the
+        // decoder needs more input.
+        if input.pos() == input.src.len() && out.len() < len + room {
+            return Ok(false);
+        }
+    }
+}
+
+fn undecodable(digest: &Digest, why: impl std::fmt::Display) -> FormatError {
+    FormatError::Invalid(format!(
+        "chunk {digest}: zstd frame does not decode ({why}); the copy is corrupt, fetch it from another mirror"
+    ))
 }
 
 fn check_digest(plain: &[u8], digest: &Digest) -> Result<(), FormatError> {
@@ -216,21 +281,32 @@ pub type Plaintext<'a> = (u64, Cow<'a, [u8]>);
 /// Decodes a stored chunk object as it arrives, with the guarantees of
 /// [`decode`]. A raw object's plaintext is handed back piece by piece while
 /// it is still in the CPU cache, so it is hashed and written without a
-/// second trip through memory; a zstd frame (the compressible minority) is
-/// gathered and expanded at [`Self::finish`]. Nothing handed back is
-/// trusted until `finish` returns `Ok`: a caller writing pieces as they
-/// come must treat them as unverified until then.
+/// second trip through memory; a zstd frame is expanded as it arrives, by
+/// a streaming decoder whose window may not exceed the largest chunk, so a
+/// compressible chunk costs its window, not two copies of itself. Nothing
+/// handed back is trusted until [`Self::finish`] returns `Ok`: a caller
+/// writing pieces as they come must treat them as unverified until then.
 pub struct StreamDecoder {
     size: u64,
     digest: Digest,
     hasher: blake3::Hasher,
     /// Plaintext bytes handed back so far.
     produced: u64,
-    /// The stored bytes while the encoding is unknown (fewer than four seen)
-    /// and, for a zstd frame, the whole frame.
+    /// Stored bytes taken in so far (a frame is bounded like [`decode`]'s).
+    stored: u64,
+    /// The stored bytes while the encoding is unknown (fewer than four seen).
     held: Vec<u8>,
     encoding: Option<Encoding>,
+    /// The frame's decoder, and whether the frame has ended.
+    zstd: Option<Box<zstd::stream::raw::Decoder<'static>>>,
+    frame_done: bool,
 }
+
+/// Largest window a chunk's zstd frame may ask for: 2^24 bytes, the
+/// largest chunk (a frame needs no window beyond its content).
+const WINDOW_LOG_MAX: u32 = 24;
+/// Plaintext produced per step of the streaming decoder.
+const INFLATE_STEP: usize = 256 << 10;
 
 impl StreamDecoder {
     /// A decoder for the chunk of `size` plaintext bytes hashing to `digest`.
@@ -240,44 +316,58 @@ impl StreamDecoder {
             digest,
             hasher: blake3::Hasher::new(),
             produced: 0,
+            stored: 0,
             held: Vec::new(),
             encoding: None,
+            zstd: None,
+            frame_done: false,
         }
     }
 
     /// Takes the next piece of the stored object; returns the plaintext it
     /// completes, with its offset within the chunk, in order.
     pub fn feed<'a>(&mut self, piece: &'a [u8]) -> Result<Option<Plaintext<'a>>, FormatError> {
+        self.stored += piece.len() as u64;
+        if self.stored > stored_limit(self.size) {
+            return Err(FormatError::Invalid(format!(
+                "chunk {}: the stored object exceeds {} bytes, the most a {}-byte chunk may take; the copy is corrupt, fetch it from another mirror",
+                self.digest,
+                stored_limit(self.size),
+                self.size
+            )));
+        }
         match self.encoding {
             Some(Encoding::Raw) => self.pass(Cow::Borrowed(piece)).map(Some),
-            Some(Encoding::Zstd) => self.hold(piece).map(|()| None),
+            Some(Encoding::Zstd) => self.inflate(piece),
             None => {
                 self.held.extend_from_slice(piece);
                 if self.held.len() < ZSTD_MAGIC.len() {
                     return Ok(None);
                 }
-                if self.held.starts_with(&ZSTD_MAGIC) {
+                let held = std::mem::take(&mut self.held);
+                if held.starts_with(&ZSTD_MAGIC) {
                     self.encoding = Some(Encoding::Zstd);
-                    return self.hold(&[]).map(|()| None);
+                    self.zstd = Some(Box::new(zstd_decoder(&self.digest)?));
+                    return Ok(self
+                        .inflate(&held)?
+                        .map(|(at, p)| (at, Cow::Owned(p.into_owned()))));
                 }
                 self.encoding = Some(Encoding::Raw);
-                let held = std::mem::take(&mut self.held);
                 self.pass(Cow::Owned(held)).map(Some)
             }
         }
     }
 
-    /// Ends the object: returns what plaintext is left (a zstd frame's, or
-    /// a raw chunk shorter than the zstd magic), after checking the size
+    /// Ends the object: returns what plaintext is left (a raw chunk shorter
+    /// than the zstd magic), after checking that a frame ended, the size
     /// and the digest of everything handed back.
     pub fn finish(mut self) -> Result<Option<(u64, Vec<u8>)>, FormatError> {
         let last = match self.encoding {
             Some(Encoding::Raw) => None,
-            Some(Encoding::Zstd) => {
-                let held = std::mem::take(&mut self.held);
-                let plain = expand(&held, self.size, &self.digest)?.into_owned();
-                Some(self.pass(Cow::Owned(plain))?)
+            Some(Encoding::Zstd) if !self.frame_done => {
+                return Err(self.corrupt("the zstd frame is cut short"));
             }
+            Some(Encoding::Zstd) => None,
             // Shorter than the zstd magic: a tiny raw chunk.
             None => {
                 let held = std::mem::take(&mut self.held);
@@ -294,34 +384,55 @@ impl StreamDecoder {
         Ok(last.map(|(at, plain)| (at, plain.into_owned())))
     }
 
+    /// Expands the next piece of the frame; its plaintext, if any.
+    fn inflate<'a>(&mut self, piece: &[u8]) -> Result<Option<Plaintext<'a>>, FormatError> {
+        if self.frame_done {
+            return if piece.is_empty() {
+                Ok(None)
+            } else {
+                Err(self.corrupt("bytes follow the zstd frame"))
+            };
+        }
+        let decoder = self
+            .zstd
+            .as_mut()
+            .expect("a zstd decoder once the magic was seen");
+        let mut input = zstd::stream::raw::InBuffer::around(piece);
+        let mut out = Vec::new();
+        self.frame_done = inflate_into(
+            decoder,
+            &mut input,
+            &mut out,
+            self.size - self.produced,
+            &self.digest,
+        )?;
+        if out.is_empty() {
+            return Ok(None);
+        }
+        self.pass(Cow::Owned(out)).map(Some)
+    }
+
+    fn corrupt(&self, why: impl std::fmt::Display) -> FormatError {
+        undecodable(&self.digest, why)
+    }
+
+    fn too_long(&self) -> FormatError {
+        FormatError::Invalid(format!(
+            "chunk {}: more than the {} bytes the manifest declares; the copy is corrupt, fetch it from another mirror",
+            self.digest, self.size
+        ))
+    }
+
     /// Hashes plaintext and hands it back at its offset, refusing any
     /// beyond the declared size.
     fn pass<'a>(&mut self, plain: Cow<'a, [u8]>) -> Result<Plaintext<'a>, FormatError> {
         if self.produced + plain.len() as u64 > self.size {
-            return Err(FormatError::Invalid(format!(
-                "chunk {}: more than the {} bytes the manifest declares; the copy is corrupt, fetch it from another mirror",
-                self.digest, self.size
-            )));
+            return Err(self.too_long());
         }
         self.hasher.update(&plain);
         let at = self.produced;
         self.produced += plain.len() as u64;
         Ok((at, plain))
-    }
-
-    /// Gathers a zstd frame, refusing one longer than a chunk of this size
-    /// may be stored as.
-    fn hold(&mut self, piece: &[u8]) -> Result<(), FormatError> {
-        self.held.extend_from_slice(piece);
-        if self.held.len() as u64 > stored_limit(self.size) {
-            return Err(FormatError::Invalid(format!(
-                "chunk {}: the stored frame exceeds {} bytes, the most a {}-byte chunk may take; the copy is corrupt, fetch it from another mirror",
-                self.digest,
-                stored_limit(self.size),
-                self.size
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -437,7 +548,7 @@ mod tests {
             data in proptest::collection::vec(0u8..4, 0..6000),
             compressible in any::<bool>(),
             cuts in proptest::collection::vec(any::<usize>(), 0..6),
-            damage in 0u8..4,
+            damage in 0u8..5,
             pos in any::<usize>(),
         ) {
             let plain: Vec<u8> = if compressible { data.clone() } else { data.iter().enumerate().map(|(i, b)| (i as u8).wrapping_mul(151) ^ b).collect() };
@@ -447,6 +558,8 @@ mod tests {
                 1 if !stored.is_empty() => { let i = pos % stored.len(); stored[i] ^= 0x20; }
                 2 => { stored.truncate(pos % (stored.len() + 1)); }
                 3 => { stored.push(b'x'); }
+                // A second frame after the first: one frame is the format.
+                4 => { let again = stored.clone(); stored.extend(again); }
                 _ => {}
             }
             let size = plain.len() as u64;
