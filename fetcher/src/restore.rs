@@ -133,6 +133,8 @@ enum Known {
     /// These pieces, by hashing the file's current contents (with the
     /// file's stat as it was read).
     Hashed(Vec<bool>, Option<FileStat>),
+    /// Nothing: layout found no file there.
+    Absent,
 }
 
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
@@ -209,13 +211,6 @@ pub async fn restore(
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?
     };
-    let paths = Arc::new(
-        manifest
-            .files
-            .iter()
-            .map(|f| root.display(&f.path))
-            .collect::<Vec<_>>(),
-    );
     let (mut journal, done) =
         Journal::open(root.clone(), manifest.clone(), &pointer.current.manifest_blake3)?;
     let done = (!opts.verify_existing).then(|| Arc::new(done));
@@ -263,9 +258,9 @@ pub async fn restore(
     }
 
     let (reused, touched) = (plan.reused, plan.touched.clone());
-    let disk = Arc::new(Disk::new(&manifest, root.clone(), paths.clone(), &plan.whole));
+    let disk = Arc::new(Disk::new(manifest.clone(), root.clone(), plan.whole.clone()));
     let (bytes_fetched, chunks_fetched, journal) =
-        fetch_and_write(mirrors, plan, &disk, &paths, journal, opts.concurrency, &progress).await?;
+        fetch_and_write(mirrors, plan, &disk, journal, opts.concurrency, &progress).await?;
     tracing::info!(elapsed = ?clock.elapsed(), "fetched and wrote {bytes_fetched} bytes");
     // Files whose digest was checked as they filled are not read back.
     let checked = disk.checked();
@@ -317,7 +312,7 @@ async fn plan(
         let f = &m.files[i];
         if !present[i] {
             // Layout found nothing there: nothing to look at.
-            return Ok((Known::Hashed(vec![false; m.piece_count(i)], None), None));
+            return Ok((Known::Absent, None));
         }
         let now = root
             .stat(&f.path)
@@ -365,6 +360,7 @@ async fn plan(
             Known::Trusted => true,
             Known::Journaled(set) => set.contains(&(c as u32)),
             Known::Hashed(ok, _) => ok[c],
+            Known::Absent => false,
         };
         plan.growth += f.size.saturating_sub(have.unwrap_or(0));
         plan.touched[i] = have != Some(f.size);
@@ -407,7 +403,6 @@ async fn fetch_and_write(
     mirrors: &Mirrors,
     plan: Plan,
     disk: &Arc<Disk>,
-    paths: &Arc<Vec<PathBuf>>,
     journal: Journal,
     concurrency: usize,
     progress: &Arc<dyn Progress>,
@@ -421,7 +416,7 @@ async fn fetch_and_write(
     let fetched = Arc::new(AtomicU64::new(0));
     let chunks = plan.needed.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
-    let flusher = tokio::spawn(flush_journal(rx, journal, paths.clone()));
+    let flusher = tokio::spawn(flush_journal(rx, journal));
     let needed = shuffle_in_windows(plan.needed, 64 * 16);
     // Chunks in flight: as many as the mirrors reward ([`Pace`]), at most
     // `concurrency`, and never more than IN_FLIGHT_MIB of them (a
@@ -505,8 +500,6 @@ fn shuffle_in_windows(
 async fn flush_journal(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Slot>>,
     journal: Journal,
-    // Named for messages only: the journal syncs through its own `Root`.
-    _paths: Arc<Vec<PathBuf>>,
 ) -> Result<Journal, RestoreError> {
     let journal = Arc::new(std::sync::Mutex::new(journal));
     let mut open = true;

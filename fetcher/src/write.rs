@@ -30,18 +30,19 @@
 //! lost) cannot write after the next one: a place's pending blocking write
 //! is awaited before the place is written again.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 #[cfg(test)]
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use qsync_core::filehash::{FileHasher, SpanHasher};
 use qsync_core::manifest::Manifest;
 use qsync_core::span::Aligned;
-use qsync_core::{Digest, FormatError};
+use qsync_core::FormatError;
 
 use crate::mirrors::ChunkSink;
 use crate::root::Root;
@@ -73,70 +74,60 @@ impl Slot {
     }
 }
 
-/// A file hashed in flight: its digest so far (until checked) and how many
-/// chunk places are still to land.
-type Filling = (Option<FileHasher>, usize);
+/// A file hashed in flight: its digest so far and how many chunk places
+/// are still to land.
+type Filling = (FileHasher, usize);
 
 /// The destination files of one restore, as the fetch loop writes them.
+/// Files are the manifest's, opened through the destination's [`Root`] by
+/// their paths; what is kept per file besides is a few bits, so a million
+/// small files cost the manifest once, not five copies of it.
 pub(crate) struct Disk {
-    /// Every file is opened through the destination's [`Root`], by its
-    /// manifest path; `paths` name them in messages.
     root: Arc<Root>,
-    rels: Vec<String>,
-    paths: Arc<Vec<PathBuf>>,
-    sizes: Vec<u64>,
-    /// Permission bits each file is created with, when its first write
-    /// creates it (small files are not sized beforehand).
-    modes: Vec<u32>,
-    digests: Vec<Digest>,
+    manifest: Arc<Manifest>,
     /// Cleared on the first file that refuses `O_DIRECT`.
     direct: AtomicBool,
-    /// Per file written entirely by this run: its digest so far, and how
-    /// many chunk places are still to land.
-    /// The hasher is dropped once the file is checked.
-    hashing: Vec<Option<Mutex<Filling>>>,
+    /// Per file: written entirely by this run, so its digest is assembled
+    /// in flight.
+    whole: Vec<bool>,
+    /// Files being assembled: their digests so far. A file leaves once
+    /// checked, and is then marked in `checked`.
+    filling: Mutex<(HashMap<u32, Filling>, Vec<bool>)>,
 }
 
 impl Disk {
     /// `whole[i]`: file `i` is written entirely by this run, so its digest
     /// can be assembled in flight.
-    pub(crate) fn new(
-        manifest: &Manifest,
-        root: Arc<Root>,
-        paths: Arc<Vec<PathBuf>>,
-        whole: &[bool],
-    ) -> Self {
-        let hashing = manifest
-            .files
-            .iter()
-            .zip(whole)
-            .enumerate()
-            .map(|(i, (f, w))| {
-                w.then(|| Mutex::new((Some(FileHasher::new(f.size)), manifest.piece_count(i))))
-            })
-            .collect();
+    pub(crate) fn new(manifest: Arc<Manifest>, root: Arc<Root>, whole: Vec<bool>) -> Self {
+        let n = manifest.files.len();
         Disk {
             root,
-            rels: manifest.files.iter().map(|f| f.path.clone()).collect(),
-            paths,
-            sizes: manifest.files.iter().map(|f| f.size).collect(),
-            modes: manifest.files.iter().map(|f| f.applied_mode() | 0o600).collect(),
-            digests: manifest.files.iter().map(|f| f.blake3).collect(),
+            manifest,
             direct: AtomicBool::new(true),
-            hashing,
+            whole,
+            filling: Mutex::new((HashMap::new(), vec![false; n])),
         }
+    }
+
+    /// The manifest path of file `i`, and how messages name it.
+    fn rel(&self, i: u32) -> &str {
+        &self.manifest.files[i as usize].path
+    }
+
+    fn path(&self, i: u32) -> PathBuf {
+        self.root.display(self.rel(i))
     }
 
     /// Whether file `i`'s digest is assembled in flight.
     pub(crate) fn hashes(&self, i: usize) -> bool {
-        self.hashing[i].is_some()
+        self.whole[i]
     }
 
     /// The places a chunk of `size` bytes goes: each range of it streams
     /// into its first [`FANOUT`] places, the others are filled by
     /// [`Targets::landed`] from the first. Nothing is opened yet.
     pub(crate) fn targets(&self, slots: &[Slot], size: u64) -> Targets<'_> {
-        let mut places: Vec<Place<'_>> = Vec::new();
+        let mut places: Vec<Place> = Vec::new();
         let mut rest = Vec::new();
         for s in slots {
             if places.iter().filter(|p| p.slot.range() == s.range()).count() >= FANOUT {
@@ -144,7 +135,6 @@ impl Disk {
             } else {
                 places.push(Place {
                     slot: *s,
-                    path: &self.paths[s.file as usize],
                     state: State::Waiting,
                 });
             }
@@ -167,15 +157,17 @@ impl Disk {
 
     /// Opens `slot`'s range of its file for writing, with `O_DIRECT` for
     /// a whole chunk (a part of one belongs to a small packed file).
+    /// The file is created, when its first write creates it (small files
+    /// are not sized beforehand), with its final permission bits and owner
+    /// read and write.
     fn open(&self, slot: Slot, size: u64) -> Result<RangeWriter, RestoreError> {
-        let path = &self.paths[slot.file as usize];
-        let rel = &self.rels[slot.file as usize];
+        let f = &self.manifest.files[slot.file as usize];
         let file = self
             .root
-            .open_create(rel, self.modes[slot.file as usize])
-            .map_err(RestoreError::io(path))?;
+            .open_create(&f.path, f.applied_mode() | 0o600)
+            .map_err(|e| RestoreError::io(self.path(slot.file))(e))?;
         let direct = if slot.at == 0 && slot.len == size {
-            self.open_direct(rel, path)?
+            self.open_direct(&f.path)?
         } else {
             None
         };
@@ -184,12 +176,12 @@ impl Disk {
 
     /// A fresh in-flight digest of `slot`, for a file hashed in flight.
     fn span(&self, slot: Slot) -> Option<SpanHasher> {
-        let file_len = self.sizes[slot.file as usize];
+        let file_len = self.manifest.files[slot.file as usize].size;
         self.hashes(slot.file as usize)
             .then(|| SpanHasher::new(slot.offset, slot.len, file_len))
     }
 
-    fn open_direct(&self, rel: &str, path: &Path) -> Result<Option<std::fs::File>, RestoreError> {
+    fn open_direct(&self, rel: &str) -> Result<Option<std::fs::File>, RestoreError> {
         if !self.direct.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -198,52 +190,55 @@ impl Disk {
             Err(e) if e.kind() == ErrorKind::InvalidInput => {
                 tracing::debug!(
                     "{}: no O_DIRECT here ({e}); writing through the page cache",
-                    path.display()
+                    self.root.display(rel).display()
                 );
                 self.direct.store(false, Ordering::Relaxed);
                 Ok(None)
             }
-            Err(e) => Err(RestoreError::io(path)(e)),
+            Err(e) => Err(RestoreError::io(self.root.display(rel))(e)),
         }
     }
 
     /// Which files had their digest checked as they filled.
     pub(crate) fn checked(&self) -> Vec<bool> {
-        let done = |h: &Mutex<Filling>| h.lock().expect("not poisoned").1 == 0;
-        self.hashing
-            .iter()
-            .map(|h| h.as_ref().is_some_and(done))
-            .collect()
+        self.filling.lock().expect("not poisoned").1.clone()
     }
 
     /// Records that a chunk landed (verified) in `slot`; when that was the
     /// last piece of a file hashed in flight, checks the file's digest.
     fn landed(&self, slot: Slot, span: SpanHasher) -> Result<(), RestoreError> {
-        let Some(state) = &self.hashing[slot.file as usize] else {
-            return Ok(());
-        };
-        let mut state = state.lock().expect("not poisoned");
-        let hasher = state
-            .0
-            .as_mut()
-            .expect("a file is checked once, after its last chunk");
-        hasher.add(span.finish());
-        state.1 -= 1;
-        if state.1 > 0 {
+        if !self.hashes(slot.file as usize) {
             return Ok(());
         }
-        let (path, want) = (&self.paths[slot.file as usize], self.digests[slot.file as usize]);
-        let assembled = state.0.take().and_then(|h| h.finish());
-        match assembled {
+        let assembled = {
+            let mut filling = self.filling.lock().expect("not poisoned");
+            let (hasher, left) = filling.0.entry(slot.file).or_insert_with(|| {
+                let i = slot.file as usize;
+                (
+                    FileHasher::new(self.manifest.files[i].size),
+                    self.manifest.piece_count(i),
+                )
+            });
+            hasher.add(span.finish());
+            *left -= 1;
+            if *left > 0 {
+                return Ok(());
+            }
+            let (hasher, _) = filling.0.remove(&slot.file).expect("just filled");
+            filling.1[slot.file as usize] = true;
+            hasher
+        };
+        let want = self.manifest.files[slot.file as usize].blake3;
+        match assembled.finish() {
             Some(actual) if actual == want => Ok(()),
             Some(actual) => Err(FormatError::DigestMismatch {
-                what: format!("restored file {}", path.display()),
+                what: format!("restored file {}", self.path(slot.file).display()),
                 expected: want,
                 actual,
             }
             .into()),
             None => Err(RestoreError::Dest {
-                path: path.clone(),
+                path: self.path(slot.file),
                 reason: "every chunk landed but the file's digest could not be assembled; this is a qsync bug, rerun with --verify-existing".into(),
             }),
         }
@@ -255,14 +250,13 @@ impl Disk {
 /// same range (by position) once the chunk is verified.
 pub(crate) struct Targets<'a> {
     disk: &'a Disk,
-    places: Vec<Place<'a>>,
+    places: Vec<Place>,
     rest: Vec<(usize, Slot)>,
     size: u64,
 }
 
-struct Place<'a> {
+struct Place {
     slot: Slot,
-    path: &'a Path,
     state: State,
 }
 
@@ -276,7 +270,7 @@ enum State {
     Written(Option<SpanHasher>),
 }
 
-impl Place<'_> {
+impl Place {
     /// Back to [`State::Waiting`] for a new attempt, once a dropped
     /// attempt's last write to it is done.
     async fn reset(&mut self) {
@@ -306,7 +300,10 @@ impl Place<'_> {
         if let Some(span) = span {
             span.update(bytes);
         }
-        writer.write(bytes).await.map_err(RestoreError::io(self.path))?;
+        writer
+            .write(bytes)
+            .await
+            .map_err(|e| RestoreError::io(disk.path(self.slot.file))(e))?;
         if to == end {
             writer.settle().await;
             let State::Open(_, span) = std::mem::replace(&mut self.state, State::Waiting) else {
@@ -327,7 +324,7 @@ impl Targets<'_> {
             if let State::Open(writer, _) = &mut place.state {
                 writer.settle().await;
                 return Err(RestoreError::Dest {
-                    path: place.path.into(),
+                    path: self.disk.path(place.slot.file),
                     reason: "a verified chunk ended before this file's part of it was written; this is a qsync bug, rerun the restore".into(),
                 });
             }
@@ -350,25 +347,26 @@ impl Targets<'_> {
         let mut buf = Vec::new();
         for (first, slot) in std::mem::take(&mut self.rest) {
             let from = self.places[first].slot;
-            let (rel, path) = (
-                &self.disk.rels[from.file as usize],
-                &self.disk.paths[from.file as usize],
-            );
-            let source = self.disk.root.open_read(rel).map_err(RestoreError::io(path))?;
+            let path = self.disk.path(from.file);
+            let source = self
+                .disk
+                .root
+                .open_read(self.disk.rel(from.file))
+                .map_err(RestoreError::io(&path))?;
             buf.resize(STAGE.min(slot.len as usize), 0);
             let mut writer = self.disk.open(slot, self.size)?;
             let mut span = self.disk.span(slot);
-            let to = &self.disk.paths[slot.file as usize];
+            let to = self.disk.path(slot.file);
             let mut done = 0u64;
             while done < slot.len {
                 let n = buf.len().min((slot.len - done) as usize);
                 source
                     .read_exact_at(&mut buf[..n], from.offset + done)
-                    .map_err(RestoreError::io(path))?;
+                    .map_err(RestoreError::io(&path))?;
                 if let Some(span) = &mut span {
                     span.update(&buf[..n]);
                 }
-                writer.write(&buf[..n]).await.map_err(RestoreError::io(to))?;
+                writer.write(&buf[..n]).await.map_err(RestoreError::io(&to))?;
                 done += n as u64;
             }
             writer.settle().await;
