@@ -5,6 +5,7 @@
 //! `qsync: error:` line, a `caused by:` line per source, and a documented
 //! exit code (see docs/operations.md). The work itself lives in the crates.
 
+mod alloc;
 mod cli;
 mod commands;
 mod demo;
@@ -16,12 +17,6 @@ mod sample;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// glibc's allocator keeps freed multi-MiB chunk buffers in per-thread arenas
-/// (its mmap threshold rises after the first large free), which tripled peak
-/// RSS in the benchmarks; mimalloc returns them. See docs/benchmarks.md.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Raises the open-file soft limit to the hard limit: `serve` holds a
 /// descriptor per connection and restores a few per file in flight, and the
@@ -38,6 +33,7 @@ fn raise_open_file_limit() {
 }
 
 fn main() -> ExitCode {
+    alloc::settle();
     let cli = cli::Cli::parse();
     let init = matches!(&cli.command, cli::Command::Restore(a) if a.init);
     let json_logs = match cli.log_format {
