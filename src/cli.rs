@@ -486,6 +486,9 @@ pub enum SampleAction {
         /// 4-64 KiB (a goleveldb, account or blob store).
         #[arg(long, default_value_t = 0)]
         small_files: u64,
+        /// Largest small file, KiB (the smallest is 1/16 of it).
+        #[arg(long, default_value_t = 64)]
+        small_max_kib: u64,
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,

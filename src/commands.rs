@@ -550,8 +550,9 @@ fn sample(a: SampleArgs) -> Result<()> {
             dir,
             size_mib,
             small_files,
+            small_max_kib,
             seed,
-        } => crate::sample::generate(&dir, size_mib << 20, small_files, seed)?,
+        } => crate::sample::generate(&dir, size_mib << 20, small_files, small_max_kib << 10, seed)?,
         SampleAction::Mutate { dir, percent, seed } => crate::sample::mutate(&dir, percent, seed)?,
     };
     print_json(&r)

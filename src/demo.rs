@@ -61,7 +61,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
 
     let t = Instant::now();
     let (src, sz) = (source.clone(), size_mib << 20);
-    let r = tokio::task::spawn_blocking(move || crate::sample::generate(&src, sz, 0, 1)).await??;
+    let r = tokio::task::spawn_blocking(move || crate::sample::generate(&src, sz, 0, 0, 1)).await??;
     stage(
         "generate",
         t,

@@ -8,7 +8,8 @@
 //! the MANIFEST/CURRENT pair is rewritten. Deterministic for a given seed.
 //!
 //! With `--small-files N` it lays out a store of N small files instead
-//! (4-64 KiB each, half compressible, in two levels of hashed directories),
+//! (4-64 KiB each by default, half compressible, in two levels of
+//! numbered directories),
 //! as goleveldb tables, account stores and blob stores look; `mutate`
 //! then rewrites that share of them.
 
@@ -133,9 +134,10 @@ fn report(dir: &Path, changed: u64) -> Result<SampleReport> {
 /// Where `--small-files` puts its files.
 const BLOBS: &str = "chains/sample/blobs";
 
-/// One small file's bytes: a log-like (compressible) half and a random half.
-fn small_file(rng: &mut Rng) -> Vec<u8> {
-    let size = (4 << 10) + rng.below(60 << 10);
+/// One small file's bytes, of `max / 16` to `max` bytes: a log-like
+/// (compressible) half and a random half.
+fn small_file(rng: &mut Rng, max: u64) -> Vec<u8> {
+    let size = max / 16 + rng.below(max - max / 16);
     let mut out = log_lines(size / 2, rng);
     let at = out.len();
     out.resize(size as usize, 0);
@@ -143,8 +145,9 @@ fn small_file(rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-/// `count` small files under [`BLOBS`], named by number in 256 x 16 directories.
-fn generate_small(dir: &Path, count: u64, seed: u64) -> Result<SampleReport> {
+/// `count` small files of at most `max` bytes under [`BLOBS`], named by
+/// number in 256 x 16 directories.
+fn generate_small(dir: &Path, count: u64, max: u64, seed: u64) -> Result<SampleReport> {
     let mut rng = Rng(seed);
     let blobs = dir.join(BLOBS);
     for i in 0..count {
@@ -152,7 +155,7 @@ fn generate_small(dir: &Path, count: u64, seed: u64) -> Result<SampleReport> {
         if i < 256 * 16 {
             fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
         }
-        fs::write(sub.join(format!("{i:08}.blob")), small_file(&mut rng))?;
+        fs::write(sub.join(format!("{i:08}.blob")), small_file(&mut rng, max))?;
     }
     let r = report(dir, 0)?;
     Ok(SampleReport {
@@ -180,7 +183,8 @@ fn mutate_small(dir: &Path, percent: f64, rng: &mut Rng) -> Result<SampleReport>
     let mut changed = 0;
     for _ in 0..n {
         let p = files.swap_remove(rng.below(files.len() as u64) as usize);
-        let body = small_file(rng);
+        let max = fs::metadata(&p)?.len().max(4 << 10).next_power_of_two();
+        let body = small_file(rng, max);
         changed += body.len() as u64;
         fs::write(&p, body)?;
     }
@@ -188,10 +192,11 @@ fn mutate_small(dir: &Path, percent: f64, rng: &mut Rng) -> Result<SampleReport>
 }
 
 /// Writes a fresh sample chain directory of about `total` bytes into `dir`,
-/// or `small_files` small files when that is not zero.
-pub fn generate(dir: &Path, total: u64, small_files: u64, seed: u64) -> Result<SampleReport> {
+/// or `small_files` small files of at most `small_max` bytes when that is
+/// not zero.
+pub fn generate(dir: &Path, total: u64, small_files: u64, small_max: u64, seed: u64) -> Result<SampleReport> {
     if small_files > 0 {
-        return generate_small(dir, small_files, seed);
+        return generate_small(dir, small_files, small_max.max(16), seed);
     }
     let mut rng = Rng(seed);
     let db = dir.join("chains/sample/db/full");
