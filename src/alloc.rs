@@ -6,9 +6,11 @@
 //! 1 s, times 10 for its arenas. A restore frees hundreds of MiB a second,
 //! so a 50,000-file restore from a directory store peaked at 547 MiB of
 //! RSS by default and 270 MiB with the delay cut to 10 ms; over HTTP,
-//! 220-243 MiB by default, 186 MiB at 100 ms (the setting here: purging at
-//! once cost about a tenth of the restore's time in `madvise`), see
-//! docs/benchmarks.md, "Memory".
+//! 220-243 MiB by default, 186 MiB at 100 ms. Purging sooner costs
+//! `madvise` calls: at once, a tenth of a restore's time; at 100 ms, 15 %
+//! of a small-file snapshot's. 300 ms (the setting here) was as fast as the
+//! default and peaked at 150-160 MiB instead of 181 (docs/benchmarks.md,
+//! "Memory").
 //!
 //! mimalloc reads its settings from the environment once, before `main`,
 //! and changing them later takes a call the workspace does not allow
@@ -26,7 +28,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// What qsync sets unless the environment already does.
 const SETTINGS: [(&str, &str); 2] = [
-    ("MIMALLOC_PURGE_DELAY", "100"),
+    ("MIMALLOC_PURGE_DELAY", "300"),
     ("MIMALLOC_ARENA_PURGE_MULT", "1"),
 ];
 

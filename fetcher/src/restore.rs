@@ -40,6 +40,10 @@ use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
 const SPACE_MARGIN: u64 = 64 << 20;
+/// How often the written files are synced and journaled: a crash loses at
+/// most this much work, and each sync forces out what is dirty, so more
+/// often costs the restore throughput.
+const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Plaintext of the chunks in flight at once, MiB: each may be held whole
 /// while it decodes, so this bounds the restore's memory whatever the pace.
 const IN_FLIGHT_MIB: usize = 96;
@@ -495,7 +499,7 @@ fn shuffle_in_windows(
     sorted
 }
 
-/// Batches written slots; every 500 ms fdatasyncs the files they touched,
+/// Batches written slots; every JOURNAL_EVERY syncs the files they touched,
 /// then appends them to the journal with each file's stat once synced. Returns the journal when `rx` closes.
 async fn flush_journal(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Slot>>,
@@ -505,7 +509,7 @@ async fn flush_journal(
     let mut open = true;
     while open {
         let mut batch: Vec<Slot> = Vec::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        let deadline = tokio::time::Instant::now() + JOURNAL_EVERY;
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(slots)) => batch.extend(slots),

@@ -43,7 +43,7 @@ pub struct SnapshotOptions {
 
 impl SnapshotOptions {
     /// Defaults for `chain`: pointer valid 14 days, snapshot 30, default chunker, zstd 3, at most 8
-    /// chunks and 64 MiB in flight.
+    /// chunks and 32 MiB in flight.
     pub fn new(chain: ChainName) -> Self {
         SnapshotOptions {
             chain,
@@ -54,7 +54,7 @@ impl SnapshotOptions {
             chunker: ChunkerParams::default(),
             zstd_level: 3,
             concurrency: 8,
-            in_flight_bytes: 64 << 20,
+            in_flight_bytes: 32 << 20,
             mirror_hints: Vec::new(),
             retention: None,
         }
