@@ -140,3 +140,32 @@ fn file_changing_during_snapshot_fails_and_keeps_previous_pointer() {
     let dest = env.path("dest");
     assert_eq!(env.restore("eth", &dest)["version"], 1);
 }
+
+/// Regression (found by `chaos` at seed 1796393349696211639): a restore
+/// killed while claiming an empty destination left only the temporary of
+/// its in-progress marker, and the rerun refused the directory as not
+/// qsync's ("not empty and carries no qsync marker"), so a killed init
+/// container could never come back without --force.
+#[test]
+fn a_restore_killed_while_claiming_is_resumed_without_force() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("state.db"), noise(300_000, 3)).unwrap();
+    env.snapshot(&src, "eth", &[]);
+    for leftover in [".qsync-restore.partial.json.tmp", ".qsync-restore.json.tmp"] {
+        let dest = env.path(&format!("dest-{leftover}"));
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join(leftover), b"{\"form").unwrap();
+        env.restore("eth", &dest);
+        assert_eq!(files(&src), files(&dest), "{leftover}");
+        assert!(!dest.join(leftover).exists(), "{leftover} was left behind");
+    }
+    // Anything else still makes a destination foreign.
+    let foreign = env.path("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join(".qsync-restore.partial.json.bak"), b"x").unwrap();
+    let (code, _, err) = run(env.restore_cmd(env.store.to_str().unwrap(), "eth", &foreign));
+    assert_ne!(code, 0);
+    assert!(err.contains("not empty"), "{err}");
+}

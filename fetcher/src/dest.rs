@@ -98,10 +98,14 @@ pub fn claim(
         }
         Some(_) => {}
         None => {
+            // qsync's own records, or the temporary a record is written to
+            // first, are what a restore killed while claiming leaves: they
+            // make no directory foreign.
             let io = io_at(root, "");
             let empty = root::entries(&root.open_dir("").map_err(&io)?)
                 .map_err(io)?
-                .is_empty();
+                .iter()
+                .all(|name| is_qsync_record(name.to_bytes()));
             if !empty && !force {
                 return Err(refuse(
                     "is not empty and carries no qsync marker; refusing to touch data qsync did not write. Pick an empty --dest, or pass --force to make it exactly the snapshot (files not in the snapshot are deleted)".into(),
@@ -111,6 +115,13 @@ pub fn claim(
     }
     write_marker(root, PARTIAL, &Marker::new(pointer, key_id))?;
     remove_marker(root, MARKER)
+}
+
+/// Whether `name`, at the root of a destination, is one of qsync's records
+/// or the temporary one is written to before it is renamed into place.
+fn is_qsync_record(name: &[u8]) -> bool {
+    let name = name.strip_suffix(b".tmp").unwrap_or(name);
+    RESERVED_NAMES.iter().any(|r| r.as_bytes() == name)
 }
 
 /// An I/O error at `rel` in the destination, usable more than once.
