@@ -2,7 +2,7 @@
 //!
 //! An init container restarting its node, or a top-up with nothing new,
 //! lands here: the completion marker names this very manifest, no restore
-//! is under way, the tree holds exactly the snapshot's names (read from the
+//! is under way or left its journal, the tree holds exactly the snapshot's names (read from the
 //! directories, which give each entry's type without a stat), every
 //! directory has its mode, and every file has one link and the stat the
 //! index recorded when the restore that wrote it sealed it, for the
@@ -20,7 +20,7 @@ use qsync_core::manifest::{DirEntry, FileEntry, Manifest, RESERVED_NAMES};
 use qsync_core::Digest;
 use rustix::fs::{self as rfs, AtFlags, FileType};
 
-use crate::dest::{read_marker, MARKER, PARTIAL};
+use crate::dest::{read_marker, JOURNAL, MARKER, PARTIAL};
 use crate::journal::Index;
 use crate::root::{self, Root};
 
@@ -39,7 +39,9 @@ pub(crate) fn already_complete(
     index: &Index,
 ) -> io::Result<bool> {
     let marked = read_marker(root, MARKER).is_some_and(|m| m.manifest_blake3 == digest.to_hex());
-    if !marked || root.stat(PARTIAL)?.is_some() {
+    // A journal beside the marker is a restore killed before its last
+    // step: the full path finishes it.
+    if !marked || root.stat(PARTIAL)?.is_some() || root.stat(JOURNAL)?.is_some() {
         return Ok(false);
     }
     let mut want: HashMap<&str, Want> = manifest
