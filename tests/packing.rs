@@ -136,3 +136,25 @@ fn a_manifest_format_from_the_future_is_refused_with_what_to_do() {
     assert!(!has_marker(&dest));
     assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none());
 }
+
+/// Found in review: a chunk of tens of thousands of tiny files gave a
+/// place (about 2 KiB, with a hasher) to every file and matched ranges by
+/// scanning every place for every place. 20,000 files of 1-64 bytes are
+/// one pack chunk; they restore exactly.
+#[test]
+fn a_chunk_of_twenty_thousand_tiny_files_restores() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..20 {
+        std::fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+    }
+    for i in 0..20_000u64 {
+        let body = noise(1 + (i % 64) as usize, i);
+        std::fs::write(src.join(format!("d{:02}/{i:05}", i % 20)), body).unwrap();
+    }
+    let s = env.snapshot(&src, "eth", &[]);
+    assert_eq!(s["chunks_total"], 1, "{s}");
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+    assert_eq!(files(&src), files(&dest));
+}

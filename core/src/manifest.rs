@@ -264,6 +264,17 @@ impl Manifest {
                 ));
             }
         }
+        // One size per chunk: a digest names one plaintext. A reader that
+        // fetched the chunk at one size must not be asked for bytes past it.
+        let mut sizes: std::collections::HashMap<&Digest, u64> = std::collections::HashMap::new();
+        for c in self.all_chunks() {
+            if *sizes.entry(&c.blake3).or_insert(c.size) != c.size {
+                return Err(format!(
+                    "chunk {} is listed with two sizes; a digest names one plaintext",
+                    c.blake3
+                ));
+            }
+        }
         // Bounded chunks again: at most 2 GiB of them cannot overflow.
         let pack_bytes: u64 = self.pack.iter().map(|c| c.size).sum();
         if pack_bytes != packed_bytes {
@@ -386,6 +397,12 @@ pub(crate) mod tests {
         let mut both = packed_sample();
         both.files[1].chunks = both.pack.clone();
         assert!(Manifest::decode(&both.encode().0, "t").is_err());
+        // One digest, two sizes (found in review: the restore fetched the
+        // chunk at the first size and never reached a piece past it).
+        let mut two = packed_sample();
+        two.pack[0].blake3 = two.files[0].chunks[0].blake3;
+        let err = Manifest::decode(&two.encode().0, "t").unwrap_err().to_string();
+        assert!(err.contains("two sizes"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use qsync_core::manifest::{FileEntry, Manifest, RESERVED_NAMES};
@@ -406,15 +406,18 @@ const SYNC_DIRS_ONE_BY_ONE: usize = 16;
 /// whole filesystem synced once when there are many.
 pub(crate) fn seal_dirs(root: &Root, m: &Manifest) -> Result<(), RestoreError> {
     let one_by_one = m.directories.len() <= SYNC_DIRS_ONE_BY_ONE;
+    let here = root.device().map_err(RestoreError::io(root.path()))?;
     for d in m.directories.iter().rev() {
         let io = || RestoreError::io(root.display(&d.path));
         let dir = root.open_dir(&d.path).map_err(io())?;
+        let meta = dir.metadata().map_err(io())?;
         // Keep the owner able to write, or a later top-up could not update it.
-        if dir.metadata().map_err(io())?.permissions().mode() & 0o777 != d.applied_mode() {
+        if meta.permissions().mode() & 0o777 != d.applied_mode() {
             dir.set_permissions(std::fs::Permissions::from_mode(d.applied_mode()))
                 .map_err(io())?;
         }
-        if one_by_one {
+        // The one syncfs below covers DEST's filesystem only.
+        if one_by_one || meta.dev() != here {
             dir.sync_all().map_err(io())?;
         }
     }

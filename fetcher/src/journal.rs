@@ -132,6 +132,19 @@ impl Journal {
             self.root.sync_filesystem().map_err(io())?;
             let rels = written.iter().map(|(f, _)| files[*f as usize].path.as_str());
             let stats = self.root.stat_files(rels).map_err(io())?;
+            // A file on another filesystem (a disk mounted inside DEST) is
+            // not covered by the syncfs: it is synced on its own.
+            let here = self.root.device().map_err(io())?;
+            for ((f, _), st) in written.iter().zip(&stats) {
+                if st.as_ref().is_some_and(|st| st.st_dev != here) {
+                    let rel = &files[*f as usize].path;
+                    let io = || RestoreError::io(self.root.display(rel));
+                    self.root
+                        .open_read(rel)
+                        .and_then(|f| f.sync_data())
+                        .map_err(io())?;
+                }
+            }
             stats.iter().map(|st| st.as_ref().map(root::file_stat)).collect()
         };
         let mut entries = Vec::with_capacity(written.len());

@@ -276,8 +276,15 @@ impl Root {
 
     /// Flushes the whole filesystem holding the destination (`syncfs`):
     /// one call instead of an fsync per file when many small files changed.
+    /// It covers that filesystem only: what [`Root::device`] says lives on
+    /// another (a disk mounted inside DEST) needs syncing of its own.
     pub fn sync_filesystem(&self) -> io::Result<()> {
         rfs::syncfs(&self.dir).map_err(err)
+    }
+
+    /// The device of the destination's own filesystem.
+    pub fn device(&self) -> io::Result<u64> {
+        Ok(rfs::fstat(&self.dir).map_err(err)?.st_dev)
     }
 
     /// Reads the regular file `rel` if it has at most `limit` bytes.

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use qsync_core::filehash::{FileHasher, SpanHasher};
+use qsync_core::filehash::{FileHasher, Span, SpanHasher};
 use qsync_core::manifest::Manifest;
 use qsync_core::span::Aligned;
 use qsync_core::FormatError;
@@ -127,12 +127,16 @@ impl Disk {
     /// into its first [`FANOUT`] places, the others are filled by
     /// [`Targets::landed`] from the first. Nothing is opened yet.
     pub(crate) fn targets(&self, slots: &[Slot], size: u64) -> Targets<'_> {
-        let mut places: Vec<Place> = Vec::new();
-        let mut rest = Vec::new();
+        // Counted per range, not by a scan: a chunk of tiny packed files
+        // goes to tens of thousands of places.
+        let mut streamed: HashMap<(u64, u64), usize> = HashMap::new();
+        let (mut places, mut rest) = (Vec::new(), Vec::new());
         for s in slots {
-            if places.iter().filter(|p| p.slot.range() == s.range()).count() >= FANOUT {
+            let n = streamed.entry(s.range()).or_default();
+            if *n >= FANOUT {
                 rest.push(*s);
             } else {
+                *n += 1;
                 places.push(Place {
                     slot: *s,
                     state: State::Waiting,
@@ -140,13 +144,11 @@ impl Disk {
             }
         }
         places.sort_by_key(|p| p.slot.at);
-        let rest = rest
-            .into_iter()
-            .map(|s| {
-                let first = places.iter().position(|p| p.slot.range() == s.range());
-                (first.expect("FANOUT places of this range stream"), s)
-            })
-            .collect();
+        let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+        for (i, p) in places.iter().enumerate() {
+            first.entry(p.slot.range()).or_insert(i);
+        }
+        let rest = rest.into_iter().map(|s| (first[&s.range()], s)).collect();
         Targets {
             disk: self,
             places,
@@ -206,7 +208,7 @@ impl Disk {
 
     /// Records that a chunk landed (verified) in `slot`; when that was the
     /// last piece of a file hashed in flight, checks the file's digest.
-    fn landed(&self, slot: Slot, span: SpanHasher) -> Result<(), RestoreError> {
+    fn landed(&self, slot: Slot, span: Span) -> Result<(), RestoreError> {
         if !self.hashes(slot.file as usize) {
             return Ok(());
         }
@@ -219,7 +221,7 @@ impl Disk {
                     self.manifest.piece_count(i),
                 )
             });
-            hasher.add(span.finish());
+            hasher.add(span);
             *left -= 1;
             if *left > 0 {
                 return Ok(());
@@ -261,21 +263,24 @@ struct Place {
 }
 
 /// Where a streamed place stands in the current attempt.
+/// Boxed while open, and only the finished digest nodes kept once written:
+/// a chunk of tiny files has tens of thousands of places, mostly waiting
+/// or written, so those must be small.
 enum State {
     /// The stream has not reached its range.
     Waiting,
     /// Its range is being written, with its in-flight digest.
-    Open(RangeWriter, Option<SpanHasher>),
-    /// Its range is written (the file closed), with its in-flight digest.
-    Written(Option<SpanHasher>),
+    Open(Box<(RangeWriter, Option<SpanHasher>)>),
+    /// Its range is written (the file closed), with its finished digest nodes.
+    Written(Option<Span>),
 }
 
 impl Place {
     /// Back to [`State::Waiting`] for a new attempt, once a dropped
     /// attempt's last write to it is done.
     async fn reset(&mut self) {
-        if let State::Open(writer, _) = &mut self.state {
-            writer.settle().await;
+        if let State::Open(open) = &mut self.state {
+            open.0.settle().await;
         }
         self.state = State::Waiting;
     }
@@ -290,12 +295,13 @@ impl Place {
             return Ok(());
         }
         if matches!(self.state, State::Waiting) {
-            self.state = State::Open(disk.open(self.slot, size)?, disk.span(self.slot));
+            self.state = State::Open(Box::new((disk.open(self.slot, size)?, disk.span(self.slot))));
         }
-        let State::Open(writer, span) = &mut self.state else {
+        let State::Open(open) = &mut self.state else {
             // Written already: only a new attempt (from 0) writes it again.
             return Ok(());
         };
+        let (writer, span) = &mut **open;
         let bytes = &plain[(from - at) as usize..(to - at) as usize];
         if let Some(span) = span {
             span.update(bytes);
@@ -306,10 +312,10 @@ impl Place {
             .map_err(|e| RestoreError::io(disk.path(self.slot.file))(e))?;
         if to == end {
             writer.settle().await;
-            let State::Open(_, span) = std::mem::replace(&mut self.state, State::Waiting) else {
+            let State::Open(open) = std::mem::replace(&mut self.state, State::Waiting) else {
                 unreachable!("open above");
             };
-            self.state = State::Written(span);
+            self.state = State::Written(open.1.map(SpanHasher::finish));
         }
         Ok(())
     }
@@ -321,11 +327,18 @@ impl Targets<'_> {
     /// in the in-flight file digests and checks every file it completed.
     pub(crate) async fn landed(mut self) -> Result<(), RestoreError> {
         for place in &mut self.places {
-            if let State::Open(writer, _) = &mut place.state {
-                writer.settle().await;
+            let unfinished = match &mut place.state {
+                State::Open(open) => {
+                    open.0.settle().await;
+                    true
+                }
+                State::Waiting => true,
+                State::Written(_) => false,
+            };
+            if unfinished {
                 return Err(RestoreError::Dest {
                     path: self.disk.path(place.slot.file),
-                    reason: "a verified chunk ended before this file's part of it was written; this is a qsync bug, rerun the restore".into(),
+                    reason: "a verified chunk ended before this file's part of it was written; the manifest does not fit its chunks, so nothing is recorded as written".into(),
                 });
             }
         }
@@ -371,7 +384,7 @@ impl Targets<'_> {
             }
             writer.settle().await;
             if let Some(span) = span {
-                self.disk.landed(slot, span)?;
+                self.disk.landed(slot, span.finish())?;
             }
         }
         Ok(())
@@ -381,11 +394,16 @@ impl Targets<'_> {
 #[async_trait::async_trait]
 impl ChunkSink for Targets<'_> {
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
-        for p in &mut self.places {
-            if at == 0 {
-                // A new attempt writes every place over.
+        if at == 0 {
+            // A new attempt writes every place over.
+            for p in &mut self.places {
                 p.reset().await;
             }
+        }
+        // Places are sorted by where their range starts: none after the
+        // first that starts past this piece can overlap it.
+        let end = at + plain.len() as u64;
+        for p in self.places.iter_mut().take_while(|p| p.slot.at < end) {
             p.write(self.disk, self.size, at, plain).await?;
         }
         Ok(())
