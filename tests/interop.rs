@@ -73,21 +73,7 @@ fn b3sum_matches_manifest_file_digests() {
     let m: Value = serde_json::from_slice(&std::fs::read(env.manifest_path("eth")).unwrap()).unwrap();
     let files = m["files"].as_array().unwrap();
     assert!(files.len() > 100);
-    let mut cmd = Command::new("b3sum");
-    cmd.current_dir(&src);
-    for f in files {
-        cmd.arg(f["path"].as_str().unwrap());
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let sums: std::collections::HashMap<String, String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (h, p) = l.split_once("  ").unwrap();
-            (p.to_string(), h.to_string())
-        })
-        .collect();
+    let sums = b3sums(&src, files.iter().map(|f| f["path"].as_str().unwrap()));
     for f in files {
         assert_eq!(
             sums[f["path"].as_str().unwrap()],

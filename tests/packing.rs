@@ -80,21 +80,7 @@ fn restored_packed_files_are_what_b3sum_and_the_manifest_say() {
     env.restore("eth", &dest);
     let m = manifest(&env);
     assert!(m.files.iter().any(|f| !f.packed && !f.chunks.is_empty()));
-    let mut cmd = std::process::Command::new("b3sum");
-    cmd.current_dir(&dest);
-    for f in &m.files {
-        cmd.arg(&f.path);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let sums: std::collections::HashMap<String, String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (h, p) = l.split_once("  ").unwrap();
-            (p.to_string(), h.to_string())
-        })
-        .collect();
+    let sums = b3sums(&dest, m.files.iter().map(|f| f.path.as_str()));
     for f in &m.files {
         assert_eq!(sums[&f.path], f.blake3.to_hex(), "{}", f.path);
     }

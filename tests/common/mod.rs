@@ -355,6 +355,26 @@ pub fn mutate(dir: &Path, percent: u32, seed: Option<u64>) -> Value {
 }
 
 /// Panics with an install hint when an external tool is missing.
+/// What the stock `b3sum` prints for each of `paths` under `dir`: path -> hex.
+pub fn b3sums<'a>(
+    dir: &Path,
+    paths: impl IntoIterator<Item = &'a str>,
+) -> std::collections::HashMap<String, String> {
+    require("b3sum");
+    let mut cmd = Command::new("b3sum");
+    cmd.current_dir(dir).args(paths);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, p) = l.split_once("  ").unwrap();
+            (p.to_string(), h.to_string())
+        })
+        .collect()
+}
+
 /// An hour before now, as the format writes times.
 pub fn an_hour_ago() -> qsync_core::time::Timestamp {
     qsync_core::time::Timestamp(qsync_core::time::Timestamp::now().0 - 3600)
