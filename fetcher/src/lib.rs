@@ -7,6 +7,7 @@
 //! `qsync verify` and `qsync ls`. Signature and freshness rules live in
 //! `qsync_core::trust`; transports in `qsync_store`.
 
+mod batch;
 pub mod choose;
 mod complete;
 pub mod dest;
@@ -15,6 +16,7 @@ pub mod inspect;
 pub mod journal;
 pub mod mirrors;
 mod pace;
+mod plan;
 pub mod restore;
 pub mod root;
 mod write;

@@ -1,39 +1,41 @@
 //! `qsync restore`: pointer -> manifest -> plan -> fetch -> verify -> write -> seal.
 //!
-//! Planning hashes what the destination already holds, chunk by chunk at the
-//! manifest's offsets, so a node a few snapshots behind, or a restore killed
-//! half-way, fetches only chunks that are missing or wrong. Each needed chunk
-//! is fetched once (even when several files share it), verified against its
-//! digest, and written as it arrives at its offsets into files pre-sized to
-//! their final length ([`crate::write`]), so no archive ever sits beside the
-//! data. Every file this run changed has its whole-file digest checked: as
+//! A destination that already is the snapshot is recognised first
+//! ([`crate::complete`]) and left alone. Otherwise planning
+//! ([`crate::plan`]) works out what the destination already holds, so a
+//! node a few snapshots behind, or a restore killed half-way, fetches only
+//! chunks that are missing or wrong. Each needed chunk is fetched once (even
+//! when several files share it), as many at a time as the mirrors reward
+//! ([`crate::pace`]), verified against its digest, and written as it
+//! arrives at its offsets ([`crate::write`]), so no archive ever sits beside
+//! the data. Every file this run changed has its whole-file digest checked: as
 //! its chunks land when the run writes all of it, else by reading it back at
 //! the seal. The seal fsyncs, and only then is the completion marker written
 //! and the trust state advanced.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::progress::Progress;
-use qsync_core::records::{FileStat, JournalState};
+use qsync_core::records::FileStat;
 use qsync_core::sign::VerifyingKey;
 use qsync_core::time::Timestamp;
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::{ChainName, Digest};
 use serde::Serialize;
 
+use crate::batch::{blocking, per_batch, per_file};
 use crate::choose::choose;
 use crate::complete::already_complete;
 use crate::dest::{
-    self, hash_existing, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL,
-    PREALLOCATE_FROM,
+    self, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL, PREALLOCATE_FROM,
 };
-use crate::journal::{Index, IndexEntry, Journal, Record};
+use crate::journal::{Index, IndexEntry, Journal};
 use crate::pace::Pace;
+use crate::plan::{plan, Plan};
 use crate::root::Root;
 use crate::write::{Disk, Slot};
 use crate::{Mirrors, RestoreError};
@@ -105,40 +107,6 @@ pub struct RestoreSummary {
     pub pointer_from: String,
     /// What each mirror delivered.
     pub mirrors: Vec<crate::mirrors::MirrorReport>,
-}
-
-/// What must still be written.
-struct Plan {
-    /// Each missing chunk once, with its size and every place it goes.
-    needed: HashMap<Digest, (u64, Vec<Slot>)>,
-    /// Bytes already in place.
-    reused: u64,
-    /// How much the files must grow on disk.
-    growth: u64,
-    /// Files this run changes (written, truncated or created).
-    touched: Vec<bool>,
-    /// Files that were there (a regular file) when planning looked.
-    existed: Vec<bool>,
-    /// Files this run writes entirely: their digests are assembled as the
-    /// chunks land, so the seal need not read them back.
-    whole: Vec<bool>,
-    /// What planning verified by reading, with the stat it was read at,
-    /// for the journal.
-    verified: Vec<Record>,
-}
-
-/// How planning learned what a file holds, piece by piece
-/// ([`qsync_core::pieces`]).
-enum Known {
-    /// Every piece, from the journal or the index: nothing read.
-    Trusted,
-    /// These pieces, from the journal of this very manifest: nothing read.
-    Journaled(HashSet<u32>),
-    /// These pieces, by hashing the file's current contents (with the
-    /// file's stat as it was read).
-    Hashed(Vec<bool>, Option<FileStat>),
-    /// Nothing: layout found no file there.
-    Absent,
 }
 
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
@@ -296,108 +264,6 @@ pub async fn restore(
     summary.removed = removed;
     summary.mirrors = mirrors.report();
     Ok(summary)
-}
-
-/// Works out what the destination already holds (from the journal of this
-/// manifest, the index of the last completed restore, or by hashing) and
-/// lists what is missing. `done` is `None` under `--verify-existing`.
-/// Journaled chunks count only while the file's stat is the last one the
-/// journal recorded for it: a file changed since, even in place with the
-/// same size, is hashed.
-async fn plan(
-    manifest: &Arc<Manifest>,
-    root: &Arc<Root>,
-    done: Option<Arc<JournalState>>,
-    index: Arc<Index>,
-    present: Arc<Vec<bool>>,
-) -> Result<Plan, RestoreError> {
-    let (m, root) = (manifest.clone(), root.clone());
-    let checked: Vec<(Known, Option<u64>)> = per_file(manifest.files.len(), move |i| {
-        let f = &m.files[i];
-        if !present[i] {
-            // Layout found nothing there: nothing to look at.
-            return Ok((Known::Absent, None));
-        }
-        let now = root
-            .stat(&f.path)
-            .map_err(RestoreError::io(root.display(&f.path)))?
-            .filter(|m| m.is_file());
-        let have = now.as_ref().map(|m| m.len());
-        let still = |j: &JournalState| {
-            now.as_ref()
-                .is_some_and(|m| j.stats.get(&(i as u32)) == Some(&FileStat::of(m)))
-        };
-        let journaled = done
-            .as_deref()
-            .filter(|j| still(j))
-            .and_then(|j| j.done.get(&(i as u32)));
-        let known = match journaled {
-            Some(None) => Known::Trusted,
-            _ if done.is_some()
-                && now
-                    .as_ref()
-                    .is_some_and(|m| index.unchanged_stat(f, FileStat::of(m))) =>
-            {
-                Known::Trusted
-            }
-            Some(Some(set)) => Known::Journaled(set.clone()),
-            _ => {
-                let (ok, meta) = hash_existing(&root, f, &m.pieces(i))?;
-                Known::Hashed(ok, meta.as_ref().map(FileStat::of))
-            }
-        };
-        Ok((known, have))
-    })
-    .await?;
-    let mut plan = Plan {
-        needed: HashMap::new(),
-        reused: 0,
-        growth: 0,
-        existed: checked.iter().map(|(_, have)| have.is_some()).collect(),
-        touched: vec![false; manifest.files.len()],
-        whole: vec![false; manifest.files.len()],
-        verified: Vec::new(),
-    };
-    for (i, (known, have)) in checked.into_iter().enumerate() {
-        let f = &manifest.files[i];
-        let ok = |c: usize| match &known {
-            Known::Trusted => true,
-            Known::Journaled(set) => set.contains(&(c as u32)),
-            Known::Hashed(ok, _) => ok[c],
-            Known::Absent => false,
-        };
-        plan.growth += f.size.saturating_sub(have.unwrap_or(0));
-        plan.touched[i] = have != Some(f.size);
-        let pieces = manifest.pieces(i);
-        let mut good = Vec::new();
-        for (c, p) in pieces.iter().enumerate() {
-            if ok(c) {
-                plan.reused += p.len;
-                good.push(c as u32);
-            } else {
-                plan.touched[i] = true;
-                let entry = plan
-                    .needed
-                    .entry(p.chunk.blake3)
-                    .or_insert((p.chunk.size, Vec::new()));
-                entry.1.push(Slot {
-                    file: i as u32,
-                    piece: c as u32,
-                    offset: p.offset,
-                    at: p.at,
-                    len: p.len,
-                });
-            }
-        }
-        plan.whole[i] = good.is_empty() && !pieces.is_empty();
-        // What hashing proved goes into the journal; a file that was not
-        // there proved nothing.
-        if let Known::Hashed(_, Some(st)) = known {
-            let all = good.len() == pieces.len();
-            plan.verified.push((i as u32, (!all).then_some(good), Some(st)));
-        }
-    }
-    Ok(plan)
 }
 
 /// Fetches every needed chunk once and writes it wherever it goes, while a
@@ -622,46 +488,6 @@ async fn run_verify_cmd(cmd: &str, root: &Path, m: &Manifest) -> Result<(), Rest
             format!(": {tail}")
         },
     })
-}
-
-/// Files handed to one blocking task by [`per_file`].
-const FILES_PER_TASK: usize = 512;
-
-/// Runs `f` for every file index `0..n` on the blocking pool, two tasks at
-/// a time of [`FILES_PER_TASK`] files each, and returns the results in
-/// order: a directory of a million small files costs a few thousand task
-/// hand-offs, not a million.
-async fn per_file<T: Send + 'static>(
-    n: usize,
-    f: impl Fn(usize) -> Result<T, RestoreError> + Send + Sync + 'static,
-) -> Result<Vec<T>, RestoreError> {
-    per_batch(n, move |files| files.map(&f).collect()).await
-}
-
-/// [`per_file`] with the batch (a range of file indexes) handed to `f`
-/// whole, which returns one result per file.
-async fn per_batch<T: Send + 'static>(
-    n: usize,
-    f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>, RestoreError> + Send + Sync + 'static,
-) -> Result<Vec<T>, RestoreError> {
-    let f = Arc::new(f);
-    let batches: Vec<Vec<T>> = futures::stream::iter((0..n).step_by(FILES_PER_TASK))
-        .map(|start| {
-            let f = f.clone();
-            blocking(move || f(start..(start + FILES_PER_TASK).min(n)))
-        })
-        .buffered(2)
-        .try_collect()
-        .await?;
-    Ok(batches.into_iter().flatten().collect())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
-) -> Result<T, RestoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task does not panic")
 }
 
 /// Refuses a trust state directory inside the destination, comparing
