@@ -157,19 +157,10 @@ pub fn ensure_dir(root: &Root, rel: &str) -> Result<File, RestoreError> {
     Ok(cur)
 }
 
-/// Prepares `rel` to be a regular file: parents are real directories,
-/// nothing but a regular file (or nothing) is left at the path, and a
-/// regular file with other hard links is replaced by a private copy.
+/// Prepares `name` in the open directory `parent` (at `rel`) to be a
+/// regular file: nothing but a regular file (or nothing) is left there, and
+/// a regular file with other hard links is replaced by a private copy.
 /// Returns whether a regular file is there.
-pub fn ensure_file_slot(root: &Root, rel: &str) -> Result<bool, RestoreError> {
-    let (parent, name) = match rel.rsplit_once('/') {
-        Some((dir, name)) => (ensure_dir(root, dir)?, name),
-        None => (root.open_dir("").map_err(RestoreError::io(root.path()))?, rel),
-    };
-    file_slot_at(root, &parent, rel, name)
-}
-
-/// [`ensure_file_slot`] for `name` in the open directory `parent` (at `rel`).
 fn file_slot_at(root: &Root, parent: &File, rel: &str, name: &str) -> Result<bool, RestoreError> {
     let io = io_at(root, rel);
     match root::stat_at(parent, name).map_err(&io)? {

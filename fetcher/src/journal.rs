@@ -194,14 +194,6 @@ impl Index {
         Index { files }
     }
 
-    /// Whether the file of `f` is still exactly what a restore left.
-    pub fn unchanged(&self, root: &Root, f: &FileEntry) -> bool {
-        root.stat(&f.path)
-            .ok()
-            .flatten()
-            .is_some_and(|m| m.is_file() && self.unchanged_stat(f, FileStat::of(&m)))
-    }
-
     /// Whether a file of `f`'s path with stat `now` is still exactly what
     /// a restore of `f` left.
     pub fn unchanged_stat(&self, f: &FileEntry, now: FileStat) -> bool {
