@@ -144,3 +144,47 @@ fn a_chunk_of_twenty_thousand_tiny_files_restores() {
     env.restore("eth", &dest);
     assert_eq!(files(&src), files(&dest));
 }
+
+/// The agent's record of the last cycle (skip-unchanged) reuses the pack
+/// only when every packed file is as it was, and reads it again when one
+/// changed, vanished or appeared; every cycle restores to its source.
+#[test]
+fn an_agent_cycle_reuses_the_pack_only_while_every_packed_file_is_unchanged() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_files(&src, 200);
+    std::fs::write(src.join("large.sst"), noise(3 << 20, 4)).unwrap();
+    let cfg = env.agent_config("eth", &src, &[env.store.display().to_string()], "");
+    let all = files(&src).len() as u64;
+    let blob = |n: u32| src.join(format!("chains/sample/blobs/{:02x}/0/{n:08}.blob", n % 256));
+    type Step<'a> = (&'a str, u64, Box<dyn Fn() + 'a>);
+    let steps: [Step; 5] = [
+        ("first", 0, Box::new(|| {})),
+        ("nothing changed", all, Box::new(|| {})),
+        // Only the large file is taken as known: the pack is read again.
+        (
+            "a small file rewritten",
+            1,
+            Box::new(|| std::fs::write(blob(7), b"rewritten").unwrap()),
+        ),
+        (
+            "a small file deleted",
+            1,
+            Box::new(|| std::fs::remove_file(blob(8)).unwrap()),
+        ),
+        (
+            "a small file added",
+            1,
+            Box::new(|| std::fs::write(src.join("new.txt"), b"new").unwrap()),
+        ),
+    ];
+    for (i, (what, unchanged, change)) in steps.iter().enumerate() {
+        change();
+        let r = env.cycle(&cfg, "eth", |_| {});
+        assert_eq!(r["files_unchanged"], *unchanged, "{what}: {r}");
+        let dest = env.path(&format!("dest-{i}"));
+        env.restore("eth", &dest);
+        assert_eq!(files(&src), files(&dest), "{what}");
+    }
+    assert!(all > 200);
+}
