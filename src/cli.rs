@@ -205,6 +205,11 @@ pub struct RestoreArgs {
     /// deliberate rollback to a version the pointer still keeps (`qsync ls`).
     #[arg(long, env = "QSYNC_SNAPSHOT_VERSION")]
     pub snapshot_version: Option<u64>,
+    /// Peer nodes: every address NAME resolves to (a Kubernetes headless
+    /// service of `qsync serve --data` sidecars) is a mirror asked for
+    /// chunks before the --from stores; port 8080 unless given.
+    #[arg(long, env = "QSYNC_PEERS_DNS", value_name = "NAME[:PORT]")]
+    pub peers_dns: Option<String>,
     /// Also fetch chunks from the stores the pointer names as mirror hints
     /// (e.g. an IPFS copy); everything read there is verified as usual.
     #[arg(long, env = "QSYNC_MIRROR_HINTS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -386,8 +391,26 @@ pub struct LsArgs {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Store to serve: a local directory, or any store URL with --cache-dir (pull-through).
-    #[arg(long, env = "QSYNC_STORE")]
-    pub store: String,
+    #[arg(
+        long,
+        env = "QSYNC_STORE",
+        required_unless_present = "data",
+        conflicts_with = "data"
+    )]
+    pub store: Option<String>,
+    /// Peer mode: serve this node's restored data directory as a read-only
+    /// store of the snapshot it holds (chunks read from its files and
+    /// hashed; one the node has rewritten is answered 404). Needs
+    /// --public-key and --chain, and the --state-dir its restore used.
+    #[arg(long, env = "QSYNC_DATA", requires_all = ["public_key", "chain"], conflicts_with = "cache_dir")]
+    pub data: Option<PathBuf>,
+    /// With --data: the chain the directory holds.
+    #[arg(long, env = "QSYNC_CHAIN", requires = "data")]
+    pub chain: Option<String>,
+    /// With --data: the trust state directory its restore used, where the
+    /// snapshot's signed objects are kept [default: as `restore`].
+    #[arg(long, env = "QSYNC_STATE_DIR", requires = "data")]
+    pub state_dir: Option<PathBuf>,
     /// Pull-through cache directory (required for a remote --store).
     #[arg(long, env = "QSYNC_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,

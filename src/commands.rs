@@ -339,7 +339,11 @@ async fn restore(a: RestoreArgs) -> Result<()> {
             }
         }
     }
-    let m = Mirrors::with_options(sources, opts);
+    let peers = match &a.peers_dns {
+        Some(name) => peers(name, &store_opts).await,
+        None => Vec::new(),
+    };
+    let m = Mirrors::with_peers(peers, sources, opts);
     let opts = RestoreOptions {
         chain: chain.clone(),
         dest: a.dest.clone(),
@@ -389,6 +393,39 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The peer nodes `name` (`NAME[:PORT]`) resolves to, one mirror per
+/// address. A name that resolves to nothing (the first node of a fleet, or
+/// none ready yet) leaves the restore to the origins, with a warning.
+async fn peers(name: &str, opts: &qsync_store::StoreOptions) -> Vec<Arc<dyn ObjectSource>> {
+    let with_port = match name.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() && !name.ends_with(']') => name.to_string(),
+        _ => format!("{name}:8080"),
+    };
+    let mut addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(&with_port).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            tracing::warn!("--peers-dns {name}: {e}; restoring from the --from stores alone");
+            return Vec::new();
+        }
+    };
+    addrs.sort();
+    addrs.dedup();
+    let peers: Vec<Arc<dyn ObjectSource>> = addrs
+        .iter()
+        .filter_map(|addr| {
+            open_source_with(&format!("http://{addr}"), opts)
+                .inspect_err(|e| tracing::warn!("--peers-dns {name}: skipping {addr}: {e}"))
+                .ok()
+        })
+        .collect();
+    tracing::info!(
+        "--peers-dns {name}: {} peer(s) asked for chunks first: {}",
+        peers.len(),
+        addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    peers
 }
 
 async fn verify(a: VerifyArgs) -> Result<()> {
@@ -462,19 +499,50 @@ async fn ls(a: LsArgs) -> Result<()> {
     Ok(())
 }
 
+/// `serve --data DIR`: the signed objects its restore kept, and chunks
+/// from its files. Returns the configuration and what the banner names.
+async fn serve_data(
+    dir: &std::path::Path,
+    a: &ServeArgs,
+    vk: &VerifyingKey,
+) -> Result<(qsync_cdn::serve::ServeConfig, String)> {
+    let chain = ChainName::new(a.chain.clone().context("--data needs --chain")?)?;
+    let state = state_dir(a.state_dir.clone())?;
+    let opened = qsync_fetcher::peer::DataDir::open(dir, &state, &chain, vk)
+        .await
+        .with_context(|| format!("serving {} to peers", dir.display()))?;
+    let what = format!(
+        "{} (chain {chain} version {}, {} chunks) to peers",
+        dir.display(),
+        opened.version,
+        opened.data.chunk_count()
+    );
+    let mut cfg = qsync_cdn::serve::ServeConfig::new(opened.signed);
+    cfg.chunks = Some(Arc::new(opened.data));
+    Ok((cfg, what))
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
     let public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
-    let mut cfg = match (qsync_store::open::local_dir(&a.store)?, &a.cache_dir) {
-        (Some(dir), None) => qsync_cdn::serve::ServeConfig::new(dir),
-        (_, None) => anyhow::bail!(
-            "serving the remote store {} needs --cache-dir (a pull-through cache)",
-            a.store
-        ),
-        (_, Some(dir)) => {
-            let upstream = open_source_with(&a.store, &a.remote.options()?)?;
+    let store = a.store.clone().unwrap_or_default();
+    let local = match &a.data {
+        Some(_) => None,
+        None => qsync_store::open::local_dir(&store)?,
+    };
+    let (mut cfg, serving) = match (&a.data, local, &a.cache_dir) {
+        (Some(dir), _, _) => {
+            let vk = public_key.as_ref().context("--data needs --public-key")?;
+            serve_data(dir, &a, vk).await?
+        }
+        (None, Some(dir), None) => (qsync_cdn::serve::ServeConfig::new(dir), store.clone()),
+        (None, _, None) => {
+            anyhow::bail!("serving the remote store {store} needs --cache-dir (a pull-through cache)")
+        }
+        (None, _, Some(dir)) => {
+            let upstream = open_source_with(&store, &a.remote.options()?)?;
             qsync_store::probe::readable(upstream.as_ref())
                 .await
-                .with_context(|| format!("checking the upstream store {}", a.store))?;
+                .with_context(|| format!("checking the upstream store {store}"))?;
             let cache = PullThrough::open(
                 upstream,
                 dir,
@@ -486,7 +554,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .with_public_key(public_key.clone());
             let mut cfg = qsync_cdn::serve::ServeConfig::new(dir);
             cfg.pull_through = Some(Arc::new(cache));
-            cfg
+            (cfg, store.clone())
         }
     };
     cfg.public_key = public_key;
@@ -525,7 +593,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     // Handlers first: a SIGTERM right after the banner must stop us gracefully.
     let shutdown = shutdown_signal()?;
-    println!("serving {} on http://{addr}", a.store);
+    println!("serving {serving} on http://{addr}");
     std::io::stdout().flush()?;
     qsync_cdn::serve::serve(listener, cfg, shutdown).await?;
     Ok(())

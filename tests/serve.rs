@@ -117,20 +117,6 @@ fn tar_needs_a_public_key_and_objects_carry_cache_headers() {
     );
 }
 
-/// A counter line of a `qsync serve` /metrics page.
-fn metric(url: &str, line_prefix: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-sf"])
-        .arg(format!("{url}/metrics"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
-
 #[test]
 fn pull_through_cache_serves_repeat_restores_without_upstream() {
     require("curl");

@@ -28,6 +28,10 @@ pub struct Chosen {
     pub manifest: Manifest,
     /// The mirror whose pointer won.
     pub from: String,
+    /// The pointer's stored bytes, as signed.
+    pub pointer_bytes: bytes::Bytes,
+    /// The manifest's stored bytes, as signed.
+    pub manifest_bytes: bytes::Bytes,
 }
 
 /// Picks the newest fresh snapshot of `chain` any mirror offers (or
@@ -60,7 +64,7 @@ pub async fn choose(
         }
         trust.check_rollback(chain, &c.pointer.current)?;
         let pointer = pick_version(&c.pointer, version)?;
-        let manifest = mirrors.manifest(&pointer.current, vk).await?;
+        let (manifest, manifest_bytes) = mirrors.manifest_and_bytes(&pointer.current, vk).await?;
         // The manifest must be the one promised; its own expiry is judged next.
         trust::check_manifest(&manifest, &pointer.current, chain, now, Expired::Allow)?;
         if manifest.expires_at < now {
@@ -110,6 +114,8 @@ pub async fn choose(
             pointer,
             manifest,
             from: c.location.clone(),
+            pointer_bytes: c.bytes.clone(),
+            manifest_bytes,
         });
     }
     Err(last.expect("at least one candidate"))

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod journal;
 pub mod mirrors;
 mod pace;
+pub mod peer;
 mod plan;
 pub mod restore;
 pub mod root;

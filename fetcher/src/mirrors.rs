@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use qsync_core::chunk::{self, StreamDecoder};
 use qsync_core::manifest::{ChunkRef, Manifest};
@@ -27,7 +28,7 @@ use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::VerifyingKey;
 use qsync_core::trust::rank;
 use qsync_core::{ChainName, FormatError, ObjectKey};
-use qsync_store::signed::{get_manifest, get_signed, SignedReadError};
+use qsync_store::signed::{get_manifest_and_bytes, get_signed, SignedReadError};
 use qsync_store::{ObjectSource, StoreError};
 use serde::Serialize;
 
@@ -70,6 +71,9 @@ pub struct MirrorReport {
     pub corrupt: u64,
     /// Demoted for serving a corrupt copy, or a pointer it must not.
     pub demoted: bool,
+    /// A peer node (`--peers-dns`), asked for chunks before the origins.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub peer: bool,
     /// What its pointer was: `chosen`, `older`, `expired`, `none`, or why
     /// it was unusable or rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +89,8 @@ pub struct Candidate {
     pub location: String,
     /// The pointer.
     pub pointer: Pointer,
+    /// Its stored bytes, as signed.
+    pub bytes: Bytes,
 }
 
 #[derive(Default)]
@@ -98,6 +104,8 @@ struct Health {
 
 struct Mirror {
     source: Arc<dyn ObjectSource>,
+    /// Asked for chunks before any origin.
+    peer: bool,
     health: Mutex<Health>,
     in_flight: AtomicU32,
 }
@@ -197,18 +205,33 @@ impl Mirrors {
 
     /// The mirrors with explicit timeouts. Panics on an empty list.
     pub fn with_options(sources: Vec<Arc<dyn ObjectSource>>, opts: MirrorOptions) -> Self {
-        assert!(!sources.is_empty(), "at least one mirror");
-        let mirrors: Vec<Mirror> = sources
-            .into_iter()
-            .map(|source| Mirror {
+        Self::with_peers(Vec::new(), sources, opts)
+    }
+
+    /// Peer nodes (`qsync serve --data`) and origins: chunks are asked of
+    /// a peer first while one can deliver them, of the origins otherwise;
+    /// signed objects come from whichever serves them, peers first, and
+    /// are verified the same. Panics when both lists are empty.
+    pub fn with_peers(
+        peers: Vec<Arc<dyn ObjectSource>>,
+        origins: Vec<Arc<dyn ObjectSource>>,
+        opts: MirrorOptions,
+    ) -> Self {
+        assert!(!(peers.is_empty() && origins.is_empty()), "at least one mirror");
+        let peers = peers.into_iter().map(|s| (s, true));
+        let mirrors: Vec<Mirror> = peers
+            .chain(origins.into_iter().map(|s| (s, false)))
+            .map(|(source, peer)| Mirror {
                 health: Mutex::new(Health {
                     report: MirrorReport {
                         location: source.location(),
+                        peer,
                         ..Default::default()
                     },
                     ..Default::default()
                 }),
                 source,
+                peer,
                 in_flight: AtomicU32::new(0),
             })
             .collect();
@@ -317,17 +340,18 @@ impl Mirrors {
                         .into(),
                         true,
                     )),
-                    Ok(p) => Ok(p),
+                    Ok(p) => Ok((p, bytes)),
                     Err(e) => Err((e.into(), true)),
                 },
                 Ok(Err(SignedReadError::Format(e))) => Err((e.into(), true)),
                 Ok(Err(e)) => Err((e.into(), false)),
             };
             match outcome {
-                Ok(pointer) => found.push(Candidate {
+                Ok((pointer, bytes)) => found.push(Candidate {
                     mirror: i,
                     location: s.location(),
                     pointer,
+                    bytes,
                 }),
                 Err((e, bad)) => {
                     if bad {
@@ -373,16 +397,47 @@ impl Mirrors {
 
     /// The manifest `snap` names, verified (signature and digest) and parsed.
     pub async fn manifest(&self, snap: &SnapshotRef, vk: &VerifyingKey) -> Result<Manifest, RestoreError> {
+        self.manifest_and_bytes(snap, vk).await.map(|(m, _)| m)
+    }
+
+    /// [`Self::manifest`], with its stored bytes.
+    pub async fn manifest_and_bytes(
+        &self,
+        snap: &SnapshotRef,
+        vk: &VerifyingKey,
+    ) -> Result<(Manifest, Bytes), RestoreError> {
         let mut last: Option<RestoreError> = None;
         for m in self.mirrors.iter() {
             let s = m.source.as_ref();
-            match get_manifest(s, snap, vk).await {
+            match get_manifest_and_bytes(s, snap, vk).await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     let e = RestoreError::from(e);
                     self.note(s, format_args!("manifest unusable: {e}"));
                     last = Some(e);
                 }
+            }
+        }
+        Err(last.expect("at least one mirror"))
+    }
+
+    /// The signature of `body`, stored at `key`, from any mirror that
+    /// serves one `vk` verifies.
+    pub async fn signature(
+        &self,
+        key: &ObjectKey,
+        body: &[u8],
+        vk: &VerifyingKey,
+    ) -> Result<Bytes, RestoreError> {
+        let sig_key = key.signature_for(body);
+        let mut last: Option<RestoreError> = None;
+        for m in self.mirrors.iter() {
+            match m.source.get_limited(&sig_key, MAX_SIGNATURE_BYTES).await {
+                Ok(sig) => match vk.verify(key, body, &sig) {
+                    Ok(()) => return Ok(sig),
+                    Err(e) => last = Some(e.into()),
+                },
+                Err(e) => last = Some(e.into()),
             }
         }
         Err(last.expect("at least one mirror"))
@@ -407,12 +462,16 @@ impl Mirrors {
             let cooling = respect_cooldown && h.cooldown_until.is_some_and(|t| t > now);
             !(tried.contains(i) || h.report.demoted || cooling)
         };
+        // Peers first: among usable mirrors, a peer wins over any origin.
         let best = |respect_cooldown: bool| {
             (0..self.mirrors.len())
                 .filter(|i| usable(i, respect_cooldown))
                 .min_by(|a, b| {
-                    self.expected_secs(*a, size)
-                        .total_cmp(&self.expected_secs(*b, size))
+                    let (pa, pb) = (self.mirrors[*a].peer, self.mirrors[*b].peer);
+                    pb.cmp(&pa).then_with(|| {
+                        self.expected_secs(*a, size)
+                            .total_cmp(&self.expected_secs(*b, size))
+                    })
                 })
         };
         best(true).or_else(|| best(false))
@@ -583,6 +642,9 @@ impl Mirrors {
         }
     }
 }
+
+/// Largest `.minisig` read (real ones are about 300 bytes).
+const MAX_SIGNATURE_BYTES: u64 = 16 << 10;
 
 /// `d` scaled by a random factor in [0.5, 1.5), so retries do not synchronise.
 fn jittered(d: Duration) -> Duration {

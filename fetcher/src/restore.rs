@@ -123,6 +123,7 @@ pub async fn restore(
     let chosen = choose(mirrors, vk, &opts.chain, &trust, opts.expired, opts.version, now).await?;
     let (pointer, pointer_from) = (chosen.pointer, chosen.from);
     let manifest = Arc::new(chosen.manifest);
+    let signed = (chosen.pointer_bytes, chosen.manifest_bytes);
 
     // One restore per destination and per chain's trust state, for the
     // whole run: a second restore into DEST fails at once; one of the same
@@ -175,6 +176,7 @@ pub async fn restore(
             pointer.current.version
         );
         trust.advance(&opts.chain, &pointer.current, &vk.id())?;
+        keep_for_peers(mirrors, vk, opts, &pointer, &signed).await;
         summary.mirrors = mirrors.report();
         return Ok(summary);
     }
@@ -257,6 +259,7 @@ pub async fn restore(
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
+    keep_for_peers(mirrors, vk, opts, &pointer, &signed).await;
 
     summary.bytes_fetched = bytes_fetched;
     summary.bytes_reused = reused;
@@ -264,6 +267,28 @@ pub async fn restore(
     summary.removed = removed;
     summary.mirrors = mirrors.report();
     Ok(summary)
+}
+
+/// Keeps the snapshot's signed objects in the state directory, so that
+/// `qsync serve --data` can serve the destination to peers. The restore
+/// is complete whatever happens here: a failure is only logged.
+async fn keep_for_peers(
+    mirrors: &Mirrors,
+    vk: &VerifyingKey,
+    opts: &RestoreOptions,
+    pointer: &qsync_core::pointer::Pointer,
+    (pointer_bytes, manifest_bytes): &(bytes::Bytes, bytes::Bytes),
+) {
+    let signed = crate::peer::Signed {
+        chain: &opts.chain,
+        pointer: pointer_bytes,
+        manifest_key: &pointer.current.manifest_key,
+        manifest_blake3: &pointer.current.manifest_blake3,
+        manifest: manifest_bytes,
+    };
+    if let Err(e) = crate::peer::keep_signed(mirrors, vk, &opts.state_dir, signed).await {
+        tracing::warn!("the restore is complete, but its signed objects could not be kept for serving peers (qsync serve --data): {e}");
+    }
 }
 
 /// Fetches every needed chunk once and writes it wherever it goes, while a

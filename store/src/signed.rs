@@ -51,6 +51,16 @@ pub async fn get_manifest(
     snap: &SnapshotRef,
     vk: &VerifyingKey,
 ) -> Result<Manifest, SignedReadError> {
+    get_manifest_and_bytes(source, snap, vk).await.map(|(m, _)| m)
+}
+
+/// [`get_manifest`], with the stored bytes it was decoded from (which a
+/// restore keeps, so that the node can serve its snapshot to peers).
+pub async fn get_manifest_and_bytes(
+    source: &dyn ObjectSource,
+    snap: &SnapshotRef,
+    vk: &VerifyingKey,
+) -> Result<(Manifest, Bytes), SignedReadError> {
     let key = &snap.manifest_key;
     let what = format!("{key} in {}", source.location());
     let bytes = get_signed(source, key, vk, snap.manifest_size)
@@ -68,10 +78,11 @@ pub async fn get_manifest(
         }
         .into());
     }
+    let stored = bytes.clone();
     let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
         .await
         .expect("decode does not panic")?;
-    Ok(m)
+    Ok((m, stored))
 }
 
 /// For a conditional rewrite of `key` in `sink`: its verified bytes (`None`

@@ -451,6 +451,21 @@ impl Drop for Server {
     }
 }
 
+/// The sum of the counter lines starting with `line_prefix` on a `qsync
+/// serve` /metrics page (0 when there is none).
+pub fn metric(url: &str, line_prefix: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sf"])
+        .arg(format!("{url}/metrics"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(line_prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

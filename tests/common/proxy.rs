@@ -36,7 +36,28 @@ pub struct Counts {
 pub struct FaultProxy {
     pub url: String,
     pub counts: Arc<Counts>,
+    pub gate: Arc<Gate>,
     stop: Arc<AtomicBool>,
+}
+
+/// Holds chunk GETs past the first `pass` until `open` is set: a test can
+/// stop the upstream at a known point of a client's run.
+pub struct Gate {
+    pub pass: AtomicU64,
+    pub seen: AtomicU64,
+    pub held: AtomicU64,
+    pub open: AtomicBool,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            pass: AtomicU64::new(u64::MAX),
+            seen: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            open: AtomicBool::new(false),
+        }
+    }
 }
 
 impl FaultProxy {
@@ -46,8 +67,9 @@ impl FaultProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let upstream = upstream.trim_start_matches("http://").to_string();
         let counts = Arc::new(Counts::default());
+        let gate = Arc::new(Gate::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (counts.clone(), stop.clone());
+        let (c, s, g) = (counts.clone(), stop.clone(), gate.clone());
         std::thread::spawn(move || {
             let mut rng = seed | 1;
             for conn in listener.incoming() {
@@ -58,11 +80,16 @@ impl FaultProxy {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let (c, up) = (c.clone(), upstream.clone());
-                std::thread::spawn(move || handle(conn, &up, faults, rng % 1000, &c));
+                let (c, up, g) = (c.clone(), upstream.clone(), g.clone());
+                std::thread::spawn(move || handle(conn, &up, faults, rng % 1000, &c, &g));
             }
         });
-        FaultProxy { url, counts, stop }
+        FaultProxy {
+            url,
+            counts,
+            gate,
+            stop,
+        }
     }
 
     pub fn count(&self, f: impl Fn(&Counts) -> &AtomicU64) -> u64 {
@@ -89,7 +116,7 @@ fn read_head(conn: &mut TcpStream) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
-fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts: &Counts) {
+fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts: &Counts, gate: &Gate) {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let Some(head) = read_head(&mut conn) else { return };
     let mut words = head.split_whitespace();
@@ -138,6 +165,15 @@ fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts
         return;
     }
     let corrupt = hit(faults.corrupt) && method == "GET";
+    if chunk
+        && method == "GET"
+        && gate.seen.fetch_add(1, Ordering::SeqCst) >= gate.pass.load(Ordering::SeqCst)
+    {
+        gate.held.fetch_add(1, Ordering::SeqCst);
+        while !gate.open.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let Ok(mut up) = TcpStream::connect(upstream) else {
         return;
     };

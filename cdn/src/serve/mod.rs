@@ -18,6 +18,7 @@ pub mod cache;
 pub mod listen;
 pub mod metrics;
 pub mod objects;
+mod overlay;
 pub mod tar;
 
 use std::future::Future;
@@ -46,6 +47,9 @@ pub struct ServeConfig {
     pub root: PathBuf,
     /// Pull-through cache of a remote store, filling `root`.
     pub pull_through: Option<Arc<cache::PullThrough>>,
+    /// Where chunks come from instead of files under `root` (`serve
+    /// --data`: a restored node's files, `root` holding its signed objects).
+    pub chunks: Option<Arc<dyn ObjectSource>>,
     /// Key that tar streams are checked against; without it `/tar` is off.
     pub public_key: Option<VerifyingKey>,
     /// Bearer tokens accepted; empty means no token needed.
@@ -71,6 +75,7 @@ impl ServeConfig {
         ServeConfig {
             root: root.into(),
             pull_through: None,
+            chunks: None,
             public_key: None,
             tokens: Vec::new(),
             allow: Vec::new(),
@@ -121,9 +126,13 @@ pub fn app(cfg: ServeConfig) -> Router {
         .append_index_html_on_directories(false)
         .with_buf_chunk_size(1 << 20);
     let timeout = cfg.request_timeout;
-    let store: Arc<dyn ObjectSource> = match &cfg.pull_through {
-        Some(p) => p.clone(),
-        None => Arc::new(LocalStore::new(&cfg.root)),
+    let store: Arc<dyn ObjectSource> = match (&cfg.pull_through, &cfg.chunks) {
+        (Some(p), _) => p.clone(),
+        (None, Some(chunks)) => Arc::new(overlay::ChunksFrom {
+            rest: LocalStore::new(&cfg.root),
+            chunks: chunks.clone(),
+        }),
+        (None, None) => Arc::new(LocalStore::new(&cfg.root)),
     };
     let budget = cfg.tar_memory.clamp(16 << 20, u32::MAX as usize);
     let state = Arc::new(ServeState {

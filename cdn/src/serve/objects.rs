@@ -139,7 +139,10 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
             return resp;
         }
     }
-    let mut resp = next.run(req).await;
+    let mut resp = match (&st.cfg.chunks, kind) {
+        (Some(chunks), Kind::Chunk) => from_source(chunks.as_ref(), &key, req.method()).await,
+        _ => next.run(req).await,
+    };
     let status = resp.status();
     if status.is_success() {
         if let Some(tag) = etag {
@@ -154,6 +157,38 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
         .unwrap_or(0);
     st.metrics.record(kind.label(), status, bytes);
     resp
+}
+
+/// A chunk from `source` (`serve --data`: read from a node's files and
+/// hashed), or 404 when it cannot serve that chunk.
+async fn from_source(
+    source: &dyn qsync_store::ObjectSource,
+    key: &ObjectKey,
+    method: &axum::http::Method,
+) -> Response {
+    match source.get(key).await {
+        Ok(body) => {
+            let len = body.len();
+            let body = if method == axum::http::Method::HEAD {
+                axum::body::Body::empty()
+            } else {
+                axum::body::Body::from(body)
+            };
+            let mut resp = Response::new(body);
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Err(e) if e.is_not_found() => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Err(e) => {
+            tracing::warn!("{e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "could not read the chunk\n").into_response()
+        }
+    }
 }
 
 #[cfg(test)]

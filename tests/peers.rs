@@ -1,0 +1,245 @@
+//! Nodes restoring from each other: `qsync serve --data` serves a restored
+//! node's files as a store of its snapshot, and `restore --peers-dns` asks
+//! such peers for chunks before the origin. Node A restores from the
+//! origin; node B restores with A as a peer and the origin as fallback.
+//! What A's files no longer hold (a rewritten file, a planted link) and
+//! A dying half-way through are taken from the origin, and B still ends
+//! up exactly the snapshot.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use common::proxy::{FaultProxy, Faults};
+use common::*;
+use serde_json::Value;
+
+const CHUNK_BYTES: &str = "qsync_serve_bytes_total{kind=\"chunk\"";
+
+/// A published 24 MiB sample cut into small chunks, its origin, and node A
+/// restored from it (state dir `state-a`).
+struct Fleet {
+    env: Env,
+    src: std::path::PathBuf,
+    origin: Server,
+    a: std::path::PathBuf,
+}
+
+fn fleet() -> Fleet {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 24);
+    env.snapshot(&src, "eth", &["--chunk-size", "256"]);
+    let origin = Server::start(&env.store);
+    let a = env.path("node-a");
+    let out = restore_as(&env, "state-a", &a, &origin.url, None)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Fleet { env, src, origin, a }
+}
+
+fn restore_as(env: &Env, state: &str, dest: &Path, origin: &str, peers: Option<&str>) -> Command {
+    let mut c = qsync();
+    c.args(["restore", "--from", origin, "--chain", "eth", "--json"])
+        .arg("--public-key")
+        .arg(&env.pk)
+        .arg("--dest")
+        .arg(dest)
+        .arg("--state-dir")
+        .arg(env.path(state));
+    if let Some(p) = peers {
+        c.args(["--peers-dns", p]);
+    }
+    c
+}
+
+/// `qsync serve --data` of node A.
+fn serve_a(f: &Fleet) -> Server {
+    let mut c = qsync();
+    c.args(["serve", "--listen", "127.0.0.1:0", "--chain", "eth", "--data"])
+        .arg(&f.a)
+        .arg("--public-key")
+        .arg(&f.env.pk)
+        .arg("--state-dir")
+        .arg(f.env.path("state-a"));
+    Server::spawn(c)
+}
+
+fn mirror<'a>(report: &'a Value, peer: bool) -> Vec<&'a Value> {
+    report["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["peer"].as_bool().unwrap_or(false) == peer)
+        .collect()
+}
+
+#[test]
+fn a_node_restores_from_its_peer_and_takes_from_the_origin_only_what_the_peer_lacks() {
+    require("curl");
+    let f = fleet();
+    // Node A runs on: it rewrites a file in place (compaction) and someone
+    // plants a link to a file outside its data directory.
+    let (rewritten, linked) = {
+        let mut by_size: Vec<(u64, String)> = files(&f.a)
+            .into_keys()
+            .map(|p| (std::fs::metadata(f.a.join(&p)).unwrap().len(), p))
+            .filter(|(len, _)| *len > 0)
+            .collect();
+        by_size.sort();
+        (by_size.last().unwrap().1.clone(), by_size[0].1.clone())
+    };
+    let path = f.a.join(&rewritten);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let secret = f.env.path("secret");
+    std::fs::write(&secret, noise(300_000, 9)).unwrap();
+    std::fs::remove_file(f.a.join(&linked)).unwrap();
+    std::os::unix::fs::symlink(&secret, f.a.join(&linked)).unwrap();
+
+    let peer = serve_a(&f);
+    let port = peer.url.rsplit(':').next().unwrap();
+    let before = metric(&f.origin.url, CHUNK_BYTES);
+    let b = f.env.path("node-b");
+    let out = restore_as(
+        &f.env,
+        "state-b",
+        &b,
+        &f.origin.url,
+        Some(&format!("localhost:{port}")),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(files(&b), files(&f.src), "node B is not the snapshot");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // What the origin served for B's chunks, by its own count, against what
+    // the peer served: under a tenth of the snapshot.
+    let from_origin = metric(&f.origin.url, CHUNK_BYTES) - before;
+    let from_peer = metric(&peer.url, CHUNK_BYTES);
+    let total: u64 = report["bytes_total"].as_u64().unwrap();
+    assert!(
+        from_peer > total / 2,
+        "peer served {from_peer} of {total}: {report}"
+    );
+    assert!(
+        from_origin * 10 < total,
+        "the origin served {from_origin} of {total} bytes to node B: {report}"
+    );
+    // The rewritten file's chunk and the linked file's came from the origin.
+    assert!(from_origin > 0, "{report}");
+    assert!(
+        mirror(&report, false)[0]["chunks"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert_eq!(
+        mirror(&report, true)
+            .iter()
+            .map(|m| m["corrupt"].as_u64().unwrap())
+            .sum::<u64>(),
+        0
+    );
+    let served = Command::new("curl")
+        .args(["-s", &format!("{}/metrics", peer.url)])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&served.stdout).contains("kind=\"chunk\",status=\"404\""),
+        "the peer never answered 404 for what its files no longer hold"
+    );
+}
+
+#[test]
+fn killing_the_peer_half_way_leaves_the_restore_to_the_origin() {
+    let f = fleet();
+    let mut peer = serve_a(&f);
+    // The peer answers the first half of B's chunk requests; the next one
+    // waits at the gate until the peer is dead.
+    let gate = FaultProxy::start(&peer.url, Faults::default(), 1);
+    let chunks = std::fs::read_dir(f.env.store.join("chunks"))
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count() as u64)
+        .sum::<u64>();
+    gate.gate.pass.store(chunks / 2, Ordering::SeqCst);
+    let port = gate.url.rsplit(':').next().unwrap();
+    let b = f.env.path("node-b");
+    let mut restore = restore_as(
+        &f.env,
+        "state-b",
+        &b,
+        &f.origin.url,
+        Some(&format!("127.0.0.1:{port}")),
+    );
+    let child = restore
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while gate.gate.held.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "B never asked the peer for half the chunks"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    peer.terminate();
+    gate.gate.open.store(true, Ordering::SeqCst);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(files(&b), files(&f.src));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let peer_chunks = mirror(&report, true)[0]["chunks"].as_u64().unwrap();
+    let origin_chunks = mirror(&report, false)[0]["chunks"].as_u64().unwrap();
+    assert!(peer_chunks <= chunks / 2 && peer_chunks > 0, "{report}");
+    assert!(origin_chunks >= chunks - peer_chunks, "{report}");
+}
+
+#[test]
+fn serving_a_directory_without_a_complete_restore_or_its_signed_objects_is_refused() {
+    let f = fleet();
+    let serve = |dir: &Path, state: &str| {
+        let mut c = qsync();
+        c.args(["serve", "--listen", "127.0.0.1:0", "--chain", "eth", "--data"])
+            .arg(dir)
+            .arg("--public-key")
+            .arg(&f.env.pk)
+            .arg("--state-dir")
+            .arg(f.env.path(state));
+        run_bounded(c, std::time::Duration::from_secs(30), "serve --data")
+    };
+    // Another state dir: nothing kept there; the error says what to run.
+    let (code, _, err) = serve(&f.a, "state-other");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("qsync restore") && err.contains("state-other"),
+        "{err}"
+    );
+    // A directory no restore completed.
+    let empty = f.env.path("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = serve(&empty, "state-a");
+    assert_ne!(code, 0);
+    assert!(err.contains("no complete qsync restore"), "{err}");
+    // A tampered kept manifest fails its signature.
+    let kept = f.env.path("state-a/peer/eth");
+    let snap = std::fs::read_dir(&kept).unwrap().next().unwrap().unwrap().path();
+    let manifests = snap.join("chains/eth/manifests");
+    for e in std::fs::read_dir(&manifests).unwrap() {
+        let p = e.unwrap().path();
+        if !p.to_string_lossy().ends_with(".minisig") {
+            let mut b = std::fs::read(&p).unwrap();
+            b[10] ^= 1;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    let (code, _, err) = serve(&f.a, "state-a");
+    assert_ne!(code, 0);
+    assert!(err.to_lowercase().contains("signature"), "{err}");
+}
