@@ -234,6 +234,12 @@ pub struct RestoreArgs {
     /// Write Prometheus metrics of this run to this file (node-exporter textfile collector).
     #[arg(long, env = "QSYNC_METRICS_FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Decide everything and write nothing: print the snapshot chosen and
+    /// from which mirror, bytes to fetch and to keep, entries to delete,
+    /// and free space needed and available (JSON with --json). Nothing is
+    /// created or changed in --dest or the state directory.
+    #[arg(long, env = "QSYNC_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dry_run: bool,
     /// Most chunks in flight at once: the restore starts at 8 and takes
     /// more while the mirrors deliver more for it (a per-connection
     /// limited CDN), at most this many and 96 MiB of chunks.

@@ -306,7 +306,7 @@ fn state_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 async fn restore(a: RestoreArgs) -> Result<()> {
     let chain = ChainName::new(a.chain.clone())?;
     let started = std::time::Instant::now();
-    if a.init {
+    if a.init && !a.dry_run {
         let fresh = crate::init::still_fresh(&a.dest, &chain, a.max_age)
             .filter(|m| a.snapshot_version.is_none_or(|v| m.version == v));
         if let Some(m) = fresh {
@@ -363,6 +363,26 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         verify_cmd: a.verify_cmd.clone(),
         version: a.snapshot_version,
     };
+    if a.dry_run {
+        let p = qsync_fetcher::preview::preview(&m, &vk, &opts)
+            .await
+            .with_context(|| format!("planning a restore of chain {chain} into {}", a.dest.display()))?;
+        print_preview(&p, &a.dest, a.json)?;
+        let fits = p.space_needed <= p.space_available;
+        let why = match (&p.refused, fits) {
+            (Some(why), _) => why.clone(),
+            (None, false) => format!(
+                "needs {} free bytes but {} are available; free space or pick another --dest",
+                p.space_needed, p.space_available
+            ),
+            (None, true) => return Ok(()),
+        };
+        return Err(anyhow::Error::new(RestoreError::Dest {
+            path: a.dest.clone(),
+            reason: why,
+        })
+        .context("the restore would fail (--dry-run: nothing was written)"));
+    }
     let result =
         qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json || a.init)).await;
     if let Some(path) = &a.metrics_file {
@@ -392,6 +412,50 @@ async fn restore(a: RestoreArgs) -> Result<()> {
             started.elapsed()
         );
     }
+    Ok(())
+}
+
+/// Prints what `restore --dry-run` found.
+fn print_preview(p: &qsync_fetcher::preview::Preview, dest: &std::path::Path, json: bool) -> Result<()> {
+    if json {
+        return print_json(p);
+    }
+    println!(
+        "would restore {} version {} (created {}, manifest {}) named by {}",
+        p.chain, p.version, p.created_at, p.manifest_blake3, p.pointer_from
+    );
+    println!("  destination {}: {}", dest.display(), p.destination);
+    if let Some(why) = &p.refused {
+        println!("  REFUSED: {why}");
+    }
+    if p.already_complete {
+        println!("  already complete: nothing would be written");
+    }
+    println!(
+        "  {} files, {} bytes: keep {}, fetch {} in {} chunks, write {} files, delete {} entries",
+        p.files,
+        p.bytes_total,
+        p.bytes_kept,
+        p.bytes_to_fetch,
+        p.chunks_to_fetch,
+        p.files_to_write,
+        p.remove.len()
+    );
+    for r in p.remove.iter().take(20) {
+        println!("    delete {r}");
+    }
+    if p.remove.len() > 20 {
+        println!("    ... and {} more (--json lists all)", p.remove.len() - 20);
+    }
+    let fits = if p.space_needed <= p.space_available {
+        "fits"
+    } else {
+        "DOES NOT FIT"
+    };
+    println!(
+        "  free space: needs {}, {} available ({fits})",
+        p.space_needed, p.space_available
+    );
     Ok(())
 }
 

@@ -83,6 +83,14 @@ pub fn claim(
     key_id: String,
     foreign: ForeignDest,
 ) -> Result<(), RestoreError> {
+    check_owner(root, pointer, foreign)?;
+    write_marker(root, PARTIAL, &Marker::new(pointer, key_id))?;
+    remove_marker(root, MARKER)
+}
+
+/// Refuses a destination qsync does not own (not empty and unmarked, or
+/// another chain's restore) unless `foreign` says to take it over.
+pub fn check_owner(root: &Root, pointer: &Pointer, foreign: ForeignDest) -> Result<(), RestoreError> {
     let force = foreign == ForeignDest::TakeOver;
     let refuse = |reason: String| RestoreError::Dest {
         path: root.path().into(),
@@ -113,8 +121,7 @@ pub fn claim(
             }
         }
     }
-    write_marker(root, PARTIAL, &Marker::new(pointer, key_id))?;
-    remove_marker(root, MARKER)
+    Ok(())
 }
 
 /// Whether `name`, at the root of a destination, is one of qsync's records
@@ -180,13 +187,39 @@ fn file_slot_at(root: &Root, parent: &File, rel: &str, name: &str) -> Result<boo
 /// Deletes everything in the destination that `manifest` does not list
 /// (markers excepted). Returns how many entries were removed.
 pub fn remove_extras(root: &Root, manifest: &Manifest) -> Result<u64, RestoreError> {
+    let mut removed = Extras::Remove(0);
+    walk_extras(root, manifest, &mut removed)?;
+    match removed {
+        Extras::Remove(n) => Ok(n),
+        Extras::List(_) => unreachable!("removing"),
+    }
+}
+
+/// What [`remove_extras`] would delete, without deleting anything: each
+/// entry's path (a directory stands for everything under it).
+pub fn list_extras(root: &Root, manifest: &Manifest) -> Result<Vec<String>, RestoreError> {
+    let mut listed = Extras::List(Vec::new());
+    walk_extras(root, manifest, &mut listed)?;
+    match listed {
+        Extras::List(l) => Ok(l),
+        Extras::Remove(_) => unreachable!("listing"),
+    }
+}
+
+/// What the walk over entries the manifest lacks does with each.
+enum Extras {
+    /// Removes it, counting.
+    Remove(u64),
+    /// Lists it.
+    List(Vec<String>),
+}
+
+fn walk_extras(root: &Root, manifest: &Manifest, extras: &mut Extras) -> Result<(), RestoreError> {
     let mut keep: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     keep.extend(manifest.directories.iter().map(|d| d.path.as_str()));
     keep.extend(RESERVED_NAMES);
-    let mut removed = 0;
     let dir = root.open_dir("").map_err(RestoreError::io(root.path()))?;
-    prune(root, &dir, "", &keep, &mut removed)?;
-    Ok(removed)
+    prune(root, &dir, "", &keep, extras)
 }
 
 /// Prunes the open directory `dir` (at `prefix`), descending only into
@@ -196,7 +229,7 @@ fn prune(
     dir: &File,
     prefix: &str,
     keep: &HashSet<&str>,
-    removed: &mut u64,
+    extras: &mut Extras,
 ) -> Result<(), RestoreError> {
     let here = RestoreError::io(root.display(prefix));
     for name in root::entries(dir).map_err(here)? {
@@ -212,12 +245,17 @@ fn prune(
         if kept {
             if let Some((FileType::Directory, _)) = root::stat_at(dir, &text).map_err(&io)? {
                 let sub = root::open_dir_at(dir, &text).map_err(&io)?;
-                prune(root, &sub, &rel, keep, removed)?;
+                prune(root, &sub, &rel, keep, extras)?;
             }
             continue;
         }
-        root::remove_at(dir, name.as_c_str()).map_err(io)?;
-        *removed += 1;
+        match extras {
+            Extras::Remove(n) => {
+                root::remove_at(dir, name.as_c_str()).map_err(io)?;
+                *n += 1;
+            }
+            Extras::List(l) => l.push(rel.clone()),
+        }
     }
     Ok(())
 }

@@ -64,13 +64,7 @@ impl Journal {
         digest: &Digest,
     ) -> Result<(Journal, JournalState), RestoreError> {
         let path = root.display(JOURNAL);
-        let places = (0..manifest.files.len()).map(|i| manifest.piece_count(i)).sum();
-        let limit = journal_limit(manifest.files.len(), places);
-        let previous = root
-            .read_bounded(JOURNAL, limit)
-            .map_err(RestoreError::io(&path))?
-            .and_then(|bytes| parse_journal(&bytes, digest, limit).ok());
-        if let Some(state) = previous {
+        if let Some(state) = Self::peek(&root, &manifest, digest)? {
             // Append to the very file, unless it became something else.
             if let Ok(mut file) = root.open_write(JOURNAL, OFlags::APPEND) {
                 if state.torn {
@@ -85,6 +79,21 @@ impl Journal {
             .replace_with(JOURNAL, true, |f| f.write_all(header.as_bytes()))
             .map_err(RestoreError::io(&path))?;
         Ok((Journal { file, root, manifest }, JournalState::default()))
+    }
+
+    /// What the destination's journal of the manifest with digest `digest`
+    /// records, without opening it for writing (`None`: no such journal).
+    pub fn peek(
+        root: &Root,
+        manifest: &Manifest,
+        digest: &Digest,
+    ) -> Result<Option<JournalState>, RestoreError> {
+        let places = (0..manifest.files.len()).map(|i| manifest.piece_count(i)).sum();
+        let limit = journal_limit(manifest.files.len(), places);
+        Ok(root
+            .read_bounded(JOURNAL, limit)
+            .map_err(RestoreError::io(root.display(JOURNAL)))?
+            .and_then(|bytes| parse_journal(&bytes, digest, limit).ok()))
     }
 
     /// Appends `entries` durably. The caller has already synced the data.

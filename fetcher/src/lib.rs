@@ -18,6 +18,7 @@ pub mod mirrors;
 mod pace;
 pub mod peer;
 mod plan;
+pub mod preview;
 pub mod restore;
 pub mod root;
 mod write;

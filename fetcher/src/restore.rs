@@ -41,7 +41,7 @@ use crate::write::{Disk, Slot};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
-const SPACE_MARGIN: u64 = 64 << 20;
+pub(crate) const SPACE_MARGIN: u64 = 64 << 20;
 /// How often the written files are synced and journaled: a crash loses at
 /// most this much work, and each sync forces out what is dirty, so more
 /// often costs the restore throughput.

@@ -1,0 +1,136 @@
+//! `restore --dry-run`: the plan of a restore, with nothing written in the
+//! destination or the state directory, and exactly what the restore then
+//! does.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+/// Every entry under `root` with its kind, size, mode, mtime and content
+/// digest: any write, create, delete or chmod changes it.
+fn snapshot_of(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if !root.exists() {
+        return out;
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let body = if m.is_file() {
+                blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()
+            } else {
+                String::new()
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {} {} {body}",
+                    m.mode(),
+                    m.len(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn dry_run(env: &Env, dest: &Path) -> (i32, Value, String) {
+    let mut c = env.restore_cmd(env.store.to_str().unwrap(), "eth", dest);
+    c.arg("--dry-run");
+    let (code, out, err) = run(c);
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
+}
+
+#[test]
+fn a_dry_run_writes_nothing_and_predicts_what_the_restore_does() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 16);
+    env.snapshot(&src, "eth", &["--chunk-size", "256"]);
+    let dest = env.path("dest");
+
+    // Nothing there: nothing is created, not even the state directory.
+    let (code, plan, err) = dry_run(&env, &dest);
+    assert_eq!(code, 0, "{err}");
+    assert!(!dest.exists() && !env.state.exists(), "a dry run created files");
+    assert_eq!(plan["destination"], "absent");
+    assert_eq!(plan["bytes_to_fetch"], plan["bytes_total"]);
+    assert!(plan["space_available"].as_u64().unwrap() > 0);
+
+    env.restore("eth", &dest);
+    mutate(&src, 10, None);
+    env.snapshot(&src, "eth", &["--chunk-size", "256"]);
+    std::fs::write(dest.join("stray.log"), b"not in the snapshot").unwrap();
+    let (dest_before, state_before) = (snapshot_of(&dest), snapshot_of(&env.state));
+
+    let (code, plan, err) = dry_run(&env, &dest);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        snapshot_of(&dest),
+        dest_before,
+        "the dry run changed the destination"
+    );
+    assert_eq!(
+        snapshot_of(&env.state),
+        state_before,
+        "the dry run changed the state dir"
+    );
+    assert_eq!(plan["version"], 2, "{plan}");
+    assert_eq!(plan["destination"], "complete (chain eth version 1)", "{plan}");
+    let remove = plan["remove"].as_array().unwrap();
+    assert!(remove.contains(&Value::from("stray.log")), "{plan}");
+    assert!(plan["bytes_kept"].as_u64().unwrap() > 0, "{plan}");
+    assert!(plan["pointer_from"].as_str().unwrap().contains("store"), "{plan}");
+
+    // The restore then does exactly what was planned.
+    let done = env.restore("eth", &dest);
+    assert_eq!(
+        done["bytes_fetched"], plan["bytes_to_fetch"],
+        "plan {plan}\nrestore {done}"
+    );
+    assert_eq!(
+        done["bytes_reused"], plan["bytes_kept"],
+        "plan {plan}\nrestore {done}"
+    );
+    assert_eq!(done["chunks_fetched"], plan["chunks_to_fetch"]);
+    assert_eq!(done["removed"].as_u64().unwrap(), remove.len() as u64);
+    assert_eq!(files(&dest), files(&src));
+
+    // Complete now: the plan says so.
+    let (_, plan, _) = dry_run(&env, &dest);
+    assert_eq!(plan["already_complete"], true, "{plan}");
+    assert_eq!(plan["bytes_to_fetch"], 0);
+}
+
+#[test]
+fn a_dry_run_into_data_qsync_did_not_write_says_the_restore_would_refuse() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 4);
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("precious"), b"keep me").unwrap();
+    let (code, plan, err) = dry_run(&env, &dest);
+    assert_ne!(code, 0);
+    assert_eq!(plan["destination"], "foreign", "{plan}");
+    assert!(plan["refused"].as_str().unwrap().contains("--force"), "{plan}");
+    assert!(
+        err.contains("would fail") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dest.join("precious")).unwrap(), b"keep me");
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
+}
