@@ -368,6 +368,19 @@ pub struct VerifyArgs {
     /// Chunks checked at once.
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Audit this data directory instead of the store: every file against
+    /// the snapshot its completion marker names (or --snapshot-version);
+    /// missing, changed and extra files are listed and the exit code is 7.
+    #[arg(long, env = "QSYNC_DEST")]
+    pub dest: Option<PathBuf>,
+    /// With --dest: trust a file whose size and stat are what the last
+    /// restore's index recorded, hashing only the others.
+    #[arg(long, requires = "dest")]
+    pub fast: bool,
+    /// With --dest: audit against this version (which the pointer must
+    /// still keep) instead of the one the marker names.
+    #[arg(long, env = "QSYNC_SNAPSHOT_VERSION", requires = "dest")]
+    pub snapshot_version: Option<u64>,
     /// Print one JSON report on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,

@@ -493,7 +493,7 @@ async fn peers(name: &str, opts: &qsync_store::StoreOptions) -> Vec<Arc<dyn Obje
 }
 
 async fn verify(a: VerifyArgs) -> Result<()> {
-    let chain = ChainName::new(a.chain)?;
+    let chain = ChainName::new(a.chain.clone())?;
     let vk = VerifyingKey::load(&a.public_key)?;
     let sources = vec![open_source_with(&a.from, &a.remote.options()?)?];
     let opts = MirrorOptions {
@@ -502,6 +502,9 @@ async fn verify(a: VerifyArgs) -> Result<()> {
         demote_corrupt: false,
     };
     let m = Mirrors::with_options(sources, opts);
+    if let Some(dest) = &a.dest {
+        return verify_dest(&m, &vk, &chain, dest, &a).await;
+    }
     let r = inspect::verify_store(&m, &vk, &chain, a.concurrency).await?;
     if a.json {
         print_json(&r)?;
@@ -526,6 +529,58 @@ async fn verify(a: VerifyArgs) -> Result<()> {
         location: a.from,
         count: r.bad.len(),
         list: r.bad.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+    }
+    .into())
+}
+
+/// `qsync verify --dest`: a node's files against their snapshot.
+async fn verify_dest(
+    m: &Mirrors,
+    vk: &VerifyingKey,
+    chain: &ChainName,
+    dest: &std::path::Path,
+    a: &VerifyArgs,
+) -> Result<()> {
+    use qsync_fetcher::audit::{audit, Depth};
+    let depth = if a.fast { Depth::Fast } else { Depth::Hash };
+    let r = audit(m, vk, chain, dest, a.snapshot_version, depth)
+        .await
+        .with_context(|| format!("auditing {} against chain {chain}", dest.display()))?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        for (what, list) in [
+            ("MISSING", &r.missing),
+            ("CHANGED", &r.changed),
+            ("EXTRA", &r.extra),
+        ] {
+            for p in list {
+                println!("{what} {p}");
+            }
+        }
+        println!(
+            "{} against chain {} version {}: {} files ({} hashed, {} trusted by the index), {} missing, {} changed, {} extra",
+            dest.display(), r.chain, r.version, r.files, r.hashed, r.trusted, r.missing.len(), r.changed.len(), r.extra.len()
+        );
+    }
+    if r.clean() {
+        return Ok(());
+    }
+    let list: Vec<&String> = r
+        .missing
+        .iter()
+        .chain(&r.changed)
+        .chain(&r.extra)
+        .take(5)
+        .collect();
+    Err(RestoreError::DestDiffers {
+        path: dest.into(),
+        chain: r.chain.clone(),
+        version: r.version,
+        missing: r.missing.len(),
+        changed: r.changed.len(),
+        extra: r.extra.len(),
+        list: list.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
     }
     .into())
 }

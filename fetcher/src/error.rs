@@ -58,6 +58,24 @@ pub enum RestoreError {
         /// The end of its stderr, prefixed with ": " when not empty.
         stderr: String,
     },
+    /// `qsync verify --dest` found the destination is not its snapshot.
+    #[error("{path} is not snapshot {version} of chain {chain}: {missing} missing, {changed} changed, {extra} extra ({list}); restore into it again to repair it (only what differs is fetched)")]
+    DestDiffers {
+        /// The destination.
+        path: PathBuf,
+        /// Chain.
+        chain: String,
+        /// Snapshot version audited against.
+        version: u64,
+        /// Files absent.
+        missing: usize,
+        /// Files that differ.
+        changed: usize,
+        /// Entries the snapshot lacks.
+        extra: usize,
+        /// The first few.
+        list: String,
+    },
     /// `qsync verify` found missing or bad objects.
     #[error("{count} object(s) of chain {chain} are missing or corrupt in {location}: {list}")]
     BadObjects {
@@ -79,6 +97,7 @@ impl RestoreError {
             RestoreError::Refused(_) | RestoreError::BadObjects { .. } | RestoreError::NoMirror { .. } => 3,
             RestoreError::Dest { .. } => 4,
             RestoreError::VerifyCmd { .. } => 6,
+            RestoreError::DestDiffers { .. } => 7,
             RestoreError::NoSnapshot { .. } => 5,
             RestoreError::Store(_) | RestoreError::Io { .. } => 1,
         }

@@ -7,6 +7,7 @@
 //! `qsync verify` and `qsync ls`. Signature and freshness rules live in
 //! `qsync_core::trust`; transports in `qsync_store`.
 
+pub mod audit;
 mod batch;
 pub mod choose;
 mod complete;
