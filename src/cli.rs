@@ -248,6 +248,11 @@ pub struct RestoreArgs {
     /// Print one JSON summary on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+    /// When stderr is not a terminal (a pod's logs): log bytes done, rate
+    /// and ETA this often, and warn when no byte has arrived for longer
+    /// than --timeout; 0 turns the lines off.
+    #[arg(long, env = "QSYNC_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
 }
 
 /// How to reach remote stores when reading.

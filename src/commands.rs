@@ -383,8 +383,13 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         })
         .context("the restore would fail (--dry-run: nothing was written)"));
     }
-    let result =
-        qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json || a.init)).await;
+    let result = qsync_fetcher::restore(
+        &m,
+        &vk,
+        &opts,
+        crate::progress::for_restore(a.json || a.init, a.progress_interval, a.timeouts.timeout),
+    )
+    .await;
     if let Some(path) = &a.metrics_file {
         let run = crate::metrics_file::Run::finished(result.as_ref().ok(), m.report(), started.elapsed());
         crate::metrics_file::write(path, &chain, &run)?;

@@ -45,6 +45,123 @@ impl Progress for Log {
     fn finish(&self) {}
 }
 
+/// Log lines at a steady interval while a stage runs: bytes done, rate and
+/// ETA, and a warning once no byte has arrived for longer than `stall`
+/// (for pods, whose logs are the only window on a restore).
+pub struct Ticker {
+    state: Arc<Mutex<Stage>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Stage {
+    name: Option<String>,
+    total: u64,
+    done: u64,
+    started: Option<std::time::Instant>,
+    last_byte: Option<std::time::Instant>,
+}
+
+impl Ticker {
+    /// Starts the ticker (on the current tokio runtime).
+    pub fn start(every: std::time::Duration, stall: std::time::Duration) -> Arc<Ticker> {
+        let state: Arc<Mutex<Stage>> = Arc::default();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            let mut warned_at: Option<std::time::Instant> = None;
+            loop {
+                tick.tick().await;
+                let st = s.lock().expect("not poisoned");
+                let (Some(name), Some(started), Some(last)) = (&st.name, st.started, st.last_byte) else {
+                    continue;
+                };
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = st.done as f64 / secs;
+                let eta =
+                    (rate > 0.0).then(|| ((st.total - st.done.min(st.total)) as f64 / rate).round() as u64);
+                let percent = if st.total == 0 {
+                    100.0
+                } else {
+                    100.0 * st.done as f64 / st.total as f64
+                };
+                tracing::info!(
+                    stage = %name,
+                    bytes_done = st.done,
+                    bytes_total = st.total,
+                    bytes_per_second = rate.round() as u64,
+                    eta_seconds = eta,
+                    "{name}: {} of {} bytes ({percent:.1}%), {:.1} MB/s, ETA {}",
+                    st.done,
+                    st.total,
+                    rate / 1e6,
+                    eta.map_or("unknown".to_string(), |e| format!("{e}s"))
+                );
+                let quiet = last.elapsed();
+                // Only the fetch waits on mirrors; hashing a huge file may
+                // rightly take longer than --timeout between two advances.
+                let fetching = name == "restore";
+                if fetching && quiet > stall && warned_at.is_none_or(|w| w.elapsed() >= stall) {
+                    warned_at = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        stage = %name,
+                        stalled_seconds = quiet.as_secs(),
+                        bytes_done = st.done,
+                        "{name} stalled: no byte has arrived for {}s, longer than --timeout {}s; the mirrors are slow, unreachable or failing (each chunk is retried on every mirror until --deadline)",
+                        quiet.as_secs(),
+                        stall.as_secs()
+                    );
+                } else if quiet <= stall {
+                    warned_at = None;
+                }
+            }
+        });
+        Arc::new(Ticker { state, task })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Progress for Ticker {
+    fn start(&self, stage: &str, total: u64) {
+        tracing::info!("{stage}: {total} bytes to process");
+        let now = std::time::Instant::now();
+        *self.state.lock().expect("not poisoned") = Stage {
+            name: Some(stage.to_string()),
+            total,
+            done: 0,
+            started: Some(now),
+            last_byte: Some(now),
+        };
+    }
+    fn advance(&self, bytes: u64) {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.done += bytes;
+        st.last_byte = Some(std::time::Instant::now());
+    }
+    fn finish(&self) {
+        *self.state.lock().expect("not poisoned") = Stage::default();
+    }
+}
+
+/// For a restore: a bar on a terminal (unless `quiet`), otherwise a
+/// [`Ticker`] every `every` (never for `every` of zero), warning of a
+/// stall after `stall`.
+pub fn for_restore(quiet: bool, every: std::time::Duration, stall: std::time::Duration) -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() && !quiet {
+        Arc::new(Bar(Mutex::new(None)))
+    } else if every.is_zero() {
+        Arc::new(NoProgress)
+    } else {
+        Ticker::start(every, stall)
+    }
+}
+
 /// A bar when stderr is a terminal, log lines otherwise, nothing when `quiet`.
 pub fn for_terminal(quiet: bool) -> Arc<dyn Progress> {
     if quiet {

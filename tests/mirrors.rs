@@ -114,3 +114,63 @@ fn a_dead_mirror_is_skipped() {
     assert_eq!(s["mirrors"][0]["chunks"], 0, "{s}");
     assert!(s["mirrors"][1]["chunks"].as_u64().unwrap() > 0, "{s}");
 }
+
+#[test]
+fn a_stalled_restore_says_so_in_its_json_logs_and_carries_on_when_the_mirror_does() {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+    let (env, server) = published();
+    let gate = FaultProxy::start(&server.url, Faults::default(), 3);
+    gate.gate.pass.store(4, Ordering::SeqCst);
+    let dest = env.path("dest");
+    let mut c = env.restore_cmd(&gate.url, "eth", &dest);
+    c.args([
+        "--timeout",
+        "1s",
+        "--deadline",
+        "120s",
+        "--progress-interval",
+        "200ms",
+    ])
+    .env("QSYNC_LOG_FORMAT", "json")
+    .env_remove("RUST_LOG")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut progress, mut stalled) = (None::<Value>, None::<Value>);
+    let mut rest = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            rest.push(line);
+            continue;
+        };
+        let fields = &v["fields"];
+        if fields["bytes_per_second"].is_u64() && fields["bytes_done"].as_u64() > Some(0) {
+            progress.get_or_insert(v.clone());
+        }
+        if fields["stalled_seconds"].is_u64() {
+            stalled = Some(v.clone());
+            // The mirror recovers: the restore goes on by itself.
+            gate.gate.open.store(true, Ordering::SeqCst);
+        }
+        rest.push(line);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", rest.join("\n"));
+    let progress =
+        progress.unwrap_or_else(|| panic!("no progress line with bytes done:\n{}", rest.join("\n")));
+    assert!(progress["fields"]["eta_seconds"].is_u64(), "{progress}");
+    assert_eq!(progress["fields"]["stage"], "restore", "{progress}");
+    let stalled = stalled.expect("the stall was never logged");
+    assert_eq!(stalled["level"], "WARN", "{stalled}");
+    assert!(
+        stalled["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--timeout"),
+        "{stalled}"
+    );
+    assert!(gate.gate.held.load(Ordering::SeqCst) > 0);
+    assert!(has_marker(&dest));
+}
