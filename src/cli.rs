@@ -250,7 +250,7 @@ pub struct RestoreArgs {
     pub json: bool,
     /// When stderr is not a terminal (a pod's logs): log bytes done, rate
     /// and ETA this often, and warn when no byte has arrived for longer
-    /// than --timeout; 0 turns the lines off.
+    /// than --timeout. Zero turns the lines off.
     #[arg(long, env = "QSYNC_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
 }
@@ -374,7 +374,7 @@ pub struct VerifyArgs {
     #[arg(long, env = "QSYNC_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Audit this data directory instead of the store: every file against
-    /// the snapshot its completion marker names (or --snapshot-version);
+    /// the snapshot its completion marker names or the one --snapshot-version names;
     /// missing, changed and extra files are listed and the exit code is 7.
     #[arg(long, env = "QSYNC_DEST")]
     pub dest: Option<PathBuf>,

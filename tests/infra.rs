@@ -195,6 +195,35 @@ fn the_init_container_is_configured_by_env_vars_qsync_knows() {
     assert!(docs
         .iter()
         .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm));
+    // Peers: the init container asks the headless service of the nodes'
+    // qsync-peer sidecars, which serve the data volume read-only.
+    let peers_dns = init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "QSYNC_PEERS_DNS")
+        .expect("the init container asks no peers");
+    let service = peers_dns["value"].as_str().unwrap().split('.').next().unwrap();
+    let svc = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == service)
+        .unwrap_or_else(|| panic!("QSYNC_PEERS_DNS names {service}, which is not a Service here"));
+    assert_eq!(
+        svc["spec"]["clusterIP"], "None",
+        "the peer service must be headless"
+    );
+    let sidecar = sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["args"][0] == "serve")
+        .expect("no qsync serve --data sidecar");
+    assert!(sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "QSYNC_DATA"));
+    assert_eq!(sidecar["volumeMounts"][0]["readOnly"], true);
     // Every QSYNC_* variable anywhere in infra/ is one the binary reads.
     let help: String = ["restore", "serve", "snapshot", "agent", "gc"]
         .iter()

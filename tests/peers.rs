@@ -68,7 +68,7 @@ fn serve_a(f: &Fleet) -> Server {
     Server::spawn(c)
 }
 
-fn mirror<'a>(report: &'a Value, peer: bool) -> Vec<&'a Value> {
+fn mirror(report: &Value, peer: bool) -> Vec<&Value> {
     report["mirrors"]
         .as_array()
         .unwrap()
@@ -242,4 +242,38 @@ fn serving_a_directory_without_a_complete_restore_or_its_signed_objects_is_refus
     let (code, _, err) = serve(&f.a, "state-a");
     assert_ne!(code, 0);
     assert!(err.to_lowercase().contains("signature"), "{err}");
+}
+
+#[test]
+fn a_peer_serving_corrupt_chunks_is_demoted_and_the_origin_serves_the_rest() {
+    let f = fleet();
+    let peer = serve_a(&f);
+    // A compromised node, or whatever the name resolves to: every chunk
+    // it serves has a byte flipped.
+    let corrupt = Faults {
+        corrupt: 1000,
+        ..Faults::default()
+    };
+    let hostile = FaultProxy::start(&peer.url, corrupt, 5);
+    let port = hostile.url.rsplit(':').next().unwrap();
+    let b = f.env.path("node-b");
+    let out = restore_as(
+        &f.env,
+        "state-b",
+        &b,
+        &f.origin.url,
+        Some(&format!("127.0.0.1:{port}")),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(files(&b), files(&f.src));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = mirror(&report, true)[0];
+    assert_eq!(
+        (p["demoted"].as_bool(), p["chunks"].as_u64()),
+        (Some(true), Some(0)),
+        "{report}"
+    );
+    assert!(p["corrupt"].as_u64().unwrap() >= 1, "{report}");
 }

@@ -178,7 +178,7 @@ impl DataDir {
         })?;
         verify_body(&store, &key, &bytes, vk)
             .await
-            .map_err(|e| RestoreError::from(qsync_store::signed::SignedReadError::from(e)))?;
+            .map_err(RestoreError::from)?;
         if Digest::of(&bytes) != digest {
             return Err(FormatError::DigestMismatch {
                 what: format!("{key} in {}", signed.display()),
