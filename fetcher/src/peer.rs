@@ -86,10 +86,7 @@ pub async fn keep_signed(
         let sig = mirrors.signature(key, body, vk).await?;
         let sig_key = key.signature_for(body);
         for (k, b) in [(&sig_key, sig), (key, body.clone())] {
-            store
-                .put(k, b, PutOptions::for_key(k))
-                .await
-                .map_err(|e| RestoreError::from(qsync_store::signed::SignedReadError::from(e)))?;
+            store.put(k, b, PutOptions::for_key(k)).await?;
         }
     }
     tokio::fs::rename(&tmp, &dir).await.map_err(&io)?;
@@ -345,7 +342,7 @@ mod tests {
     fn chunk_keys_name_their_digest_and_nothing_else_does() {
         let d = Digest::of(b"x");
         assert_eq!(chunk_digest(&ObjectKey::chunk(&d)), Some(d));
-        let wrong_shard = ObjectKey::new(&format!("chunks/zz/{}", d.to_hex())).unwrap();
+        let wrong_shard = ObjectKey::new(format!("chunks/zz/{}", d.to_hex())).unwrap();
         assert_eq!(chunk_digest(&wrong_shard), None);
         assert_eq!(chunk_digest(&ObjectKey::new("catalog.json").unwrap()), None);
     }
