@@ -431,16 +431,40 @@ impl Mirrors {
     ) -> Result<Bytes, RestoreError> {
         let sig_key = key.signature_for(body);
         let mut last: Option<RestoreError> = None;
+        // Each mirror within --timeout, demoted ones skipped: a mirror that
+        // stalls must not hold up the end of a completed restore.
         for m in self.mirrors.iter() {
-            match m.source.get_limited(&sig_key, MAX_SIGNATURE_BYTES).await {
-                Ok(sig) => match vk.verify(key, body, &sig) {
+            if m.health.lock().expect("not poisoned").report.demoted {
+                continue;
+            }
+            let got = tokio::time::timeout(
+                self.opts.attempt_timeout,
+                m.source.get_limited(&sig_key, MAX_SIGNATURE_BYTES),
+            )
+            .await;
+            match got {
+                Ok(Ok(sig)) => match vk.verify(key, body, &sig) {
                     Ok(()) => return Ok(sig),
                     Err(e) => last = Some(e.into()),
                 },
-                Err(e) => last = Some(e.into()),
+                Ok(Err(e)) => last = Some(e.into()),
+                Err(_) => {
+                    last = Some(
+                        StoreError::Transport {
+                            location: m.source.location(),
+                            key: sig_key.to_string(),
+                            source: format!("no answer within {:?} (--timeout)", self.opts.attempt_timeout)
+                                .into(),
+                        }
+                        .into(),
+                    )
+                }
             }
         }
-        Err(last.expect("at least one mirror"))
+        Err(last.unwrap_or_else(|| RestoreError::NoMirror {
+            chunk: sig_key.to_string(),
+            locations: self.locations(),
+        }))
     }
 
     /// Expected seconds for mirror `i` to deliver `size` more bytes; 0 when
