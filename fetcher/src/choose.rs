@@ -298,7 +298,9 @@ mod tests {
         );
         publish(&old, &w.sk, 1, 1_000, 90_000).await;
         let restored = publish(&new, &w.sk, 2, 3_000, 90_000).await;
-        w.trust.advance(&chain(), &restored, &w.vk.id()).unwrap();
+        w.trust
+            .advance(&chain(), &restored, &w.vk.id().to_string())
+            .unwrap();
         let e = chosen(&w, &mirrors(&[&old]), 5_000).await.err().unwrap();
         assert!(
             e.to_string().contains("rollback") || e.to_string().contains("older"),

@@ -174,11 +174,11 @@ pub async fn restore(
             root.path().display(),
             pointer.current.version
         );
-        trust.advance(&opts.chain, &pointer.current, &vk.id())?;
+        trust.advance(&opts.chain, &pointer.current, &vk.id().to_string())?;
         summary.mirrors = mirrors.report();
         return Ok(summary);
     }
-    dest::claim(&root, &pointer, vk.id(), opts.foreign_dest)?;
+    dest::claim(&root, &pointer, vk.id().to_string(), opts.foreign_dest)?;
     let (removed, present) = {
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?
@@ -253,8 +253,8 @@ pub async fn restore(
     }
     // The trust record first: a run killed between the two leaves an
     // incomplete destination, never a complete one the bar does not cover.
-    trust.advance(&opts.chain, &pointer.current, &vk.id())?;
-    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
+    trust.advance(&opts.chain, &pointer.current, &vk.id().to_string())?;
+    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id().to_string()))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
 
