@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
 use qsync_core::chunk::ChunkerParams;
-use qsync_core::sign::{self, SigningKey, VerifyingKey};
+use qsync_core::sign::{self, SigningKey, TrustedKeys};
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::ChainName;
 use qsync_fetcher::{inspect, ForeignDest, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
@@ -245,7 +245,7 @@ async fn agent_check(cfg: Config) -> Result<()> {
 }
 
 async fn gc(a: GcArgs) -> Result<()> {
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         ..Default::default()
@@ -256,7 +256,7 @@ async fn gc(a: GcArgs) -> Result<()> {
     } else {
         qsync_snapshotter::gc::GcMode::Delete
     };
-    let r = qsync_snapshotter::gc::collect(sink, &vk, None, a.grace, mode)
+    let r = qsync_snapshotter::gc::collect(sink, &keys, None, a.grace, mode)
         .await
         .with_context(|| format!("collecting garbage in {}", a.store))?;
     if a.json {
@@ -321,13 +321,13 @@ async fn restore(a: RestoreArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let store_opts = a.remote.options()?;
     let mut sources = open_all(&a.from, &store_opts)?;
     let opts = mirror_options(Some(&a.timeouts));
     if a.mirror_hints {
         let pointer = Mirrors::with_options(sources.clone(), opts)
-            .pointer(&chain, &vk)
+            .pointer(&chain, &keys)
             .await?;
         for hint in pointer.mirrors.iter().filter(|h| !a.from.contains(h)) {
             match open_source_with(hint, &store_opts) {
@@ -360,7 +360,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         version: a.snapshot_version,
     };
     let result =
-        qsync_fetcher::restore(&m, &vk, &opts, crate::progress::for_terminal(a.json || a.init)).await;
+        qsync_fetcher::restore(&m, &keys, &opts, crate::progress::for_terminal(a.json || a.init)).await;
     if let Some(path) = &a.metrics_file {
         let run = crate::metrics_file::Run::finished(result.as_ref().ok(), m.report(), started.elapsed());
         crate::metrics_file::write(path, &chain, &run)?;
@@ -393,7 +393,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
 
 async fn verify(a: VerifyArgs) -> Result<()> {
     let chain = ChainName::new(a.chain)?;
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let sources = vec![open_source_with(&a.from, &a.remote.options()?)?];
     let opts = MirrorOptions {
         attempt_timeout: a.timeouts.timeout,
@@ -401,7 +401,7 @@ async fn verify(a: VerifyArgs) -> Result<()> {
         demote_corrupt: false,
     };
     let m = Mirrors::with_options(sources, opts);
-    let r = inspect::verify_store(&m, &vk, &chain, a.concurrency).await?;
+    let r = inspect::verify_store(&m, &keys, &chain, a.concurrency).await?;
     if a.json {
         print_json(&r)?;
     } else {
@@ -430,10 +430,10 @@ async fn verify(a: VerifyArgs) -> Result<()> {
 }
 
 async fn ls(a: LsArgs) -> Result<()> {
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let chain = a.chain.map(ChainName::new).transpose()?;
     let m = mirrors(std::slice::from_ref(&a.from), None, &a.remote)?;
-    let pointers = inspect::list(&m, &vk, chain.as_ref()).await?;
+    let pointers = inspect::list(&m, &keys, chain.as_ref()).await?;
     if a.json {
         return print_json(&pointers);
     }
@@ -463,7 +463,10 @@ async fn ls(a: LsArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
+    let public_keys = match a.public_keys.is_empty() {
+        true => None,
+        false => Some(TrustedKeys::load(&a.public_keys)?),
+    };
     let mut cfg = match (qsync_store::open::local_dir(&a.store)?, &a.cache_dir) {
         (Some(dir), None) => qsync_cdn::serve::ServeConfig::new(dir),
         (_, None) => anyhow::bail!(
@@ -483,13 +486,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
                 a.upstream_concurrency,
             )
             .with_context(|| format!("opening --cache-dir {}", dir.display()))?
-            .with_public_key(public_key.clone());
+            .with_public_keys(public_keys.clone());
             let mut cfg = qsync_cdn::serve::ServeConfig::new(dir);
             cfg.pull_through = Some(Arc::new(cache));
             cfg
         }
     };
-    cfg.public_key = public_key;
+    cfg.public_keys = public_keys;
     if let Some(path) = &a.token_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --token-file {}", path.display()))?;

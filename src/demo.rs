@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use qsync_core::progress::NoProgress;
-use qsync_core::sign::{self, SigningKey};
+use qsync_core::sign::{self, SigningKey, TrustedKeys};
 use qsync_core::ChainName;
 use qsync_fetcher::{Mirrors, RestoreOptions};
 use qsync_snapshotter::SnapshotOptions;
@@ -129,7 +129,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     };
     let restored = qsync_fetcher::restore(
         &Mirrors::new(vec![open_source(&url)?]),
-        &vk,
+        &TrustedKeys::from(vk),
         &ropts,
         Arc::new(NoProgress),
     )

@@ -13,7 +13,7 @@
 
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::Pointer;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::{KeyId, TrustedKeys};
 use qsync_core::time::Timestamp;
 use qsync_core::trust::{self, rank, Expired, TrustStore};
 use qsync_core::{ChainName, FormatError};
@@ -28,6 +28,8 @@ pub struct Chosen {
     pub manifest: Manifest,
     /// The mirror whose pointer won.
     pub from: String,
+    /// The trusted key whose signature on the manifest verified.
+    pub signed_by: KeyId,
 }
 
 /// Picks the newest fresh snapshot of `chain` any mirror offers (or
@@ -35,14 +37,14 @@ pub struct Chosen {
 /// fetches its manifest.
 pub async fn choose(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     chain: &ChainName,
     trust: &TrustStore,
     expired: Expired,
     version: Option<u64>,
     now: Timestamp,
 ) -> Result<Chosen, RestoreError> {
-    let candidates = mirrors.pointers(chain, vk).await?;
+    let candidates = mirrors.pointers(chain, keys).await?;
     let mut last: Option<RestoreError> = None;
     for (n, c) in candidates.iter().enumerate() {
         let more = n + 1 < candidates.len();
@@ -60,7 +62,7 @@ pub async fn choose(
         }
         trust.check_rollback(chain, &c.pointer.current)?;
         let pointer = pick_version(&c.pointer, version)?;
-        let manifest = mirrors.manifest(&pointer.current, vk).await?;
+        let (manifest, signed_by) = mirrors.manifest(&pointer.current, keys).await?;
         // The manifest must be the one promised; its own expiry is judged next.
         trust::check_manifest(&manifest, &pointer.current, chain, now, Expired::Allow)?;
         if manifest.expires_at < now {
@@ -110,6 +112,7 @@ pub async fn choose(
             pointer,
             manifest,
             from: c.location.clone(),
+            signed_by,
         });
     }
     Err(last.expect("at least one candidate"))
@@ -150,7 +153,7 @@ mod tests {
 
     use qsync_core::manifest::{ChainMeta, MANIFEST_FORMAT};
     use qsync_core::pointer::SnapshotRef;
-    use qsync_core::sign::{keygen, SigningKey};
+    use qsync_core::sign::{keygen, SigningKey, VerifyingKey};
     use qsync_core::ObjectKey;
     use qsync_store::testing::MemoryStore;
     use qsync_store::{ObjectSink, ObjectSource, PutOptions};
@@ -216,6 +219,7 @@ mod tests {
         _dir: tempfile::TempDir,
         sk: SigningKey,
         vk: VerifyingKey,
+        keys: TrustedKeys,
         trust: TrustStore,
     }
 
@@ -227,6 +231,7 @@ mod tests {
         World {
             _dir: dir,
             sk,
+            keys: vk.clone().into(),
             vk,
             trust,
         }
@@ -244,7 +249,7 @@ mod tests {
     async fn chosen(w: &World, m: &Mirrors, now: u64) -> Result<Chosen, RestoreError> {
         choose(
             m,
-            &w.vk,
+            &w.keys,
             &chain(),
             &w.trust,
             Expired::Refuse,

@@ -24,7 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use qsync_core::chunk::{self, StreamDecoder};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::{KeyId, TrustedKeys};
 use qsync_core::trust::rank;
 use qsync_core::{ChainName, FormatError, ObjectKey};
 use qsync_store::signed::{get_manifest, get_signed, SignedReadError};
@@ -259,8 +259,8 @@ impl Mirrors {
 
     /// The newest validly signed pointer of `chain` on any mirror (by
     /// [`rank`]: signed creation time, then version), expired or not.
-    pub async fn pointer(&self, chain: &ChainName, vk: &VerifyingKey) -> Result<Pointer, RestoreError> {
-        let mut c = self.pointers(chain, vk).await?;
+    pub async fn pointer(&self, chain: &ChainName, keys: &TrustedKeys) -> Result<Pointer, RestoreError> {
+        let mut c = self.pointers(chain, keys).await?;
         Ok(c.swap_remove(0).pointer)
     }
 
@@ -274,7 +274,7 @@ impl Mirrors {
     pub async fn pointers(
         &self,
         chain: &ChainName,
-        vk: &VerifyingKey,
+        keys: &TrustedKeys,
     ) -> Result<Vec<Candidate>, RestoreError> {
         let key = ObjectKey::pointer(chain);
         let limit = qsync_core::pointer::MAX_BYTES;
@@ -283,7 +283,7 @@ impl Mirrors {
             async move {
                 tokio::time::timeout(
                     self.opts.attempt_timeout,
-                    get_signed(m.source.as_ref(), key, vk, limit),
+                    get_signed(m.source.as_ref(), key, keys, limit),
                 )
                 .await
             }
@@ -371,12 +371,17 @@ impl Mirrors {
         h.report.pointer = Some(why);
     }
 
-    /// The manifest `snap` names, verified (signature and digest) and parsed.
-    pub async fn manifest(&self, snap: &SnapshotRef, vk: &VerifyingKey) -> Result<Manifest, RestoreError> {
+    /// The manifest `snap` names, verified (signature and digest) and
+    /// parsed, with the id of the trusted key whose signature verified.
+    pub async fn manifest(
+        &self,
+        snap: &SnapshotRef,
+        keys: &TrustedKeys,
+    ) -> Result<(Manifest, KeyId), RestoreError> {
         let mut last: Option<RestoreError> = None;
         for m in self.mirrors.iter() {
             let s = m.source.as_ref();
-            match get_manifest(s, snap, vk).await {
+            match get_manifest(s, snap, keys).await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     let e = RestoreError::from(e);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::progress::Progress;
 use qsync_core::records::FileStat;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::{ChainName, Digest};
@@ -112,7 +112,7 @@ pub struct RestoreSummary {
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
 pub async fn restore(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     opts: &RestoreOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
@@ -120,8 +120,20 @@ pub async fn restore(
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
-    let chosen = choose(mirrors, vk, &opts.chain, &trust, opts.expired, opts.version, now).await?;
+    let chosen = choose(
+        mirrors,
+        keys,
+        &opts.chain,
+        &trust,
+        opts.expired,
+        opts.version,
+        now,
+    )
+    .await?;
     let (pointer, pointer_from) = (chosen.pointer, chosen.from);
+    // Recorded in the trust record and the marker (informational: rollback
+    // is judged per chain, whichever key signed).
+    let signed_by = chosen.signed_by.to_string();
     let manifest = Arc::new(chosen.manifest);
 
     // One restore per destination and per chain's trust state, for the
@@ -174,11 +186,11 @@ pub async fn restore(
             root.path().display(),
             pointer.current.version
         );
-        trust.advance(&opts.chain, &pointer.current, &vk.id().to_string())?;
+        trust.advance(&opts.chain, &pointer.current, &signed_by)?;
         summary.mirrors = mirrors.report();
         return Ok(summary);
     }
-    dest::claim(&root, &pointer, vk.id().to_string(), opts.foreign_dest)?;
+    dest::claim(&root, &pointer, signed_by.clone(), opts.foreign_dest)?;
     let (removed, present) = {
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?
@@ -253,8 +265,8 @@ pub async fn restore(
     }
     // The trust record first: a run killed between the two leaves an
     // incomplete destination, never a complete one the bar does not cover.
-    trust.advance(&opts.chain, &pointer.current, &vk.id().to_string())?;
-    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id().to_string()))?;
+    trust.advance(&opts.chain, &pointer.current, &signed_by)?;
+    dest::write_marker(&root, MARKER, &Marker::new(&pointer, signed_by))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
 

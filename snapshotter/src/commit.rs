@@ -124,7 +124,7 @@ async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> R
     let key = ObjectKey::catalog();
     let mut attempts = 0;
     loop {
-        let vk = signer.verifying_key();
+        let vk = &qsync_core::sign::TrustedKeys::from(signer.verifying_key().clone());
         let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
         let mut catalog = match bytes {
             Some(b) => Catalog::decode(&b)?,
@@ -156,8 +156,13 @@ pub async fn resign(
     max_age: Duration,
 ) -> Result<Option<Pointer>, SnapshotError> {
     let key = ObjectKey::pointer(chain);
-    let (bytes, expect) =
-        get_signed_for_update(sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await?;
+    let (bytes, expect) = get_signed_for_update(
+        sink.as_ref(),
+        &key,
+        &qsync_core::sign::TrustedKeys::from(signer.verifying_key().clone()),
+        pointer::MAX_BYTES,
+    )
+    .await?;
     let Some(bytes) = bytes else {
         return Ok(None);
     };

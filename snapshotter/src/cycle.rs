@@ -476,7 +476,7 @@ impl ChainJob {
                 self.retire_older_root(sink.as_ref(), root).await;
             }
             if self.cfg.retention.gc {
-                let vk = self.signer.verifying_key();
+                let vk = &qsync_core::sign::TrustedKeys::from(self.signer.verifying_key().clone());
                 match gc::collect(
                     sink.clone(),
                     vk,

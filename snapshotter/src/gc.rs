@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
 use qsync_store::signed::{get_manifest, get_signed, SignedReadError};
@@ -110,7 +110,7 @@ pub enum GcMode {
 /// already holds (the agent right after its publish), if any.
 pub async fn collect(
     sink: Arc<dyn ObjectSink>,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     own: Option<&ChainName>,
     grace: Duration,
     mode: GcMode,
@@ -128,14 +128,14 @@ pub async fn collect(
         }
         Err(e) => return Err(e.into()),
     };
-    let result = collect_leased(&sink, vk, own, grace, &gc_key, &mut report).await;
+    let result = collect_leased(&sink, keys, own, grace, &gc_key, &mut report).await;
     lease.release().await;
     result.map(|()| report)
 }
 
 async fn collect_leased(
     sink: &Arc<dyn ObjectSink>,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     own: Option<&ChainName>,
     grace: Duration,
     gc_key: &ObjectKey,
@@ -162,7 +162,7 @@ async fn collect_leased(
     // update failed still owns its chunks.
     let mut chains: Vec<ChainName> = Vec::new();
     let catalog_key = ObjectKey::catalog();
-    let catalog = get_signed(sink.as_ref(), &catalog_key, vk, pointer::MAX_BYTES).await?;
+    let catalog = get_signed(sink.as_ref(), &catalog_key, keys, pointer::MAX_BYTES).await?;
     if let Some(b) = &catalog {
         chains.extend(Catalog::decode(b)?.chains);
     }
@@ -185,14 +185,14 @@ async fn collect_leased(
     }
     for chain in &chains {
         let key = ObjectKey::pointer(chain);
-        let Some(bytes) = get_signed(sink.as_ref(), &key, vk, pointer::MAX_BYTES).await? else {
+        let Some(bytes) = get_signed(sink.as_ref(), &key, keys, pointer::MAX_BYTES).await? else {
             continue;
         };
         current_sigs.insert(key.signature_for(&bytes));
         let p = Pointer::decode(&bytes, key.as_str())?;
         report.chains.push(chain.to_string());
         for snap in std::iter::once(&p.current).chain(&p.history) {
-            let m = manifest(sink.as_ref(), snap, vk).await?;
+            let m = manifest(sink.as_ref(), snap, keys).await?;
             referenced.extend(m.all_chunks().map(|c| c.blake3));
             kept_manifests.insert(snap.manifest_key.to_string());
             report.manifests_kept += 1;
@@ -228,7 +228,7 @@ async fn collect_leased(
             continue;
         }
         report.manifests_in_grace += 1;
-        match retired_manifest(sink.as_ref(), l, vk).await {
+        match retired_manifest(sink.as_ref(), l, keys).await {
             Ok(m) => referenced.extend(m.all_chunks().map(|c| c.blake3)),
             Err(e) => {
                 tracing::warn!("{k} in {}, retired less than the grace period ago, cannot be read ({e}); no chunk is deleted until it can be or its grace period is over", sink.location());
@@ -341,10 +341,10 @@ async fn load_retired(sink: &dyn ObjectSink) -> Retired {
 async fn retired_manifest(
     sink: &dyn ObjectSink,
     l: &Listed,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
 ) -> Result<Manifest, SnapshotError> {
     let what = format!("{} in {}", l.key, sink.location());
-    let bytes = get_signed(sink, &l.key, vk, l.size)
+    let bytes = get_signed(sink, &l.key, keys, l.size)
         .await?
         .ok_or_else(|| FormatError::Invalid(format!("{what} vanished while being collected")))?;
     let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
@@ -358,16 +358,16 @@ async fn retired_manifest(
 async fn manifest(
     sink: &dyn ObjectSink,
     snap: &SnapshotRef,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
 ) -> Result<Manifest, SnapshotError> {
-    match get_manifest(sink, snap, vk).await {
+    match get_manifest(sink, snap, keys).await {
         Err(SignedReadError::Store(e)) if e.is_not_found() => Err(FormatError::Invalid(format!(
             "{} in {} is named by the pointer but missing; garbage collection stopped without deleting anything. Run `qsync verify` on this store",
             snap.manifest_key,
             sink.location()
         ))
         .into()),
-        r => Ok(r?),
+        r => Ok(r?.0),
     }
 }
 

@@ -175,7 +175,7 @@ pub async fn publish_many(
         gate,
     } = run;
     opts.chunker.validate()?;
-    let vk = signer.verifying_key();
+    let vk = &qsync_core::sign::TrustedKeys::from(signer.verifying_key().clone());
     let pointer_key = ObjectKey::pointer(&opts.chain);
     let targets: Vec<Arc<Target>> = sinks
         .into_iter()
