@@ -75,7 +75,7 @@ pub struct KeygenArgs {
 pub struct SnapshotArgs {
     /// Agent configuration: run one cycle of --chain as configured there
     /// (freeze, metadata, every store, retention); needs --once.
-    #[arg(long, env = "QSYNC_CONFIG", requires = "once", conflicts_with_all = ["source", "store", "secret_key"])]
+    #[arg(long, env = "QSYNC_CONFIG", requires = "once", conflicts_with_all = ["source", "store", "secret_keys"])]
     pub config: Option<PathBuf>,
     /// With --config: run one cycle and exit (for a Kubernetes CronJob).
     #[arg(long, requires = "config")]
@@ -101,8 +101,17 @@ pub struct SnapshotArgs {
     #[arg(long, env = "QSYNC_CLOUDFRONT_DISTRIBUTION_ID")]
     pub cloudfront_distribution_id: Option<String>,
     /// minisign secret key (encrypted keys read QSYNC_SECRET_KEY_PASSWORD).
-    #[arg(long, env = "QSYNC_SECRET_KEY", required_unless_present = "config")]
-    pub secret_key: Option<PathBuf>,
+    /// Give it twice during a key rotation, the old key first: its signature
+    /// stays where every reader looks, the new key's goes beside it (env:
+    /// comma-separated).
+    #[arg(
+        long = "secret-key",
+        value_name = "FILE",
+        env = "QSYNC_SECRET_KEY",
+        value_delimiter = ',',
+        required_unless_present = "config"
+    )]
+    pub secret_keys: Vec<PathBuf>,
     /// Chain name: 1-64 of a-z 0-9 . _ -
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,

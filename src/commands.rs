@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
 use qsync_core::chunk::ChunkerParams;
-use qsync_core::sign::{self, SigningKey, TrustedKeys};
+use qsync_core::sign::{self, SigningKeys, TrustedKeys};
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::ChainName;
 use qsync_fetcher::{inspect, ForeignDest, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
@@ -76,11 +76,11 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     if let Some(config) = &a.config {
         return snapshot_cycle(config, &a.chain, a.json, a.lease_only).await;
     }
-    let (Some(source), Some(store), Some(secret_key)) = (a.source, a.store, a.secret_key) else {
+    let (Some(source), Some(store), false) = (a.source, a.store, a.secret_keys.is_empty()) else {
         anyhow::bail!("snapshot needs --source, --store and --secret-key, or --config with --once");
     };
     let chain = ChainName::new(a.chain)?;
-    let signer = SigningKey::load(&secret_key)?;
+    let signer = SigningKeys::load(&a.secret_keys)?;
     let mut store_opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         edge_cache: a.cloudfront_distribution_id.map(|distribution| {
@@ -218,9 +218,9 @@ async fn agent_check(cfg: Config) -> Result<()> {
     for c in cfg.chains {
         let job = ChainJob::open(c, &cfg.agent.state_dir)?;
         println!(
-            "chain {}: configuration and key {} ok",
+            "chain {}: configuration and key(s) {} ok",
             job.chain,
-            job.signer().verifying_key().id()
+            job.signer().describe()
         );
         for (url, sink) in job.cfg.stores.iter().zip(job.sinks()) {
             for step in

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
-use qsync_core::sign::SigningKey;
+use qsync_core::sign::SigningKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, ObjectKey};
 use qsync_store::signed::get_signed_for_update;
@@ -32,7 +32,7 @@ pub(crate) struct Expiry {
 
 /// The snapshot a run commits, the same for every store.
 pub(crate) struct NewSnapshot<'a> {
-    pub(crate) signer: &'a SigningKey,
+    pub(crate) signer: &'a SigningKeys,
     pub(crate) opts: &'a SnapshotOptions,
     pub(crate) manifest: &'a Manifest,
     pub(crate) when: Expiry,
@@ -120,12 +120,14 @@ pub(crate) async fn finish_store(
 /// Adds `chain` to the catalog; true when it was not listed. Publishers of
 /// other chains may update it at the same time, so the write is conditional
 /// and retried on a conflict.
-async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> Result<bool, SnapshotError> {
+async fn update_catalog(t: &Target, signer: &SigningKeys, chain: &ChainName) -> Result<bool, SnapshotError> {
     let key = ObjectKey::catalog();
     let mut attempts = 0;
+    let keys = signer.trusted();
     loop {
-        let vk = &qsync_core::sign::TrustedKeys::from(signer.verifying_key().clone());
-        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
+        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, &keys, pointer::MAX_BYTES)
+            .await
+            .map_err(|e| SnapshotError::reading_own(e, signer))?;
         let mut catalog = match bytes {
             Some(b) => Catalog::decode(&b)?,
             None => Catalog::default(),
@@ -150,19 +152,15 @@ async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> R
 /// publish that moved the pointer meanwhile wins.
 pub async fn resign(
     sink: Arc<dyn ObjectSink>,
-    signer: &SigningKey,
+    signer: &SigningKeys,
     chain: &ChainName,
     expires_in: Duration,
     max_age: Duration,
 ) -> Result<Option<Pointer>, SnapshotError> {
     let key = ObjectKey::pointer(chain);
-    let (bytes, expect) = get_signed_for_update(
-        sink.as_ref(),
-        &key,
-        &qsync_core::sign::TrustedKeys::from(signer.verifying_key().clone()),
-        pointer::MAX_BYTES,
-    )
-    .await?;
+    let (bytes, expect) = get_signed_for_update(sink.as_ref(), &key, &signer.trusted(), pointer::MAX_BYTES)
+        .await
+        .map_err(|e| SnapshotError::reading_own(e, signer))?;
     let Some(bytes) = bytes else {
         return Ok(None);
     };
