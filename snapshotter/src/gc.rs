@@ -17,6 +17,11 @@
 //! uploads) stay for the grace period after their upload. A collection runs
 //! only while no publish holds a lease on the store (see [`crate::lease`]
 //! for why that ordering is safe).
+//!
+//! Signatures follow what they sign, whichever key made them (the primary
+//! one and the additional ones of a key rotation alike): a manifest's go
+//! with the manifest; a pointer's or the catalog's are kept while they sign
+//! the current version, and deleted past the grace period once superseded.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -179,16 +184,18 @@ async fn collect_leased(
 
     let mut referenced: HashSet<Digest> = HashSet::new();
     let mut kept_manifests: HashSet<String> = HashSet::new();
-    let mut current_sigs: HashSet<ObjectKey> = HashSet::new();
+    // The versions of pointers and the catalog that are current: every
+    // signature of one of them (by any key) stays.
+    let mut current: HashSet<(ObjectKey, Digest)> = HashSet::new();
     if let Some(b) = &catalog {
-        current_sigs.insert(catalog_key.signature_for(b));
+        current.insert((catalog_key.clone(), Digest::of(b)));
     }
     for chain in &chains {
         let key = ObjectKey::pointer(chain);
         let Some(bytes) = get_signed(sink.as_ref(), &key, keys, pointer::MAX_BYTES).await? else {
             continue;
         };
-        current_sigs.insert(key.signature_for(&bytes));
+        current.insert((key.clone(), Digest::of(&bytes)));
         let p = Pointer::decode(&bytes, key.as_str())?;
         report.chains.push(chain.to_string());
         for snap in std::iter::once(&p.current).chain(&p.history) {
@@ -237,11 +244,23 @@ async fn collect_leased(
         }
     }
     let listed_manifests: HashSet<&str> = manifests.iter().map(|l| l.key.as_str()).collect();
+    // Whether `l`, in a pointer's or the catalog's `.sigs/`, signs a current version.
+    let signs_current = |l: &Listed| {
+        l.key
+            .signature_of()
+            .and_then(|of| Some((of.object, of.version?)))
+            .is_some_and(|v| current.contains(&v))
+    };
     for l in &listed {
         let k = l.key.as_str();
         if k.contains("/manifests/") && k.ends_with(".minisig") {
-            // A manifest's signature goes with it (or alone, when its manifest is gone).
-            let manifest_key = k.strip_suffix(".minisig").unwrap_or(k);
+            // A manifest's signatures (primary and additional) go with it,
+            // or alone when it is gone; so does anything else named like one.
+            let of = l.key.signature_of();
+            let manifest_key = of.as_ref().map_or_else(
+                || k.strip_suffix(".minisig").unwrap_or(k),
+                |of| of.object.as_str(),
+            );
             if doomed_manifests.contains(manifest_key)
                 || (!listed_manifests.contains(manifest_key)
                     && !kept_manifests.contains(manifest_key)
@@ -249,13 +268,13 @@ async fn collect_leased(
             {
                 doomed.push(l.key.clone());
             }
-        } else if k.contains("/latest.json.sigs/") && old(l) && !current_sigs.contains(&l.key) {
+        } else if k.contains("/latest.json.sigs/") && old(l) && !signs_current(l) {
             report.signatures_deleted += 1;
             doomed.push(l.key.clone());
         }
     }
     for l in sink.list(&ObjectKey::new("catalog.json.sigs")?).await? {
-        if old(&l) && !current_sigs.contains(&l.key) {
+        if old(&l) && !signs_current(&l) {
             report.signatures_deleted += 1;
             doomed.push(l.key);
         }
