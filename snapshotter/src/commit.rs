@@ -1,7 +1,8 @@
 //! Committing a snapshot in one store: the manifest, then the pointer
 //! (written only while the run's publish lease is still its own, and only
 //! over the version the run started from, its history cut by the retention
-//! policy), then the catalog entry; and re-signing a pointer
+//! policy), then the catalog entry, then (during a key rotation) the new
+//! key's signatures on what the store kept from before; and re-signing a pointer
 //! to move its expiry; then telling the store's edge cache (a CDN), if it
 //! has one, which paths were rewritten. Everything here runs after every
 //! chunk is uploaded.
@@ -89,6 +90,8 @@ pub(crate) async fn finish_store(
     if update_catalog(t, signer, &opts.chain).await? {
         rewritten.push(ObjectKey::catalog().to_string());
     }
+    // During a key rotation: the new key's signatures on what is kept from before.
+    crate::cosign::sign_kept(t, signer, &pointer).await;
     let ipfs_root_cid = match t.sink.roots() {
         Some(roots) => Some(roots.snapshot_root().await?),
         None => None,
