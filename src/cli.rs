@@ -75,7 +75,7 @@ pub struct KeygenArgs {
 pub struct SnapshotArgs {
     /// Agent configuration: run one cycle of --chain as configured there
     /// (freeze, metadata, every store, retention); needs --once.
-    #[arg(long, env = "QSYNC_CONFIG", requires = "once", conflicts_with_all = ["source", "store", "secret_key"])]
+    #[arg(long, env = "QSYNC_CONFIG", requires = "once", conflicts_with_all = ["source", "store", "secret_keys"])]
     pub config: Option<PathBuf>,
     /// With --config: run one cycle and exit (for a Kubernetes CronJob).
     #[arg(long, requires = "config")]
@@ -101,8 +101,17 @@ pub struct SnapshotArgs {
     #[arg(long, env = "QSYNC_CLOUDFRONT_DISTRIBUTION_ID")]
     pub cloudfront_distribution_id: Option<String>,
     /// minisign secret key (encrypted keys read QSYNC_SECRET_KEY_PASSWORD).
-    #[arg(long, env = "QSYNC_SECRET_KEY", required_unless_present = "config")]
-    pub secret_key: Option<PathBuf>,
+    /// Give it twice during a key rotation, the old key first: its signature
+    /// stays where every reader looks, the new key's goes beside it (env:
+    /// comma-separated).
+    #[arg(
+        long = "secret-key",
+        value_name = "FILE",
+        env = "QSYNC_SECRET_KEY",
+        value_delimiter = ',',
+        required_unless_present = "config"
+    )]
+    pub secret_keys: Vec<PathBuf>,
     /// Chain name: 1-64 of a-z 0-9 . _ -
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
@@ -155,9 +164,16 @@ pub struct GcArgs {
     #[arg(long, env = "QSYNC_STORE")]
     pub store: String,
     /// The publisher's public key: pointers and manifests must verify under
-    /// it, or nothing is deleted.
-    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
-    pub public_key: String,
+    /// it, or nothing is deleted. Repeatable (env: comma-separated): during
+    /// a key rotation give both keys.
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "QSYNC_PUBLIC_KEY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub public_keys: Vec<String>,
     /// Unreferenced objects younger than this are kept.
     #[arg(long, env = "QSYNC_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -179,8 +195,16 @@ pub struct RestoreArgs {
     #[arg(long = "from", env = "QSYNC_FROM", required = true, value_delimiter = ',')]
     pub from: Vec<String>,
     /// The publisher's minisign public key: a .pub file or the RW... string.
-    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
-    pub public_key: String,
+    /// Repeatable (env: comma-separated): a snapshot signed by any of them
+    /// is accepted, for a key rotation.
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "QSYNC_PUBLIC_KEY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub public_keys: Vec<String>,
     /// Chain to restore.
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
@@ -358,9 +382,15 @@ pub struct VerifyArgs {
     /// Store to check.
     #[arg(long = "from", env = "QSYNC_FROM")]
     pub from: String,
-    /// The publisher's minisign public key.
-    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
-    pub public_key: String,
+    /// The publisher's minisign public key; repeatable (env: comma-separated).
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "QSYNC_PUBLIC_KEY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub public_keys: Vec<String>,
     /// Chain to check.
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
@@ -397,9 +427,15 @@ pub struct LsArgs {
     /// Store to list.
     #[arg(long = "from", env = "QSYNC_FROM")]
     pub from: String,
-    /// The publisher's minisign public key.
-    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
-    pub public_key: String,
+    /// The publisher's minisign public key; repeatable (env: comma-separated).
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "QSYNC_PUBLIC_KEY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub public_keys: Vec<String>,
     /// Only this chain [default: every chain in the store's catalog].
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: Option<String>,
@@ -450,9 +486,16 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long, env = "QSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Publisher's public key; enables /tar/<chain>/<version> streams, checked against it.
-    #[arg(long, env = "QSYNC_PUBLIC_KEY")]
-    pub public_key: Option<String>,
+    /// Publisher's public key; enables /tar/<chain>/<version> streams, checked
+    /// against it, and long caching of verified signatures. Repeatable (env:
+    /// comma-separated).
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "QSYNC_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
+    pub public_keys: Vec<String>,
     /// File of bearer tokens, one per line; requests must carry one (except /healthz).
     #[arg(long, env = "QSYNC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,

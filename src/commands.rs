@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
 use qsync_core::chunk::ChunkerParams;
-use qsync_core::sign::{self, SigningKey, VerifyingKey};
+use qsync_core::sign::{self, SigningKeys, TrustedKeys};
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::ChainName;
 use qsync_fetcher::{inspect, ForeignDest, MirrorOptions, Mirrors, RestoreError, RestoreOptions};
@@ -76,11 +76,11 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
     if let Some(config) = &a.config {
         return snapshot_cycle(config, &a.chain, a.json, a.lease_only).await;
     }
-    let (Some(source), Some(store), Some(secret_key)) = (a.source, a.store, a.secret_key) else {
+    let (Some(source), Some(store), false) = (a.source, a.store, a.secret_keys.is_empty()) else {
         anyhow::bail!("snapshot needs --source, --store and --secret-key, or --config with --once");
     };
     let chain = ChainName::new(a.chain)?;
-    let signer = SigningKey::load(&secret_key)?;
+    let signer = SigningKeys::load(&a.secret_keys)?;
     let mut store_opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         edge_cache: a.cloudfront_distribution_id.map(|distribution| {
@@ -218,9 +218,9 @@ async fn agent_check(cfg: Config) -> Result<()> {
     for c in cfg.chains {
         let job = ChainJob::open(c, &cfg.agent.state_dir)?;
         println!(
-            "chain {}: configuration and key {} ok",
+            "chain {}: configuration and key(s) {} ok",
             job.chain,
-            job.signer().verifying_key().id()
+            job.signer().describe()
         );
         for (url, sink) in job.cfg.stores.iter().zip(job.sinks()) {
             for step in
@@ -245,7 +245,7 @@ async fn agent_check(cfg: Config) -> Result<()> {
 }
 
 async fn gc(a: GcArgs) -> Result<()> {
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         ..Default::default()
@@ -256,7 +256,7 @@ async fn gc(a: GcArgs) -> Result<()> {
     } else {
         qsync_snapshotter::gc::GcMode::Delete
     };
-    let r = qsync_snapshotter::gc::collect(sink, &vk, None, a.grace, mode)
+    let r = qsync_snapshotter::gc::collect(sink, &keys, None, a.grace, mode)
         .await
         .with_context(|| format!("collecting garbage in {}", a.store))?;
     if a.json {
@@ -321,13 +321,13 @@ async fn restore(a: RestoreArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let store_opts = a.remote.options()?;
     let mut sources = open_all(&a.from, &store_opts)?;
     let opts = mirror_options(Some(&a.timeouts));
     if a.mirror_hints {
         let pointer = Mirrors::with_options(sources.clone(), opts)
-            .pointer(&chain, &vk)
+            .pointer(&chain, &keys)
             .await?;
         for hint in pointer.mirrors.iter().filter(|h| !a.from.contains(h)) {
             match open_source_with(hint, &store_opts) {
@@ -364,7 +364,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         version: a.snapshot_version,
     };
     if a.dry_run {
-        let p = qsync_fetcher::preview::preview(&m, &vk, &opts)
+        let p = qsync_fetcher::preview::preview(&m, &keys, &opts)
             .await
             .with_context(|| format!("planning a restore of chain {chain} into {}", a.dest.display()))?;
         print_preview(&p, &a.dest, a.json)?;
@@ -385,7 +385,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
     }
     let result = qsync_fetcher::restore(
         &m,
-        &vk,
+        &keys,
         &opts,
         crate::progress::for_restore(a.json || a.init, a.progress_interval, a.timeouts.timeout),
     )
@@ -499,7 +499,7 @@ async fn peers(name: &str, opts: &qsync_store::StoreOptions) -> Vec<Arc<dyn Obje
 
 async fn verify(a: VerifyArgs) -> Result<()> {
     let chain = ChainName::new(a.chain.clone())?;
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let sources = vec![open_source_with(&a.from, &a.remote.options()?)?];
     let opts = MirrorOptions {
         attempt_timeout: a.timeouts.timeout,
@@ -508,9 +508,9 @@ async fn verify(a: VerifyArgs) -> Result<()> {
     };
     let m = Mirrors::with_options(sources, opts);
     if let Some(dest) = &a.dest {
-        return verify_dest(&m, &vk, &chain, dest, &a).await;
+        return verify_dest(&m, &keys, &chain, dest, &a).await;
     }
-    let r = inspect::verify_store(&m, &vk, &chain, a.concurrency).await?;
+    let r = inspect::verify_store(&m, &keys, &chain, a.concurrency).await?;
     if a.json {
         print_json(&r)?;
     } else {
@@ -541,14 +541,14 @@ async fn verify(a: VerifyArgs) -> Result<()> {
 /// `qsync verify --dest`: a node's files against their snapshot.
 async fn verify_dest(
     m: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     chain: &ChainName,
     dest: &std::path::Path,
     a: &VerifyArgs,
 ) -> Result<()> {
     use qsync_fetcher::audit::{audit, Depth};
     let depth = if a.fast { Depth::Fast } else { Depth::Hash };
-    let r = audit(m, vk, chain, dest, a.snapshot_version, depth)
+    let r = audit(m, keys, chain, dest, a.snapshot_version, depth)
         .await
         .with_context(|| format!("auditing {} against chain {chain}", dest.display()))?;
     if a.json {
@@ -591,10 +591,10 @@ async fn verify_dest(
 }
 
 async fn ls(a: LsArgs) -> Result<()> {
-    let vk = VerifyingKey::load(&a.public_key)?;
+    let keys = TrustedKeys::load(&a.public_keys)?;
     let chain = a.chain.map(ChainName::new).transpose()?;
     let m = mirrors(std::slice::from_ref(&a.from), None, &a.remote)?;
-    let pointers = inspect::list(&m, &vk, chain.as_ref()).await?;
+    let pointers = inspect::list(&m, &keys, chain.as_ref()).await?;
     if a.json {
         return print_json(&pointers);
     }
@@ -628,11 +628,11 @@ async fn ls(a: LsArgs) -> Result<()> {
 async fn serve_data(
     dir: &std::path::Path,
     a: &ServeArgs,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
 ) -> Result<(qsync_cdn::serve::ServeConfig, String)> {
     let chain = ChainName::new(a.chain.clone().context("--data needs --chain")?)?;
     let state = state_dir(a.state_dir.clone())?;
-    let opened = qsync_fetcher::peer::DataDir::open(dir, &state, &chain, vk)
+    let opened = qsync_fetcher::peer::DataDir::open(dir, &state, &chain, keys)
         .await
         .with_context(|| format!("serving {} to peers", dir.display()))?;
     let what = format!(
@@ -647,7 +647,10 @@ async fn serve_data(
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let public_key = a.public_key.as_deref().map(VerifyingKey::load).transpose()?;
+    let public_keys = match a.public_keys.is_empty() {
+        true => None,
+        false => Some(TrustedKeys::load(&a.public_keys)?),
+    };
     let store = a.store.clone().unwrap_or_default();
     let local = match &a.data {
         Some(_) => None,
@@ -655,8 +658,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
     };
     let (mut cfg, serving) = match (&a.data, local, &a.cache_dir) {
         (Some(dir), _, _) => {
-            let vk = public_key.as_ref().context("--data needs --public-key")?;
-            serve_data(dir, &a, vk).await?
+            let keys = public_keys.as_ref().context("--data needs --public-key")?;
+            serve_data(dir, &a, keys).await?
         }
         (None, Some(dir), None) => (qsync_cdn::serve::ServeConfig::new(dir), store.clone()),
         (None, _, None) => {
@@ -675,13 +678,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
                 a.upstream_concurrency,
             )
             .with_context(|| format!("opening --cache-dir {}", dir.display()))?
-            .with_public_key(public_key.clone());
+            .with_public_keys(public_keys.clone());
             let mut cfg = qsync_cdn::serve::ServeConfig::new(dir);
             cfg.pull_through = Some(Arc::new(cache));
             (cfg, store.clone())
         }
     };
-    cfg.public_key = public_key;
+    cfg.public_keys = public_keys;
     if let Some(path) = &a.token_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --token-file {}", path.display()))?;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use qsync_core::progress::NoProgress;
-use qsync_core::sign::{self, SigningKey};
+use qsync_core::sign::{self, SigningKey, SigningKeys, TrustedKeys};
 use qsync_core::ChainName;
 use qsync_fetcher::{Mirrors, RestoreOptions};
 use qsync_snapshotter::SnapshotOptions;
@@ -85,7 +85,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     let s = qsync_snapshotter::publish(
         &source,
         qsync_store::open_sink(store.to_str().context("UTF-8 path")?)?,
-        &SigningKey::load(&sk)?,
+        &SigningKeys::from(SigningKey::load(&sk)?),
         &opts,
         Arc::new(NoProgress),
     )
@@ -129,7 +129,7 @@ async fn demo(work: &Path, size_mib: u64) -> Result<()> {
     };
     let restored = qsync_fetcher::restore(
         &Mirrors::new(vec![open_source(&url)?]),
-        &vk,
+        &TrustedKeys::from(vk),
         &ropts,
         Arc::new(NoProgress),
     )

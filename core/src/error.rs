@@ -20,8 +20,8 @@ pub enum FormatError {
         /// Digest of the bytes received.
         actual: crate::Digest,
     },
-    /// A signature that does not verify under the pinned key.
-    #[error("{what}: signature rejected ({reason}); check that --public-key is the publisher's key and that the store was not tampered with")]
+    /// A signature that does not verify under a pinned key.
+    #[error("{what}: signature rejected ({reason}); check that --public-key is the publisher's key (repeat it to trust both keys during a key rotation) and that the store was not tampered with")]
     BadSignature {
         /// The signed object.
         what: String,

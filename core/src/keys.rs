@@ -11,6 +11,8 @@
 //! chunks/<b3[0..2]>/<b3>                           content-addressed chunk objects
 //! <manifest key>.minisig                           its detached minisign signature
 //! <pointer or catalog key>.sigs/<b3>.minisig       signature of the version whose BLAKE3 is <b3>
+//! <manifest key>.<KEYID>.minisig                   an additional signature, by key KEYID (rotation)
+//! <pointer or catalog key>.sigs/<b3>.<KEYID>.minisig   the same for a pointer or catalog version
 //! locks/publish/<chain>.json, locks/gc.json        publish and GC leases (unsigned, never read by fetchers)
 //! gc/retired.json                                  when GC first saw each manifest unkept (unsigned)
 //! probes/<random>.json                             a conditional-write probe, deleted at once
@@ -20,6 +22,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sign::KeyId;
 use crate::{Digest, FormatError};
 
 /// A validated object key: relative, `/`-separated, no empty, `.` or `..`
@@ -80,6 +83,63 @@ impl ObjectKey {
         } else {
             ObjectKey(format!("{}.minisig", self.0))
         }
+    }
+
+    /// The key of an additional signature of `body` stored at this key, made
+    /// by key `by` while a publisher signs with several keys (a rotation):
+    /// [`ObjectKey::signature_for`] with `.<KEYID>` before `.minisig`, so
+    /// `<key>.<KEYID>.minisig` or `<key>.sigs/<b3>.<KEYID>.minisig`. The
+    /// primary signature stays where readers that know one key look.
+    pub fn signature_by(&self, body: &[u8], by: KeyId) -> ObjectKey {
+        let primary = self.signature_for(body).0;
+        let stem = primary
+            .strip_suffix(".minisig")
+            .expect("signature keys end in .minisig");
+        ObjectKey(format!("{stem}.{by}.minisig"))
+    }
+
+    /// What this key names when it is a signature written by
+    /// [`ObjectKey::signature_for`] or [`ObjectKey::signature_by`] of a
+    /// pointer, the catalog or a manifest; `None` for any other key.
+    pub fn signature_of(&self) -> Option<SignatureOf> {
+        let stem = self.0.strip_suffix(".minisig")?;
+        let split_id = |s: &str| -> (String, Option<KeyId>) {
+            match s.rsplit_once('.') {
+                Some((rest, id)) if !rest.is_empty() => match id.parse::<KeyId>() {
+                    Ok(id) => (rest.to_string(), Some(id)),
+                    Err(_) => (s.to_string(), None),
+                },
+                _ => (s.to_string(), None),
+            }
+        };
+        if let Some((object, name)) = stem.rsplit_once(".sigs/") {
+            let object = ObjectKey::new(object).ok()?;
+            if !object.is_rewritten_signed() || name.contains('/') {
+                return None;
+            }
+            let (b3, key_id) = split_id(name);
+            let version = Some(b3.parse::<Digest>().ok()?);
+            return Some(SignatureOf {
+                object,
+                version,
+                key_id,
+            });
+        }
+        let (object, key_id) = split_id(stem);
+        let object = ObjectKey::new(object).ok()?;
+        let manifest = object.0.starts_with("chains/")
+            && object.0.contains("/manifests/")
+            && (object.0.ends_with(".json") || object.0.ends_with(".json.zst"));
+        manifest.then_some(SignatureOf {
+            object,
+            version: None,
+            key_id,
+        })
+    }
+
+    /// A pointer or the catalog: rewritten in place, and signed.
+    fn is_rewritten_signed(&self) -> bool {
+        self.0 == "catalog.json" || (self.0.starts_with("chains/") && self.0.ends_with("/latest.json"))
     }
 
     /// The key of the chunk with plaintext digest `d`.
@@ -169,6 +229,18 @@ impl fmt::Debug for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }
+}
+
+/// What a signature's key names (see [`ObjectKey::signature_of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureOf {
+    /// The object signed: a manifest, a pointer or the catalog.
+    pub object: ObjectKey,
+    /// For a pointer or the catalog, the BLAKE3 of the version signed.
+    pub version: Option<Digest>,
+    /// For an additional signature, the key that made it; `None` for the
+    /// primary signature (whichever key made it).
+    pub key_id: Option<KeyId>,
 }
 
 /// A chain name: 1-64 of `[a-z0-9._-]`, starting with a letter or digit. It is
@@ -290,6 +362,81 @@ mod tests {
             let _ = parse_tar_name(&name);
             let ext = if zst { ".tar.zst" } else { ".tar" };
             proptest::prop_assert_eq!(parse_tar_name(&format!("{n}{ext}")), Some((TarVersion::Number(n), zst)));
+        }
+    }
+
+    #[test]
+    fn additional_signatures_sit_beside_the_primary_and_parse_back() {
+        let id: KeyId = "0123456789ABCDEF".parse().unwrap();
+        let c = ChainName::new("eth").unwrap();
+        let d = Digest::of(b"x");
+        let pointer = ObjectKey::pointer(&c);
+        assert_eq!(
+            pointer.signature_by(b"x", id).as_str(),
+            format!("chains/eth/latest.json.sigs/{d}.0123456789ABCDEF.minisig")
+        );
+        let m = ObjectKey::manifest(&c, 7, &d, true);
+        assert_eq!(
+            m.signature_by(b"x", id).as_str(),
+            format!("{m}.0123456789ABCDEF.minisig")
+        );
+        for (object, version) in [
+            (pointer.clone(), Some(d)),
+            (ObjectKey::catalog(), Some(d)),
+            (m.clone(), None),
+            (ObjectKey::manifest(&c, 8, &d, false), None),
+        ] {
+            let primary = object.signature_for(b"x").signature_of().unwrap();
+            assert_eq!(
+                primary,
+                SignatureOf {
+                    object: object.clone(),
+                    version,
+                    key_id: None
+                }
+            );
+            let extra = object.signature_by(b"x", id).signature_of().unwrap();
+            assert_eq!(
+                extra,
+                SignatureOf {
+                    object,
+                    version,
+                    key_id: Some(id)
+                }
+            );
+        }
+        for not_a_signature in [
+            "chains/eth/latest.json",
+            "chunks/ab/abcd.minisig",
+            "locks/gc.json.sigs/x.minisig",
+            "chains/eth/latest.json.sigs/nothex.minisig",
+            "chains/eth/latest.json.sigs/a/b.minisig",
+            "chains/eth/manifests/1.txt.minisig",
+            "catalog.json.0123456789ABCDEF.minisig",
+        ] {
+            let k = ObjectKey::new(not_a_signature).unwrap();
+            assert_eq!(k.signature_of(), None, "{not_a_signature}");
+        }
+        // A key id in lower case is not one qsync writes: not a signature by it.
+        let lower = ObjectKey::new(format!("{m}.0123456789abcdef.minisig")).unwrap();
+        assert_eq!(lower.signature_of(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_signature_key_is_valid_and_parses_back(body: Vec<u8>, n: u64, version: u64, zst: bool) {
+            let id: KeyId = format!("{n:016X}").parse().unwrap();
+            let c = ChainName::new("eth").unwrap();
+            let d = Digest::of(&body);
+            for object in [ObjectKey::pointer(&c), ObjectKey::catalog(), ObjectKey::manifest(&c, version, &d, zst)] {
+                for (sig, key_id) in [(object.signature_for(&body), None), (object.signature_by(&body, id), Some(id))] {
+                    let again = ObjectKey::new(sig.as_str()).unwrap();
+                    let of = again.signature_of().unwrap();
+                    proptest::prop_assert_eq!(&of.object, &object);
+                    proptest::prop_assert_eq!(of.key_id, key_id);
+                    proptest::prop_assert_eq!(of.version.is_some(), object.is_mutable());
+                }
+            }
         }
     }
 

@@ -5,7 +5,15 @@
 //! signed object without trusting qsync. Signing covers the exact stored
 //! bytes; the trusted comment names the object key, so a signature cannot be
 //! moved to another object unnoticed by a human reading `minisign -V` output.
+//!
+//! Key rotation without a gap: a publisher may sign with several keys
+//! ([`SigningKeys`]; the first one's signature is where every reader looks,
+//! the others' beside it, see `ObjectKey::signature_by`), and a reader may
+//! trust several ([`TrustedKeys`]), picking the key by the signature's key
+//! id. Where signatures live is `crate::keys`' business; fetching them is
+//! `qsync_store::signed`'s.
 
+use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -150,12 +158,9 @@ impl VerifyingKey {
             .map_err(|e| key_err(p, format!("not a minisign public key file: {e}")))
     }
 
-    /// The key id as minisign prints it (16 uppercase hex digits).
-    pub fn id(&self) -> String {
-        let bytes = self.0.to_bytes();
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&bytes[2..10]);
-        format!("{:016X}", u64::from_le_bytes(n))
+    /// The key id, as minisign prints it (16 uppercase hex digits).
+    pub fn id(&self) -> KeyId {
+        KeyId::from_keynum(self.0.keynum())
     }
 
     /// Checks `signature` (minisign file contents) over `bytes` of object `key`.
@@ -173,6 +178,245 @@ impl VerifyingKey {
         let sig = SignatureBox::from_string(text).map_err(|e| bad(format!("unreadable signature: {e}")))?;
         minisign::verify(&self.0, &sig, Cursor::new(bytes), true, false, false)
             .map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// A minisign key id: the 8 bytes minisign stores in key files and
+/// signatures to say which key made a signature, written as minisign
+/// prints it (16 uppercase hex digits of the little-endian number). Also a
+/// segment of additional signatures' object keys (`ObjectKey::signature_by`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(u64);
+
+impl KeyId {
+    fn from_keynum(keynum: &[u8]) -> KeyId {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&keynum[..8]);
+        KeyId(u64::from_le_bytes(n))
+    }
+
+    /// The key id of the key that made `signature` (minisign file
+    /// contents), read without verifying anything; `None` when the text is
+    /// not a readable minisign signature.
+    pub fn of_signature(signature: &[u8]) -> Option<KeyId> {
+        let text = std::str::from_utf8(signature).ok()?;
+        if !global_signature_is_64_bytes(text) {
+            return None;
+        }
+        let sig = SignatureBox::from_string(text).ok()?;
+        (sig.keynum().len() == 8).then(|| KeyId::from_keynum(sig.keynum()))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = FormatError;
+    /// Exactly 16 digits of `0-9A-F`, the only spelling qsync writes.
+    fn from_str(s: &str) -> Result<KeyId, FormatError> {
+        if s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        {
+            Ok(KeyId(u64::from_str_radix(s, 16).expect("16 hex digits")))
+        } else {
+            Err(FormatError::Invalid(format!(
+                "{s:?} is not a minisign key id (16 digits of 0-9 A-F, as `qsync keygen` prints it)"
+            )))
+        }
+    }
+}
+
+/// `ids` as `A, B` for messages.
+fn list_ids(ids: impl IntoIterator<Item = KeyId>) -> String {
+    ids.into_iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The public keys a reader trusts (`--public-key`, repeatable): a
+/// signature made by any of them is accepted. The key is chosen by the key
+/// id the signature names, so each signature is checked once, against the
+/// one key that can verify it.
+#[derive(Clone)]
+pub struct TrustedKeys(Vec<VerifyingKey>);
+
+impl TrustedKeys {
+    /// The set of `keys`, in the given order without repeats. Refuses an
+    /// empty set (nothing would ever verify).
+    pub fn new(keys: impl IntoIterator<Item = VerifyingKey>) -> Result<TrustedKeys, FormatError> {
+        let mut out: Vec<VerifyingKey> = Vec::new();
+        for k in keys {
+            if !out.iter().any(|o| o.id() == k.id()) {
+                out.push(k);
+            }
+        }
+        if out.is_empty() {
+            return Err(FormatError::Invalid(
+                "no public key given; pass the publisher's key with --public-key (repeatable during a key rotation)".into(),
+            ));
+        }
+        Ok(TrustedKeys(out))
+    }
+
+    /// Loads each of `args` as [`VerifyingKey::load`] does (a `.pub` file or
+    /// an `RW...` key).
+    pub fn load<S: AsRef<str>>(args: &[S]) -> Result<TrustedKeys, FormatError> {
+        TrustedKeys::new(
+            args.iter()
+                .map(|a| VerifyingKey::load(a.as_ref().trim()))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    }
+
+    /// The trusted key with id `id`.
+    pub fn get(&self, id: KeyId) -> Option<&VerifyingKey> {
+        self.0.iter().find(|k| k.id() == id)
+    }
+
+    /// The ids of the trusted keys, in the order given.
+    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.0.iter().map(VerifyingKey::id)
+    }
+
+    /// The ids as `A, B`, for messages.
+    pub fn describe(&self) -> String {
+        list_ids(self.ids())
+    }
+
+    /// Checks `signature` over `bytes` of object `key` with the trusted key
+    /// the signature names; the id of that key. A signature by a key not in
+    /// the set is refused, naming both.
+    pub fn verify(&self, key: &ObjectKey, bytes: &[u8], signature: &[u8]) -> Result<KeyId, FormatError> {
+        let vk = match KeyId::of_signature(signature) {
+            Some(id) => self.get(id).ok_or_else(|| FormatError::BadSignature {
+                what: key.to_string(),
+                reason: format!(
+                    "made by key {id}, which is not trusted here (trusted: {})",
+                    self.describe()
+                ),
+            })?,
+            // Unreadable: let minisign say why, against any key.
+            None => &self.0[0],
+        };
+        vk.verify(key, bytes, signature).map(|()| vk.id())
+    }
+}
+
+impl From<VerifyingKey> for TrustedKeys {
+    fn from(vk: VerifyingKey) -> TrustedKeys {
+        TrustedKeys(vec![vk])
+    }
+}
+
+/// The secret keys a publisher signs with: one normally, two during a key
+/// rotation. The first key's signature goes where every reader (and stock
+/// `minisign -V`) looks for it; each other key's goes beside it, named by
+/// its key id (`ObjectKey::signature_by`).
+pub struct SigningKeys(Vec<SigningKey>);
+
+impl SigningKeys {
+    /// The set of `keys`, the first one primary. Refuses an empty set and a
+    /// key given twice.
+    pub fn new(keys: Vec<SigningKey>) -> Result<SigningKeys, FormatError> {
+        if keys.is_empty() {
+            return Err(FormatError::Invalid(
+                "no secret key given; pass --secret-key (twice during a key rotation: the old key first)"
+                    .into(),
+            ));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.pk.id() == k.pk.id()) {
+                return Err(FormatError::Invalid(format!(
+                    "secret key {} is given twice; list each signing key once",
+                    k.pk.id()
+                )));
+            }
+        }
+        Ok(SigningKeys(keys))
+    }
+
+    /// Loads each secret key file (see [`SigningKey::load`]), in order.
+    pub fn load<P: AsRef<Path>>(paths: &[P]) -> Result<SigningKeys, FormatError> {
+        SigningKeys::new(
+            paths
+                .iter()
+                .map(|p| SigningKey::load(p.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    }
+
+    /// The key whose signature is at the usual place.
+    pub fn primary(&self) -> &SigningKey {
+        &self.0[0]
+    }
+
+    /// The public keys of these keys: what the publisher trusts when it
+    /// reads back the pointer and catalog it is about to replace.
+    pub fn trusted(&self) -> TrustedKeys {
+        TrustedKeys(self.0.iter().map(|k| k.pk.clone()).collect())
+    }
+
+    /// The key ids as `A, B`, primary first.
+    pub fn describe(&self) -> String {
+        list_ids(self.0.iter().map(|k| k.pk.id()))
+    }
+
+    /// How many keys sign.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a set holds at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Where each key's signature of `body` stored at `key` goes, in key
+    /// order: the primary key's at [`ObjectKey::signature_for`], each other
+    /// key's at [`ObjectKey::signature_by`].
+    pub fn signature_keys(&self, key: &ObjectKey, body: &[u8]) -> Vec<ObjectKey> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, k)| match i {
+                0 => key.signature_for(body),
+                _ => key.signature_by(body, k.pk.id()),
+            })
+            .collect()
+    }
+
+    /// The signature of `body` stored at `key` by the `i`-th key.
+    pub fn sign_with(&self, i: usize, key: &ObjectKey, body: &[u8]) -> Vec<u8> {
+        self.0[i].sign(key, body)
+    }
+
+    /// Every signature of `body` stored at `key`, as (signature's object
+    /// key, minisign file contents), in the order of
+    /// [`SigningKeys::signature_keys`].
+    pub fn sign_all(&self, key: &ObjectKey, body: &[u8]) -> Vec<(ObjectKey, Vec<u8>)> {
+        self.signature_keys(key, body)
+            .into_iter()
+            .enumerate()
+            .map(|(i, at)| (at, self.sign_with(i, key, body)))
+            .collect()
+    }
+}
+
+impl From<SigningKey> for SigningKeys {
+    fn from(k: SigningKey) -> SigningKeys {
+        SigningKeys(vec![k])
     }
 }
 
@@ -215,6 +459,66 @@ mod tests {
         assert!(v1.verify(&key, b"datA", &sig).is_err());
         assert!(v2.verify(&key, b"data", &sig).is_err());
         assert_eq!(SigningKey::load(&s1).unwrap().verifying_key().id(), v1.id());
+    }
+
+    fn pair(dir: &Path, name: &str) -> (SigningKey, VerifyingKey) {
+        let (s, p) = (dir.join(format!("{name}.sec")), dir.join(format!("{name}.pub")));
+        keygen(&s, &p).unwrap();
+        (
+            SigningKey::load(&s).unwrap(),
+            VerifyingKey::load(p.to_str().unwrap()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn trusted_keys_pick_the_key_the_signature_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sa, va) = pair(dir.path(), "a");
+        let (sb, vb) = pair(dir.path(), "b");
+        let (sc, _) = pair(dir.path(), "c");
+        let key = ObjectKey::new("chains/x/latest.json").unwrap();
+        let both = TrustedKeys::new([va.clone(), vb.clone(), va.clone()]).unwrap();
+        assert_eq!(both.ids().count(), 2, "a repeated key counts once");
+        assert_eq!(
+            both.verify(&key, b"data", &sa.sign(&key, b"data")).unwrap(),
+            va.id()
+        );
+        assert_eq!(
+            both.verify(&key, b"data", &sb.sign(&key, b"data")).unwrap(),
+            vb.id()
+        );
+        assert!(both.verify(&key, b"datA", &sb.sign(&key, b"data")).is_err());
+        let err = both
+            .verify(&key, b"data", &sc.sign(&key, b"data"))
+            .unwrap_err()
+            .to_string();
+        let c_id = sc.verifying_key().id().to_string();
+        assert!(
+            err.contains(&c_id) && err.contains(&va.id().to_string()) && err.contains(&vb.id().to_string()),
+            "{err}"
+        );
+        assert_eq!(KeyId::of_signature(b"not a signature"), None);
+        assert!(TrustedKeys::new([]).is_err());
+        assert_eq!(va.id().to_string().parse::<KeyId>().unwrap(), va.id());
+    }
+
+    #[test]
+    fn signing_keys_put_the_first_signature_where_readers_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sa, va) = pair(dir.path(), "a");
+        let (sb, vb) = pair(dir.path(), "b");
+        let keys = SigningKeys::new(vec![sa, sb]).unwrap();
+        let key = ObjectKey::new("chains/x/latest.json").unwrap();
+        let sigs = keys.sign_all(&key, b"data");
+        assert_eq!(sigs.len(), 2);
+        assert_eq!(sigs[0].0, key.signature_for(b"data"));
+        assert_eq!(sigs[1].0, key.signature_by(b"data", vb.id()));
+        va.verify(&key, b"data", &sigs[0].1).unwrap();
+        vb.verify(&key, b"data", &sigs[1].1).unwrap();
+        assert_eq!(keys.describe(), format!("{}, {}", va.id(), vb.id()));
+        let sa2 = SigningKey::load(&dir.path().join("a.sec")).unwrap();
+        let again = SigningKey::load(&dir.path().join("a.sec")).unwrap();
+        assert!(SigningKeys::new(vec![sa2, again]).is_err(), "a key twice");
     }
 
     /// Found by fuzz/fuzz_targets/signature.rs: minisign 0.10 slices the

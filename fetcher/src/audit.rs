@@ -16,7 +16,7 @@ use std::sync::Arc;
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::SnapshotRef;
 use qsync_core::records::FileStat;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::{ChainName, Digest, FormatError};
 use serde::Serialize;
 
@@ -77,7 +77,7 @@ enum Look {
 /// `version` when given.
 pub async fn audit(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     chain: &ChainName,
     dest: &std::path::Path,
     version: Option<u64>,
@@ -104,7 +104,7 @@ pub async fn audit(
             m.chain, m.chain
         )));
     }
-    let pointer = mirrors.pointer(chain, vk).await?;
+    let pointer = mirrors.pointer(chain, keys).await?;
     let kept: Vec<&SnapshotRef> = std::iter::once(&pointer.current)
         .chain(&pointer.history)
         .collect();
@@ -132,7 +132,7 @@ pub async fn audit(
         ))
         .into());
     };
-    let manifest = Arc::new(mirrors.manifest(snap, vk).await?);
+    let manifest = Arc::new(mirrors.manifest(snap, keys).await?.0);
     let index = Arc::new(match depth {
         Depth::Fast => Index::load(&root, &manifest),
         Depth::Hash => Index::default(),

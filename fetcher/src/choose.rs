@@ -13,7 +13,7 @@
 
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::Pointer;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::{KeyId, TrustedKeys};
 use qsync_core::time::Timestamp;
 use qsync_core::trust::{self, rank, Expired, TrustStore};
 use qsync_core::{ChainName, FormatError};
@@ -32,6 +32,8 @@ pub struct Chosen {
     pub pointer_bytes: bytes::Bytes,
     /// The manifest's stored bytes, as signed.
     pub manifest_bytes: bytes::Bytes,
+    /// The trusted key whose signature on the manifest verified.
+    pub signed_by: KeyId,
 }
 
 /// Picks the newest fresh snapshot of `chain` any mirror offers (or
@@ -39,14 +41,14 @@ pub struct Chosen {
 /// fetches its manifest.
 pub async fn choose(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     chain: &ChainName,
     trust: &TrustStore,
     expired: Expired,
     version: Option<u64>,
     now: Timestamp,
 ) -> Result<Chosen, RestoreError> {
-    let candidates = mirrors.pointers(chain, vk).await?;
+    let candidates = mirrors.pointers(chain, keys).await?;
     let mut last: Option<RestoreError> = None;
     for (n, c) in candidates.iter().enumerate() {
         let more = n + 1 < candidates.len();
@@ -64,7 +66,8 @@ pub async fn choose(
         }
         trust.check_rollback(chain, &c.pointer.current)?;
         let pointer = pick_version(&c.pointer, version)?;
-        let (manifest, manifest_bytes) = mirrors.manifest_and_bytes(&pointer.current, vk).await?;
+        let (manifest, signed_by, manifest_bytes) =
+            mirrors.manifest_and_bytes(&pointer.current, keys).await?;
         // The manifest must be the one promised; its own expiry is judged next.
         trust::check_manifest(&manifest, &pointer.current, chain, now, Expired::Allow)?;
         if manifest.expires_at < now {
@@ -116,6 +119,7 @@ pub async fn choose(
             from: c.location.clone(),
             pointer_bytes: c.bytes.clone(),
             manifest_bytes,
+            signed_by,
         });
     }
     Err(last.expect("at least one candidate"))
@@ -156,7 +160,7 @@ mod tests {
 
     use qsync_core::manifest::{ChainMeta, MANIFEST_FORMAT};
     use qsync_core::pointer::SnapshotRef;
-    use qsync_core::sign::{keygen, SigningKey};
+    use qsync_core::sign::{keygen, SigningKey, VerifyingKey};
     use qsync_core::ObjectKey;
     use qsync_store::testing::MemoryStore;
     use qsync_store::{ObjectSink, ObjectSource, PutOptions};
@@ -222,6 +226,7 @@ mod tests {
         _dir: tempfile::TempDir,
         sk: SigningKey,
         vk: VerifyingKey,
+        keys: TrustedKeys,
         trust: TrustStore,
     }
 
@@ -233,6 +238,7 @@ mod tests {
         World {
             _dir: dir,
             sk,
+            keys: vk.clone().into(),
             vk,
             trust,
         }
@@ -250,7 +256,7 @@ mod tests {
     async fn chosen(w: &World, m: &Mirrors, now: u64) -> Result<Chosen, RestoreError> {
         choose(
             m,
-            &w.vk,
+            &w.keys,
             &chain(),
             &w.trust,
             Expired::Refuse,
@@ -304,7 +310,9 @@ mod tests {
         );
         publish(&old, &w.sk, 1, 1_000, 90_000).await;
         let restored = publish(&new, &w.sk, 2, 3_000, 90_000).await;
-        w.trust.advance(&chain(), &restored, &w.vk.id()).unwrap();
+        w.trust
+            .advance(&chain(), &restored, &w.vk.id().to_string())
+            .unwrap();
         let e = chosen(&w, &mirrors(&[&old]), 5_000).await.err().unwrap();
         assert!(
             e.to_string().contains("rollback") || e.to_string().contains("older"),

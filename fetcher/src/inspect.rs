@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use qsync_core::manifest::ChunkRef;
 use qsync_core::pointer::{self, Catalog, Pointer};
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, ObjectKey};
 use qsync_store::signed::get_signed;
@@ -38,11 +38,11 @@ pub struct VerifyReport {
 /// all; bad chunks are listed in the report.
 pub async fn verify_store(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     chain: &ChainName,
     concurrency: usize,
 ) -> Result<VerifyReport, RestoreError> {
-    let pointer = mirrors.pointer(chain, vk).await?;
+    let pointer = mirrors.pointer(chain, keys).await?;
     let mut bad = Vec::new();
     let now = Timestamp::now();
     if pointer.expires_at < now {
@@ -52,7 +52,7 @@ pub async fn verify_store(
             pointer.expires_at
         ));
     }
-    let manifest = mirrors.manifest(&pointer.current, vk).await?;
+    let (manifest, _) = mirrors.manifest(&pointer.current, keys).await?;
     if manifest.expires_at < now {
         bad.push(format!(
             "{}: expired at {}",
@@ -85,14 +85,14 @@ pub async fn verify_store(
 /// The verified pointers of `chain`, or of every chain in the store's catalog.
 pub async fn list(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     chain: Option<&ChainName>,
 ) -> Result<Vec<Pointer>, RestoreError> {
     let chains = match chain {
         Some(c) => vec![c.clone()],
         None => {
             let store = mirrors.primary();
-            match get_signed(store, &ObjectKey::catalog(), vk, pointer::MAX_BYTES).await? {
+            match get_signed(store, &ObjectKey::catalog(), keys, pointer::MAX_BYTES).await? {
                 Some(bytes) => Catalog::decode(&bytes)?.chains,
                 None => {
                     return Err(RestoreError::NoSnapshot {
@@ -105,7 +105,7 @@ pub async fn list(
     };
     let mut out = Vec::new();
     for c in &chains {
-        out.push(mirrors.pointer(c, vk).await?);
+        out.push(mirrors.pointer(c, keys).await?);
     }
     Ok(out)
 }

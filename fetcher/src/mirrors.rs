@@ -25,7 +25,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use qsync_core::chunk::{self, StreamDecoder};
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::pointer::{Pointer, SnapshotRef};
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::{KeyId, TrustedKeys};
 use qsync_core::trust::rank;
 use qsync_core::{ChainName, FormatError, ObjectKey};
 use qsync_store::signed::{get_manifest_and_bytes, get_signed, SignedReadError};
@@ -282,8 +282,8 @@ impl Mirrors {
 
     /// The newest validly signed pointer of `chain` on any mirror (by
     /// [`rank`]: signed creation time, then version), expired or not.
-    pub async fn pointer(&self, chain: &ChainName, vk: &VerifyingKey) -> Result<Pointer, RestoreError> {
-        let mut c = self.pointers(chain, vk).await?;
+    pub async fn pointer(&self, chain: &ChainName, keys: &TrustedKeys) -> Result<Pointer, RestoreError> {
+        let mut c = self.pointers(chain, keys).await?;
         Ok(c.swap_remove(0).pointer)
     }
 
@@ -297,7 +297,7 @@ impl Mirrors {
     pub async fn pointers(
         &self,
         chain: &ChainName,
-        vk: &VerifyingKey,
+        keys: &TrustedKeys,
     ) -> Result<Vec<Candidate>, RestoreError> {
         let key = ObjectKey::pointer(chain);
         let limit = qsync_core::pointer::MAX_BYTES;
@@ -306,7 +306,7 @@ impl Mirrors {
             async move {
                 tokio::time::timeout(
                     self.opts.attempt_timeout,
-                    get_signed(m.source.as_ref(), key, vk, limit),
+                    get_signed(m.source.as_ref(), key, keys, limit),
                 )
                 .await
             }
@@ -395,21 +395,28 @@ impl Mirrors {
         h.report.pointer = Some(why);
     }
 
-    /// The manifest `snap` names, verified (signature and digest) and parsed.
-    pub async fn manifest(&self, snap: &SnapshotRef, vk: &VerifyingKey) -> Result<Manifest, RestoreError> {
-        self.manifest_and_bytes(snap, vk).await.map(|(m, _)| m)
+    /// The manifest `snap` names, verified (signature and digest) and
+    /// parsed, with the id of the trusted key whose signature verified.
+    pub async fn manifest(
+        &self,
+        snap: &SnapshotRef,
+        keys: &TrustedKeys,
+    ) -> Result<(Manifest, KeyId), RestoreError> {
+        self.manifest_and_bytes(snap, keys)
+            .await
+            .map(|(m, signer, _)| (m, signer))
     }
 
     /// [`Self::manifest`], with its stored bytes.
     pub async fn manifest_and_bytes(
         &self,
         snap: &SnapshotRef,
-        vk: &VerifyingKey,
-    ) -> Result<(Manifest, Bytes), RestoreError> {
+        keys: &TrustedKeys,
+    ) -> Result<(Manifest, KeyId, Bytes), RestoreError> {
         let mut last: Option<RestoreError> = None;
         for m in self.mirrors.iter() {
             let s = m.source.as_ref();
-            match get_manifest_and_bytes(s, snap, vk).await {
+            match get_manifest_and_bytes(s, snap, keys).await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     let e = RestoreError::from(e);
@@ -421,48 +428,62 @@ impl Mirrors {
         Err(last.expect("at least one mirror"))
     }
 
-    /// The signature of `body`, stored at `key`, from any mirror that
-    /// serves one `vk` verifies.
-    pub async fn signature(
+    /// Every signature of `body`, stored at `key`, that one of `keys`
+    /// verifies (the primary one and each trusted key's additional one),
+    /// as `(signature key, bytes)`, from the first mirror that serves any.
+    pub async fn signatures(
         &self,
         key: &ObjectKey,
         body: &[u8],
-        vk: &VerifyingKey,
-    ) -> Result<Bytes, RestoreError> {
-        let sig_key = key.signature_for(body);
+        keys: &TrustedKeys,
+    ) -> Result<Vec<(ObjectKey, Bytes)>, RestoreError> {
+        let wanted: Vec<ObjectKey> = std::iter::once(key.signature_for(body))
+            .chain(keys.ids().map(|id| key.signature_by(body, id)))
+            .collect();
         let mut last: Option<RestoreError> = None;
-        // Each mirror within --timeout, demoted ones skipped: a mirror that
-        // stalls must not hold up the end of a completed restore.
+        // Each request within --timeout, demoted mirrors skipped: a mirror
+        // that stalls must not hold up the end of a completed restore.
         for m in self.mirrors.iter() {
             if m.health.lock().expect("not poisoned").report.demoted {
                 continue;
             }
-            let got = tokio::time::timeout(
-                self.opts.attempt_timeout,
-                m.source.get_limited(&sig_key, MAX_SIGNATURE_BYTES),
-            )
-            .await;
-            match got {
-                Ok(Ok(sig)) => match vk.verify(key, body, &sig) {
-                    Ok(()) => return Ok(sig),
-                    Err(e) => last = Some(e.into()),
-                },
-                Ok(Err(e)) => last = Some(e.into()),
-                Err(_) => {
-                    last = Some(
-                        StoreError::Transport {
-                            location: m.source.location(),
-                            key: sig_key.to_string(),
-                            source: format!("no answer within {:?} (--timeout)", self.opts.attempt_timeout)
+            let mut found = Vec::new();
+            for sig_key in &wanted {
+                let got = tokio::time::timeout(
+                    self.opts.attempt_timeout,
+                    m.source.get_limited(sig_key, MAX_SIGNATURE_BYTES),
+                )
+                .await;
+                match got {
+                    Ok(Ok(sig)) => match keys.verify(key, body, &sig) {
+                        Ok(_) => found.push((sig_key.clone(), sig)),
+                        Err(e) => last = Some(e.into()),
+                    },
+                    Ok(Err(e)) if e.is_not_found() => {}
+                    Ok(Err(e)) => last = Some(e.into()),
+                    Err(_) => {
+                        last = Some(
+                            StoreError::Transport {
+                                location: m.source.location(),
+                                key: sig_key.to_string(),
+                                source: format!(
+                                    "no answer within {:?} (--timeout)",
+                                    self.opts.attempt_timeout
+                                )
                                 .into(),
-                        }
-                        .into(),
-                    )
+                            }
+                            .into(),
+                        );
+                        break;
+                    }
                 }
+            }
+            if !found.is_empty() {
+                return Ok(found);
             }
         }
         Err(last.unwrap_or_else(|| RestoreError::NoMirror {
-            chunk: sig_key.to_string(),
+            chunk: wanted[0].to_string(),
             locations: self.locations(),
         }))
     }

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use qsync_core::chunk::ZSTD_MAGIC;
 use qsync_core::manifest::Manifest;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
 use qsync_store::local::LocalStore;
 use qsync_store::signed::verify_body;
@@ -68,7 +68,7 @@ pub struct Signed<'a> {
 /// the whole store or none.
 pub async fn keep_signed(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     state_dir: &Path,
     s: Signed<'_>,
 ) -> Result<PathBuf, RestoreError> {
@@ -83,10 +83,10 @@ pub async fn keep_signed(
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     let store = LocalStore::new(&tmp);
     for (key, body) in objects {
-        let sig = mirrors.signature(key, body, vk).await?;
-        let sig_key = key.signature_for(body);
-        for (k, b) in [(&sig_key, sig), (key, body.clone())] {
-            store.put(k, b, PutOptions::for_key(k)).await?;
+        // Signatures first, as a publisher writes them.
+        let sigs = mirrors.signatures(key, body, keys).await?;
+        for (k, b) in sigs.into_iter().chain([(key.clone(), body.clone())]) {
+            store.put(&k, b, PutOptions::for_key(&k)).await?;
         }
     }
     tokio::fs::rename(&tmp, &dir).await.map_err(&io)?;
@@ -141,7 +141,7 @@ impl DataDir {
         dir: &Path,
         state_dir: &Path,
         chain: &ChainName,
-        vk: &VerifyingKey,
+        keys: &TrustedKeys,
     ) -> Result<Opened, RestoreError> {
         let refuse = |reason: String| RestoreError::Dest {
             path: dir.into(),
@@ -173,7 +173,7 @@ impl DataDir {
                 state_dir.display()
             ))
         })?;
-        verify_body(&store, &key, &bytes, vk)
+        verify_body(&store, &key, &bytes, keys)
             .await
             .map_err(RestoreError::from)?;
         if Digest::of(&bytes) != digest {

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::trust::TrustStore;
 use serde::Serialize;
@@ -78,13 +78,13 @@ pub struct Preview {
 /// Works out what [`crate::restore()`] would do with `opts`, writing nothing.
 pub async fn preview(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     opts: &RestoreOptions,
 ) -> Result<Preview, RestoreError> {
     let trust = TrustStore::new(&opts.state_dir);
     let chosen = choose(
         mirrors,
-        vk,
+        keys,
         &opts.chain,
         &trust,
         opts.expired,

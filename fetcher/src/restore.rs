@@ -21,7 +21,7 @@ use std::sync::Arc;
 use qsync_core::manifest::{ChunkRef, Manifest};
 use qsync_core::progress::Progress;
 use qsync_core::records::FileStat;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::{ChainName, Digest};
@@ -112,7 +112,7 @@ pub struct RestoreSummary {
 /// Restores the latest snapshot of `opts.chain` from `mirrors` into `opts.dest`.
 pub async fn restore(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     opts: &RestoreOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
@@ -120,8 +120,20 @@ pub async fn restore(
     let trust = TrustStore::new(&opts.state_dir);
     refuse_state_inside_dest(&opts.state_dir, &opts.dest)?;
     let now = Timestamp::now();
-    let chosen = choose(mirrors, vk, &opts.chain, &trust, opts.expired, opts.version, now).await?;
+    let chosen = choose(
+        mirrors,
+        keys,
+        &opts.chain,
+        &trust,
+        opts.expired,
+        opts.version,
+        now,
+    )
+    .await?;
     let (pointer, pointer_from) = (chosen.pointer, chosen.from);
+    // Recorded in the trust record and the marker (informational: rollback
+    // is judged per chain, whichever key signed).
+    let signed_by = chosen.signed_by.to_string();
     let manifest = Arc::new(chosen.manifest);
     let signed = (chosen.pointer_bytes, chosen.manifest_bytes);
 
@@ -175,12 +187,12 @@ pub async fn restore(
             root.path().display(),
             pointer.current.version
         );
-        trust.advance(&opts.chain, &pointer.current, &vk.id())?;
-        keep_for_peers(mirrors, vk, opts, &pointer, &signed).await;
+        trust.advance(&opts.chain, &pointer.current, &signed_by)?;
+        keep_for_peers(mirrors, keys, opts, &pointer, &signed).await;
         summary.mirrors = mirrors.report();
         return Ok(summary);
     }
-    dest::claim(&root, &pointer, vk.id(), opts.foreign_dest)?;
+    dest::claim(&root, &pointer, signed_by.clone(), opts.foreign_dest)?;
     let (removed, present) = {
         let (root, m) = (root.clone(), manifest.clone());
         blocking(move || layout(&root, &m)).await?
@@ -255,11 +267,11 @@ pub async fn restore(
     }
     // The trust record first: a run killed between the two leaves an
     // incomplete destination, never a complete one the bar does not cover.
-    trust.advance(&opts.chain, &pointer.current, &vk.id())?;
-    dest::write_marker(&root, MARKER, &Marker::new(&pointer, vk.id()))?;
+    trust.advance(&opts.chain, &pointer.current, &signed_by)?;
+    dest::write_marker(&root, MARKER, &Marker::new(&pointer, signed_by))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
-    keep_for_peers(mirrors, vk, opts, &pointer, &signed).await;
+    keep_for_peers(mirrors, keys, opts, &pointer, &signed).await;
 
     summary.bytes_fetched = bytes_fetched;
     summary.bytes_reused = reused;
@@ -274,7 +286,7 @@ pub async fn restore(
 /// is complete whatever happens here: a failure is only logged.
 async fn keep_for_peers(
     mirrors: &Mirrors,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     opts: &RestoreOptions,
     pointer: &qsync_core::pointer::Pointer,
     (pointer_bytes, manifest_bytes): &(bytes::Bytes, bytes::Bytes),
@@ -286,7 +298,7 @@ async fn keep_for_peers(
         manifest_blake3: &pointer.current.manifest_blake3,
         manifest: manifest_bytes,
     };
-    if let Err(e) = crate::peer::keep_signed(mirrors, vk, &opts.state_dir, signed).await {
+    if let Err(e) = crate::peer::keep_signed(mirrors, keys, &opts.state_dir, signed).await {
         tracing::warn!("the restore is complete, but its signed objects could not be kept for serving peers (qsync serve --data): {e}");
     }
 }

@@ -9,6 +9,8 @@
 //! The first byte chooses the mode:
 //! 0. the rest is the signature file, checked over [`MESSAGE`]: it may
 //!    verify only if it carries the genuine signature and trusted comment;
+//!    reading its key id (`KeyId::of_signature`, which picks the trusted key
+//!    during a rotation) never panics and gives the genuine id when it verifies;
 //! 1. the rest is the signed object, checked with the genuine signature: it
 //!    may verify only if it is [`MESSAGE`] itself;
 //! 2. the rest, after `RW`, is a public key: loading never panics, and a key
@@ -18,7 +20,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use minisign::SignatureBox;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::{KeyId, VerifyingKey};
 use qsync_core::ObjectKey;
 
 const PUBLIC_KEY: &str = "RWRRZxh6OwlBpHOrPuCR9KTg3yRupGo1VV9I8Ib3NkpUzKb79ItBRXpX";
@@ -42,7 +44,9 @@ fuzz_target!(|data: &[u8]| {
     let object = ObjectKey::new("chains/eth/latest.json").expect("valid key");
     match mode % 3 {
         0 => {
+            let id = KeyId::of_signature(rest);
             if key.verify(&object, MESSAGE, rest).is_ok() {
+                assert_eq!(id.map(|i| i.to_string()).as_deref(), Some(KEY_ID), "the key id of a verified signature");
                 let text = std::str::from_utf8(rest).expect("a verified signature is text");
                 let sig = SignatureBox::from_string(text).expect("a verified signature parses");
                 // Everything but the untrusted comment is covered by the
@@ -77,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
             let Ok(other) = VerifyingKey::load(&format!("RW{text}")) else {
                 return;
             };
-            let id = other.id();
+            let id = other.id().to_string();
             assert!(
                 id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
                 "{id}"

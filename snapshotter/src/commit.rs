@@ -1,7 +1,8 @@
 //! Committing a snapshot in one store: the manifest, then the pointer
 //! (written only while the run's publish lease is still its own, and only
 //! over the version the run started from, its history cut by the retention
-//! policy), then the catalog entry; and re-signing a pointer
+//! policy), then the catalog entry, then (during a key rotation) the new
+//! key's signatures on what the store kept from before; and re-signing a pointer
 //! to move its expiry; then telling the store's edge cache (a CDN), if it
 //! has one, which paths were rewritten. Everything here runs after every
 //! chunk is uploaded.
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
-use qsync_core::sign::SigningKey;
+use qsync_core::sign::SigningKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, ObjectKey};
 use qsync_store::signed::get_signed_for_update;
@@ -32,7 +33,7 @@ pub(crate) struct Expiry {
 
 /// The snapshot a run commits, the same for every store.
 pub(crate) struct NewSnapshot<'a> {
-    pub(crate) signer: &'a SigningKey,
+    pub(crate) signer: &'a SigningKeys,
     pub(crate) opts: &'a SnapshotOptions,
     pub(crate) manifest: &'a Manifest,
     pub(crate) when: Expiry,
@@ -89,6 +90,8 @@ pub(crate) async fn finish_store(
     if update_catalog(t, signer, &opts.chain).await? {
         rewritten.push(ObjectKey::catalog().to_string());
     }
+    // During a key rotation: the new key's signatures on what is kept from before.
+    crate::cosign::sign_kept(t, signer, &pointer).await;
     let ipfs_root_cid = match t.sink.roots() {
         Some(roots) => Some(roots.snapshot_root().await?),
         None => None,
@@ -120,12 +123,14 @@ pub(crate) async fn finish_store(
 /// Adds `chain` to the catalog; true when it was not listed. Publishers of
 /// other chains may update it at the same time, so the write is conditional
 /// and retried on a conflict.
-async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> Result<bool, SnapshotError> {
+async fn update_catalog(t: &Target, signer: &SigningKeys, chain: &ChainName) -> Result<bool, SnapshotError> {
     let key = ObjectKey::catalog();
     let mut attempts = 0;
+    let keys = signer.trusted();
     loop {
-        let vk = signer.verifying_key();
-        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, vk, pointer::MAX_BYTES).await?;
+        let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, &keys, pointer::MAX_BYTES)
+            .await
+            .map_err(|e| SnapshotError::reading_own(e, signer))?;
         let mut catalog = match bytes {
             Some(b) => Catalog::decode(&b)?,
             None => Catalog::default(),
@@ -150,14 +155,15 @@ async fn update_catalog(t: &Target, signer: &SigningKey, chain: &ChainName) -> R
 /// publish that moved the pointer meanwhile wins.
 pub async fn resign(
     sink: Arc<dyn ObjectSink>,
-    signer: &SigningKey,
+    signer: &SigningKeys,
     chain: &ChainName,
     expires_in: Duration,
     max_age: Duration,
 ) -> Result<Option<Pointer>, SnapshotError> {
     let key = ObjectKey::pointer(chain);
-    let (bytes, expect) =
-        get_signed_for_update(sink.as_ref(), &key, signer.verifying_key(), pointer::MAX_BYTES).await?;
+    let (bytes, expect) = get_signed_for_update(sink.as_ref(), &key, &signer.trusted(), pointer::MAX_BYTES)
+        .await
+        .map_err(|e| SnapshotError::reading_own(e, signer))?;
     let Some(bytes) = bytes else {
         return Ok(None);
     };

@@ -75,8 +75,10 @@ pub struct ChainConfig {
     /// cycle is younger than `max-age` (cron with seconds).
     #[serde(default = "default_resign")]
     pub resign: String,
-    /// minisign secret key.
-    pub secret_key: PathBuf,
+    /// minisign secret key, or a list of them during a key rotation (the
+    /// old key first: its signature stays where every reader looks).
+    #[serde(deserialize_with = "one_or_more_paths")]
+    pub secret_key: Vec<PathBuf>,
     /// Stores to publish to (directories, s3://, ipfs+http://).
     pub stores: Vec<StoreUrl>,
     /// How long fetchers accept the pointer without a re-sign.
@@ -290,6 +292,26 @@ fn default_keep_last() -> usize {
 }
 fn default_gc_grace() -> Duration {
     Duration::from_secs(3600)
+}
+
+/// A path, or a non-empty list of paths.
+fn one_or_more_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(PathBuf),
+        More(Vec<PathBuf>),
+    }
+    let paths = match OneOrMore::deserialize(d)? {
+        OneOrMore::One(p) => vec![p],
+        OneOrMore::More(v) => v,
+    };
+    if paths.is_empty() {
+        return Err(serde::de::Error::custom(
+            "no key given; name the secret key file, or two (old first) during a key rotation",
+        ));
+    }
+    Ok(paths)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -589,5 +611,24 @@ mod tests {
         assert!(e.contains("at most 33"), "{e}");
         let e = problem(&format!("{MINIMAL}\nchunk-size = 9000"));
         assert!(e.contains("256 to 4096"), "{e}");
+    }
+
+    #[test]
+    fn secret_key_is_one_path_or_a_list_for_a_rotation() {
+        assert_eq!(
+            parse(MINIMAL).chains[0].secret_key,
+            [PathBuf::from("/keys/qsync.sec")]
+        );
+        let two = MINIMAL.replace(
+            r#"secret-key = "/keys/qsync.sec""#,
+            r#"secret-key = ["/keys/old.sec", "/keys/new.sec"]"#,
+        );
+        assert_eq!(
+            parse(&two).chains[0].secret_key,
+            [PathBuf::from("/keys/old.sec"), PathBuf::from("/keys/new.sec")]
+        );
+        let none = MINIMAL.replace(r#"secret-key = "/keys/qsync.sec""#, "secret-key = []");
+        let e = problem(&none);
+        assert!(e.contains("secret") || e.contains("no key given"), "{e}");
     }
 }

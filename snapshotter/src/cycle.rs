@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qsync_core::progress::Progress;
-use qsync_core::sign::SigningKey;
+use qsync_core::sign::SigningKeys;
 use qsync_core::ChainName;
 use qsync_store::probe::{require_conditional_writes, WriteSafety};
 use qsync_store::{open_sink_at, ObjectSink, StoreId};
@@ -148,7 +148,7 @@ pub struct ChainJob {
     pub cfg: ChainConfig,
     /// Its validated name.
     pub chain: ChainName,
-    signer: SigningKey,
+    signer: SigningKeys,
     /// The opened stores, in the configured order.
     stores: Vec<Arc<dyn ObjectSink>>,
     state_dir: PathBuf,
@@ -162,8 +162,8 @@ impl ChainJob {
     pub fn open(cfg: ChainConfig, state_dir: &Path) -> anyhow::Result<ChainJob> {
         use anyhow::Context;
         let chain = ChainName::new(cfg.name.clone())?;
-        let signer = SigningKey::load(&cfg.secret_key)
-            .with_context(|| format!("chain {chain}: secret-key {}", cfg.secret_key.display()))?;
+        let signer =
+            SigningKeys::load(&cfg.secret_key).with_context(|| format!("chain {chain}: secret-key"))?;
         let opts = cfg.store_options();
         let stores = cfg
             .stores
@@ -180,8 +180,8 @@ impl ChainJob {
         })
     }
 
-    /// The signing key.
-    pub fn signer(&self) -> &SigningKey {
+    /// The signing keys (one, or two during a key rotation).
+    pub fn signer(&self) -> &SigningKeys {
         &self.signer
     }
 
@@ -476,10 +476,9 @@ impl ChainJob {
                 self.retire_older_root(sink.as_ref(), root).await;
             }
             if self.cfg.retention.gc {
-                let vk = self.signer.verifying_key();
                 match gc::collect(
                     sink.clone(),
-                    vk,
+                    &self.signer.trusted(),
                     Some(&self.chain),
                     self.cfg.retention.gc_grace,
                     gc::GcMode::Delete,

@@ -72,6 +72,21 @@ impl From<SignedReadError> for SnapshotError {
 }
 
 impl SnapshotError {
+    /// `e`, met reading back a pointer or catalog this publisher is about
+    /// to replace: when none of its keys signed it, say how to change keys
+    /// without a gap instead of only that the signature was rejected.
+    pub(crate) fn reading_own(e: SignedReadError, signer: &qsync_core::sign::SigningKeys) -> SnapshotError {
+        match e {
+            SignedReadError::Format(FormatError::BadSignature { what, reason }) => {
+                SnapshotError::Format(FormatError::Invalid(format!(
+                    "{what} is not signed by a key this publisher signs with ({}): {reason}. Nothing was written. To move to a new key without a gap, sign with the old and the new key together for a while (--secret-key OLD --secret-key NEW, or secret-key = [OLD, NEW] in the agent configuration; docs/deploy.md, \"Rotate the signing key\")",
+                    signer.describe()
+                )))
+            }
+            e => e.into(),
+        }
+    }
+
     /// The cycle stage this error fails, from its kind alone: the source
     /// is `read`, a store (or its lease, or a race on its pointer) is
     /// `upload`, the post hook is `thaw`.

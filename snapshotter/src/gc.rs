@@ -17,6 +17,11 @@
 //! uploads) stay for the grace period after their upload. A collection runs
 //! only while no publish holds a lease on the store (see [`crate::lease`]
 //! for why that ordering is safe).
+//!
+//! Signatures follow what they sign, whichever key made them (the primary
+//! one and the additional ones of a key rotation alike): a manifest's go
+//! with the manifest; a pointer's or the catalog's are kept while they sign
+//! the current version, and deleted past the grace period once superseded.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use qsync_core::manifest::Manifest;
 use qsync_core::pointer::{self, Catalog, Pointer, SnapshotRef};
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
 use qsync_store::signed::{get_manifest, get_signed, SignedReadError};
@@ -110,7 +115,7 @@ pub enum GcMode {
 /// already holds (the agent right after its publish), if any.
 pub async fn collect(
     sink: Arc<dyn ObjectSink>,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     own: Option<&ChainName>,
     grace: Duration,
     mode: GcMode,
@@ -128,14 +133,14 @@ pub async fn collect(
         }
         Err(e) => return Err(e.into()),
     };
-    let result = collect_leased(&sink, vk, own, grace, &gc_key, &mut report).await;
+    let result = collect_leased(&sink, keys, own, grace, &gc_key, &mut report).await;
     lease.release().await;
     result.map(|()| report)
 }
 
 async fn collect_leased(
     sink: &Arc<dyn ObjectSink>,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
     own: Option<&ChainName>,
     grace: Duration,
     gc_key: &ObjectKey,
@@ -162,7 +167,7 @@ async fn collect_leased(
     // update failed still owns its chunks.
     let mut chains: Vec<ChainName> = Vec::new();
     let catalog_key = ObjectKey::catalog();
-    let catalog = get_signed(sink.as_ref(), &catalog_key, vk, pointer::MAX_BYTES).await?;
+    let catalog = get_signed(sink.as_ref(), &catalog_key, keys, pointer::MAX_BYTES).await?;
     if let Some(b) = &catalog {
         chains.extend(Catalog::decode(b)?.chains);
     }
@@ -179,20 +184,22 @@ async fn collect_leased(
 
     let mut referenced: HashSet<Digest> = HashSet::new();
     let mut kept_manifests: HashSet<String> = HashSet::new();
-    let mut current_sigs: HashSet<ObjectKey> = HashSet::new();
+    // The versions of pointers and the catalog that are current: every
+    // signature of one of them (by any key) stays.
+    let mut current: HashSet<(ObjectKey, Digest)> = HashSet::new();
     if let Some(b) = &catalog {
-        current_sigs.insert(catalog_key.signature_for(b));
+        current.insert((catalog_key.clone(), Digest::of(b)));
     }
     for chain in &chains {
         let key = ObjectKey::pointer(chain);
-        let Some(bytes) = get_signed(sink.as_ref(), &key, vk, pointer::MAX_BYTES).await? else {
+        let Some(bytes) = get_signed(sink.as_ref(), &key, keys, pointer::MAX_BYTES).await? else {
             continue;
         };
-        current_sigs.insert(key.signature_for(&bytes));
+        current.insert((key.clone(), Digest::of(&bytes)));
         let p = Pointer::decode(&bytes, key.as_str())?;
         report.chains.push(chain.to_string());
         for snap in std::iter::once(&p.current).chain(&p.history) {
-            let m = manifest(sink.as_ref(), snap, vk).await?;
+            let m = manifest(sink.as_ref(), snap, keys).await?;
             referenced.extend(m.all_chunks().map(|c| c.blake3));
             kept_manifests.insert(snap.manifest_key.to_string());
             report.manifests_kept += 1;
@@ -228,7 +235,7 @@ async fn collect_leased(
             continue;
         }
         report.manifests_in_grace += 1;
-        match retired_manifest(sink.as_ref(), l, vk).await {
+        match retired_manifest(sink.as_ref(), l, keys).await {
             Ok(m) => referenced.extend(m.all_chunks().map(|c| c.blake3)),
             Err(e) => {
                 tracing::warn!("{k} in {}, retired less than the grace period ago, cannot be read ({e}); no chunk is deleted until it can be or its grace period is over", sink.location());
@@ -237,11 +244,23 @@ async fn collect_leased(
         }
     }
     let listed_manifests: HashSet<&str> = manifests.iter().map(|l| l.key.as_str()).collect();
+    // Whether `l`, in a pointer's or the catalog's `.sigs/`, signs a current version.
+    let signs_current = |l: &Listed| {
+        l.key
+            .signature_of()
+            .and_then(|of| Some((of.object, of.version?)))
+            .is_some_and(|v| current.contains(&v))
+    };
     for l in &listed {
         let k = l.key.as_str();
         if k.contains("/manifests/") && k.ends_with(".minisig") {
-            // A manifest's signature goes with it (or alone, when its manifest is gone).
-            let manifest_key = k.strip_suffix(".minisig").unwrap_or(k);
+            // A manifest's signatures (primary and additional) go with it,
+            // or alone when it is gone; so does anything else named like one.
+            let of = l.key.signature_of();
+            let manifest_key = of.as_ref().map_or_else(
+                || k.strip_suffix(".minisig").unwrap_or(k),
+                |of| of.object.as_str(),
+            );
             if doomed_manifests.contains(manifest_key)
                 || (!listed_manifests.contains(manifest_key)
                     && !kept_manifests.contains(manifest_key)
@@ -249,13 +268,13 @@ async fn collect_leased(
             {
                 doomed.push(l.key.clone());
             }
-        } else if k.contains("/latest.json.sigs/") && old(l) && !current_sigs.contains(&l.key) {
+        } else if k.contains("/latest.json.sigs/") && old(l) && !signs_current(l) {
             report.signatures_deleted += 1;
             doomed.push(l.key.clone());
         }
     }
     for l in sink.list(&ObjectKey::new("catalog.json.sigs")?).await? {
-        if old(&l) && !current_sigs.contains(&l.key) {
+        if old(&l) && !signs_current(&l) {
             report.signatures_deleted += 1;
             doomed.push(l.key);
         }
@@ -341,10 +360,10 @@ async fn load_retired(sink: &dyn ObjectSink) -> Retired {
 async fn retired_manifest(
     sink: &dyn ObjectSink,
     l: &Listed,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
 ) -> Result<Manifest, SnapshotError> {
     let what = format!("{} in {}", l.key, sink.location());
-    let bytes = get_signed(sink, &l.key, vk, l.size)
+    let bytes = get_signed(sink, &l.key, keys, l.size)
         .await?
         .ok_or_else(|| FormatError::Invalid(format!("{what} vanished while being collected")))?;
     let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
@@ -358,16 +377,16 @@ async fn retired_manifest(
 async fn manifest(
     sink: &dyn ObjectSink,
     snap: &SnapshotRef,
-    vk: &VerifyingKey,
+    keys: &TrustedKeys,
 ) -> Result<Manifest, SnapshotError> {
-    match get_manifest(sink, snap, vk).await {
+    match get_manifest(sink, snap, keys).await {
         Err(SignedReadError::Store(e)) if e.is_not_found() => Err(FormatError::Invalid(format!(
             "{} in {} is named by the pointer but missing; garbage collection stopped without deleting anything. Run `qsync verify` on this store",
             snap.manifest_key,
             sink.location()
         ))
         .into()),
-        r => Ok(r?),
+        r => Ok(r?.0),
     }
 }
 

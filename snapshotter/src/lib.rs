@@ -15,6 +15,7 @@ pub mod agent;
 pub mod chainmeta;
 pub mod commit;
 pub mod config;
+mod cosign;
 pub mod cycle;
 pub mod error;
 pub mod freeze;

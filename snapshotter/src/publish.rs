@@ -33,7 +33,7 @@ use qsync_core::chunk::ChunkerParams;
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest};
 use qsync_core::pointer::{self, Pointer};
 use qsync_core::progress::Progress;
-use qsync_core::sign::SigningKey;
+use qsync_core::sign::SigningKeys;
 use qsync_core::time::Timestamp;
 use qsync_core::{Digest, ObjectKey};
 use qsync_store::signed::get_signed_for_update;
@@ -91,7 +91,7 @@ pub struct Published {
 pub async fn publish(
     source: &Path,
     sink: Arc<dyn ObjectSink>,
-    signer: &SigningKey,
+    signer: &SigningKeys,
     opts: &SnapshotOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<SnapshotSummary, SnapshotError> {
@@ -122,8 +122,9 @@ pub type CommitGate =
 pub struct PublishRun<'a> {
     /// The directory read.
     pub source: &'a Path,
-    /// Signs the manifest, pointer and catalog.
-    pub signer: &'a SigningKey,
+    /// Signs the manifest, pointer and catalog (with each key; the first
+    /// key's signature is the primary one).
+    pub signer: &'a SigningKeys,
     /// Chain, chunker, expiries, retention.
     pub opts: &'a SnapshotOptions,
     /// Where progress is reported.
@@ -141,7 +142,7 @@ impl<'a> PublishRun<'a> {
     /// A run with nothing known, no cancel and no gate.
     pub fn new(
         source: &'a Path,
-        signer: &'a SigningKey,
+        signer: &'a SigningKeys,
         opts: &'a SnapshotOptions,
         progress: Arc<dyn Progress>,
     ) -> Self {
@@ -175,7 +176,8 @@ pub async fn publish_many(
         gate,
     } = run;
     opts.chunker.validate()?;
-    let vk = signer.verifying_key();
+    // The pointer this run replaces must verify under one of its own keys.
+    let keys = signer.trusted();
     let pointer_key = ObjectKey::pointer(&opts.chain);
     let targets: Vec<Arc<Target>> = sinks
         .into_iter()
@@ -185,7 +187,9 @@ pub async fn publish_many(
     for t in &targets {
         let r = async {
             let (bytes, expect) =
-                get_signed_for_update(t.sink.as_ref(), &pointer_key, vk, pointer::MAX_BYTES).await?;
+                get_signed_for_update(t.sink.as_ref(), &pointer_key, &keys, pointer::MAX_BYTES)
+                    .await
+                    .map_err(|e| SnapshotError::reading_own(e, signer))?;
             let p = bytes
                 .map(|b| Pointer::decode(&b, pointer_key.as_str()))
                 .transpose()?;
@@ -562,9 +566,11 @@ mod tests {
         d
     }
 
-    fn signer(dir: &Path) -> SigningKey {
+    fn signer(dir: &Path) -> SigningKeys {
         qsync_core::sign::keygen(&dir.join("k.sec"), &dir.join("k.pub")).unwrap();
-        SigningKey::load(&dir.join("k.sec")).unwrap()
+        qsync_core::sign::SigningKey::load(&dir.join("k.sec"))
+            .unwrap()
+            .into()
     }
 
     /// Every chunk the manifest at `key` references is in `store`.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use qsync_core::chunk;
 use qsync_core::progress::Progress;
-use qsync_core::sign::SigningKey;
+use qsync_core::sign::SigningKeys;
 use qsync_core::{Digest, ObjectKey};
 use qsync_store::retry::Retrying;
 use qsync_store::{Expect, ObjectSink, PutOptions, StoreError};
@@ -59,22 +59,24 @@ impl Target {
         self.failed.lock().expect("not poisoned").get_or_insert(e);
     }
 
-    /// Writes `body` at `key` with its signature. The signature goes first,
-    /// so a reader that sees the body also finds its signature. With
-    /// `expect`, the body is written only if the object is still as expected.
+    /// Writes `body` at `key` with its signatures (one per signing key).
+    /// Every signature goes first, so a reader that sees the body also
+    /// finds the signature of whichever key it trusts. With `expect`, the
+    /// body is written only if the object is still as expected.
     pub(crate) async fn put_signed(
         &self,
         key: &ObjectKey,
         body: Vec<u8>,
-        signer: &SigningKey,
+        signer: &SigningKeys,
         expect: Option<&Expect>,
     ) -> Result<(), StoreError> {
-        let sig = signer.sign(key, &body);
-        let n = (body.len() + sig.len()) as u64;
-        let sig_key = key.signature_for(&body);
-        let sig_opts = PutOptions::for_key(&sig_key);
-        let sig = Bytes::from(sig);
-        self.sink.put(&sig_key, sig, sig_opts).await?;
+        let sigs = signer.sign_all(key, &body);
+        let n = body.len() as u64 + sigs.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
+        futures::future::try_join_all(sigs.into_iter().map(|(sig_key, sig)| async move {
+            let sig_opts = PutOptions::for_key(&sig_key);
+            self.sink.put(&sig_key, Bytes::from(sig), sig_opts).await
+        }))
+        .await?;
         let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
         match expect {
             Some(expect) => match self.sink.put_if(key, body.clone(), opts, expect).await {
@@ -167,5 +169,48 @@ impl Uploader {
         }
         self.progress.advance(len);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsync_core::sign::keygen;
+    use qsync_store::testing::{FaultySink, MemoryStore, WriteFault};
+    use qsync_store::ObjectSource;
+
+    /// Publishing order (docs/format.md §8) with two signing keys: a body
+    /// is written only once every one of its signatures is stored, so a
+    /// reader trusting either key never meets it without its signature.
+    #[tokio::test]
+    async fn every_signature_is_stored_before_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut secret = Vec::new();
+        for name in ["old", "new"] {
+            let s = dir.path().join(format!("{name}.sec"));
+            keygen(&s, &dir.path().join(format!("{name}.pub"))).unwrap();
+            secret.push(s);
+        }
+        let signer = SigningKeys::load(&secret).unwrap();
+        let key = ObjectKey::new("chains/eth/latest.json").unwrap();
+        let body = b"{\"v\":1}".to_vec();
+        let sigs: Vec<ObjectKey> = signer.sign_all(&key, &body).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(sigs.len(), 2);
+        for failing in &sigs {
+            let memory = Arc::new(MemoryStore::new("order"));
+            let sink = Arc::new(FaultySink::new(memory.clone()));
+            sink.fail_writes(failing.as_str(), WriteFault::Refused, None);
+            let t = Target::new(sink.clone());
+            assert!(t.put_signed(&key, body.clone(), &signer, None).await.is_err());
+            assert!(
+                memory.head(&key).await.unwrap().is_none(),
+                "the body was written though {failing} was not"
+            );
+            sink.heal();
+            t.put_signed(&key, body.clone(), &signer, None).await.unwrap();
+            for s in &sigs {
+                assert!(memory.head(s).await.unwrap().is_some(), "{s} missing");
+            }
+        }
     }
 }

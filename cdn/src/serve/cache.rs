@@ -8,11 +8,12 @@
 //! with the prefix in its name; a bad copy is neither cached nor served.
 //! Pointers and the catalog are cached for `--pointer-max-age`.
 //!
-//! A signature is cached as immutable only once it has verified, under the
+//! A signature is cached as immutable only once it has verified, under a
 //! `--public-key` given to serve, over its object: a manifest's over the
 //! cached (digest-checked) manifest, a pointer's or the catalog's
 //! `.sigs/<b3>.minisig` over the body whose BLAKE3 is `<b3>` (the cached one
-//! or upstream's current one). Any other signature (no key, no matching body,
+//! or upstream's current one). Additional signatures of a key rotation
+//! (`.<KEYID>.minisig`) are signatures like the others. Any other signature (no key, no matching body,
 //! or one that does not verify) is kept at most `--pointer-max-age` and
 //! served with that max-age, so one bad upstream response cannot poison the
 //! cache for good. Objects adopted from disk at start are unverified until
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use qsync_core::{chunk, Digest, ObjectKey};
 use tokio::sync::Semaphore;
 
@@ -79,8 +80,8 @@ pub struct PullThrough {
     lru: Mutex<Lru>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     slots: Semaphore,
-    /// Pinned key that signatures are checked against before they are immutable.
-    public_key: Option<VerifyingKey>,
+    /// Pinned keys that signatures are checked against before they are immutable.
+    public_keys: Option<TrustedKeys>,
     /// Cached signature keys that verified over their object.
     verified: Mutex<HashSet<String>>,
     /// Counters.
@@ -121,7 +122,7 @@ impl PullThrough {
             lru: Mutex::new(lru),
             flights: Mutex::new(HashMap::new()),
             slots: Semaphore::new(upstream_concurrency.max(1)),
-            public_key: None,
+            public_keys: None,
             verified: Mutex::new(HashSet::new()),
             stats: CacheStats::default(),
         })
@@ -134,10 +135,10 @@ impl PullThrough {
         self
     }
 
-    /// Checks signatures against `vk` before caching them as immutable
+    /// Checks signatures against `keys` before caching them as immutable
     /// (without a key every signature is short-lived).
-    pub fn with_public_key(mut self, vk: Option<VerifyingKey>) -> Self {
-        self.public_key = vk;
+    pub fn with_public_keys(mut self, keys: Option<TrustedKeys>) -> Self {
+        self.public_keys = keys;
         self
     }
 
@@ -291,21 +292,18 @@ impl PullThrough {
         Ok(())
     }
 
-    /// Whether `sig` (fetched for the signature key `key`) verifies under
-    /// the pinned key over the object it signs.
+    /// Whether `sig` (fetched for the signature key `key`, primary or
+    /// additional) verifies under a pinned key over the object it signs.
     async fn signature_verifies(&self, key: &ObjectKey, sig: &[u8]) -> bool {
-        let Some(vk) = &self.public_key else {
+        let (Some(keys), Some(of)) = (&self.public_keys, key.signature_of()) else {
             return false;
         };
-        let name = key.as_str().strip_suffix(".minisig").unwrap_or_default();
-        let signed = match name.split_once(".sigs/") {
+        let object = of.object;
+        let body = match of.version {
             // A pointer or the catalog: the version whose BLAKE3 names the signature.
-            Some((object, b3)) => {
-                let (Ok(object), Ok(want)) = (ObjectKey::new(object), b3.parse::<Digest>()) else {
-                    return false;
-                };
+            Some(want) => {
                 let limit = qsync_core::pointer::MAX_BYTES;
-                let body = match self.local.get_limited(&object, limit).await {
+                match self.local.get_limited(&object, limit).await {
                     Ok(b) if Digest::of(&b) == want => Some(b),
                     _ => {
                         let _slot = self.slots.acquire().await.expect("semaphore open");
@@ -315,21 +313,15 @@ impl PullThrough {
                             .ok()
                             .filter(|b| Digest::of(b) == want)
                     }
-                };
-                body.map(|b| (object, b))
+                }
             }
             // A manifest: its cached copy, whose digest was checked on the way in.
-            None => match ObjectKey::new(name) {
-                Ok(object) if Kind::of(object.as_str()) == Kind::Manifest => {
-                    match Box::pin(self.ensure(&object)).await {
-                        Ok(()) => self.local.get(&object).await.ok().map(|b| (object, b)),
-                        Err(_) => None,
-                    }
-                }
-                _ => None,
+            None => match Box::pin(self.ensure(&object)).await {
+                Ok(()) => self.local.get(&object).await.ok(),
+                Err(_) => None,
             },
         };
-        signed.is_some_and(|(object, body)| vk.verify(&object, &body, sig).is_ok())
+        body.is_some_and(|body| keys.verify(&object, &body, sig).is_ok())
     }
 
     /// Accounts for a newly cached object and evicts the least recently used

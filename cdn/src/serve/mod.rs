@@ -31,7 +31,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use qsync_core::sign::VerifyingKey;
+use qsync_core::sign::TrustedKeys;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::services::ServeDir;
@@ -50,8 +50,9 @@ pub struct ServeConfig {
     /// Where chunks come from instead of files under `root` (`serve
     /// --data`: a restored node's files, `root` holding its signed objects).
     pub chunks: Option<Arc<dyn ObjectSource>>,
-    /// Key that tar streams are checked against; without it `/tar` is off.
-    pub public_key: Option<VerifyingKey>,
+    /// Keys that tar streams are checked against (a signature by any of
+    /// them is accepted); without them `/tar` is off.
+    pub public_keys: Option<TrustedKeys>,
     /// Bearer tokens accepted; empty means no token needed.
     pub tokens: Vec<String>,
     /// Client networks allowed; empty means any.
@@ -76,7 +77,7 @@ impl ServeConfig {
             root: root.into(),
             pull_through: None,
             chunks: None,
-            public_key: None,
+            public_keys: None,
             tokens: Vec::new(),
             allow: Vec::new(),
             pointer_max_age: Duration::from_secs(60),

@@ -35,14 +35,16 @@ pub enum Kind {
     Manifest,
     /// `chains/<chain>/latest.json`, `catalog.json`
     Pointer,
-    /// `<pointer or catalog>.sigs/<b3>.minisig`: named by what it signs.
+    /// `<pointer or catalog>.sigs/<b3>[.<KEYID>].minisig`: named by what it
+    /// signs (with the key id for an additional signature of a key rotation).
     Signature,
     /// Anything else.
     Other,
 }
 
 impl Kind {
-    /// The kind of `key` (a signature has its object's kind).
+    /// The kind of `key` (a manifest's signature, primary or additional,
+    /// has the manifest's kind: both are written once and never change).
     pub fn of(key: &str) -> Kind {
         let key = key.strip_suffix(".minisig").unwrap_or(key);
         if key.contains(".sigs/") {
@@ -214,6 +216,24 @@ mod tests {
         std::fs::write(d.path().join("chains/eth/latest.json"), b"{\"v\":1}").unwrap();
         std::fs::write(d.path().join("secret.txt"), b"outside").unwrap();
         d
+    }
+
+    #[test]
+    fn additional_signatures_are_signatures_like_the_primary_ones() {
+        use qsync_core::sign::KeyId;
+        let id: KeyId = "0123456789ABCDEF".parse().unwrap();
+        let c = qsync_core::ChainName::new("eth").unwrap();
+        let d = Digest::of(b"x");
+        let m = ObjectKey::manifest(&c, 1, &d, true);
+        for object in [ObjectKey::pointer(&c), ObjectKey::catalog(), m] {
+            let primary = Kind::of(object.signature_for(b"x").as_str());
+            assert_eq!(
+                Kind::of(object.signature_by(b"x", id).as_str()),
+                primary,
+                "{object}"
+            );
+            assert!(matches!(primary, Kind::Signature | Kind::Manifest), "{object}");
+        }
     }
 
     fn chunk_path() -> String {

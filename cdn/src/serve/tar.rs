@@ -56,7 +56,7 @@ pub async fn handler(
     State(st): State<Arc<ServeState>>,
     Path((chain, name)): Path<(String, String)>,
 ) -> Response {
-    let Some(vk) = st.cfg.public_key.clone() else {
+    let Some(keys) = st.cfg.public_keys.clone() else {
         return fail(
             StatusCode::NOT_FOUND,
             "tar streams are off: start qsync serve with --public-key".into(),
@@ -73,7 +73,7 @@ pub async fn handler(
     };
     let store = st.store.clone();
     let pointer_key = ObjectKey::pointer(&chain);
-    let pointer = match get_signed(store.as_ref(), &pointer_key, &vk, pointer::MAX_BYTES).await {
+    let pointer = match get_signed(store.as_ref(), &pointer_key, &keys, pointer::MAX_BYTES).await {
         Ok(Some(b)) => match Pointer::decode(&b, pointer_key.as_str()) {
             Ok(p) => p,
             Err(e) => return fail(StatusCode::BAD_GATEWAY, e.to_string()),
@@ -104,8 +104,8 @@ pub async fn handler(
             format!("chain {chain} has no version {name:?}"),
         );
     };
-    let manifest = match get_manifest(store.as_ref(), &snap, &vk).await {
-        Ok(m) => m,
+    let manifest = match get_manifest(store.as_ref(), &snap, &keys).await {
+        Ok((m, _)) => m,
         Err(e) => {
             tracing::error!("tar {chain} v{}: manifest unusable: {e}", snap.version);
             return fail(
@@ -581,7 +581,7 @@ mod tests {
         let vk = signed_store(dir.path(), expires);
         let status_at = |now: u64| {
             let mut cfg = ServeConfig::new(dir.path());
-            cfg.public_key = Some(vk.clone());
+            cfg.public_keys = Some(vk.clone().into());
             cfg.clock = qsync_core::time::Clock::Fixed(Timestamp(now));
             let peer: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
             let req = axum::http::Request::builder()
