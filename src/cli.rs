@@ -234,6 +234,10 @@ pub struct RestoreArgs {
     /// chunks before the --from stores; port 8080 unless given.
     #[arg(long, env = "QSYNC_PEERS_DNS", value_name = "NAME[:PORT]")]
     pub peers_dns: Option<String>,
+    /// Bearer token sent to --peers-dns peers (their `serve --token-file`);
+    /// the --from stores' --http-token is never sent to peers.
+    #[arg(long, env = "QSYNC_PEERS_HTTP_TOKEN", hide_env_values = true)]
+    pub peers_http_token: Option<String>,
     /// Also fetch chunks from the stores the pointer names as mirror hints
     /// (e.g. an IPFS copy); everything read there is verified as usual.
     #[arg(long, env = "QSYNC_MIRROR_HINTS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -262,7 +266,7 @@ pub struct RestoreArgs {
     /// from which mirror, bytes to fetch and to keep, entries to delete,
     /// and free space needed and available (JSON with --json). Nothing is
     /// created or changed in --dest or the state directory.
-    #[arg(long, env = "QSYNC_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "QSYNC_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "init")]
     pub dry_run: bool,
     /// Most chunks in flight at once: the restore starts at 8 and takes
     /// more while the mirrors deliver more for it (a per-connection
@@ -414,7 +418,7 @@ pub struct VerifyArgs {
     pub fast: bool,
     /// With --dest: audit against this version (which the pointer must
     /// still keep) instead of the one the marker names.
-    #[arg(long, env = "QSYNC_SNAPSHOT_VERSION", requires = "dest")]
+    #[arg(long, env = "QSYNC_SNAPSHOT_VERSION")]
     pub snapshot_version: Option<u64>,
     /// Print one JSON report on stdout.
     #[arg(long, env = "QSYNC_JSON", value_parser = clap::builder::BoolishValueParser::new())]
@@ -462,14 +466,14 @@ pub struct ServeArgs {
     /// store of the snapshot it holds (chunks read from its files and
     /// hashed; one the node has rewritten is answered 404). Needs
     /// --public-key and --chain, and the --state-dir its restore used.
-    #[arg(long, env = "QSYNC_DATA", requires_all = ["public_key", "chain"], conflicts_with = "cache_dir")]
+    #[arg(long, env = "QSYNC_DATA", requires_all = ["public_keys", "chain"], conflicts_with = "cache_dir")]
     pub data: Option<PathBuf>,
     /// With --data: the chain the directory holds.
-    #[arg(long, env = "QSYNC_CHAIN", requires = "data")]
+    #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: Option<String>,
     /// With --data: the trust state directory its restore used, where the
     /// snapshot's signed objects are kept [default: as `restore`].
-    #[arg(long, env = "QSYNC_STATE_DIR", requires = "data")]
+    #[arg(long, env = "QSYNC_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Pull-through cache directory (required for a remote --store).
     #[arg(long, env = "QSYNC_CACHE_DIR")]

@@ -340,7 +340,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
         }
     }
     let peers = match &a.peers_dns {
-        Some(name) => peers(name, &store_opts).await,
+        Some(name) => peers(name, a.peers_http_token.clone(), &store_opts).await?,
         None => Vec::new(),
     };
     let m = Mirrors::with_peers(peers, sources, opts);
@@ -464,27 +464,53 @@ fn print_preview(p: &qsync_fetcher::preview::Preview, dest: &std::path::Path, js
     Ok(())
 }
 
+/// Most peers one restore asks.
+const MAX_PEERS: usize = 16;
+
 /// The peer nodes `name` (`NAME[:PORT]`) resolves to, one mirror per
-/// address. A name that resolves to nothing (the first node of a fleet, or
-/// none ready yet) leaves the restore to the origins, with a warning.
-async fn peers(name: &str, opts: &qsync_store::StoreOptions) -> Vec<Arc<dyn ObjectSource>> {
-    let with_port = match name.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() && !name.ends_with(']') => name.to_string(),
-        _ => format!("{name}:8080"),
+/// address (at most [`MAX_PEERS`], picked at random). They get `token`,
+/// never the origins' `--http-token`. A name that resolves to nothing (the
+/// first node of a fleet, or none ready yet) leaves the restore to the
+/// origins, with a warning; a malformed one is an error.
+async fn peers(
+    name: &str,
+    token: Option<String>,
+    opts: &qsync_store::StoreOptions,
+) -> Result<Vec<Arc<dyn ObjectSource>>> {
+    let (host, port) = match name.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+            let port: u16 = port.parse().with_context(|| {
+                format!("--peers-dns {name:?}: {port:?} is not a port; use NAME or NAME:PORT")
+            })?;
+            (host, port)
+        }
+        Some(_) => anyhow::bail!("--peers-dns {name:?}: write an IPv6 address as [ADDR]:PORT"),
+        None => (name, 8080),
     };
-    let mut addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(&with_port).await {
+    anyhow::ensure!(
+        !host.is_empty(),
+        "--peers-dns {name:?}: no host name; use NAME or NAME:PORT"
+    );
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
         Ok(a) => a.collect(),
         Err(e) => {
             tracing::warn!("--peers-dns {name}: {e}; restoring from the --from stores alone");
-            return Vec::new();
+            return Ok(Vec::new());
         }
     };
     addrs.sort();
     addrs.dedup();
+    fastrand::shuffle(&mut addrs);
+    addrs.truncate(MAX_PEERS);
+    let opts = qsync_store::StoreOptions {
+        http_token: token,
+        ..opts.clone()
+    };
     let peers: Vec<Arc<dyn ObjectSource>> = addrs
         .iter()
         .filter_map(|addr| {
-            open_source_with(&format!("http://{addr}"), opts)
+            open_source_with(&format!("http://{addr}"), &opts)
                 .inspect_err(|e| tracing::warn!("--peers-dns {name}: skipping {addr}: {e}"))
                 .ok()
         })
@@ -494,7 +520,7 @@ async fn peers(name: &str, opts: &qsync_store::StoreOptions) -> Vec<Arc<dyn Obje
         peers.len(),
         addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
-    peers
+    Ok(peers)
 }
 
 async fn verify(a: VerifyArgs) -> Result<()> {
@@ -623,8 +649,11 @@ async fn ls(a: LsArgs) -> Result<()> {
     Ok(())
 }
 
-/// `serve --data DIR`: the signed objects its restore kept, and chunks
-/// from its files. Returns the configuration and what the banner names.
+/// `serve --data DIR`: the snapshot its last restore kept, chunks read
+/// from its files. Nothing to serve is not fatal (a node restored by an
+/// older qsync, a restore under way): peers get 404 and the directory is
+/// looked at again every [`PEER_REFRESH`]. Returns the configuration and
+/// what the banner names.
 async fn serve_data(
     dir: &std::path::Path,
     a: &ServeArgs,
@@ -632,19 +661,39 @@ async fn serve_data(
 ) -> Result<(qsync_cdn::serve::ServeConfig, String)> {
     let chain = ChainName::new(a.chain.clone().context("--data needs --chain")?)?;
     let state = state_dir(a.state_dir.clone())?;
-    let opened = qsync_fetcher::peer::DataDir::open(dir, &state, &chain, keys)
-        .await
-        .with_context(|| format!("serving {} to peers", dir.display()))?;
-    let what = format!(
-        "{} (chain {chain} version {}, {} chunks) to peers",
-        dir.display(),
-        opened.version,
-        opened.data.chunk_count()
-    );
-    let mut cfg = qsync_cdn::serve::ServeConfig::new(opened.signed);
-    cfg.chunks = Some(Arc::new(opened.data));
-    Ok((cfg, what))
+    anyhow::ensure!(dir.is_dir(), "--data {}: not a directory", dir.display());
+    let data = qsync_fetcher::peer::DataDir::new(dir, &state, &chain, keys.clone());
+    let mut last = data.refresh().await.map_err(|e| e.to_string());
+    match &last {
+        Ok(s) => tracing::info!(
+            "serving version {} of {chain} ({} chunks) from {}",
+            s.version,
+            s.chunks,
+            dir.display()
+        ),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    let watched = data.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PEER_REFRESH).await;
+            let now = watched.refresh().await.map_err(|e| e.to_string());
+            if now != last {
+                match &now {
+                    Ok(s) => tracing::info!("now serving version {} ({} chunks)", s.version, s.chunks),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+                last = now;
+            }
+        }
+    });
+    let mut cfg = qsync_cdn::serve::ServeConfig::new(dir);
+    cfg.objects = Some(Arc::new(data));
+    Ok((cfg, format!("{} (chain {chain}) to peers", dir.display())))
 }
+
+/// How often `serve --data` looks for a new restore in its directory.
+const PEER_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn serve(a: ServeArgs) -> Result<()> {
     let public_keys = match a.public_keys.is_empty() {

@@ -73,28 +73,31 @@ impl Ticker {
             let mut warned_at: Option<std::time::Instant> = None;
             loop {
                 tick.tick().await;
-                let st = s.lock().expect("not poisoned");
-                let (Some(name), Some(started), Some(last)) = (&st.name, st.started, st.last_byte) else {
-                    continue;
+                // Copied out: a log write that blocks must not hold up the
+                // chunk tasks reporting progress.
+                let (name, total, done, started, last) = {
+                    let st = s.lock().expect("not poisoned");
+                    let (Some(name), Some(started), Some(last)) = (st.name.clone(), st.started, st.last_byte)
+                    else {
+                        continue;
+                    };
+                    (name, st.total, st.done, started, last)
                 };
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
-                let rate = st.done as f64 / secs;
-                let eta =
-                    (rate > 0.0).then(|| ((st.total - st.done.min(st.total)) as f64 / rate).round() as u64);
-                let percent = if st.total == 0 {
+                let rate = done as f64 / secs;
+                let eta = (rate > 0.0).then(|| ((total - done.min(total)) as f64 / rate).round() as u64);
+                let percent = if total == 0 {
                     100.0
                 } else {
-                    100.0 * st.done as f64 / st.total as f64
+                    100.0 * done as f64 / total as f64
                 };
                 tracing::info!(
                     stage = %name,
-                    bytes_done = st.done,
-                    bytes_total = st.total,
+                    bytes_done = done,
+                    bytes_total = total,
                     bytes_per_second = rate.round() as u64,
                     eta_seconds = eta,
-                    "{name}: {} of {} bytes ({percent:.1}%), {:.1} MB/s, ETA {}",
-                    st.done,
-                    st.total,
+                    "{name}: {done} of {total} bytes ({percent:.1}%), {:.1} MB/s, ETA {}",
                     rate / 1e6,
                     eta.map_or("unknown".to_string(), |e| format!("{e}s"))
                 );
@@ -107,8 +110,8 @@ impl Ticker {
                     tracing::warn!(
                         stage = %name,
                         stalled_seconds = quiet.as_secs(),
-                        bytes_done = st.done,
-                        "{name} stalled: no byte has arrived for {}s, longer than --timeout {}s; the mirrors are slow, unreachable or failing (each chunk is retried on every mirror until --deadline)",
+                        bytes_done = done,
+                        "{name} stalled: no chunk has completed for {}s, longer than --timeout {}s; the mirrors are slow, unreachable or failing (each chunk is retried on every mirror until --deadline)",
                         quiet.as_secs(),
                         stall.as_secs()
                     );

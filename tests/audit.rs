@@ -120,5 +120,41 @@ fn an_audit_of_a_directory_without_a_completed_restore_says_what_to_do() {
     // Against a named version it audits anyway: everything is missing.
     let (code, r, _) = audit(&env, &dest, &["--snapshot-version", "1"]);
     assert_eq!(code, 7);
-    assert_eq!(names(&r["missing"]).len() as u64, r["files"].as_u64().unwrap());
+    let files_missing = names(&r["missing"]).iter().filter(|p| !p.ends_with('/')).count();
+    assert_eq!(files_missing as u64, r["files"].as_u64().unwrap());
+}
+
+#[test]
+fn an_audit_sees_setuid_bits_hard_links_and_directories_out_of_place() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 4);
+    std::fs::create_dir_all(src.join("empty/inner")).unwrap();
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+    let mut by_size: Vec<(u64, String)> = files(&dest)
+        .into_keys()
+        .map(|p| (std::fs::metadata(dest.join(&p)).unwrap().len(), p))
+        .filter(|(len, _)| *len > 64)
+        .collect();
+    by_size.sort();
+    let [(_, setuid), (_, linked)] = [0, 1].map(|i| by_size[i].clone());
+    let mode = std::fs::metadata(dest.join(&setuid))
+        .unwrap()
+        .permissions()
+        .mode();
+    std::fs::set_permissions(dest.join(&setuid), std::fs::Permissions::from_mode(mode | 0o4000)).unwrap();
+    std::fs::hard_link(dest.join(&linked), env.path("outside-link")).unwrap();
+    // An empty directory swapped for a file, another loosened.
+    std::fs::remove_dir(dest.join("empty/inner")).unwrap();
+    std::fs::write(dest.join("empty/inner"), b"").unwrap();
+    std::fs::set_permissions(dest.join("empty"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, r, err) = audit(&env, &dest, &[]);
+    assert_eq!(code, 7, "{err}");
+    let changed = names(&r["changed"]);
+    assert!(changed.contains(&format!("{setuid} (mode)")), "{r}");
+    assert!(changed.contains(&format!("{linked} (links)")), "{r}");
+    assert!(changed.contains(&"empty/ (mode)".to_string()), "{r}");
+    assert!(names(&r["missing"]).contains(&"empty/inner/".to_string()), "{r}");
 }

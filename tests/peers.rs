@@ -97,8 +97,10 @@ fn a_node_restores_from_its_peer_and_takes_from_the_origin_only_what_the_peer_la
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
+    // The link names an identical copy: only not following it keeps the
+    // peer from serving a file outside its directory.
     let secret = f.env.path("secret");
-    std::fs::write(&secret, noise(300_000, 9)).unwrap();
+    std::fs::copy(f.a.join(&linked), &secret).unwrap();
     std::fs::remove_file(f.a.join(&linked)).unwrap();
     std::os::unix::fs::symlink(&secret, f.a.join(&linked)).unwrap();
 
@@ -138,12 +140,12 @@ fn a_node_restores_from_its_peer_and_takes_from_the_origin_only_what_the_peer_la
         mirror(&report, false)[0]["chunks"].as_u64().unwrap() >= 2,
         "{report}"
     );
+    // What a peer lacks is ordinary: no errors, no cooldown, no slowdown.
+    let p = mirror(&report, true)[0];
     assert_eq!(
-        mirror(&report, true)
-            .iter()
-            .map(|m| m["corrupt"].as_u64().unwrap())
-            .sum::<u64>(),
-        0
+        (p["corrupt"].as_u64(), p["errors"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
     );
     let served = Command::new("curl")
         .args(["-s", &format!("{}/metrics", peer.url)])
@@ -201,47 +203,95 @@ fn killing_the_peer_half_way_leaves_the_restore_to_the_origin() {
     assert!(origin_chunks >= chunks - peer_chunks, "{report}");
 }
 
+/// `qsync serve --data` of `dir` with state dir `state`; its stderr (where
+/// it says why it serves nothing) collected as it runs.
+fn serve_data(f: &Fleet, dir: &Path, state: &str) -> (Server, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::io::BufRead;
+    let mut c = qsync();
+    c.args(["serve", "--listen", "127.0.0.1:0", "--chain", "eth", "--data"])
+        .arg(dir)
+        .arg("--public-key")
+        .arg(&f.env.pk)
+        .arg("--state-dir")
+        .arg(f.env.path(state))
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (e, stderr) = (err.clone(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            e.lock().unwrap().push_str(&line);
+        }
+    });
+    (Server::adopt(child), err)
+}
+
+fn status(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
 #[test]
-fn serving_a_directory_without_a_complete_restore_or_its_signed_objects_is_refused() {
+fn a_directory_without_a_complete_restore_or_its_signed_objects_is_served_as_nothing_and_says_why() {
+    require("curl");
     let f = fleet();
-    let serve = |dir: &Path, state: &str| {
-        let mut c = qsync();
-        c.args(["serve", "--listen", "127.0.0.1:0", "--chain", "eth", "--data"])
-            .arg(dir)
-            .arg("--public-key")
-            .arg(&f.env.pk)
-            .arg("--state-dir")
-            .arg(f.env.path(state));
-        run_bounded(c, std::time::Duration::from_secs(30), "serve --data")
+    let chunk = std::fs::read_dir(f.env.store.join("chunks"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let chunk_key = chunk.strip_prefix(&f.env.store).unwrap().display().to_string();
+    let probe = |server: &Server| {
+        [
+            status(&format!("{}/chains/eth/latest.json", server.url)),
+            status(&format!("{}/{chunk_key}", server.url)),
+        ]
     };
-    // Another state dir: nothing kept there; the error says what to run.
-    let (code, _, err) = serve(&f.a, "state-other");
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("qsync restore") && err.contains("state-other"),
-        "{err}"
-    );
+    let until = |err: &std::sync::Mutex<String>, what: &str| {
+        let started = std::time::Instant::now();
+        while !err.lock().unwrap().contains(what) {
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "never said {what:?}: {}",
+                err.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // The real thing serves both.
+    let (good, _) = serve_data(&f, &f.a, "state-a");
+    assert_eq!(probe(&good), ["200", "200"]);
+    // Another state dir: nothing kept there; it runs, answers 404, and the
+    // log says what to do.
+    let (other, err) = serve_data(&f, &f.a, "state-other");
+    until(&err, "older qsync");
+    assert_eq!(probe(&other), ["404", "404"]);
     // A directory no restore completed.
     let empty = f.env.path("empty");
     std::fs::create_dir(&empty).unwrap();
-    let (code, _, err) = serve(&empty, "state-a");
-    assert_ne!(code, 0);
-    assert!(err.contains("no complete qsync restore"), "{err}");
-    // A tampered kept manifest fails its signature.
+    let (none, err) = serve_data(&f, &empty, "state-a");
+    until(&err, "no complete qsync restore");
+    assert_eq!(probe(&none), ["404", "404"]);
+    // A kept signature edited: nothing verifies, nothing is served.
     let kept = f.env.path("state-a/peer/eth");
     let snap = std::fs::read_dir(&kept).unwrap().next().unwrap().unwrap().path();
     let manifests = snap.join("chains/eth/manifests");
     for e in std::fs::read_dir(&manifests).unwrap() {
         let p = e.unwrap().path();
-        if !p.to_string_lossy().ends_with(".minisig") {
+        if p.to_string_lossy().ends_with(".minisig") {
             let mut b = std::fs::read(&p).unwrap();
-            b[10] ^= 1;
+            let n = b.len();
+            b[n - 10] ^= 1;
             std::fs::write(&p, b).unwrap();
         }
     }
-    let (code, _, err) = serve(&f.a, "state-a");
-    assert_ne!(code, 0);
-    assert!(err.to_lowercase().contains("signature"), "{err}");
+    let (tampered, err) = serve_data(&f, &f.a, "state-a");
+    until(&err, "signature");
+    assert_eq!(probe(&tampered), ["404", "404"]);
 }
 
 #[test]
@@ -276,4 +326,33 @@ fn a_peer_serving_corrupt_chunks_is_demoted_and_the_origin_serves_the_rest() {
         "{report}"
     );
     assert!(p["corrupt"].as_u64().unwrap() >= 1, "{report}");
+}
+
+#[test]
+fn the_origins_token_never_reaches_a_peer() {
+    let f = fleet();
+    let token = f.env.path("tokens");
+    std::fs::write(&token, "origin-secret\n").unwrap();
+    let origin = Server::start_with(&f.env.store, &["--token-file", token.to_str().unwrap()]);
+    let peer = serve_a(&f);
+    let watch = FaultProxy::start(&peer.url, Faults::default(), 2);
+    let port = watch.url.rsplit(':').next().unwrap();
+    let b = f.env.path("node-b");
+    let mut c = restore_as(
+        &f.env,
+        "state-b",
+        &b,
+        &origin.url,
+        Some(&format!("127.0.0.1:{port}")),
+    );
+    c.args(["--http-token", "origin-secret"]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(watch.count(|c| &c.requests) > 0, "the peer was never asked");
+    assert_eq!(
+        watch.count(|c| &c.authorized),
+        0,
+        "a peer was sent the origin's token"
+    );
+    assert_eq!(files(&b), files(&f.src));
 }

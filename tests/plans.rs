@@ -134,3 +134,50 @@ fn a_dry_run_into_data_qsync_did_not_write_says_the_restore_would_refuse() {
     assert_eq!(std::fs::read(dest.join("precious")).unwrap(), b"keep me");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
 }
+
+#[test]
+fn a_dry_run_lists_entries_of_the_wrong_kind_that_the_restore_replaces() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 4);
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+    // A link where a directory belongs, a directory where a file does.
+    let dir = files(&dest)
+        .into_keys()
+        .find_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_string()))
+        .unwrap();
+    let file = files(&dest)
+        .into_keys()
+        .find(|p| !p.starts_with(&format!("{dir}/")))
+        .unwrap();
+    std::fs::rename(dest.join(&dir), env.path("moved")).unwrap();
+    std::os::unix::fs::symlink(env.path("moved"), dest.join(&dir)).unwrap();
+    std::fs::remove_file(dest.join(&file)).unwrap();
+    std::fs::create_dir_all(dest.join(&file).join("x")).unwrap();
+    let before = snapshot_of(&dest);
+    let (code, plan, err) = dry_run(&env, &dest);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(snapshot_of(&dest), before);
+    let remove: Vec<&str> = plan["remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        remove.contains(&dir.as_str()) && remove.contains(&file.as_str()),
+        "{plan}"
+    );
+    assert!(
+        !remove.iter().any(|r| r.starts_with(&format!("{file}/"))),
+        "{plan}"
+    );
+    let done = env.restore("eth", &dest);
+    assert_eq!(
+        done["bytes_fetched"], plan["bytes_to_fetch"],
+        "plan {plan}\nrestore {done}"
+    );
+    assert_eq!(files(&dest), files(&src));
+}

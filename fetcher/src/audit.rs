@@ -21,7 +21,7 @@ use qsync_core::{ChainName, Digest, FormatError};
 use serde::Serialize;
 
 use crate::batch::{blocking, per_batch};
-use crate::dest::{list_extras, read_marker, MARKER, PARTIAL};
+use crate::dest::{completed, list_extras};
 use crate::journal::Index;
 use crate::root::Root;
 use crate::{Mirrors, RestoreError};
@@ -50,9 +50,12 @@ pub struct Audit {
     pub hashed: u64,
     /// Files trusted by the index (`--fast`).
     pub trusted: u64,
-    /// Files of the snapshot that are absent, or not regular files.
+    /// Files (and directories, as `path/`) of the snapshot that are absent,
+    /// or not what they should be (a link, a device, a file for a directory).
     pub missing: Vec<String>,
-    /// Files whose size, mode or contents differ from the snapshot.
+    /// Files whose size, mode (setuid bits included), link count or
+    /// contents differ from the snapshot, and directories whose mode does,
+    /// each as `path (what)`.
     pub changed: Vec<String>,
     /// Entries the snapshot does not have.
     pub extra: Vec<String>,
@@ -88,16 +91,15 @@ pub async fn audit(
         reason,
     };
     let root = Arc::new(Root::open(dest)?.ok_or_else(|| refuse("does not exist".into()))?);
-    let marker = read_marker(&root, MARKER);
-    if marker.is_none() && version.is_none() {
-        let why = match read_marker(&root, PARTIAL) {
-            Some(_) => "a restore into it is under way or was interrupted",
-            None => "it carries no completion marker",
-        };
-        return Err(refuse(format!(
-            "holds no complete qsync restore ({why}); finish the restore, or name the snapshot to audit against with --snapshot-version"
-        )));
-    }
+    let marker = match (completed(&root), version) {
+        (Ok(m), _) => Some(m),
+        (Err(_), Some(_)) => None,
+        (Err(why), None) => {
+            return Err(refuse(format!(
+                "holds no complete qsync restore ({why}); finish the restore, or name the snapshot to audit against with --snapshot-version"
+            )))
+        }
+    };
     if let Some(m) = marker.as_ref().filter(|m| m.chain != chain.as_str()) {
         return Err(refuse(format!(
             "holds a restore of chain {}, not {chain}; pass --chain {}",
@@ -143,7 +145,8 @@ pub async fn audit(
     })
     .await?;
     let (r, m) = (root.clone(), manifest.clone());
-    let extra = blocking(move || list_extras(&r, &m)).await?;
+    let (extra, (dirs_missing, dirs_changed)) =
+        blocking(move || Ok::<_, RestoreError>((list_extras(&r, &m)?, look_dirs(&r, &m)?))).await?;
     let mut a = Audit {
         chain: chain.to_string(),
         version: snap.version,
@@ -151,8 +154,8 @@ pub async fn audit(
         files: manifest.files.len() as u64,
         hashed: 0,
         trusted: 0,
-        missing: Vec::new(),
-        changed: Vec::new(),
+        missing: dirs_missing,
+        changed: dirs_changed,
         extra,
     };
     for (f, l) in manifest.files.iter().zip(looks) {
@@ -169,29 +172,38 @@ pub async fn audit(
     Ok(a)
 }
 
-/// Looks at file `i` of `m` in `root`.
+/// Looks at file `i` of `m` in `root`: its entry first (never through a
+/// link), then, unless the index vouches for it, its contents.
 fn look(root: &Root, m: &Manifest, index: &Index, i: usize) -> Result<Look, RestoreError> {
+    use std::os::unix::fs::MetadataExt;
     let f = &m.files[i];
     let path = root.display(&f.path);
-    let file = match root.open_read(&f.path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Look::Missing),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData || e.raw_os_error() == Some(libc::ELOOP) => {
-            return Ok(Look::Missing)
-        }
+    let meta = match root.stat(&f.path) {
+        Ok(Some(meta)) if meta.is_file() => meta,
+        Ok(_) => return Ok(Look::Missing),
         Err(e) => return Err(RestoreError::io(path)(e)),
     };
-    let meta = file.metadata().map_err(RestoreError::io(&path))?;
-    use std::os::unix::fs::PermissionsExt;
     if meta.len() != f.size {
         return Ok(Look::Changed("size"));
     }
-    if meta.permissions().mode() & 0o777 != f.applied_mode() {
+    if meta.mode() & 0o7777 != f.applied_mode() {
         return Ok(Look::Changed("mode"));
+    }
+    if meta.nlink() > 1 {
+        return Ok(Look::Changed("links"));
     }
     if index.unchanged_stat(f, FileStat::of(&meta)) {
         return Ok(Look::Trusted);
     }
+    let file = match root.open_read(&f.path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(Look::Changed("unreadable")),
+        // Swapped for something else since the look above.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Look::Missing)
+        }
+        Err(e) => return Err(RestoreError::io(path)(e)),
+    };
     let mut h = blake3::Hasher::new();
     h.update_reader(&file).map_err(RestoreError::io(&path))?;
     Ok(if Digest::from(h.finalize()) == f.blake3 {
@@ -199,4 +211,23 @@ fn look(root: &Root, m: &Manifest, index: &Index, i: usize) -> Result<Look, Rest
     } else {
         Look::Changed("contents")
     })
+}
+
+/// The manifest's directories that are missing (or not directories), and
+/// those whose mode differs from what a restore applies, as `path/`.
+fn look_dirs(root: &Root, m: &Manifest) -> Result<(Vec<String>, Vec<String>), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut missing, mut changed) = (Vec::new(), Vec::new());
+    for d in &m.directories {
+        match root.stat(&d.path) {
+            Ok(Some(meta)) if meta.is_dir() => {
+                if meta.mode() & 0o7777 != d.applied_mode() {
+                    changed.push(format!("{}/ (mode)", d.path));
+                }
+            }
+            Ok(_) => missing.push(format!("{}/", d.path)),
+            Err(e) => return Err(RestoreError::io(root.display(&d.path))(e)),
+        }
+    }
+    Ok((missing, changed))
 }

@@ -48,6 +48,15 @@ pub fn read_marker(root: &Root, name: &str) -> Option<Marker> {
         .ok()
 }
 
+/// The marker of the complete restore `root` holds, or why it holds none
+/// (no completion marker, or a restore under way or interrupted).
+pub fn completed(root: &Root) -> Result<Marker, &'static str> {
+    if read_marker(root, PARTIAL).is_some() {
+        return Err("a restore into it is under way or was interrupted");
+    }
+    read_marker(root, MARKER).ok_or("it carries no completion marker")
+}
+
 /// Writes `name` in the destination atomically and durably.
 pub fn write_marker(root: &Root, name: &str, m: &Marker) -> Result<(), RestoreError> {
     root.write_atomic(name, &m.to_bytes())
@@ -126,7 +135,7 @@ pub fn check_owner(root: &Root, pointer: &Pointer, foreign: ForeignDest) -> Resu
 
 /// Whether `name`, at the root of a destination, is one of qsync's records
 /// or the temporary one is written to before it is renamed into place.
-fn is_qsync_record(name: &[u8]) -> bool {
+pub(crate) fn is_qsync_record(name: &[u8]) -> bool {
     let name = name.strip_suffix(b".tmp").unwrap_or(name);
     RESERVED_NAMES.iter().any(|r| r.as_bytes() == name)
 }

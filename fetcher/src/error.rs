@@ -59,7 +59,7 @@ pub enum RestoreError {
         stderr: String,
     },
     /// `qsync verify --dest` found the destination is not its snapshot.
-    #[error("{path} is not snapshot {version} of chain {chain}: {missing} missing, {changed} changed, {extra} extra ({list}); restore into it again to repair it (only what differs is fetched)")]
+    #[error("{path} is not snapshot {version} of chain {chain}: {missing} missing, {changed} changed, {extra} extra ({list}); to repair it, stop the node and restore into it again (only what differs is fetched; a restore rewinds whatever the node wrote since)")]
     DestDiffers {
         /// The destination.
         path: PathBuf,

@@ -501,25 +501,47 @@ impl Mirrors {
     /// The usable mirror expected to deliver soonest, skipping `tried`.
     /// Mirrors in cooldown are used only when nothing else is left.
     fn pick(&self, tried: &[usize], size: u64) -> Option<usize> {
+        for respect_cooldown in [true, false] {
+            let peer = self.best(tried, size, Some(true), respect_cooldown);
+            let origin = self.best(tried, size, Some(false), respect_cooldown);
+            if let (Some(p), Some(o)) = (peer, origin) {
+                // A peer goes first, unless it is measured much slower than
+                // a measured origin (a node busy with its own work).
+                let (ep, eo) = (self.expected_secs(p, size), self.expected_secs(o, size));
+                return Some(if eo > 0.0 && ep > PEER_SLACK * eo { o } else { p });
+            }
+            if let Some(i) = peer.or(origin) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// For a hedge of a request to mirror `first`: a mirror of the other
+    /// kind (an origin for a peer's request, a peer for an origin's) when
+    /// one is usable, so a slow peer is raced against an origin.
+    fn pick_hedge(&self, tried: &[usize], size: u64, first: usize) -> Option<usize> {
+        let other = !self.mirrors[first].peer;
+        self.best(tried, size, Some(other), true)
+            .or_else(|| self.pick(tried, size))
+    }
+
+    /// The usable mirror of `class` (peers, origins, or any) expected to
+    /// deliver soonest, skipping `tried` and demoted ones (and cooling ones
+    /// when `respect_cooldown`).
+    fn best(&self, tried: &[usize], size: u64, class: Option<bool>, respect_cooldown: bool) -> Option<usize> {
         let now = Instant::now();
-        let usable = |i: &usize, respect_cooldown: bool| {
-            let h = self.mirrors[*i].health.lock().expect("not poisoned");
-            let cooling = respect_cooldown && h.cooldown_until.is_some_and(|t| t > now);
-            !(tried.contains(i) || h.report.demoted || cooling)
-        };
-        // Peers first: among usable mirrors, a peer wins over any origin.
-        let best = |respect_cooldown: bool| {
-            (0..self.mirrors.len())
-                .filter(|i| usable(i, respect_cooldown))
-                .min_by(|a, b| {
-                    let (pa, pb) = (self.mirrors[*a].peer, self.mirrors[*b].peer);
-                    pb.cmp(&pa).then_with(|| {
-                        self.expected_secs(*a, size)
-                            .total_cmp(&self.expected_secs(*b, size))
-                    })
-                })
-        };
-        best(true).or_else(|| best(false))
+        (0..self.mirrors.len())
+            .filter(|i| class.is_none_or(|peer| self.mirrors[*i].peer == peer))
+            .filter(|i| {
+                let h = self.mirrors[*i].health.lock().expect("not poisoned");
+                let cooling = respect_cooldown && h.cooldown_until.is_some_and(|t| t > now);
+                !(tried.contains(i) || h.report.demoted || cooling)
+            })
+            .min_by(|a, b| {
+                self.expected_secs(*a, size)
+                    .total_cmp(&self.expected_secs(*b, size))
+            })
     }
 
     /// One request for chunk `c` to mirror `i`, streamed into `sink` and
@@ -552,6 +574,15 @@ impl Mirrors {
         };
         let wire = match tokio::time::timeout(self.opts.attempt_timeout, transfer).await {
             Ok(Ok(wire)) => wire,
+            Ok(Err(Fault::Store(e))) if m.peer && e.is_not_found() => {
+                // A peer lacks what its node rewrote, or holds an older
+                // snapshot: ordinary, and no reason to slow down or cool it.
+                tracing::debug!(mirror = %m.source.location(), "{e}; taking it from another mirror");
+                return Attempt::Failed {
+                    error: e.into(),
+                    permanent: true,
+                };
+            }
             Ok(Err(Fault::Store(e))) => {
                 let kind = if e.is_retryable() {
                     Failure::Transient
@@ -676,7 +707,7 @@ impl Mirrors {
                     },
                     _ = &mut hedge, if !hedged => {
                         hedged = true;
-                        if let (Some(second), Some(h)) = (self.pick(&tried, c.size), hedge_sink.take()) {
+                        if let (Some(second), Some(h)) = (self.pick_hedge(&tried, c.size, first), hedge_sink.take()) {
                             tracing::debug!("hedging chunk {} on {}", c.blake3, self.mirrors[second].source.location());
                             tried.push(second);
                             racing.push(self.attempt_at(second, c, h));
@@ -687,6 +718,10 @@ impl Mirrors {
         }
     }
 }
+
+/// How much slower than a measured origin a peer may be expected to be and
+/// still be asked first.
+const PEER_SLACK: f64 = 4.0;
 
 /// Largest `.minisig` read (real ones are about 300 bytes).
 const MAX_SIGNATURE_BYTES: u64 = 16 << 10;

@@ -1,87 +1,93 @@
 //! A restored node as a store for its peers (`qsync serve --data`).
 //!
 //! A restore keeps the exact signed bytes of the snapshot it completed (the
-//! pointer, the manifest and their signatures) in the state directory, as a
-//! one-snapshot store at `<state>/peer/<chain>/<manifest digest>/`
-//! ([`keep_signed`]); the destination itself stays exactly the snapshot's
-//! files. [`DataDir`] serves that snapshot's chunks out of the restored files:
-//! each chunk is read at the offsets the manifest gives, hashed, and
-//! handed out only when its BLAKE3 still matches, so a running node that
-//! has compacted or rewritten a file since answers "not found" for that
-//! chunk and its peer takes it from an origin. Files are opened through
-//! [`Root`] (no link followed), so whatever the node plants in its data
-//! directory, nothing outside it is ever read.
+//! pointer, the manifest and every signature a trusted key made of them)
+//! in the state directory, as a store of that one snapshot, one per
+//! destination: `<state>/peer/<chain>/<BLAKE3 of the destination's
+//! canonical path>/` ([`keep_signed`]). The destination itself stays
+//! exactly the snapshot's files. [`DataDir`] serves those signed objects
+//! from memory and each chunk out of the restored files: read at the
+//! offsets the manifest gives, hashed, and handed out only when its BLAKE3
+//! still matches, so a running node that has compacted or rewritten a file
+//! since answers "not found" for that chunk and its peer takes it from an
+//! origin. Files are opened through [`Root`] (no symbolic link followed);
+//! what a hard link or a mount inside the directory holds is served only
+//! if it hashes to the chunk asked for, which is then exactly the bytes a
+//! peer would get from any mirror. A directory with nothing kept (restored
+//! by an older qsync, or mid-restore) answers "not found" to everything
+//! until a restore keeps its snapshot; [`DataDir::refresh`] picks it up.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use qsync_core::chunk::ZSTD_MAGIC;
 use qsync_core::manifest::Manifest;
 use qsync_core::sign::TrustedKeys;
-use qsync_core::{ChainName, Digest, FormatError, ObjectKey};
+use qsync_core::{ChainName, Digest, ObjectKey};
 use qsync_store::local::LocalStore;
 use qsync_store::signed::verify_body;
 use qsync_store::{ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, StoreId};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::dest::{read_marker, MARKER, PARTIAL};
+use crate::dest::completed;
 use crate::root::Root;
 use crate::{Mirrors, RestoreError};
 
-/// Chunk bytes read for peers at once, MiB: bounds the memory of a node
-/// serving many peers.
-const READING_MIB: u32 = 128;
+/// Chunk bytes read or held for peers at once, MiB (a chunk's memory is
+/// held until its response is sent): bounds the memory of a node serving
+/// many peers.
+const SERVING_MIB: u32 = 128;
+/// Chunks read from disk at once: fewer than the blocking threads, so
+/// reads for peers never starve the rest of the server.
+const READERS: usize = 8;
 
-/// The directory keeping the signed objects of `chain`'s restored snapshots.
-fn chain_dir(state_dir: &Path, chain: &ChainName) -> PathBuf {
-    state_dir.join("peer").join(chain.as_str())
-}
-
-/// The one-snapshot store holding the signed objects of the snapshot whose
-/// manifest has digest `manifest`.
-pub fn kept_store(state_dir: &Path, chain: &ChainName, manifest: &Digest) -> PathBuf {
-    chain_dir(state_dir, chain).join(manifest.to_hex())
+/// The one-snapshot store keeping the signed objects of the last restore
+/// of `chain` into the destination whose canonical path is `dest`.
+pub fn kept_store(state_dir: &Path, chain: &ChainName, dest: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let id = Digest::of(dest.as_os_str().as_bytes()).to_hex();
+    state_dir.join("peer").join(chain.as_str()).join(&id[..32])
 }
 
 /// The signed objects of one snapshot, as a restore received them.
 pub struct Signed<'a> {
     /// The chain.
     pub chain: &'a ChainName,
-    /// The pointer's stored bytes.
-    pub pointer: &'a Bytes,
+    /// The pointer's stored bytes, when it names this snapshot as current.
+    pub pointer: Option<&'a Bytes>,
     /// The manifest's key.
     pub manifest_key: &'a ObjectKey,
-    /// Its digest (the kept store is named by it).
-    pub manifest_blake3: &'a Digest,
     /// The manifest's stored bytes.
     pub manifest: &'a Bytes,
 }
 
-/// Keeps `s` (with signatures fetched from `mirrors`) as the one-snapshot
-/// store [`kept_store`], then removes what was kept for the chain's older
-/// restores. Written beside it and renamed into place, so a reader sees
-/// the whole store or none.
+/// Keeps `s` (with every signature `keys` verify, fetched from `mirrors`)
+/// as the one-snapshot store [`kept_store`] of destination `dest`,
+/// replacing what the destination's previous restore kept. Written beside
+/// it and renamed into place, so a reader sees a whole store or none.
 pub async fn keep_signed(
     mirrors: &Mirrors,
     keys: &TrustedKeys,
     state_dir: &Path,
+    dest: &Path,
     s: Signed<'_>,
 ) -> Result<PathBuf, RestoreError> {
-    let dir = kept_store(state_dir, s.chain, s.manifest_blake3);
+    let dir = kept_store(state_dir, s.chain, dest);
     let io = |e| RestoreError::io(&dir)(e);
-    if tokio::fs::metadata(&dir).await.is_ok() {
-        return Ok(dir);
-    }
-    let pointer_key = ObjectKey::pointer(s.chain);
-    let objects = [(&pointer_key, s.pointer), (s.manifest_key, s.manifest)];
     let tmp = dir.with_extension("tmp");
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     let store = LocalStore::new(&tmp);
+    let pointer_key = ObjectKey::pointer(s.chain);
+    let objects = s
+        .pointer
+        .map(|p| (&pointer_key, p))
+        .into_iter()
+        .chain([(s.manifest_key, s.manifest)]);
     for (key, body) in objects {
         // Signatures first, as a publisher writes them.
         let sigs = mirrors.signatures(key, body, keys).await?;
@@ -89,15 +95,9 @@ pub async fn keep_signed(
             store.put(&k, b, PutOptions::for_key(&k)).await?;
         }
     }
-    tokio::fs::rename(&tmp, &dir).await.map_err(&io)?;
-    let parent = chain_dir(state_dir, s.chain);
-    let mut entries = tokio::fs::read_dir(&parent).await.map_err(&io)?;
-    while let Some(e) = entries.next_entry().await.map_err(&io)? {
-        if e.path() != dir {
-            let _ = tokio::fs::remove_dir_all(e.path()).await;
-        }
-    }
-    std::fs::File::open(&parent)
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    tokio::fs::rename(&tmp, &dir).await.map_err(io)?;
+    std::fs::File::open(dir.parent().expect("has a parent"))
         .and_then(|f| f.sync_all())
         .map_err(io)?;
     Ok(dir)
@@ -111,122 +111,174 @@ struct Part {
     len: u64,
 }
 
-/// A restored destination, serving the chunks of the snapshot it holds.
+/// A restored destination, serving the snapshot it holds.
 #[derive(Clone)]
 pub struct DataDir(Arc<Inner>);
 
 struct Inner {
+    dir: PathBuf,
+    state_dir: PathBuf,
+    chain: ChainName,
+    keys: TrustedKeys,
+    /// The snapshot being served, `None` while there is nothing to serve.
+    loaded: RwLock<Option<Arc<Loaded>>>,
+    serving: Arc<Semaphore>,
+    readers: Arc<Semaphore>,
+}
+
+/// What one complete restore of the directory offers.
+struct Loaded {
     root: Root,
+    /// Digest of the manifest the completion marker names.
+    marker: Digest,
     manifest: Manifest,
+    /// The kept signed objects: pointer, manifest and their signatures.
+    objects: HashMap<ObjectKey, Bytes>,
     /// Each chunk as stretches of files, in order; only chunks some files
     /// cover whole are listed.
     chunks: HashMap<Digest, (u64, Vec<Part>)>,
-    reading: Semaphore,
 }
 
-/// What [`DataDir::open`] found.
-pub struct Opened {
-    /// The chunks of the destination.
-    pub data: DataDir,
-    /// The one-snapshot store of its signed objects.
-    pub signed: PathBuf,
+/// What [`DataDir::refresh`] found being served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serving {
     /// The snapshot's version.
     pub version: u64,
+    /// Chunks the directory can serve.
+    pub chunks: usize,
 }
 
 impl DataDir {
-    /// Opens `dir`, a complete restore of `chain`, with the signed objects
-    /// its restore kept in `state_dir`, checked under `vk`.
-    pub async fn open(
-        dir: &Path,
-        state_dir: &Path,
-        chain: &ChainName,
-        keys: &TrustedKeys,
-    ) -> Result<Opened, RestoreError> {
-        let refuse = |reason: String| RestoreError::Dest {
-            path: dir.into(),
-            reason,
-        };
-        let root = Root::open(dir)?.ok_or_else(|| refuse("does not exist".into()))?;
-        let marker = read_marker(&root, MARKER).filter(|_| read_marker(&root, PARTIAL).is_none());
-        let Some(marker) = marker else {
-            return Err(refuse(
-                "holds no complete qsync restore (no completion marker, or a restore is under way); restore it first"
-                    .into(),
-            ));
-        };
-        if marker.chain != chain.as_str() {
-            return Err(refuse(format!(
-                "holds a restore of chain {}, not {chain}; pass --chain {}",
-                marker.chain, marker.chain
-            )));
-        }
-        let digest: Digest = marker.manifest_blake3.parse()?;
-        let signed = kept_store(state_dir, chain, &digest);
-        let store = LocalStore::new(&signed);
-        let key = ObjectKey::new(&marker.manifest_key)?;
-        let bytes = store.get(&key).await.map_err(|e| {
-            refuse(format!(
-                "its snapshot {} was restored, but its signed manifest is not kept in {} ({e}); run `qsync restore` into it once more with --state-dir {} (a complete destination costs a stat per file) so that it is",
-                marker.version,
-                signed.display(),
-                state_dir.display()
-            ))
-        })?;
-        verify_body(&store, &key, &bytes, keys)
-            .await
-            .map_err(RestoreError::from)?;
-        if Digest::of(&bytes) != digest {
-            return Err(FormatError::DigestMismatch {
-                what: format!("{key} in {}", signed.display()),
-                expected: digest,
-                actual: Digest::of(&bytes),
+    /// Serves `dir`, a restore of `chain`, with the signed objects its
+    /// restore kept in `state_dir`, checked under `keys`. Nothing is
+    /// served until [`DataDir::refresh`] finds a complete restore.
+    pub fn new(dir: &Path, state_dir: &Path, chain: &ChainName, keys: TrustedKeys) -> DataDir {
+        DataDir(Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            chain: chain.clone(),
+            keys,
+            loaded: RwLock::new(None),
+            serving: Arc::new(Semaphore::new(SERVING_MIB as usize)),
+            readers: Arc::new(Semaphore::new(READERS)),
+        }))
+    }
+
+    /// Looks at the directory again: a new complete restore is loaded, and
+    /// a directory that holds none (a restore under way, the marker gone)
+    /// stops being served. Returns what is served, or why nothing is.
+    pub async fn refresh(&self) -> Result<Serving, RestoreError> {
+        let me = self.clone();
+        let current = self.loaded().map(|l| l.marker);
+        let found = crate::batch::blocking(move || me.look(current)).await;
+        let mut slot = self.0.loaded.write().expect("not poisoned");
+        match found {
+            Ok(Some(new)) => *slot = Some(Arc::new(new)),
+            Ok(None) => {}
+            Err(e) => {
+                *slot = None;
+                return Err(e);
             }
-            .into());
         }
-        let what = format!("{key} in {}", signed.display());
-        let manifest = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &what))
-            .await
-            .expect("decode does not panic")?;
-        let chunks = index(&manifest);
-        Ok(Opened {
-            version: manifest.version,
-            data: DataDir(Arc::new(Inner {
-                root,
-                manifest,
-                chunks,
-                reading: Semaphore::new(READING_MIB as usize),
-            })),
-            signed,
+        let l = slot.as_ref().expect("loaded or returned");
+        Ok(Serving {
+            version: l.manifest.version,
+            chunks: l.chunks.len(),
         })
     }
 
-    /// Chunks this destination can serve.
-    pub fn chunk_count(&self) -> usize {
-        self.0.chunks.len()
+    fn loaded(&self) -> Option<Arc<Loaded>> {
+        self.0.loaded.read().expect("not poisoned").clone()
     }
 
-    /// Chunk `digest`'s plaintext read from the files, if it is listed and
-    /// the files still hold it.
-    fn read(&self, digest: &Digest) -> std::io::Result<Option<Vec<u8>>> {
-        let Some((size, parts)) = self.0.chunks.get(digest) else {
-            return Ok(None);
+    /// The directory's complete restore, unless it is the one with
+    /// manifest `current` (already loaded: `None`). Blocking.
+    fn look(&self, current: Option<Digest>) -> Result<Option<Loaded>, RestoreError> {
+        let i = &self.0;
+        let refuse = |reason: String| RestoreError::Dest {
+            path: i.dir.clone(),
+            reason,
         };
+        let root = Root::open(&i.dir)?.ok_or_else(|| refuse("does not exist".into()))?;
+        let marker = completed(&root).map_err(|why| {
+            refuse(format!(
+                "holds no complete qsync restore ({why}); answering 404 until one completes"
+            ))
+        })?;
+        if marker.chain != i.chain.as_str() {
+            return Err(refuse(format!(
+                "holds a restore of chain {}, not {}; pass --chain {}",
+                marker.chain, i.chain, marker.chain
+            )));
+        }
+        let digest: Digest = marker.manifest_blake3.parse()?;
+        if current == Some(digest) {
+            return Ok(None);
+        }
+        let kept = kept_store(&i.state_dir, &i.chain, root.path());
+        let read = |key: &ObjectKey| -> Option<Bytes> {
+            std::fs::read(kept.join(key.as_str())).ok().map(Bytes::from)
+        };
+        let key = ObjectKey::new(&marker.manifest_key)?;
+        let Some(bytes) = read(&key).filter(|b| Digest::of(b) == digest) else {
+            return Err(refuse(format!(
+                "its snapshot {} was restored, but its signed objects are not kept in {}: it was restored by an older qsync, or with another --state-dir. Its next restore (QSYNC_MAX_AGE reached, or `qsync restore` with the node stopped) keeps them; until then peers get 404",
+                marker.version,
+                kept.display()
+            )));
+        };
+        let local = LocalStore::new(&kept);
+        let handle = tokio::runtime::Handle::current();
+        let verify = |key: &ObjectKey, body: &Bytes| {
+            handle
+                .block_on(verify_body(&local, key, body, &i.keys))
+                .map_err(RestoreError::from)
+        };
+        verify(&key, &bytes)?;
+        let what = format!("{key} in {}", kept.display());
+        let manifest = Manifest::decode(&bytes, &what)?;
+        let mut objects = HashMap::new();
+        let pointer_key = ObjectKey::pointer(&i.chain);
+        let mut signed = vec![(key, bytes)];
+        if let Some(p) = read(&pointer_key) {
+            verify(&pointer_key, &p)?;
+            signed.push((pointer_key, p));
+        }
+        for (key, body) in signed {
+            let sigs = std::iter::once(key.signature_for(&body))
+                .chain(i.keys.ids().map(|id| key.signature_by(&body, id)));
+            for sig_key in sigs {
+                if let Some(sig) = read(&sig_key) {
+                    objects.insert(sig_key, sig);
+                }
+            }
+            objects.insert(key, body);
+        }
+        Ok(Some(Loaded {
+            chunks: index(&manifest),
+            root,
+            marker: digest,
+            manifest,
+            objects,
+        }))
+    }
+
+    /// Chunk `digest`'s plaintext read from the files of `l`, if the files
+    /// still hold it.
+    fn read(l: &Loaded, digest: &Digest) -> Option<Vec<u8>> {
+        let (size, parts) = l.chunks.get(digest)?;
         let mut plain = vec![0u8; *size as usize];
         let mut at = 0usize;
         for p in parts {
-            let path = &self.0.manifest.files[p.file as usize].path;
-            let f = match self.0.root.open_read(path) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::debug!("{path}: {e}; chunk {digest} not served");
-                    return Ok(None);
-                }
-            };
+            let path = &l.manifest.files[p.file as usize].path;
             let end = at + p.len as usize;
-            if let Err(e) = f.read_exact_at(&mut plain[at..end], p.offset) {
+            let read = l
+                .root
+                .open_read(path)
+                .and_then(|f| f.read_exact_at(&mut plain[at..end], p.offset));
+            if let Err(e) = read {
                 tracing::debug!("{path}: {e}; chunk {digest} not served");
-                return Ok(None);
+                return None;
             }
             at = end;
         }
@@ -234,9 +286,22 @@ impl DataDir {
             tracing::info!(
                 "chunk {digest} no longer matches the files it came from (the node rewrote them); answering not found"
             );
-            return Ok(None);
+            return None;
         }
-        Ok(Some(plain))
+        Some(plain)
+    }
+}
+
+/// A chunk's bytes and the share of the serving budget they take, released
+/// when the last reference to the bytes (the response being sent) is gone.
+struct Held {
+    bytes: Vec<u8>,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -280,45 +345,61 @@ fn chunk_digest(key: &ObjectKey) -> Option<Digest> {
 #[async_trait]
 impl ObjectSource for DataDir {
     fn location(&self) -> String {
-        format!("data directory {}", self.0.root.path().display())
+        format!("data directory {}", self.0.dir.display())
     }
 
     fn id(&self) -> StoreId {
         StoreId::unlisted(&self.location())
     }
 
-    /// A chunk as a store holds it: the plaintext, or one zstd frame of it
-    /// when it starts with the zstd magic (docs/format.md §3).
+    /// A kept signed object, or a chunk as a store holds it: the
+    /// plaintext, or one zstd frame of it when it starts with the zstd
+    /// magic (docs/format.md §3).
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
         let not_found = || StoreError::NotFound {
             location: self.location(),
             key: key.to_string(),
         };
-        let digest = chunk_digest(key).ok_or_else(not_found)?;
-        let Some((size, _)) = self.0.chunks.get(&digest) else {
-            return Err(not_found());
-        };
-        let mib = (size.div_ceil(1 << 20) as u32).clamp(1, READING_MIB);
-        let _reading = self.0.reading.acquire_many(mib).await.expect("never closed");
-        let me = self.clone();
-        let plain = tokio::task::spawn_blocking(move || me.read(&digest))
-            .await
-            .expect("reading does not panic")
-            .map_err(|source| StoreError::Io {
-                location: self.location(),
-                key: key.to_string(),
-                source,
-            })?
-            .ok_or_else(not_found)?;
-        if plain.starts_with(&ZSTD_MAGIC) {
-            let framed = zstd::bulk::compress(&plain, 1).map_err(|source| StoreError::Io {
-                location: self.location(),
-                key: key.to_string(),
-                source,
-            })?;
-            return Ok(framed.into());
+        let l = self.loaded().ok_or_else(not_found)?;
+        if let Some(b) = l.objects.get(key) {
+            return Ok(b.clone());
         }
-        Ok(plain.into())
+        let digest = chunk_digest(key).ok_or_else(not_found)?;
+        let (size, _) = l.chunks.get(&digest).ok_or_else(not_found)?;
+        let mib = (size.div_ceil(1 << 20) as u32).clamp(1, SERVING_MIB);
+        let budget = self
+            .0
+            .serving
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .expect("never closed");
+        let reader = self
+            .0
+            .readers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        // The permits go with the read: a request dropped on a timeout
+        // leaves its read holding them until it ends.
+        let held = tokio::task::spawn_blocking(move || {
+            let _reader = reader;
+            let plain = DataDir::read(&l, &digest)?;
+            let bytes = if plain.starts_with(&ZSTD_MAGIC) {
+                zstd::bulk::compress(&plain, 1).ok()?
+            } else {
+                plain
+            };
+            Some(Held {
+                bytes,
+                _budget: budget,
+            })
+        })
+        .await
+        .expect("reading does not panic")
+        .ok_or_else(not_found)?;
+        Ok(Bytes::from_owner(held))
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StoreError> {
@@ -328,8 +409,14 @@ impl ObjectSource for DataDir {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        let Some(l) = self.loaded() else {
+            return Ok(None);
+        };
+        if let Some(b) = l.objects.get(key) {
+            return Ok(Some(ObjectMeta { size: b.len() as u64 }));
+        }
         Ok(chunk_digest(key)
-            .and_then(|d| self.0.chunks.get(&d))
+            .and_then(|d| l.chunks.get(&d))
             .map(|(size, _)| ObjectMeta { size: *size }))
     }
 }

@@ -26,6 +26,7 @@ use crate::plan::plan;
 use crate::restore::{RestoreOptions, SPACE_MARGIN};
 use crate::root::Root;
 use crate::{Mirrors, RestoreError};
+use qsync_core::manifest::Manifest;
 
 /// What a restore would do (`restore --dry-run --json`).
 #[derive(Clone, Debug, Serialize)]
@@ -128,7 +129,16 @@ pub async fn preview(
         }
     };
     p.destination = describe(&root)?;
-    p.refused = match dest::check_owner(&root, &pointer, opts.foreign_dest) {
+    let busy = root.busy().map_err(RestoreError::io(root.path()))?;
+    let refusal =
+        crate::restore::refuse_state_inside_dest(&opts.state_dir, root.path()).and_then(|()| match busy {
+            true => Err(RestoreError::Dest {
+                path: root.path().into(),
+                reason: "another qsync restore is running into DEST; wait for it or stop it".into(),
+            }),
+            false => dest::check_owner(&root, &pointer, opts.foreign_dest),
+        });
+    p.refused = match refusal {
         Ok(()) => None,
         Err(RestoreError::Dest { reason, .. }) => Some(reason),
         Err(e) => Some(e.to_string()),
@@ -153,7 +163,7 @@ pub async fn preview(
     }
     let (r, m) = (root.clone(), manifest.clone());
     let (remove, present) = crate::batch::blocking(move || {
-        let remove = dest::list_extras(&r, &m)?;
+        let remove = in_the_way(&r, &m, dest::list_extras(&r, &m)?)?;
         let rels = m.files.iter().map(|f| f.path.as_str());
         let present: Vec<bool> = r
             .stat_files(rels)
@@ -187,6 +197,25 @@ fn distinct_chunks(m: &qsync_core::manifest::Manifest) -> (u64, u64) {
     (set.len() as u64, set.values().sum())
 }
 
+/// `extras`, with what layout would also delete: anything but a directory
+/// at a directory's path, and anything but a regular file at a file's
+/// (a directory there standing for what is under it).
+fn in_the_way(root: &Root, m: &Manifest, extras: Vec<String>) -> Result<Vec<String>, RestoreError> {
+    let mut remove = Vec::new();
+    let dirs = m.directories.iter().map(|d| (d.path.as_str(), true));
+    for (path, dir) in dirs.chain(m.files.iter().map(|f| (f.path.as_str(), false))) {
+        let meta = root.stat(path).map_err(RestoreError::io(root.display(path)))?;
+        if meta.is_some_and(|meta| if dir { !meta.is_dir() } else { !meta.is_file() }) {
+            remove.push(path.to_string());
+        }
+    }
+    let under = |e: &str| remove.iter().any(|r| e.starts_with(&format!("{r}/")));
+    let extras: Vec<String> = extras.into_iter().filter(|e| !under(e)).collect();
+    remove.extend(extras);
+    remove.sort();
+    Ok(remove)
+}
+
 /// `dest`'s nearest ancestor that exists (where it would be created).
 fn existing_ancestor(dest: &Path) -> &Path {
     let mut at = dest;
@@ -207,8 +236,10 @@ fn describe(root: &Root) -> Result<String, RestoreError> {
     if let Some(m) = read_marker(root, MARKER) {
         return Ok(format!("complete (chain {} version {})", m.chain, m.version));
     }
+    // qsync's own records make no directory foreign, as for the claim.
     let empty = crate::root::entries(&root.open_dir("").map_err(RestoreError::io(root.path()))?)
         .map_err(RestoreError::io(root.path()))?
-        .is_empty();
+        .iter()
+        .all(|name| dest::is_qsync_record(name.to_bytes()));
     Ok(if empty { "empty" } else { "foreign" }.into())
 }

@@ -188,7 +188,7 @@ pub async fn restore(
             pointer.current.version
         );
         trust.advance(&opts.chain, &pointer.current, &signed_by)?;
-        keep_for_peers(mirrors, keys, opts, &pointer, &signed).await;
+        keep_for_peers(mirrors, keys, opts, root.path(), &pointer, &signed).await;
         summary.mirrors = mirrors.report();
         return Ok(summary);
     }
@@ -271,7 +271,7 @@ pub async fn restore(
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, signed_by))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
-    keep_for_peers(mirrors, keys, opts, &pointer, &signed).await;
+    keep_for_peers(mirrors, keys, opts, root.path(), &pointer, &signed).await;
 
     summary.bytes_fetched = bytes_fetched;
     summary.bytes_reused = reused;
@@ -282,23 +282,27 @@ pub async fn restore(
 }
 
 /// Keeps the snapshot's signed objects in the state directory, so that
-/// `qsync serve --data` can serve the destination to peers. The restore
-/// is complete whatever happens here: a failure is only logged.
+/// `qsync serve --data` can serve the destination to peers. The pointer is
+/// kept only when it names this snapshot as current (not after
+/// `--snapshot-version` took an older one). The restore is complete
+/// whatever happens here: a failure is only logged.
 async fn keep_for_peers(
     mirrors: &Mirrors,
     keys: &TrustedKeys,
     opts: &RestoreOptions,
+    dest: &Path,
     pointer: &qsync_core::pointer::Pointer,
     (pointer_bytes, manifest_bytes): &(bytes::Bytes, bytes::Bytes),
 ) {
+    let latest = qsync_core::pointer::Pointer::decode(pointer_bytes, "the pointer")
+        .is_ok_and(|p| p.current.manifest_blake3 == pointer.current.manifest_blake3);
     let signed = crate::peer::Signed {
         chain: &opts.chain,
-        pointer: pointer_bytes,
+        pointer: latest.then_some(pointer_bytes),
         manifest_key: &pointer.current.manifest_key,
-        manifest_blake3: &pointer.current.manifest_blake3,
         manifest: manifest_bytes,
     };
-    if let Err(e) = crate::peer::keep_signed(mirrors, keys, &opts.state_dir, signed).await {
+    if let Err(e) = crate::peer::keep_signed(mirrors, keys, &opts.state_dir, dest, signed).await {
         tracing::warn!("the restore is complete, but its signed objects could not be kept for serving peers (qsync serve --data): {e}");
     }
 }
@@ -378,10 +382,11 @@ async fn fetch_and_write(
         pace.limit()
     );
     drop(tx);
+    // The fetch is over; the last sync may take a while, and is no stall.
+    progress.finish();
     // Journal what was written even when the run failed: the rerun keeps it.
     let journal = flusher.await.expect("flusher does not panic")?;
     result?;
-    progress.finish();
     Ok((fetched.load(Ordering::Relaxed), chunks, journal))
 }
 
@@ -529,7 +534,7 @@ async fn run_verify_cmd(cmd: &str, root: &Path, m: &Manifest) -> Result<(), Rest
 
 /// Refuses a trust state directory inside the destination, comparing
 /// resolved paths (so `x/../dd` and `dd/state`, or a link, are caught).
-fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreError> {
+pub(crate) fn refuse_state_inside_dest(state: &Path, dest: &Path) -> Result<(), RestoreError> {
     if resolved(state).starts_with(resolved(dest)) {
         return Err(RestoreError::Dest {
             path: dest.into(),

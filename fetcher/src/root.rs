@@ -53,6 +53,14 @@ fn not_private(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// Whether `e` says a path leads through a link or through a file (ELOOP,
+/// ENOTDIR): nothing at that path is in the destination.
+fn not_beneath(e: &io::Error) -> bool {
+    [rustix::io::Errno::LOOP, rustix::io::Errno::NOTDIR]
+        .iter()
+        .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
+}
+
 /// Splits a relative path into checked components ("" is the root itself).
 fn components(rel: &str) -> io::Result<Vec<&str>> {
     if rel.is_empty() || rel == "." {
@@ -220,8 +228,9 @@ impl Root {
         match self.open_at(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) {
             Ok(fd) => File::from(fd).metadata().map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            // A link on the way to `rel`: what it names is not in DEST.
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
+            // A link on the way to `rel`, or a file where a directory of its
+            // path belongs: what it names is not in DEST.
+            Err(e) if not_beneath(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -241,7 +250,7 @@ impl Root {
                 Some((d, h)) if d == dir => h,
                 _ => match self.open_dir(dir) {
                     Ok(h) => h,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound || not_beneath(&e) => {
                         out.push(None);
                         continue;
                     }

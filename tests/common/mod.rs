@@ -419,7 +419,11 @@ impl Server {
 
     /// Runs `serve` (a `qsync serve` command) and waits for its URL.
     pub fn spawn(mut serve: Command) -> Server {
-        let mut child = serve.stdout(Stdio::piped()).spawn().unwrap();
+        Self::adopt(serve.stdout(Stdio::piped()).spawn().unwrap())
+    }
+
+    /// A `qsync serve` already started with its stdout piped: waits for its URL.
+    pub fn adopt(mut child: Child) -> Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)

@@ -31,6 +31,8 @@ pub struct Counts {
     pub corrupted: AtomicU64,
     /// Requests carrying `x-amz-request-payer: requester`.
     pub requester_pays: AtomicU64,
+    /// Requests carrying an `Authorization` header.
+    pub authorized: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -139,6 +141,9 @@ fn handle(mut conn: TcpStream, upstream: &str, faults: Faults, draw: u64, counts
         return;
     }
     counts.requests.fetch_add(1, Ordering::Relaxed);
+    if header("authorization").is_some() {
+        counts.authorized.fetch_add(1, Ordering::Relaxed);
+    }
     if header("x-amz-request-payer").is_some_and(|v| v == "requester") {
         counts.requester_pays.fetch_add(1, Ordering::Relaxed);
     }

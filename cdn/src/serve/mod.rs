@@ -18,7 +18,6 @@ pub mod cache;
 pub mod listen;
 pub mod metrics;
 pub mod objects;
-mod overlay;
 pub mod tar;
 
 use std::future::Future;
@@ -47,9 +46,9 @@ pub struct ServeConfig {
     pub root: PathBuf,
     /// Pull-through cache of a remote store, filling `root`.
     pub pull_through: Option<Arc<cache::PullThrough>>,
-    /// Where chunks come from instead of files under `root` (`serve
-    /// --data`: a restored node's files, `root` holding its signed objects).
-    pub chunks: Option<Arc<dyn ObjectSource>>,
+    /// Where every object comes from instead of files under `root`
+    /// (`serve --data`: a restored node, `root` being its directory).
+    pub objects: Option<Arc<dyn ObjectSource>>,
     /// Keys that tar streams are checked against (a signature by any of
     /// them is accepted); without them `/tar` is off.
     pub public_keys: Option<TrustedKeys>,
@@ -76,7 +75,7 @@ impl ServeConfig {
         ServeConfig {
             root: root.into(),
             pull_through: None,
-            chunks: None,
+            objects: None,
             public_keys: None,
             tokens: Vec::new(),
             allow: Vec::new(),
@@ -127,12 +126,9 @@ pub fn app(cfg: ServeConfig) -> Router {
         .append_index_html_on_directories(false)
         .with_buf_chunk_size(1 << 20);
     let timeout = cfg.request_timeout;
-    let store: Arc<dyn ObjectSource> = match (&cfg.pull_through, &cfg.chunks) {
+    let store: Arc<dyn ObjectSource> = match (&cfg.pull_through, &cfg.objects) {
         (Some(p), _) => p.clone(),
-        (None, Some(chunks)) => Arc::new(overlay::ChunksFrom {
-            rest: LocalStore::new(&cfg.root),
-            chunks: chunks.clone(),
-        }),
+        (None, Some(objects)) => objects.clone(),
         (None, None) => Arc::new(LocalStore::new(&cfg.root)),
     };
     let budget = cfg.tar_memory.clamp(16 << 20, u32::MAX as usize);

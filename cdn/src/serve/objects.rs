@@ -141,9 +141,9 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
             return resp;
         }
     }
-    let mut resp = match (&st.cfg.chunks, kind) {
-        (Some(chunks), Kind::Chunk) => from_source(chunks.as_ref(), &key, req.method()).await,
-        _ => next.run(req).await,
+    let mut resp = match &st.cfg.objects {
+        Some(objects) => from_source(objects.as_ref(), &key, req.method()).await,
+        None => next.run(req).await,
     };
     let status = resp.status();
     if status.is_success() {
@@ -161,36 +161,41 @@ pub async fn headers(State(st): State<Arc<ServeState>>, req: Request, next: Next
     resp
 }
 
-/// A chunk from `source` (`serve --data`: read from a node's files and
-/// hashed), or 404 when it cannot serve that chunk.
+/// An object from `source` (`serve --data`: a node's kept signed objects,
+/// and chunks read from its files and hashed), or 404 when it cannot serve
+/// it. HEAD asks only for the size.
 async fn from_source(
     source: &dyn qsync_store::ObjectSource,
     key: &ObjectKey,
     method: &axum::http::Method,
 ) -> Response {
-    match source.get(key).await {
-        Ok(body) => {
-            let len = body.len();
-            let body = if method == axum::http::Method::HEAD {
-                axum::body::Body::empty()
-            } else {
-                axum::body::Body::from(body)
-            };
-            let mut resp = Response::new(body);
-            let h = resp.headers_mut();
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            resp
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let (len, body) = if method == axum::http::Method::HEAD {
+        match source.head(key).await {
+            Ok(Some(meta)) => (meta.size, axum::body::Body::empty()),
+            Ok(None) => return not_found(),
+            Err(e) => return failed(e),
         }
-        Err(e) if e.is_not_found() => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-        Err(e) => {
-            tracing::warn!("{e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "could not read the chunk\n").into_response()
+    } else {
+        match source.get(key).await {
+            Ok(body) => (body.len() as u64, axum::body::Body::from(body)),
+            Err(e) if e.is_not_found() => return not_found(),
+            Err(e) => return failed(e),
         }
-    }
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+fn failed(e: qsync_store::StoreError) -> Response {
+    tracing::warn!("{e}");
+    (StatusCode::INTERNAL_SERVER_ERROR, "could not read the object\n").into_response()
 }
 
 #[cfg(test)]
