@@ -425,6 +425,22 @@ impl ObjectSource for DataDir {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_served_chunk_holds_its_budget_until_its_bytes_are_dropped() {
+        let budget = Arc::new(Semaphore::new(4));
+        let held = Held {
+            bytes: vec![7u8; 1000],
+            _budget: budget.clone().acquire_many_owned(3).await.unwrap(),
+        };
+        let body = Bytes::from_owner(held);
+        // What the response sends: a view of the same bytes.
+        let sent = body.slice(10..20);
+        drop(body);
+        assert_eq!(budget.available_permits(), 1, "released while still being sent");
+        drop(sent);
+        assert_eq!(budget.available_permits(), 4);
+    }
+
     #[test]
     fn chunk_keys_name_their_digest_and_nothing_else_does() {
         let d = Digest::of(b"x");
