@@ -9,6 +9,7 @@ mod alloc;
 mod cli;
 mod commands;
 mod demo;
+mod fleet;
 mod init;
 mod metrics_file;
 mod progress;

@@ -66,8 +66,9 @@ pub async fn choose(
         }
         trust.check_rollback(chain, &c.pointer.current)?;
         let pointer = pick_version(&c.pointer, version)?;
-        let (manifest, signed_by, manifest_bytes) =
-            mirrors.manifest_and_bytes(&pointer.current, keys).await?;
+        let (manifest, signed_by, manifest_bytes) = mirrors
+            .manifest_and_bytes(&pointer.current, keys, Some(c.mirror))
+            .await?;
         // The manifest must be the one promised; its own expiry is judged next.
         trust::check_manifest(&manifest, &pointer.current, chain, now, Expired::Allow)?;
         if manifest.expires_at < now {

@@ -402,20 +402,24 @@ impl Mirrors {
         snap: &SnapshotRef,
         keys: &TrustedKeys,
     ) -> Result<(Manifest, KeyId), RestoreError> {
-        self.manifest_and_bytes(snap, keys)
+        self.manifest_and_bytes(snap, keys, None)
             .await
             .map(|(m, signer, _)| (m, signer))
     }
 
-    /// [`Self::manifest`], with its stored bytes.
+    /// [`Self::manifest`], with its stored bytes, asking mirror `first`
+    /// (the one whose pointer named it, which just answered) before the
+    /// others in their order.
     pub async fn manifest_and_bytes(
         &self,
         snap: &SnapshotRef,
         keys: &TrustedKeys,
+        first: Option<usize>,
     ) -> Result<(Manifest, KeyId, Bytes), RestoreError> {
         let mut last: Option<RestoreError> = None;
-        for m in self.mirrors.iter() {
-            let s = m.source.as_ref();
+        let rest = (0..self.mirrors.len()).filter(|i| Some(*i) != first);
+        for i in first.into_iter().chain(rest) {
+            let s = self.mirrors[i].source.as_ref();
             match get_manifest_and_bytes(s, snap, keys).await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
@@ -501,16 +505,11 @@ impl Mirrors {
     /// The usable mirror expected to deliver soonest, skipping `tried`.
     /// Mirrors in cooldown are used only when nothing else is left.
     fn pick(&self, tried: &[usize], size: u64) -> Option<usize> {
+        // Peers first: they exist to spare the origins. A slow one is
+        // raced against an origin by the hedge ([`Self::pick_hedge`]).
         for respect_cooldown in [true, false] {
             let peer = self.best(tried, size, Some(true), respect_cooldown);
-            let origin = self.best(tried, size, Some(false), respect_cooldown);
-            if let (Some(p), Some(o)) = (peer, origin) {
-                // A peer goes first, unless it is measured much slower than
-                // a measured origin (a node busy with its own work).
-                let (ep, eo) = (self.expected_secs(p, size), self.expected_secs(o, size));
-                return Some(if eo > 0.0 && ep > PEER_SLACK * eo { o } else { p });
-            }
-            if let Some(i) = peer.or(origin) {
+            if let Some(i) = peer.or_else(|| self.best(tried, size, Some(false), respect_cooldown)) {
                 return Some(i);
             }
         }
@@ -718,10 +717,6 @@ impl Mirrors {
         }
     }
 }
-
-/// How much slower than a measured origin a peer may be expected to be and
-/// still be asked first.
-const PEER_SLACK: f64 = 4.0;
 
 /// Largest `.minisig` read (real ones are about 300 bytes).
 const MAX_SIGNATURE_BYTES: u64 = 16 << 10;
