@@ -126,6 +126,10 @@ fn a_node_restores_from_its_peer_and_takes_from_the_origin_only_what_the_peer_la
     let from_origin = metric(&f.origin.url, CHUNK_BYTES) - before;
     let from_peer = metric(&peer.url, CHUNK_BYTES);
     let total: u64 = report["bytes_total"].as_u64().unwrap();
+    eprintln!(
+        "node B: the origin served {from_origin} of {total} bytes ({:.1} %), the peer {from_peer}",
+        100.0 * from_origin as f64 / total as f64
+    );
     assert!(
         from_peer > total / 2,
         "peer served {from_peer} of {total}: {report}"
