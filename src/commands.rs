@@ -131,6 +131,12 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
             s.chain, s.version, s.files, s.bytes_total, s.chunks_uploaded, s.chunks_total, s.bytes_uploaded,
             started.elapsed(), s.manifest_key, s.pointer_key
         );
+        if let Some(cid) = &s.ipfs_root_cid {
+            println!("  store    /ipfs/{cid}");
+        }
+        if let Some(cid) = &s.ipfs_tree_cid {
+            println!("  files    /ipfs/{cid}");
+        }
     }
     Ok(())
 }
