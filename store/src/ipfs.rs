@@ -53,6 +53,7 @@ const LEAF: u64 = 256 << 10;
 const V1: (&str, &str) = ("cid-version", "1");
 
 mod tree;
+mod unixfs;
 
 /// A Kubo-compatible RPC endpoint.
 #[derive(Clone)]

@@ -10,8 +10,11 @@
 //! data block. A chunk stored compressed cannot share anything: its
 //! plaintext is decoded from the object and added. Packed files are
 //! stretches of pack chunks and are added whole. A file of several chunks
-//! gets dag-pb file nodes linking its chunks' DAGs (`dag/put`); the
-//! directories are made with MFS (`files/mkdir`, `files/cp`).
+//! gets dag-pb file nodes linking its chunks' DAGs, and each directory one
+//! dag-pb node (a HAMT past 256 KiB), written with `dag/put` deepest first
+//! (the bytes are in [`super::unixfs`]): one call per directory, where
+//! building it in MFS took one per file and, on js-ipfs, grew slower with
+//! every entry. Only the top directory is linked into MFS.
 //!
 //! Every leaf of a file sits at one depth: js-ipfs 0.66's exporter walks
 //! a file breadth first and hands back a shallow leaf before the leaves of
@@ -20,15 +23,18 @@
 //! [`MEMORY_MIB`] of compressed chunks and their plaintext at once, plus
 //! one packed file and the pack chunk it is cut from.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use qsync_core::manifest::{ChunkRef, FileEntry, Manifest};
 use qsync_core::{chunk, ChainName, Digest, ObjectKey};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::{number, IpfsStore, LEAF, V1};
+use super::{number, unixfs, IpfsStore, LEAF, V1};
 use crate::traits::{ObjectSource, StoreError};
 
 /// Most links in one file node, as the UnixFS importers lay files out.
@@ -38,6 +44,9 @@ const FILES_AT_ONCE: usize = 4;
 const CHUNKS_AT_ONCE: usize = 4;
 /// MiB of compressed chunk objects and their plaintext held at once.
 const MEMORY_MIB: u32 = 64;
+/// A directory whose node would pass this many bytes is sharded (a HAMT),
+/// as Kubo shards the directories it adds.
+const SHARD_AT: usize = 256 << 10;
 
 /// A run of a file's bytes as a UnixFS file DAG (one raw leaf, or a dag-pb
 /// node whose leaves all lie `depth` links down).
@@ -63,59 +72,101 @@ struct Link {
     cid: String,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BlockStat {
+    /// A number from js-ipfs and Kubo alike.
+    size: serde_json::Value,
+}
+
 impl IpfsStore {
     /// The MFS directory of `chain`'s plain tree.
     fn tree_dir(&self, chain: &ChainName) -> String {
         format!("{}/trees/{chain}", self.read.root)
     }
 
-    /// Builds the plain tree of `manifest` at [`Self::tree_dir`], replacing
-    /// the one there, and returns its CID.
+    /// Builds the plain tree of `manifest`, links it at [`Self::tree_dir`]
+    /// in place of the one there, and returns its CID.
     pub(super) async fn build_tree(
         &self,
         chain: &ChainName,
         manifest: &Manifest,
     ) -> Result<String, StoreError> {
-        let root = self.tree_dir(chain);
-        let rpc = self.rpc();
-        let args = [("arg", root.as_str()), ("recursive", "true"), V1];
-        match rpc.call("files/rm", &args, None, &root).await {
-            Err(e) if !e.is_not_found() => return Err(e),
-            _ => {}
-        }
-        self.mkdir(&root).await?;
-        for d in &manifest.directories {
-            self.mkdir(&format!("{root}/{}", d.path)).await?;
-        }
         let memory = Semaphore::new(MEMORY_MIB as usize);
         // Futures made up front: a stream mapping through a closure over
         // borrowed entries is not `Send` for every lifetime, as the
         // async trait needs.
-        let files: Vec<_> = manifest
-            .files
-            .iter()
-            .filter(|f| !f.packed)
+        let files: Vec<_> = (manifest.files.iter().filter(|f| !f.packed))
             .map(|f| {
-                let (root, memory) = (&root, &memory);
-                async move {
-                    let part = self.file(f, memory).await?;
-                    self.place(root, &f.path, &part).await
-                }
+                let memory = &memory;
+                async move { Ok::<_, StoreError>((f.path.as_str(), self.file(f, memory).await?)) }
             })
             .collect();
-        futures::stream::iter(files)
+        let mut parts: Vec<(&str, Part)> = futures::stream::iter(files)
             .buffer_unordered(FILES_AT_ONCE)
-            .try_collect::<()>()
+            .try_collect()
             .await?;
-        self.place_packed(&root, manifest).await?;
-        let stat = rpc
-            .stat(&root, &root)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                location: self.location(),
-                key: root.clone(),
-            })?;
-        Ok(stat.hash)
+        parts.extend(self.packed(manifest).await?);
+
+        // Every directory's entries, by path ("" is the top).
+        let mut dirs: BTreeMap<&str, Vec<(&str, Part)>> = BTreeMap::new();
+        dirs.insert("", Vec::new());
+        for d in &manifest.directories {
+            dirs.insert(&d.path, Vec::new());
+        }
+        for (path, part) in parts {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+            dirs.entry(dir).or_default().push((name, part));
+        }
+        // Every ancestor too, should a manifest not list one.
+        let listed: Vec<&str> = dirs.keys().copied().collect();
+        for dir in listed {
+            let mut at = dir;
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                dirs.entry(parent).or_default();
+                at = parent;
+            }
+        }
+        // Deepest first, each level's directories a few at once, each then
+        // an entry of its parent.
+        let mut levels: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for dir in dirs.keys() {
+            let depth = if dir.is_empty() {
+                0
+            } else {
+                dir.matches('/').count() + 1
+            };
+            levels.entry(depth).or_default().push(dir);
+        }
+        let mut top = None;
+        for (_, level) in levels.into_iter().rev() {
+            let made: Vec<_> = (level.into_iter())
+                .map(|dir| {
+                    let entries = dirs.remove(dir).unwrap_or_default();
+                    async move { Ok::<_, StoreError>((dir, self.directory(entries, dir).await?)) }
+                })
+                .collect();
+            let made: Vec<(&str, Part)> = futures::stream::iter(made)
+                .buffer_unordered(FILES_AT_ONCE)
+                .try_collect()
+                .await?;
+            for (dir, part) in made {
+                match dir.rsplit_once('/') {
+                    _ if dir.is_empty() => top = Some(part),
+                    Some((parent, name)) => dirs.entry(parent).or_default().push((name, part)),
+                    None => dirs.entry("").or_default().push((dir, part)),
+                }
+            }
+        }
+        let top = top.expect("the top directory is made last");
+
+        // Linked into the store's directory, so that the store's root keeps it.
+        let tree = self.tree_dir(chain);
+        self.remove(&tree).await?;
+        self.mkdir(&tree[..tree.rfind('/').expect("a parent")]).await?;
+        self.place(&tree, &top).await?;
+        let stat = self.rpc().stat(&tree, &tree).await?;
+        Ok(stat.map_or(top.cid, |s| s.hash))
     }
 
     async fn mkdir(&self, path: &str) -> Result<(), StoreError> {
@@ -123,11 +174,70 @@ impl IpfsStore {
         self.rpc().call("files/mkdir", &args, None, path).await.map(drop)
     }
 
-    /// Links `part` into the tree at `root` as the file `path`.
-    async fn place(&self, root: &str, path: &str, part: &Part) -> Result<(), StoreError> {
-        let (from, to) = (format!("/ipfs/{}", part.cid), format!("{root}/{path}"));
-        let args = [("arg", from.as_str()), ("arg", to.as_str()), V1];
+    /// Removes `path` from MFS, with everything under it; absent is fine.
+    async fn remove(&self, path: &str) -> Result<(), StoreError> {
+        let args = [("arg", path), ("recursive", "true"), V1];
+        match self.rpc().call("files/rm", &args, None, path).await {
+            Err(e) if !e.is_not_found() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Links `part` into MFS at `path`.
+    async fn place(&self, path: &str, part: &Part) -> Result<(), StoreError> {
+        let from = format!("/ipfs/{}", part.cid);
+        let args = [("arg", from.as_str()), ("arg", path), V1];
         self.rpc().call("files/cp", &args, None, path).await.map(drop)
+    }
+
+    /// Directory `dir` of `entries`: one node, or a sharded directory (a
+    /// HAMT) when one node would pass [`SHARD_AT`].
+    async fn directory(&self, entries: Vec<(&str, Part)>, dir: &str) -> Result<Part, StoreError> {
+        // As Kubo estimates a directory node: its names and binary CIDs.
+        let estimate: usize = entries.iter().map(|(name, _)| 36 + name.len()).sum();
+        let mut entries: Vec<(String, Part)> = (entries.into_iter())
+            .map(|(name, p)| (name.to_string(), p))
+            .collect();
+        if estimate >= SHARD_AT {
+            return self.shard(unixfs::layout(entries), dir).await;
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let links = entries.iter().map(|(name, p)| link(name, p)).collect();
+        let children: u64 = entries.iter().map(|(_, p)| p.tsize).sum();
+        let (cid, bytes) = self.put(unixfs::DIRECTORY.to_vec(), links, dir).await?;
+        Ok(Part {
+            cid,
+            size: 0,
+            tsize: bytes + children,
+            depth: 0,
+        })
+    }
+
+    /// Writes `shard` and the shards below it, deepest first.
+    fn shard<'a>(
+        &'a self,
+        shard: unixfs::Shard<Part>,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Part, StoreError>> {
+        Box::pin(async move {
+            let (mut links, mut children) = (Vec::new(), 0);
+            let slots: Vec<u8> = shard.slots.keys().copied().collect();
+            for (at, slot) in shard.slots {
+                let (name, part) = match slot {
+                    unixfs::Slot::Entry(name, part) => (format!("{at:02X}{name}"), part),
+                    unixfs::Slot::Shard(sub) => (format!("{at:02X}"), self.shard(sub, dir).await?),
+                };
+                children += part.tsize;
+                links.push(link(&name, &part));
+            }
+            let (cid, bytes) = self.put(unixfs::shard(slots.into_iter()), links, dir).await?;
+            Ok(Part {
+                cid,
+                size: 0,
+                tsize: bytes + children,
+                depth: 0,
+            })
+        })
     }
 
     /// A file chunked on its own: its chunks' DAGs under file nodes.
@@ -220,15 +330,29 @@ impl IpfsStore {
         Ok(parts.pop().expect("one part left"))
     }
 
-    /// A dag-pb file node over `children` (of one depth), written with
-    /// `dag/put` from its dag-json form, which both js-ipfs and Kubo take.
+    /// A dag-pb file node over `children` (of one depth).
     async fn node(&self, children: &[Part], what: &str) -> Result<Part, StoreError> {
         let size = children.iter().map(|c| c.size).sum();
-        let data = unixfs_file(size, children.iter().map(|c| c.size));
-        let links: Vec<serde_json::Value> = children
-            .iter()
-            .map(|c| serde_json::json!({"Hash": {"/": c.cid}, "Name": "", "Tsize": c.tsize}))
-            .collect();
+        let data = unixfs::file(size, children.iter().map(|c| c.size));
+        let links = children.iter().map(|c| link("", c)).collect();
+        let (cid, bytes) = self.put(data, links, what).await?;
+        Ok(Part {
+            cid,
+            size,
+            tsize: bytes + children.iter().map(|c| c.tsize).sum::<u64>(),
+            depth: children[0].depth + 1,
+        })
+    }
+
+    /// Writes the dag-pb node of UnixFS `data` and `links` with `dag/put`,
+    /// from its dag-json form, which js-ipfs and Kubo both take; its CID
+    /// and the length of its block.
+    async fn put(
+        &self,
+        data: Vec<u8>,
+        links: Vec<serde_json::Value>,
+        what: &str,
+    ) -> Result<(String, u64), StoreError> {
         let data = base64::engine::general_purpose::STANDARD_NO_PAD.encode(data);
         let node = serde_json::json!({"Data": {"/": {"bytes": data}}, "Links": links});
         let part = reqwest::multipart::Part::bytes(serde_json::to_vec(&node).expect("JSON serialises"))
@@ -241,35 +365,30 @@ impl IpfsStore {
             ("input-codec", "dag-json"),
             ("pin", "false"),
         ];
-        let put = self.rpc().call("dag/put", &args, Some(form), what).await?;
-        let cid = serde_json::from_slice::<Put>(&put)
-            .map_err(|e| StoreError::Refused {
-                location: self.location(),
-                key: what.into(),
-                code: "dag/put".into(),
-                hint: format!("unexpected answer ({e}); is this a Kubo-compatible RPC API?"),
-            })?
+        let answer = self.rpc().call("dag/put", &args, Some(form), what).await?;
+        let refused = |command: &str, e: serde_json::Error| StoreError::Refused {
+            location: self.location(),
+            key: what.into(),
+            code: command.into(),
+            hint: format!("unexpected answer ({e}); is this a Kubo-compatible RPC API?"),
+        };
+        let cid = serde_json::from_slice::<Put>(&answer)
+            .map_err(|e| refused("dag/put", e))?
             .cid
             .cid;
-        // The node's own bytes count in its cumulative size; the node knows them.
-        let path = format!("/ipfs/{cid}");
-        let tsize = match self.rpc().stat(&path, what).await? {
-            Some(s) => number(&s.cumulative_size),
-            None => None,
-        };
-        Ok(Part {
-            cid,
-            size,
-            tsize: tsize.unwrap_or_else(|| children.iter().map(|c| c.tsize).sum()),
-            depth: children[0].depth + 1,
-        })
+        let answer = self
+            .rpc()
+            .call("block/stat", &[("arg", &cid)], None, what)
+            .await?;
+        let stat: BlockStat = serde_json::from_slice(&answer).map_err(|e| refused("block/stat", e))?;
+        Ok((cid, number(&stat.size).unwrap_or(0)))
     }
 
-    /// Adds and links every packed file, cut from the pack chunks in
-    /// manifest order (each pack chunk is read once), a few adds at once.
-    async fn place_packed(&self, root: &str, manifest: &Manifest) -> Result<(), StoreError> {
+    /// Adds every packed file, cut from the pack chunks in manifest order
+    /// (each pack chunk is read once), a few adds at once.
+    async fn packed<'m>(&self, manifest: &'m Manifest) -> Result<Vec<(&'m str, Part)>, StoreError> {
         let mut held: Option<(Digest, Bytes)> = None;
-        let mut adding = FuturesUnordered::new();
+        let (mut adding, mut parts) = (FuturesUnordered::new(), Vec::new());
         for (i, f) in manifest.files.iter().enumerate().filter(|(_, f)| f.packed) {
             let mut bytes = Vec::with_capacity(f.size as usize);
             for piece in manifest.pieces(i) {
@@ -291,53 +410,20 @@ impl IpfsStore {
                 });
             }
             if adding.len() == FILES_AT_ONCE {
-                adding.next().await.expect("not empty")?;
+                parts.push(adding.next().await.expect("not empty")?);
             }
-            adding.push(async move {
-                let part = self.add(Bytes::from(bytes), &f.path).await?;
-                self.place(root, &f.path, &part).await
-            });
+            let path = f.path.as_str();
+            adding
+                .push(async move { Ok::<_, StoreError>((path, self.add(Bytes::from(bytes), path).await?)) });
         }
         while let Some(r) = adding.next().await {
-            r?;
+            parts.push(r?);
         }
-        Ok(())
+        Ok(parts)
     }
 }
 
-/// The UnixFS `Data` of a file node of `size` bytes whose links hold
-/// `blocks` bytes each: protobuf fields Type = File (1), filesize (3) and
-/// one blocksizes (4) per link.
-fn unixfs_file(size: u64, blocks: impl Iterator<Item = u64>) -> Vec<u8> {
-    let mut out = vec![0x08, 0x02, 0x18];
-    varint(size, &mut out);
-    for b in blocks {
-        out.push(0x20);
-        varint(b, &mut out);
-    }
-    out
-}
-
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unixfs_file_data_is_what_the_importers_write() {
-        // 301000 bytes in links of 300000 and 1000: as js-ipfs's
-        // ipfs-unixfs marshals it (checked with the test node's dag/get).
-        assert_eq!(
-            unixfs_file(301_000, [300_000, 1000].into_iter()),
-            [0x08, 0x02, 0x18, 0xc8, 0xaf, 0x12, 0x20, 0xe0, 0xa7, 0x12, 0x20, 0xe8, 0x07]
-        );
-        assert_eq!(unixfs_file(0, std::iter::empty()), [0x08, 0x02, 0x18, 0x00]);
-    }
+/// A dag-json link named `name` to `part`.
+fn link(name: &str, part: &Part) -> serde_json::Value {
+    serde_json::json!({"Hash": {"/": part.cid}, "Name": name, "Tsize": part.tsize})
 }
