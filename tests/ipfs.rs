@@ -402,3 +402,78 @@ fn the_plain_tree_gives_every_file_through_the_gateway_and_shares_raw_chunks() {
     let second = publish_with(&env, &node, &src, &["--chunk-size", "256"]);
     assert_eq!(second["ipfs_tree_cid"], first["ipfs_tree_cid"], "{second}");
 }
+
+#[test]
+fn a_directory_too_large_for_one_block_is_sharded_in_the_plain_tree() {
+    let env = Env::new();
+    let node = IpfsNode::start();
+    let src = env.path("src");
+    let dir = src.join("chaindata");
+    std::fs::create_dir_all(&dir).unwrap();
+    // 920 links of 291 bytes (a name, a CID): past the 256 KiB a directory node may take.
+    let name = |i: usize| format!("{i:06}-{}.ldb", "x".repeat(244));
+    for i in 0..920 {
+        std::fs::write(
+            dir.join(name(i)),
+            if i % 100 == 0 {
+                vec![i as u8; 3]
+            } else {
+                Vec::new()
+            },
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("top"), b"top").unwrap();
+    let tree = publish(&env, &node, &src)["ipfs_tree_cid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // One node of 920 links would pass 256 KiB; the shard's top node links buckets.
+    let big = node.rpc("files/stat", &format!("arg=/ipfs/{tree}/chaindata"), None);
+    assert!(big["Blocks"].as_u64().unwrap() <= 256, "{big}");
+    let block = node.rpc(
+        "block/stat",
+        &format!("arg={}", big["Hash"].as_str().unwrap()),
+        None,
+    );
+    assert!(block["Size"].as_u64().unwrap() < 256 << 10, "{block}");
+    let listed = node.rpc("ls", &format!("arg=/ipfs/{tree}/chaindata"), None);
+    assert_eq!(listed["Objects"][0]["Links"].as_array().unwrap().len(), 920);
+    // The node's own importer, asked to shard the same directory, makes the same one.
+    let mut add = std::process::Command::new("curl");
+    add.args(["-sf", "-X", "POST", "-m", "60"]);
+    for i in 0..920 {
+        add.arg("-F").arg(format!(
+            "file=@{};filename=chaindata/{};type=application/octet-stream",
+            dir.join(name(i)).display(),
+            name(i)
+        ));
+    }
+    let added = add
+        .arg(format!(
+            "{}/api/v0/add?cid-version=1&raw-leaves=true&wrap-with-directory=true&shard-split-threshold=1&pin=false",
+            node.api
+        ))
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+    // The last line is the wrapping directory (js-ipfs names sharded ones "").
+    let wrapper: Value =
+        serde_json::from_str(String::from_utf8(added.stdout).unwrap().lines().last().unwrap()).unwrap();
+    let listed = node.rpc(
+        "ls",
+        &format!("arg=/ipfs/{}", wrapper["Hash"].as_str().unwrap()),
+        None,
+    );
+    let theirs = &listed["Objects"][0]["Links"][0];
+    assert_eq!(theirs["Name"], "chaindata");
+    assert_eq!(theirs["Hash"], big["Hash"], "{theirs}");
+    for i in [0, 1, 100, 919] {
+        let served = node
+            .gateway_get(&format!("{tree}/chaindata/{}", name(i)))
+            .unwrap();
+        assert_eq!(served, std::fs::read(dir.join(name(i))).unwrap(), "{}", name(i));
+    }
+    assert_eq!(node.gateway_get(&format!("{tree}/top")).unwrap(), b"top");
+}
