@@ -50,12 +50,14 @@ pub(crate) struct NewSnapshot<'a> {
 pub(crate) async fn plain_trees(targets: &[Arc<Target>], manifest: &Manifest) -> Vec<Option<String>> {
     let mut trees = Vec::with_capacity(targets.len());
     for t in targets {
+        let started = std::time::Instant::now();
         let tree = match t.sink.roots().filter(|_| t.live()) {
             Some(roots) => match roots.plain_tree(&manifest.chain.name, manifest).await {
                 Ok(cid) => {
                     tracing::info!(
-                        "{}: the snapshot's files are the directory /ipfs/{cid}",
-                        t.sink.location()
+                        "{}: the snapshot's files are the directory /ipfs/{cid} (built in {:.1?})",
+                        t.sink.location(),
+                        started.elapsed()
                     );
                     Some(cid)
                 }
