@@ -12,6 +12,9 @@
 //! - `ipfs://CID` is a read-only store: through a gateway (an [`HttpStore`]
 //!   at `GATEWAY/ipfs/CID/`), or through the RPC API's `cat` when an API URL
 //!   is given.
+//! - Before each pointer write the store also builds the snapshot's plain
+//!   tree, its files as a UnixFS directory sharing the raw chunks' blocks
+//!   (`ipfs/tree.rs`, with the UnixFS bytes in `ipfs/unixfs.rs`).
 //!
 //! A small client on reqwest rather than `ipfs-api-backend-hyper`: that crate
 //! drags in a second HTTP stack (hyper 0.14), needs the yanked `core2 0.4.0`
