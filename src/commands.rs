@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use qsync_cdn::serve::cache::PullThrough;
 use qsync_core::chunk::ChunkerParams;
+use qsync_core::pointer::plain_tree_cid;
 use qsync_core::sign::{self, SigningKeys, TrustedKeys};
 use qsync_core::trust::{Expired, TrustStore};
 use qsync_core::ChainName;
@@ -130,6 +131,12 @@ async fn snapshot(a: SnapshotArgs) -> Result<()> {
             s.chain, s.version, s.files, s.bytes_total, s.chunks_uploaded, s.chunks_total, s.bytes_uploaded,
             started.elapsed(), s.manifest_key, s.pointer_key
         );
+        if let Some(cid) = &s.ipfs_root_cid {
+            println!("  store    /ipfs/{cid}");
+        }
+        if let Some(cid) = &s.ipfs_tree_cid {
+            println!("  files    /ipfs/{cid}");
+        }
     }
     Ok(())
 }
@@ -330,6 +337,10 @@ async fn restore(a: RestoreArgs) -> Result<()> {
             .pointer(&chain, &keys)
             .await?;
         for hint in pointer.mirrors.iter().filter(|h| !a.from.contains(h)) {
+            if plain_tree_cid(hint).is_some() {
+                tracing::debug!("not fetching from {hint}: it names the snapshot's plain files, not a store");
+                continue;
+            }
             match open_source_with(hint, &store_opts) {
                 Ok(s) => {
                     tracing::info!("also fetching from {hint}, a mirror the pointer names");
@@ -488,7 +499,13 @@ async fn ls(a: LsArgs) -> Result<()> {
             );
         }
         for hint in &p.mirrors {
-            println!("{:<20} also at {hint} (unverified hint)", p.chain.as_str());
+            match plain_tree_cid(hint) {
+                Some(cid) => println!(
+                    "{:<20} plain files at /ipfs/{cid} (unverified hint)",
+                    p.chain.as_str()
+                ),
+                None => println!("{:<20} also at {hint} (unverified hint)", p.chain.as_str()),
+            }
         }
     }
     Ok(())

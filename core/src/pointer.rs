@@ -21,6 +21,20 @@ pub const CATALOG_FORMAT: &str = "qsync-catalog/1";
 pub const MAX_BYTES: u64 = 1 << 20;
 /// How many earlier snapshots a pointer remembers.
 pub const HISTORY_LEN: usize = 32;
+/// What a mirror hint starts with when it names the snapshot's plain tree
+/// (a directory of its files, not a store): `ipfs-tree://<CID>`.
+pub const PLAIN_TREE_HINT: &str = "ipfs-tree://";
+
+/// The mirror hint naming the plain tree whose IPFS CID is `cid`.
+pub fn plain_tree_hint(cid: &str) -> String {
+    format!("{PLAIN_TREE_HINT}{cid}")
+}
+
+/// The CID of the plain tree `hint` names; `None` when the hint names a
+/// store (which readers may open as a mirror).
+pub fn plain_tree_cid(hint: &str) -> Option<&str> {
+    hint.strip_prefix(PLAIN_TREE_HINT)
+}
 
 /// A snapshot as the pointer names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +97,9 @@ pub struct Pointer {
     /// Other stores that hold this snapshot's chunks (for example
     /// `ipfs://<root CID>`), as the publisher was told. Hints for finding
     /// more mirrors, never trusted: whatever is read there is verified
-    /// against the digests like any mirror's bytes.
+    /// against the digests like any mirror's bytes. A hint starting with
+    /// [`PLAIN_TREE_HINT`] names the snapshot's plain files instead, for
+    /// people and tools without qsync; it is no store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<String>,
 }
@@ -214,5 +230,13 @@ mod tests {
         assert_eq!(p.history.len(), HISTORY_LEN);
         assert_eq!(p.history[0].version, 48);
         assert_eq!(Pointer::decode(&p.encode(), "t").unwrap(), p);
+    }
+
+    #[test]
+    fn plain_tree_hints_are_told_from_stores() {
+        let hint = plain_tree_hint("bafyabc");
+        assert_eq!(hint, "ipfs-tree://bafyabc");
+        assert_eq!(plain_tree_cid(&hint), Some("bafyabc"));
+        assert_eq!(plain_tree_cid("ipfs://bafyabc"), None);
     }
 }

@@ -4,8 +4,10 @@
 //! policy), then the catalog entry, then (during a key rotation) the new
 //! key's signatures on what the store kept from before; and re-signing a pointer
 //! to move its expiry; then telling the store's edge cache (a CDN), if it
-//! has one, which paths were rewritten. Everything here runs after every
-//! chunk is uploaded.
+//! has one, which paths were rewritten. Before any of that, stores that
+//! can name the snapshot's files as a directory (IPFS) build that plain
+//! tree, so that every pointer of the run can name it. Everything here
+//! runs after every chunk is uploaded.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,16 +41,49 @@ pub(crate) struct NewSnapshot<'a> {
     pub(crate) when: Expiry,
     /// Plaintext bytes of all files.
     pub(crate) total: u64,
+    /// The pointer's mirror hints: the operator's, then the run's plain trees.
+    pub(crate) mirrors: &'a [String],
+}
+
+/// Builds the plain tree of `manifest` in every live store that can
+/// ([`qsync_store::Roots::plain_tree`]): per store, its CID. A store whose
+/// tree fails drops out of the run before its pointer moves.
+pub(crate) async fn plain_trees(targets: &[Arc<Target>], manifest: &Manifest) -> Vec<Option<String>> {
+    let mut trees = Vec::with_capacity(targets.len());
+    for t in targets {
+        let started = std::time::Instant::now();
+        let tree = match t.sink.roots().filter(|_| t.live()) {
+            Some(roots) => match roots.plain_tree(&manifest.chain.name, manifest).await {
+                Ok(cid) => {
+                    tracing::info!(
+                        "{}: the snapshot's files are the directory /ipfs/{cid} (built in {:.1?})",
+                        t.sink.location(),
+                        started.elapsed()
+                    );
+                    Some(cid)
+                }
+                Err(e) => {
+                    t.fail(e.into());
+                    None
+                }
+            },
+            None => None,
+        };
+        trees.push(tree);
+    }
+    trees
 }
 
 /// Writes one store's manifest, pointer and catalog entry for `snapshot`,
 /// over the pointer `previous` the run read from it (version `expect`);
-/// the summary and the BLAKE3 of the manifest as stored.
+/// the summary (with the store's plain `tree`, if it built one) and the
+/// BLAKE3 of the manifest as stored.
 pub(crate) async fn finish_store(
     t: &Target,
     snapshot: &NewSnapshot<'_>,
     previous: Option<&Pointer>,
     expect: &Expect,
+    tree: Option<String>,
 ) -> Result<(SnapshotSummary, Digest), SnapshotError> {
     let NewSnapshot {
         signer,
@@ -56,6 +91,7 @@ pub(crate) async fn finish_store(
         manifest,
         when,
         total,
+        mirrors,
     } = *snapshot;
     let version = manifest.version;
     let (stored, compressed) = manifest.encode();
@@ -65,7 +101,7 @@ pub(crate) async fn finish_store(
 
     let pointer_key = ObjectKey::pointer(&opts.chain);
     let mut pointer = Pointer::next(previous, opts.chain.clone(), current, when.now, when.expires_at);
-    pointer.mirrors = opts.mirror_hints.clone();
+    pointer.mirrors = mirrors.to_vec();
     if let Some(policy) = &opts.retention {
         let all: Vec<SnapshotRef> = std::iter::once(pointer.current.clone())
             .chain(pointer.history.iter().cloned())
@@ -113,6 +149,7 @@ pub(crate) async fn finish_store(
         chunks_uploaded: c.chunks_uploaded.load(Ordering::Relaxed),
         rewritten,
         ipfs_root_cid,
+        ipfs_tree_cid: tree,
         created_at: when.now.to_string(),
         expires_at: when.expires_at.to_string(),
         snapshot_expires_at: when.manifest_expires_at.to_string(),

@@ -94,6 +94,11 @@ pub struct SnapshotSummary {
     /// Root CID of the store directory after this publish, pinned (IPFS stores).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipfs_root_cid: Option<String>,
+    /// CID of the plain tree (the snapshot's files as a UnixFS directory)
+    /// built in this store (IPFS stores); every pointer of the run names it
+    /// as a mirror hint `ipfs-tree://<CID>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipfs_tree_cid: Option<String>,
     /// Snapshot creation time.
     pub created_at: String,
     /// Expiry of the pointer.

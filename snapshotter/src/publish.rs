@@ -1,5 +1,6 @@
-//! One snapshot run: scan -> chunk/hash -> upload missing chunks -> manifest
-//! -> sign -> pointer -> catalog, to one store or several at once.
+//! One snapshot run: scan -> chunk/hash -> upload missing chunks -> plain
+//! trees (IPFS) -> manifest -> sign -> pointer -> catalog, to one store or
+//! several at once.
 //!
 //! Files are read on blocking threads (two at a time) and cut into chunks;
 //! each chunk is checked against every store and, where missing, compressed
@@ -41,7 +42,7 @@ use qsync_store::{ObjectSink, StoreId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::commit::{finish_store, Expiry, NewSnapshot};
+use crate::commit::{finish_store, plain_trees, Expiry, NewSnapshot};
 use crate::lease;
 use crate::options::{SnapshotOptions, SnapshotSummary};
 use crate::read::read_stream;
@@ -319,22 +320,33 @@ pub async fn publish_many(
         pack,
         pack_index: Default::default(),
     };
+    // Before any pointer moves, so that every pointer names every tree.
+    let trees = plain_trees(&targets, &manifest).await;
+    let mirrors: Vec<String> = opts
+        .mirror_hints
+        .iter()
+        .cloned()
+        .chain(trees.iter().flatten().map(|cid| pointer::plain_tree_hint(cid)))
+        .collect();
     let snapshot = NewSnapshot {
         signer,
         opts,
         manifest: &manifest,
         when,
         total,
+        mirrors: &mirrors,
     };
     let mut manifests = BTreeMap::new();
     let mut stores = Vec::new();
-    for (t, prev) in targets.iter().zip(previous) {
+    for ((t, prev), tree) in targets.iter().zip(previous).zip(trees) {
         let id = t.sink.id();
         let failed = t.failed.lock().expect("not poisoned").take();
         let result = match (failed, prev) {
             (Some(e), _) => Err(e),
             (None, None) => unreachable!("a store without a pointer read has failed"),
-            (None, Some((previous, expect))) => finish_store(t, &snapshot, previous.as_ref(), &expect).await,
+            (None, Some((previous, expect))) => {
+                finish_store(t, &snapshot, previous.as_ref(), &expect, tree).await
+            }
         };
         if let Ok((_, digest)) = &result {
             manifests.insert(id.clone(), *digest);

@@ -12,6 +12,9 @@
 //! - `ipfs://CID` is a read-only store: through a gateway (an [`HttpStore`]
 //!   at `GATEWAY/ipfs/CID/`), or through the RPC API's `cat` when an API URL
 //!   is given.
+//! - Before each pointer write the store also builds the snapshot's plain
+//!   tree, its files as a UnixFS directory sharing the raw chunks' blocks
+//!   (`ipfs/tree.rs`, with the UnixFS bytes in `ipfs/unixfs.rs`).
 //!
 //! A small client on reqwest rather than `ipfs-api-backend-hyper`: that crate
 //! drags in a second HTTP stack (hyper 0.14), needs the yanked `core2 0.4.0`
@@ -28,7 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use qsync_core::ObjectKey;
+use qsync_core::manifest::Manifest;
+use qsync_core::{ChainName, ObjectKey};
 use std::sync::{Arc, Mutex};
 
 use reqwest::Client;
@@ -44,6 +48,15 @@ use crate::traits::{
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer to a command that returns JSON rather than object bytes.
 const ANSWER_LIMIT: u64 = 1 << 20;
+/// Leaf size of every add: the nodes' default chunker, named so that the
+/// depth of an added DAG follows from its size (the plain tree needs it).
+const LEAF: u64 = 256 << 10;
+/// Every MFS call names CIDv1, or js-ipfs rewrites the directories it
+/// touches as CIDv0.
+const V1: (&str, &str) = ("cid-version", "1");
+
+mod tree;
+mod unixfs;
 
 /// A Kubo-compatible RPC endpoint.
 #[derive(Clone)]
@@ -56,6 +69,9 @@ struct Rpc {
 #[serde(rename_all = "PascalCase")]
 struct Added {
     hash: String,
+    /// The DAG's cumulative size: a number from js-ipfs, a string from Kubo.
+    #[serde(default)]
+    size: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +80,12 @@ struct Stat {
     hash: String,
     /// A number from js-ipfs, sometimes a string from other nodes.
     size: serde_json::Value,
+    /// Bytes of every block of the DAG.
+    #[serde(default)]
+    cumulative_size: serde_json::Value,
+    /// Links of the root node: 0 for a file that is one raw leaf.
+    #[serde(default)]
+    blocks: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +186,38 @@ impl Rpc {
             Err(e) => Err(e),
         }
     }
+
+    /// Adds `body` as one file: CIDv1, raw leaves of [`LEAF`] bytes, not
+    /// pinned (the MFS directory holds what is kept).
+    async fn add(&self, body: Bytes, key: &str) -> Result<Added, StoreError> {
+        // js-ipfs refuses parts without a content type.
+        let part = reqwest::multipart::Part::stream(body)
+            .file_name("object")
+            .mime_str("application/octet-stream")
+            .expect("valid MIME type");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let chunker = format!("size-{LEAF}");
+        let added = self
+            .call(
+                "add",
+                &[
+                    ("cid-version", "1"),
+                    ("raw-leaves", "true"),
+                    ("chunker", &chunker),
+                    ("pin", "false"),
+                    ("quieter", "true"),
+                ],
+                Some(form),
+                key,
+            )
+            .await?;
+        serde_json::from_slice(&added).map_err(|e| StoreError::Refused {
+            location: self.api.clone(),
+            key: key.into(),
+            code: "add".into(),
+            hint: format!("unexpected answer ({e})"),
+        })
+    }
 }
 
 /// A store in a directory of an IPFS node's MFS.
@@ -236,42 +290,14 @@ impl IpfsStore {
 
     async fn link(&self, key: &ObjectKey, body: Bytes) -> Result<(), StoreError> {
         let k = key.as_str();
-        // js-ipfs refuses parts without a content type.
-        let part = reqwest::multipart::Part::stream(body)
-            .file_name("object")
-            .mime_str("application/octet-stream")
-            .expect("valid MIME type");
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let added = self
-            .rpc()
-            .call(
-                "add",
-                &[
-                    ("cid-version", "1"),
-                    ("raw-leaves", "true"),
-                    ("pin", "false"),
-                    ("quieter", "true"),
-                ],
-                Some(form),
-                k,
-            )
-            .await?;
-        let added: Added = serde_json::from_slice(&added).map_err(|e| StoreError::Refused {
-            location: self.location(),
-            key: k.into(),
-            code: "add".into(),
-            hint: format!("unexpected answer ({e})"),
-        })?;
+        let added = self.rpc().add(body, k).await?;
         let path = self.path(key);
         let parent = &path[..path.rfind('/').expect("paths have a parent")];
-        // Every MFS call names CIDv1, or js-ipfs rewrites the directories
-        // it touches as CIDv0.
-        let v1 = ("cid-version", "1");
         if !self.dirs.lock().expect("not poisoned").contains(parent) {
             self.rpc()
                 .call(
                     "files/mkdir",
-                    &[("arg", parent), ("parents", "true"), v1],
+                    &[("arg", parent), ("parents", "true"), V1],
                     None,
                     k,
                 )
@@ -279,7 +305,7 @@ impl IpfsStore {
             self.dirs.lock().expect("not poisoned").insert(parent.to_string());
         }
         if key.is_mutable() {
-            match self.rpc().call("files/rm", &[("arg", &path), v1], None, k).await {
+            match self.rpc().call("files/rm", &[("arg", &path), V1], None, k).await {
                 Err(e) if !e.is_not_found() => return Err(e),
                 _ => {}
             }
@@ -287,7 +313,7 @@ impl IpfsStore {
         let source = format!("/ipfs/{}", added.hash);
         match self
             .rpc()
-            .call("files/cp", &[("arg", &source), ("arg", &path), v1], None, k)
+            .call("files/cp", &[("arg", &source), ("arg", &path), V1], None, k)
             .await
         {
             // Content-named and already linked (a concurrent or earlier put): the same bytes.
@@ -560,6 +586,10 @@ pub fn open_cid(cid: &str, gateway: &str, api: Option<&str>) -> Result<Arc<dyn O
 impl Roots for IpfsStore {
     async fn snapshot_root(&self) -> Result<String, StoreError> {
         IpfsStore::snapshot_root(self).await
+    }
+
+    async fn plain_tree(&self, chain: &ChainName, manifest: &Manifest) -> Result<String, StoreError> {
+        self.build_tree(chain, manifest).await
     }
 
     async fn retire_root(&self, root: &str) -> Result<(), StoreError> {

@@ -5,7 +5,8 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, Stream, StreamExt};
-use qsync_core::ObjectKey;
+use qsync_core::manifest::Manifest;
+use qsync_core::{ChainName, ObjectKey};
 
 /// An object's bytes as they arrive.
 pub type Body = BoxStream<'static, Result<Bytes, StoreError>>;
@@ -327,12 +328,20 @@ pub trait ObjectSink: ObjectSource {
 
 /// An optional capability of a writable store whose contents as a whole
 /// have a name of their own that must be kept alive: an IPFS directory's
-/// root CID, pinned.
+/// root CID, pinned. Such a store can also name the snapshot's files
+/// themselves, as a directory any client of the store's network reads
+/// without qsync (the plain tree).
 #[async_trait]
 pub trait Roots: Send + Sync {
     /// After a publish: the name of the store as it now is, kept available
     /// (IPFS: the directory's CID, pinned recursively).
     async fn snapshot_root(&self) -> Result<String, StoreError>;
+    /// Before the pointer is written: builds the plain tree of `manifest`
+    /// (a directory of its files, their bytes taken from the chunk objects
+    /// the store holds, every one of which must already be there) and
+    /// returns its name; the next [`Roots::snapshot_root`] keeps it with
+    /// the store (IPFS: the tree's CID, linked at `trees/<chain>`).
+    async fn plain_tree(&self, chain: &ChainName, manifest: &Manifest) -> Result<String, StoreError>;
     /// Lets go of a root [`Roots::snapshot_root`] returned earlier, once a
     /// newer root holds everything still kept (IPFS: unpin it, so the
     /// node's repository GC can reclaim what only it held).

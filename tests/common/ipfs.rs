@@ -3,6 +3,7 @@
 //! and gateway on free loopback ports, and networking off (no swarm
 //! addresses, no bootstrap peers, no discovery, `--offline`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -95,6 +96,56 @@ impl IpfsNode {
             .unwrap();
         assert!(out.status.success(), "{command}?{query} failed");
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl IpfsNode {
+    /// The bytes the gateway serves at `/ipfs/<path>` (`None` unless 200).
+    pub fn gateway_get(&self, path: &str) -> Option<Vec<u8>> {
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "30", &format!("{}/ipfs/{path}", self.gateway)])
+            .output()
+            .unwrap();
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// Every block under `/ipfs/<path>` (`refs -r -u`, the root not included).
+    pub fn refs(&self, path: &str) -> BTreeSet<String> {
+        let out = Command::new("curl")
+            .args(["-sf", "-X", "POST", "-m", "60"])
+            .arg(format!(
+                "{}/api/v0/refs?arg={path}&recursive=true&unique=true",
+                self.api
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "refs {path} failed");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["Ref"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Bytes of the blocks of the directory `cid` that the DAG under
+    /// `shared` (an `/ipfs/` path) lacks: what the first costs the node's
+    /// repository beyond the second.
+    pub fn extra_bytes(&self, cid: &str, shared: &str) -> u64 {
+        let size = |b: &str| {
+            self.rpc("block/stat", &format!("arg={b}"), None)["Size"]
+                .as_u64()
+                .unwrap()
+        };
+        let shared = self.refs(shared);
+        let below: u64 = (self.refs(&format!("/ipfs/{cid}")).difference(&shared))
+            .map(|b| size(b))
+            .sum();
+        size(cid) + below
     }
 }
 
