@@ -275,6 +275,54 @@ fn after_one_publish_with_both_keys_everything_kept_verifies_under_the_new_key()
 }
 
 #[test]
+fn keys_listed_new_first_still_add_the_new_keys_signature_to_what_the_old_one_signed() {
+    let env = Env::new();
+    let (new_sk, new_pk, new_id) = keypair(&env, "new");
+    let src = source(&env);
+    snapshot(&env, &src, &[&env.sk]);
+    let v1_manifest = current(&env).1;
+    std::fs::write(src.join("db/c.sst"), noise(1 << 20, 3)).unwrap();
+    // The new key first: version 1's primary signature is the old key's,
+    // which must not count as the new key's.
+    snapshot(&env, &src, &[&new_sk, &env.sk]);
+    assert!(env
+        .store
+        .join(format!("{v1_manifest}.{new_id}.minisig"))
+        .is_file());
+    let dest = env.path("dest");
+    let mut c = restore_cmd(&env, &dest, &env.path("state"), &[&new_pk]);
+    c.args(["--snapshot-version", "1"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "version 1 under the new key alone: {err}");
+}
+
+#[test]
+fn a_damaged_pointer_signature_is_reported_as_such_not_as_a_key_change() {
+    let env = Env::new();
+    let src = source(&env);
+    snapshot(&env, &src, &[&env.sk]);
+    let sigs = env.store.join("chains/eth/latest.json.sigs");
+    let sig = std::fs::read_dir(&sigs).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&sig).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    // The signature line, one base64 character changed: still a minisign
+    // file by the same key, no longer a valid signature.
+    let mut sig_line: Vec<char> = lines[1].chars().collect();
+    let i = sig_line.len() / 2;
+    sig_line[i] = if sig_line[i] == 'A' { 'B' } else { 'A' };
+    lines[1] = sig_line.into_iter().collect();
+    std::fs::write(&sig, lines.join("\n") + "\n").unwrap();
+    std::fs::write(src.join("db/c.sst"), noise(1 << 20, 3)).unwrap();
+    let (code, _, err) = run(snapshot_cmd(&env, &src, &[&env.sk]));
+    assert_ne!(code, 0);
+    assert!(err.contains("latest.json"), "{err}");
+    assert!(
+        !err.contains("--secret-key OLD"),
+        "a damaged signature diagnosed as a key change: {err}"
+    );
+}
+
+#[test]
 fn a_publisher_that_switches_keys_at_once_is_refused_and_told_to_sign_with_both() {
     let env = Env::new();
     let (new_sk, _, _) = keypair(&env, "new");

@@ -46,8 +46,9 @@ pub(crate) struct NewSnapshot<'a> {
 }
 
 /// Builds the plain tree of `manifest` in every live store that can
-/// ([`qsync_store::Roots::plain_tree`]): per store, its CID. A store whose
-/// tree fails drops out of the run before its pointer moves.
+/// ([`qsync_store::Roots::plain_tree`]): per store, its CID. The tree is
+/// an extra: a store whose tree fails is published without one (its
+/// pointer names no tree), with a warning.
 pub(crate) async fn plain_trees(targets: &[Arc<Target>], manifest: &Manifest) -> Vec<Option<String>> {
     let mut trees = Vec::with_capacity(targets.len());
     for t in targets {
@@ -63,7 +64,11 @@ pub(crate) async fn plain_trees(targets: &[Arc<Target>], manifest: &Manifest) ->
                     Some(cid)
                 }
                 Err(e) => {
-                    t.fail(e.into());
+                    tracing::warn!(
+                        "{}: the plain tree of {} could not be built ({e}); publishing the snapshot without it",
+                        t.sink.location(),
+                        manifest.chain.name
+                    );
                     None
                 }
             },
@@ -167,7 +172,13 @@ async fn update_catalog(t: &Target, signer: &SigningKeys, chain: &ChainName) -> 
     loop {
         let (bytes, expect) = get_signed_for_update(t.sink.as_ref(), &key, &keys, pointer::MAX_BYTES)
             .await
-            .map_err(|e| SnapshotError::reading_own(e, signer))?;
+            .map_err(|e| {
+                SnapshotError::reading_own(
+                    e,
+                    signer,
+                    "The snapshot was published (its pointer moved) but the catalog was not updated.",
+                )
+            })?;
         let mut catalog = match bytes {
             Some(b) => Catalog::decode(&b)?,
             None => Catalog::default(),
@@ -200,7 +211,7 @@ pub async fn resign(
     let key = ObjectKey::pointer(chain);
     let (bytes, expect) = get_signed_for_update(sink.as_ref(), &key, &signer.trusted(), pointer::MAX_BYTES)
         .await
-        .map_err(|e| SnapshotError::reading_own(e, signer))?;
+        .map_err(|e| SnapshotError::reading_own(e, signer, "Nothing was written."))?;
     let Some(bytes) = bytes else {
         return Ok(None);
     };

@@ -64,7 +64,7 @@ async fn catalog_signatures(t: &Target, signer: &SigningKeys, key: &ObjectKey) -
     let Some(body) = get_signed(t.sink.as_ref(), key, &signer.trusted(), pointer::MAX_BYTES).await? else {
         return Ok(0);
     };
-    let lacking = lacking(t, signer.signature_keys(key, &body)).await?;
+    let lacking = lacking(t, signer, key, &body).await?;
     put(t, signer, key, &body, lacking).await
 }
 
@@ -76,7 +76,7 @@ async fn manifest_signatures(
     let key = &snap.manifest_key;
     // A manifest's signature keys do not depend on its bytes (it is written
     // once), so nothing is read unless a signature is missing.
-    let lacking = lacking(t, signer.signature_keys(key, &[])).await?;
+    let lacking = lacking(t, signer, key, &[]).await?;
     if lacking.is_empty() {
         return Ok(0);
     }
@@ -93,13 +93,32 @@ async fn manifest_signatures(
     put(t, signer, key, &body, lacking).await
 }
 
-/// Which of `sig_keys` (by index) the store lacks.
-async fn lacking(t: &Target, sig_keys: Vec<ObjectKey>) -> Result<Vec<(usize, ObjectKey)>, SnapshotError> {
+/// Which signatures of `signer`'s keys (by index) the store lacks for
+/// `body` at `key`. The primary place counts as the first key's only when
+/// that key made the signature there: one by another key (the old one,
+/// when the keys were listed new first) leaves the first key's signature
+/// to be added beside it.
+async fn lacking(
+    t: &Target,
+    signer: &SigningKeys,
+    key: &ObjectKey,
+    body: &[u8],
+) -> Result<Vec<(usize, ObjectKey)>, SnapshotError> {
+    let sig_keys = signer.signature_keys(key, body);
     let heads = futures::future::join_all(sig_keys.iter().map(|k| t.sink.head(k))).await;
     let mut out = Vec::new();
     for (i, (k, head)) in sig_keys.into_iter().zip(heads).enumerate() {
         if head?.is_none() {
             out.push((i, k));
+        } else if i == 0 {
+            let first = signer.primary().verifying_key().id();
+            let there = t.sink.get_limited(&k, 16 << 10).await?;
+            if qsync_core::sign::KeyId::of_signature(&there) != Some(first) {
+                let beside = key.signature_by(body, first);
+                if t.sink.head(&beside).await?.is_none() {
+                    out.push((0, beside));
+                }
+            }
         }
     }
     Ok(out)

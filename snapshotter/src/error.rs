@@ -73,13 +73,22 @@ impl From<SignedReadError> for SnapshotError {
 
 impl SnapshotError {
     /// `e`, met reading back a pointer or catalog this publisher is about
-    /// to replace: when none of its keys signed it, say how to change keys
-    /// without a gap instead of only that the signature was rejected.
-    pub(crate) fn reading_own(e: SignedReadError, signer: &qsync_core::sign::SigningKeys) -> SnapshotError {
+    /// to replace (`so_far` says what the run has written by then): when
+    /// it is signed by a key the publisher does not sign with, say how to
+    /// change keys without a gap instead of only that the signature was
+    /// rejected. Any other bad signature (a forged or damaged object, a
+    /// missing signature) is reported as it is.
+    pub(crate) fn reading_own(
+        e: SignedReadError,
+        signer: &qsync_core::sign::SigningKeys,
+        so_far: &str,
+    ) -> SnapshotError {
         match e {
-            SignedReadError::Format(FormatError::BadSignature { what, reason }) => {
+            SignedReadError::Format(FormatError::BadSignature { what, reason })
+                if reason.contains("which is not trusted here") =>
+            {
                 SnapshotError::Format(FormatError::Invalid(format!(
-                    "{what} is not signed by a key this publisher signs with ({}): {reason}. Nothing was written. To move to a new key without a gap, sign with the old and the new key together for a while (--secret-key OLD --secret-key NEW, or secret-key = [OLD, NEW] in the agent configuration; docs/deploy.md, \"Rotate the signing key\")",
+                    "{what} is not signed by a key this publisher signs with ({}): {reason}. {so_far} To move to a new key without a gap, sign with the old and the new key together for a while (--secret-key OLD --secret-key NEW, or secret-key = [OLD, NEW] in the agent configuration; docs/deploy.md, \"Rotate the signing key\")",
                     signer.describe()
                 )))
             }

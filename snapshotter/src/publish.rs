@@ -190,7 +190,7 @@ pub async fn publish_many(
             let (bytes, expect) =
                 get_signed_for_update(t.sink.as_ref(), &pointer_key, &keys, pointer::MAX_BYTES)
                     .await
-                    .map_err(|e| SnapshotError::reading_own(e, signer))?;
+                    .map_err(|e| SnapshotError::reading_own(e, signer, "Nothing was written."))?;
             let p = bytes
                 .map(|b| Pointer::decode(&b, pointer_key.as_str()))
                 .transpose()?;
@@ -274,7 +274,7 @@ pub async fn publish_many(
     // Cancelling here is clean: no manifest or pointer has been written.
     let (files, pack) = tokio::select! {
         biased;
-        () = cancelled(cancel) => {
+        () = cancelled(cancel.clone()) => {
             up.uploads.lock().expect("not poisoned").abort_all();
             return Err(SnapshotError::Cancelled);
         }
@@ -320,8 +320,13 @@ pub async fn publish_many(
         pack,
         pack_index: Default::default(),
     };
-    // Before any pointer moves, so that every pointer names every tree.
-    let trees = plain_trees(&targets, &manifest).await;
+    // Before any pointer moves, so that every pointer names every tree;
+    // cancelling while they are built is as clean as while reading.
+    let trees = tokio::select! {
+        biased;
+        () = cancelled(cancel) => return Err(SnapshotError::Cancelled),
+        trees = plain_trees(&targets, &manifest) => trees,
+    };
     let mirrors: Vec<String> = opts
         .mirror_hints
         .iter()
