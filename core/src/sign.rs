@@ -254,12 +254,21 @@ pub struct TrustedKeys(Vec<VerifyingKey>);
 
 impl TrustedKeys {
     /// The set of `keys`, in the given order without repeats. Refuses an
-    /// empty set (nothing would ever verify).
+    /// empty set (nothing would ever verify), and two different keys with
+    /// one id (signatures name their key by id alone, so one of the two
+    /// could never be used).
     pub fn new(keys: impl IntoIterator<Item = VerifyingKey>) -> Result<TrustedKeys, FormatError> {
         let mut out: Vec<VerifyingKey> = Vec::new();
         for k in keys {
-            if !out.iter().any(|o| o.id() == k.id()) {
-                out.push(k);
+            match out.iter().find(|o| o.id() == k.id()) {
+                None => out.push(k),
+                Some(o) if o.0.to_base64() == k.0.to_base64() => {}
+                Some(_) => {
+                    return Err(FormatError::Invalid(format!(
+                        "two different public keys share the key id {}; check the --public-key values (a key id names one key)",
+                        k.id()
+                    )))
+                }
             }
         }
         if out.is_empty() {

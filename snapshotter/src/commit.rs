@@ -55,6 +55,13 @@ pub(crate) async fn plain_trees(targets: &[Arc<Target>], manifest: &Manifest) ->
         let started = std::time::Instant::now();
         let tree = match t.sink.roots().filter(|_| t.live()) {
             Some(roots) => match roots.plain_tree(&manifest.chain.name, manifest).await {
+                Ok(cid) if !plausible_cid(&cid) => {
+                    tracing::warn!(
+                        "{}: the IPFS node answered {cid:?} as the plain tree's CID, which is no CID; publishing the snapshot without it",
+                        t.sink.location()
+                    );
+                    None
+                }
                 Ok(cid) => {
                     tracing::info!(
                         "{}: the snapshot's files are the directory /ipfs/{cid} (built in {:.1?})",
@@ -77,6 +84,13 @@ pub(crate) async fn plain_trees(targets: &[Arc<Target>], manifest: &Manifest) ->
         trees.push(tree);
     }
     trees
+}
+
+/// Whether `cid`, as an IPFS node answered it, can be a CID: what goes
+/// into a signed pointer (and is printed by `qsync ls`) is checked, not
+/// trusted.
+fn plausible_cid(cid: &str) -> bool {
+    (1..=128).contains(&cid.len()) && cid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Writes one store's manifest, pointer and catalog entry for `snapshot`,
@@ -256,6 +270,22 @@ pub async fn invalidate_rewritten(sink: &dyn ObjectSink, rewritten: &[String]) -
                 "the snapshot is published, but {e}; edges serve the old pointer until its max-age runs out"
             );
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_cid;
+
+    #[test]
+    fn only_a_plausible_cid_from_the_node_reaches_a_signed_pointer() {
+        assert!(plausible_cid(
+            "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+        ));
+        assert!(plausible_cid("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"));
+        for bad in ["", "bafy\u{1b}[31m", "baf y", "../x", &"a".repeat(129)] {
+            assert!(!plausible_cid(bad), "{bad:?}");
         }
     }
 }

@@ -327,12 +327,14 @@ pub async fn publish_many(
         () = cancelled(cancel) => return Err(SnapshotError::Cancelled),
         trees = plain_trees(&targets, &manifest) => trees,
     };
-    let mirrors: Vec<String> = opts
-        .mirror_hints
-        .iter()
-        .cloned()
-        .chain(trees.iter().flatten().map(|cid| pointer::plain_tree_hint(cid)))
-        .collect();
+    let mut mirrors: Vec<String> = Vec::new();
+    let hints = opts.mirror_hints.iter().cloned();
+    for hint in hints.chain(trees.iter().flatten().map(|cid| pointer::plain_tree_hint(cid))) {
+        // Several IPFS stores of one node give one tree: one hint.
+        if !mirrors.contains(&hint) {
+            mirrors.push(hint);
+        }
+    }
     let snapshot = NewSnapshot {
         signer,
         opts,
