@@ -605,6 +605,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_plain_tree_that_fails_leaves_the_snapshot_published_without_it() {
+        let (src, keys) = (source(), tempfile::tempdir().unwrap());
+        let signer = signer(keys.path());
+        let chain = ChainName::new("eth").unwrap();
+        let opts = SnapshotOptions::new(chain.clone());
+        let memory = Arc::new(MemoryStore::new("tree"));
+        let store = Arc::new(FaultySink::with_failing_tree(memory.clone()));
+        let s = publish(src.path(), store, &signer, &opts, Arc::new(NoProgress))
+            .await
+            .expect("a failed plain tree does not fail the publish");
+        assert_eq!(s.version, 1);
+        let bytes = memory.get(&ObjectKey::pointer(&chain)).await.unwrap();
+        let p = qsync_core::pointer::Pointer::decode(&bytes, "pointer").unwrap();
+        assert!(
+            p.mirrors
+                .iter()
+                .all(|h| qsync_core::pointer::plain_tree_cid(h).is_none()),
+            "the pointer names a tree that was not built: {:?}",
+            p.mirrors
+        );
+    }
+
+    #[tokio::test]
     async fn the_pointer_moves_only_after_the_manifest_and_every_chunk_are_stored() {
         let (src, keys) = (source(), tempfile::tempdir().unwrap());
         let signer = signer(keys.path());

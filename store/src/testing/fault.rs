@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use qsync_core::ObjectKey;
+use qsync_core::manifest::Manifest;
+use qsync_core::{ChainName, ObjectKey};
 
 use crate::traits::{
     Expect, Listed, ObjectMeta, ObjectSink, ObjectSource, PutOptions, Roots, StoreError, Version,
@@ -150,6 +151,32 @@ pub struct FaultySink {
     inner: Arc<dyn ObjectSink>,
     /// Key prefix, the fault, and how many more times (`None`: for good).
     failing: Mutex<Vec<(String, WriteFault, Option<u32>)>>,
+    /// Roots of its own, whose plain tree fails (instead of the inner
+    /// store's capability).
+    failing_tree: Option<FailingTree>,
+}
+
+/// Roots whose every plain tree fails, as an IPFS node refusing `dag/put`
+/// would; roots themselves work.
+pub struct FailingTree;
+
+#[async_trait]
+impl Roots for FailingTree {
+    async fn snapshot_root(&self) -> Result<String, StoreError> {
+        Ok("bafyfailingtreeroot".into())
+    }
+
+    async fn plain_tree(&self, _: &ChainName, _: &Manifest) -> Result<String, StoreError> {
+        Err(StoreError::Transport {
+            location: "mem://failing-tree".into(),
+            key: "dag/put".into(),
+            source: "the node refused the tree's nodes".into(),
+        })
+    }
+
+    async fn retire_root(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl FaultySink {
@@ -158,6 +185,15 @@ impl FaultySink {
         FaultySink {
             inner,
             failing: Mutex::new(Vec::new()),
+            failing_tree: None,
+        }
+    }
+
+    /// `inner`, with roots whose plain tree always fails.
+    pub fn with_failing_tree(inner: Arc<dyn ObjectSink>) -> Self {
+        FaultySink {
+            failing_tree: Some(FailingTree),
+            ..FaultySink::new(inner)
         }
     }
 
@@ -228,7 +264,10 @@ impl ObjectSource for FaultySink {
 #[async_trait]
 impl ObjectSink for FaultySink {
     fn roots(&self) -> Option<&dyn Roots> {
-        self.inner.roots()
+        match &self.failing_tree {
+            Some(t) => Some(t),
+            None => self.inner.roots(),
+        }
     }
 
     fn edge(&self) -> Option<crate::Edge<'_>> {

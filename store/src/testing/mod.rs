@@ -10,5 +10,5 @@
 mod fault;
 mod memory;
 
-pub use fault::{Fault, Faulty, FaultySink, WriteFault};
+pub use fault::{FailingTree, Fault, Faulty, FaultySink, WriteFault};
 pub use memory::MemoryStore;
