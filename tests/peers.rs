@@ -360,3 +360,32 @@ fn the_origins_token_never_reaches_a_peer() {
     );
     assert_eq!(files(&b), files(&f.src));
 }
+
+#[test]
+fn two_destinations_of_one_chain_keep_their_own_signed_objects() {
+    require("curl");
+    let f = fleet();
+    // A second destination on the same host, same state dir, restored to
+    // a newer snapshot after node A.
+    std::fs::write(f.src.join("newer"), b"v2").unwrap();
+    f.env.snapshot(&f.src, "eth", &["--chunk-size", "256"]);
+    let other = f.env.path("node-a2");
+    let out = restore_as(&f.env, "state-a", &other, &f.origin.url, None)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A still serves its own snapshot (version 1), the other its own.
+    let manifest_of = |version: u64| {
+        let dir = f.env.store.join("chains/eth/manifests");
+        let name = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.starts_with(&format!("{version:012}-")) && !n.ends_with(".minisig"))
+            .unwrap();
+        format!("chains/eth/manifests/{name}")
+    };
+    let (a, _) = serve_data(&f, &f.a, "state-a");
+    let (a2, _) = serve_data(&f, &other, "state-a");
+    assert_eq!(status(&format!("{}/{}", a.url, manifest_of(1))), "200");
+    assert_eq!(status(&format!("{}/{}", a2.url, manifest_of(2))), "200");
+}
