@@ -196,49 +196,47 @@ fn file_slot_at(root: &Root, parent: &File, rel: &str, name: &str) -> Result<boo
 /// Deletes everything in the destination that `manifest` does not list
 /// (markers excepted). Returns how many entries were removed.
 pub fn remove_extras(root: &Root, manifest: &Manifest) -> Result<u64, RestoreError> {
-    let mut removed = Extras::Remove(0);
-    walk_extras(root, manifest, &mut removed)?;
-    match removed {
-        Extras::Remove(n) => Ok(n),
-        Extras::List(_) => unreachable!("removing"),
-    }
+    let mut removed = 0;
+    walk_extras(root, manifest, &mut |dir, name, rel| {
+        root::remove_at(dir, name).map_err(io_at(root, rel))?;
+        removed += 1;
+        Ok(())
+    })?;
+    Ok(removed)
 }
 
 /// What [`remove_extras`] would delete, without deleting anything: each
 /// entry's path (a directory stands for everything under it).
 pub fn list_extras(root: &Root, manifest: &Manifest) -> Result<Vec<String>, RestoreError> {
-    let mut listed = Extras::List(Vec::new());
-    walk_extras(root, manifest, &mut listed)?;
-    match listed {
-        Extras::List(l) => Ok(l),
-        Extras::Remove(_) => unreachable!("listing"),
-    }
+    let mut listed = Vec::new();
+    walk_extras(root, manifest, &mut |_, _, rel| {
+        listed.push(rel.to_string());
+        Ok(())
+    })?;
+    Ok(listed)
 }
 
-/// What the walk over entries the manifest lacks does with each.
-enum Extras {
-    /// Removes it, counting.
-    Remove(u64),
-    /// Lists it.
-    List(Vec<String>),
-}
+/// What the walk does with an entry the manifest lacks: given its open
+/// parent directory, its name there and its path.
+type Extra<'a> = dyn FnMut(&File, &std::ffi::CStr, &str) -> Result<(), RestoreError> + 'a;
 
-fn walk_extras(root: &Root, manifest: &Manifest, extras: &mut Extras) -> Result<(), RestoreError> {
+fn walk_extras(root: &Root, manifest: &Manifest, extra: &mut Extra<'_>) -> Result<(), RestoreError> {
     let mut keep: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     keep.extend(manifest.directories.iter().map(|d| d.path.as_str()));
     keep.extend(RESERVED_NAMES);
     let dir = root.open_dir("").map_err(RestoreError::io(root.path()))?;
-    prune(root, &dir, "", &keep, extras)
+    prune(root, &dir, "", &keep, extra)
 }
 
-/// Prunes the open directory `dir` (at `prefix`), descending only into
-/// kept subdirectories, each opened relative to its parent, never a link.
+/// Walks the open directory `dir` (at `prefix`), descending only into
+/// kept subdirectories, each opened relative to its parent, never a link;
+/// every entry not kept goes to `extra`.
 fn prune(
     root: &Root,
     dir: &File,
     prefix: &str,
     keep: &HashSet<&str>,
-    extras: &mut Extras,
+    extra: &mut Extra<'_>,
 ) -> Result<(), RestoreError> {
     let here = RestoreError::io(root.display(prefix));
     for name in root::entries(dir).map_err(here)? {
@@ -248,23 +246,17 @@ fn prune(
         } else {
             format!("{prefix}/{text}")
         };
-        let io = io_at(root, &rel);
         // A name that is not UTF-8 is in no manifest.
         let kept = name.to_str().is_ok() && keep.contains(rel.as_str());
         if kept {
+            let io = io_at(root, &rel);
             if let Some((FileType::Directory, _)) = root::stat_at(dir, &text).map_err(&io)? {
                 let sub = root::open_dir_at(dir, &text).map_err(&io)?;
-                prune(root, &sub, &rel, keep, extras)?;
+                prune(root, &sub, &rel, keep, extra)?;
             }
             continue;
         }
-        match extras {
-            Extras::Remove(n) => {
-                root::remove_at(dir, name.as_c_str()).map_err(io)?;
-                *n += 1;
-            }
-            Extras::List(l) => l.push(rel.clone()),
-        }
+        extra(dir, name.as_c_str(), &rel)?;
     }
     Ok(())
 }
