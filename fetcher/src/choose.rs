@@ -28,8 +28,10 @@ pub struct Chosen {
     pub manifest: Manifest,
     /// The mirror whose pointer won.
     pub from: String,
-    /// The pointer's stored bytes, as signed.
-    pub pointer_bytes: bytes::Bytes,
+    /// The pointer's stored bytes, as signed, when it names the snapshot
+    /// chosen as its current one (not after `--snapshot-version` took an
+    /// older one from its history).
+    pub pointer_bytes: Option<bytes::Bytes>,
     /// The manifest's stored bytes, as signed.
     pub manifest_bytes: bytes::Bytes,
     /// The trusted key whose signature on the manifest verified.
@@ -118,7 +120,7 @@ pub async fn choose(
             pointer,
             manifest,
             from: c.location.clone(),
-            pointer_bytes: c.bytes.clone(),
+            pointer_bytes: (version.is_none_or(|v| v == c.pointer.current.version)).then(|| c.bytes.clone()),
             manifest_bytes,
             signed_by,
         });

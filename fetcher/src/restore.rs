@@ -292,13 +292,11 @@ async fn keep_for_peers(
     opts: &RestoreOptions,
     dest: &Path,
     pointer: &qsync_core::pointer::Pointer,
-    (pointer_bytes, manifest_bytes): &(bytes::Bytes, bytes::Bytes),
+    (pointer_bytes, manifest_bytes): &(Option<bytes::Bytes>, bytes::Bytes),
 ) {
-    let latest = qsync_core::pointer::Pointer::decode(pointer_bytes, "the pointer")
-        .is_ok_and(|p| p.current.manifest_blake3 == pointer.current.manifest_blake3);
     let signed = crate::peer::Signed {
         chain: &opts.chain,
-        pointer: latest.then_some(pointer_bytes),
+        pointer: pointer_bytes.as_ref(),
         manifest_key: &pointer.current.manifest_key,
         manifest: manifest_bytes,
     };
