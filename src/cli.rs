@@ -163,17 +163,9 @@ pub struct GcArgs {
     /// Store to collect: a directory, s3://BUCKET/PREFIX or ipfs+http://HOST:PORT[/MFS/DIR].
     #[arg(long, env = "QSYNC_STORE")]
     pub store: String,
-    /// The publisher's public key: pointers and manifests must verify under
-    /// it, or nothing is deleted. Repeatable (env: comma-separated): during
-    /// a key rotation give both keys.
-    #[arg(
-        long = "public-key",
-        value_name = "KEY",
-        env = "QSYNC_PUBLIC_KEY",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub public_keys: Vec<String>,
+    /// The publisher's public keys.
+    #[command(flatten)]
+    pub keys: PublicKeys,
     /// Unreferenced objects younger than this are kept.
     #[arg(long, env = "QSYNC_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -194,17 +186,9 @@ pub struct RestoreArgs {
     /// Store to read from; repeat for mirrors (env: comma-separated).
     #[arg(long = "from", env = "QSYNC_FROM", required = true, value_delimiter = ',')]
     pub from: Vec<String>,
-    /// The publisher's minisign public key: a .pub file or the RW... string.
-    /// Repeatable (env: comma-separated): a snapshot signed by any of them
-    /// is accepted, for a key rotation.
-    #[arg(
-        long = "public-key",
-        value_name = "KEY",
-        env = "QSYNC_PUBLIC_KEY",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub public_keys: Vec<String>,
+    /// The publisher's public keys.
+    #[command(flatten)]
+    pub keys: PublicKeys,
     /// Chain to restore.
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
@@ -281,6 +265,29 @@ pub struct RestoreArgs {
     /// than --timeout. Zero turns the lines off.
     #[arg(long, env = "QSYNC_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+}
+
+/// The publisher's public keys a reader pins.
+#[derive(Args, Debug)]
+pub struct PublicKeys {
+    /// The publisher's minisign public key: a .pub file or the RW... key.
+    /// Repeatable (env: comma-separated): a signature by any of them is
+    /// accepted, for a key rotation.
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "QSYNC_PUBLIC_KEY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub public_keys: Vec<String>,
+}
+
+impl PublicKeys {
+    /// The keys, loaded.
+    pub fn load(&self) -> anyhow::Result<qsync_core::sign::TrustedKeys> {
+        Ok(qsync_core::sign::TrustedKeys::load(&self.public_keys)?)
+    }
 }
 
 /// How to reach remote stores when reading.
@@ -386,15 +393,9 @@ pub struct VerifyArgs {
     /// Store to check.
     #[arg(long = "from", env = "QSYNC_FROM")]
     pub from: String,
-    /// The publisher's minisign public key; repeatable (env: comma-separated).
-    #[arg(
-        long = "public-key",
-        value_name = "KEY",
-        env = "QSYNC_PUBLIC_KEY",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub public_keys: Vec<String>,
+    /// The publisher's public keys.
+    #[command(flatten)]
+    pub keys: PublicKeys,
     /// Chain to check.
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: String,
@@ -431,15 +432,9 @@ pub struct LsArgs {
     /// Store to list.
     #[arg(long = "from", env = "QSYNC_FROM")]
     pub from: String,
-    /// The publisher's minisign public key; repeatable (env: comma-separated).
-    #[arg(
-        long = "public-key",
-        value_name = "KEY",
-        env = "QSYNC_PUBLIC_KEY",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub public_keys: Vec<String>,
+    /// The publisher's public keys.
+    #[command(flatten)]
+    pub keys: PublicKeys,
     /// Only this chain [default: every chain in the store's catalog].
     #[arg(long, env = "QSYNC_CHAIN")]
     pub chain: Option<String>,

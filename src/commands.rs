@@ -252,7 +252,7 @@ async fn agent_check(cfg: Config) -> Result<()> {
 }
 
 async fn gc(a: GcArgs) -> Result<()> {
-    let keys = TrustedKeys::load(&a.public_keys)?;
+    let keys = a.keys.load()?;
     let opts = qsync_store::StoreOptions {
         s3: a.s3.options(),
         ..Default::default()
@@ -328,7 +328,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let keys = TrustedKeys::load(&a.public_keys)?;
+    let keys = a.keys.load()?;
     let store_opts = a.remote.options()?;
     let mut sources = open_all(&a.from, &store_opts)?;
     let opts = mirror_options(Some(&a.timeouts));
@@ -433,7 +433,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
 
 async fn verify(a: VerifyArgs) -> Result<()> {
     let chain = ChainName::new(a.chain.clone())?;
-    let keys = TrustedKeys::load(&a.public_keys)?;
+    let keys = a.keys.load()?;
     let sources = vec![open_source_with(&a.from, &a.remote.options()?)?];
     let opts = MirrorOptions {
         attempt_timeout: a.timeouts.timeout,
@@ -473,7 +473,7 @@ async fn verify(a: VerifyArgs) -> Result<()> {
 }
 
 async fn ls(a: LsArgs) -> Result<()> {
-    let keys = TrustedKeys::load(&a.public_keys)?;
+    let keys = a.keys.load()?;
     let chain = a.chain.map(ChainName::new).transpose()?;
     let m = mirrors(std::slice::from_ref(&a.from), None, &a.remote)?;
     let pointers = inspect::list(&m, &keys, chain.as_ref()).await?;
