@@ -53,13 +53,8 @@ fn an_audit_names_every_missing_changed_and_extra_file_and_trusts_nothing_a_link
         "--fast hashed what the index vouches for: {r}"
     );
 
-    let mut by_size: Vec<(u64, String)> = files(&dest)
-        .into_keys()
-        .map(|p| (std::fs::metadata(dest.join(&p)).unwrap().len(), p))
-        .filter(|(len, _)| *len > 64)
-        .collect();
-    by_size.sort();
-    let [(_, flipped), (_, gone), (_, loose), (_, linked)] = [0, 1, 2, 3].map(|i| by_size[i].clone());
+    let by_size = files_by_size(&dest, 64);
+    let [flipped, gone, loose, linked] = [0, 1, 2, 3].map(|i| by_size[i].clone());
     // Rewritten in place with the same size and mtime: only its ctime and
     // contents say so.
     let p = dest.join(&flipped);
@@ -133,13 +128,8 @@ fn an_audit_sees_setuid_bits_hard_links_and_directories_out_of_place() {
     env.snapshot(&src, "eth", &[]);
     let dest = env.path("dest");
     env.restore("eth", &dest);
-    let mut by_size: Vec<(u64, String)> = files(&dest)
-        .into_keys()
-        .map(|p| (std::fs::metadata(dest.join(&p)).unwrap().len(), p))
-        .filter(|(len, _)| *len > 64)
-        .collect();
-    by_size.sort();
-    let [(_, setuid), (_, linked)] = [0, 1].map(|i| by_size[i].clone());
+    let by_size = files_by_size(&dest, 64);
+    let [setuid, linked] = [0, 1].map(|i| by_size[i].clone());
     let mode = std::fs::metadata(dest.join(&setuid))
         .unwrap()
         .permissions()

@@ -56,6 +56,19 @@ fn restore_as(env: &Env, state: &str, dest: &Path, origin: &str, peers: Option<&
     c
 }
 
+/// Node B restored from `origin` with the peers at `peers`
+/// (`--peers-dns`) and `extra` flags; it must succeed and be the
+/// snapshot. Returns its `--json` summary.
+fn restore_b(f: &Fleet, origin: &str, peers: &str, extra: &[&str]) -> Value {
+    let b = f.env.path("node-b");
+    let mut c = restore_as(&f.env, "state-b", &b, origin, Some(peers));
+    c.args(extra);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(files(&b), files(&f.src), "node B is not the snapshot");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `qsync serve --data` of node A.
 fn serve_a(f: &Fleet) -> Server {
     let mut c = qsync();
@@ -84,13 +97,8 @@ fn a_node_restores_from_its_peer_and_takes_from_the_origin_only_what_the_peer_la
     // Node A runs on: it rewrites a file in place (compaction) and someone
     // plants a link to a file outside its data directory.
     let (rewritten, linked) = {
-        let mut by_size: Vec<(u64, String)> = files(&f.a)
-            .into_keys()
-            .map(|p| (std::fs::metadata(f.a.join(&p)).unwrap().len(), p))
-            .filter(|(len, _)| *len > 0)
-            .collect();
-        by_size.sort();
-        (by_size.last().unwrap().1.clone(), by_size[0].1.clone())
+        let by_size = files_by_size(&f.a, 0);
+        (by_size.last().unwrap().clone(), by_size[0].clone())
     };
     let path = f.a.join(&rewritten);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -107,19 +115,7 @@ fn a_node_restores_from_its_peer_and_takes_from_the_origin_only_what_the_peer_la
     let peer = serve_a(&f);
     let port = peer.url.rsplit(':').next().unwrap();
     let before = metric(&f.origin.url, CHUNK_BYTES);
-    let b = f.env.path("node-b");
-    let out = restore_as(
-        &f.env,
-        "state-b",
-        &b,
-        &f.origin.url,
-        Some(&format!("localhost:{port}")),
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(files(&b), files(&f.src), "node B is not the snapshot");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = restore_b(&f, &f.origin.url, &format!("localhost:{port}"), &[]);
 
     // What the origin served for B's chunks, by its own count, against what
     // the peer served: under a tenth of the snapshot.
@@ -310,19 +306,7 @@ fn a_peer_serving_corrupt_chunks_is_demoted_and_the_origin_serves_the_rest() {
     };
     let hostile = FaultProxy::start(&peer.url, corrupt, 5);
     let port = hostile.url.rsplit(':').next().unwrap();
-    let b = f.env.path("node-b");
-    let out = restore_as(
-        &f.env,
-        "state-b",
-        &b,
-        &f.origin.url,
-        Some(&format!("127.0.0.1:{port}")),
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(files(&b), files(&f.src));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = restore_b(&f, &f.origin.url, &format!("127.0.0.1:{port}"), &[]);
     let p = mirror(&report, true)[0];
     assert_eq!(
         (p["demoted"].as_bool(), p["chunks"].as_u64()),
@@ -341,24 +325,18 @@ fn the_origins_token_never_reaches_a_peer() {
     let peer = serve_a(&f);
     let watch = FaultProxy::start(&peer.url, Faults::default(), 2);
     let port = watch.url.rsplit(':').next().unwrap();
-    let b = f.env.path("node-b");
-    let mut c = restore_as(
-        &f.env,
-        "state-b",
-        &b,
+    restore_b(
+        &f,
         &origin.url,
-        Some(&format!("127.0.0.1:{port}")),
+        &format!("127.0.0.1:{port}"),
+        &["--http-token", "origin-secret"],
     );
-    c.args(["--http-token", "origin-secret"]);
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(watch.count(|c| &c.requests) > 0, "the peer was never asked");
     assert_eq!(
         watch.count(|c| &c.authorized),
         0,
         "a peer was sent the origin's token"
     );
-    assert_eq!(files(&b), files(&f.src));
 }
 
 #[test]
@@ -388,4 +366,55 @@ fn two_destinations_of_one_chain_keep_their_own_signed_objects() {
     let (a2, _) = serve_data(&f, &other, "state-a");
     assert_eq!(status(&format!("{}/{}", a.url, manifest_of(1))), "200");
     assert_eq!(status(&format!("{}/{}", a2.url, manifest_of(2))), "200");
+}
+
+#[test]
+fn after_a_rollback_to_an_older_version_the_peer_serves_no_pointer_naming_the_latest() {
+    require("curl");
+    let f = fleet();
+    std::fs::write(f.src.join("newer"), b"v2").unwrap();
+    f.env.snapshot(&f.src, "eth", &["--chunk-size", "256"]);
+    let old = f.env.path("node-old");
+    let mut c = restore_as(&f.env, "state-a", &old, &f.origin.url, None);
+    c.args(["--snapshot-version", "1"]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (peer, _) = serve_data(&f, &old, "state-a");
+    // The pointer names version 2, which this node does not hold: not kept.
+    assert_eq!(status(&format!("{}/chains/eth/latest.json", peer.url)), "404");
+    let manifest = std::fs::read_dir(f.env.store.join("chains/eth/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("000000000001-") && !n.ends_with(".minisig"))
+        .unwrap();
+    assert_eq!(
+        status(&format!("{}/chains/eth/manifests/{manifest}", peer.url)),
+        "200"
+    );
+}
+
+#[test]
+fn a_malformed_peer_name_is_an_error_not_a_restore_without_peers() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 1);
+    env.snapshot(&src, "eth", &[]);
+    // The origin works: a malformed name must not be shrugged off as "no
+    // peers" while the restore goes ahead.
+    for bad in ["peers:http", ":8080", "fe80::1:8080"] {
+        let mut c = qsync();
+        c.args(["restore", "--chain", "eth", "--from"])
+            .arg(&env.store)
+            .arg("--public-key")
+            .arg(&env.pk)
+            .arg("--dest")
+            .arg(env.path("dest"))
+            .arg("--state-dir")
+            .arg(&env.state)
+            .args(["--peers-dns", bad]);
+        let (code, _, err) = run(c);
+        assert_ne!(code, 0, "{bad}");
+        assert!(err.contains("--peers-dns"), "{bad}: {err}");
+        assert!(!env.path("dest").exists(), "{bad}: the restore went ahead");
+    }
 }

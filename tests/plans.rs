@@ -181,3 +181,32 @@ fn a_dry_run_lists_entries_of_the_wrong_kind_that_the_restore_replaces() {
     );
     assert_eq!(files(&dest), files(&src));
 }
+
+#[test]
+fn a_dry_run_refuses_what_the_restore_would_and_never_runs_as_an_init_container() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 2);
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    // The state dir inside the destination: the restore refuses it.
+    let mut c = qsync();
+    c.args(["restore", "--chain", "eth", "--json", "--dry-run", "--from"])
+        .arg(&env.store)
+        .arg("--public-key")
+        .arg(&env.pk)
+        .arg("--dest")
+        .arg(&dest)
+        .arg("--state-dir")
+        .arg(dest.join("state"));
+    std::fs::create_dir(&dest).unwrap();
+    let (code, out, err) = run(c);
+    assert_eq!(code, 4, "{err}");
+    assert!(out.contains("--state-dir"), "{out}");
+    // In an init container a dry run would let the node start on nothing.
+    let mut c = env.restore_cmd(env.store.to_str().unwrap(), "eth", &dest);
+    c.args(["--dry-run", "--init"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+}

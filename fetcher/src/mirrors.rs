@@ -827,6 +827,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalling_peer_is_raced_against_an_origin_not_another_peer() {
+        let s: Vec<Arc<MemoryStore>> = ["peer-a", "peer-b", "origin"]
+            .iter()
+            .map(|n| Arc::new(MemoryStore::new(n)))
+            .collect();
+        let data = plain();
+        let c = publish(&[&s[0], &s[1], &s[2]], &data).await;
+        let stalling = Arc::new(Faulty::new(s[0].clone()));
+        stalling.set(None, Fault::Stall);
+        // Long enough per request that the hedge (after 2 s) fires first.
+        let opts = MirrorOptions {
+            attempt_timeout: Duration::from_secs(20),
+            ..fast()
+        };
+        let m = Mirrors::with_peers(vec![stalling, s[1].clone()], vec![s[2].clone()], opts);
+        let mut got = Buffer(Vec::new());
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0, data);
+        let r = m.report();
+        assert_eq!((r[1].chunks, r[2].chunks), (0, 1), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_peers_404_costs_it_nothing_and_the_origin_serves_the_chunk() {
+        let (peer, origin) = (
+            Arc::new(MemoryStore::new("peer")),
+            Arc::new(MemoryStore::new("origin")),
+        );
+        let data = plain();
+        let c = publish(&[&origin], &data).await;
+        let m = Mirrors::with_peers(vec![peer], vec![origin], fast());
+        m.chunk(&c, &mut Buffer(Vec::new())).await.unwrap();
+        let r = m.report();
+        assert_eq!((r[0].errors, r[1].chunks), (0, 1), "{r:?}");
+        assert_eq!(m.errors(), 0, "a peer's 404 would cut the pace");
+    }
+
+    #[tokio::test]
     async fn a_chunk_no_mirror_holds_fails_naming_it_instead_of_retrying_forever() {
         let (a, b) = (MemoryStore::new("a"), MemoryStore::new("b"));
         let data = plain();

@@ -313,6 +313,18 @@ pub fn files(root: &Path) -> BTreeMap<String, (u32, String)> {
     tree(root).into_iter().filter(|(_, (_, h))| h != "dir").collect()
 }
 
+/// The files under `root` larger than `more_than` bytes, smallest first
+/// (then by path), as paths relative to it.
+pub fn files_by_size(root: &Path, more_than: u64) -> Vec<String> {
+    let mut by_size: Vec<(u64, String)> = files(root)
+        .into_keys()
+        .map(|p| (std::fs::metadata(root.join(&p)).unwrap().len(), p))
+        .filter(|(len, _)| *len > more_than)
+        .collect();
+    by_size.sort();
+    by_size.into_iter().map(|(_, p)| p).collect()
+}
+
 pub fn has_marker(dest: &Path) -> bool {
     dest.join(".qsync-restore.json").exists()
 }
