@@ -18,6 +18,7 @@
 #        BENCH_LIMITED_MIB=1024 BENCH_RATE=20m BENCH_DIR=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/nginx-conf.sh
 
 FILES=${BENCH_FILES:-50000}
 LARGE_MIB=${BENCH_LARGE_MIB:-2048}
@@ -61,27 +62,11 @@ json() { sed -E "s/.*\"$2\":([0-9]+).*/\1/" "$1"; }
 # /slow/ the same files at $RATE per connection (CDN edges and S3 prefixes
 # limit each connection, not the client).
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p nginx/tmp
-cat >nginx/nginx.conf <<CONF
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  client_body_temp_path $WORK/nginx/tmp;
-  proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp;
-  uwsgi_temp_path $WORK/nginx/tmp;
-  scgi_temp_path $WORK/nginx/tmp;
-  server {
+nginx_conf "$WORK" "server {
     listen 127.0.0.1:$PORT;
     location /pub/ { alias $WORK/pub/; autoindex on; }
     location /slow/ { alias $WORK/pub/; limit_rate $RATE; }
-  }
-}
-CONF
+  }"
 nginx -c "$WORK/nginx/nginx.conf"
 trap 'nginx -c "$WORK/nginx/nginx.conf" -s stop 2>/dev/null || true; umount "$WORK/mnt" 2>/dev/null || true' EXIT
 URL=http://127.0.0.1:$PORT

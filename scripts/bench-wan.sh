@@ -14,6 +14,7 @@
 #        BENCH_RATE=200mbit BENCH_FIXED="8 32" BENCH_DIR=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/nginx-conf.sh
 
 MIB=${BENCH_MIB:-1024}
 DELAY=${BENCH_DELAY:-25ms}
@@ -32,7 +33,7 @@ cargo build --release --locked -q
 Q=$PWD/target/release/qsync
 
 rm -rf "$WORK"
-mkdir -p "$WORK/pub" "$WORK/nginx/tmp"
+mkdir -p "$WORK/pub"
 cd "$WORK"
 cleanup() {
   ip netns exec "$NS" nginx -c "$WORK/nginx/nginx.conf" -s stop 2>/dev/null || true
@@ -96,22 +97,7 @@ PY
   ip netns exec "$NS" timeout 1800 python3 relay.py "$ms" &
   how="a relay holding data ${DELAY} each way"
 fi
-cat >nginx/nginx.conf <<CONF
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  client_body_temp_path $WORK/nginx/tmp;
-  proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp;
-  uwsgi_temp_path $WORK/nginx/tmp;
-  scgi_temp_path $WORK/nginx/tmp;
-  server { listen 10.77.0.2:$PORT; location / { root $WORK/pub; } }
-}
-CONF
+nginx_conf "$WORK" "server { listen 10.77.0.2:$PORT; location / { root $WORK/pub; } }"
 ip netns exec "$NS" nginx -c "$WORK/nginx/nginx.conf"
 URL=http://10.77.0.2:8080
 for _ in $(seq 50); do curl -sf -o /dev/null "$URL/store/catalog.json" && break; sleep 0.1; done
