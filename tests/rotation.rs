@@ -237,15 +237,28 @@ fn rollback_protection_holds_across_a_key_change() {
     );
 }
 
+/// Version 1 published under the env's (old) key alone, version 2 under
+/// both, the new one first when `new_first`. Returns the new public key,
+/// version 1's manifest key and the new key's id.
+fn rotate(env: &Env, new_first: bool) -> (PathBuf, String, String) {
+    let (new_sk, new_pk, new_id) = keypair(env, "new");
+    let src = source(env);
+    snapshot(env, &src, &[&env.sk]);
+    let v1_manifest = current(env).1;
+    std::fs::write(src.join("db/c.sst"), noise(1 << 20, 3)).unwrap();
+    let keys: [&Path; 2] = if new_first {
+        [&new_sk, &env.sk]
+    } else {
+        [&env.sk, &new_sk]
+    };
+    snapshot(env, &src, &keys);
+    (new_pk, v1_manifest, new_id)
+}
+
 #[test]
 fn after_one_publish_with_both_keys_everything_kept_verifies_under_the_new_key() {
     let env = Env::new();
-    let (new_sk, new_pk, new_id) = keypair(&env, "new");
-    let src = source(&env);
-    snapshot(&env, &src, &[&env.sk]);
-    let v1_manifest = current(&env).1;
-    std::fs::write(src.join("db/c.sst"), noise(1 << 20, 3)).unwrap();
-    snapshot(&env, &src, &[&env.sk, &new_sk]);
+    let (new_pk, v1_manifest, new_id) = rotate(&env, false);
     // The catalog and version 1's manifest, written under the old key
     // alone, now carry the new key's signature too.
     assert!(env
@@ -277,14 +290,9 @@ fn after_one_publish_with_both_keys_everything_kept_verifies_under_the_new_key()
 #[test]
 fn keys_listed_new_first_still_add_the_new_keys_signature_to_what_the_old_one_signed() {
     let env = Env::new();
-    let (new_sk, new_pk, new_id) = keypair(&env, "new");
-    let src = source(&env);
-    snapshot(&env, &src, &[&env.sk]);
-    let v1_manifest = current(&env).1;
-    std::fs::write(src.join("db/c.sst"), noise(1 << 20, 3)).unwrap();
     // The new key first: version 1's primary signature is the old key's,
     // which must not count as the new key's.
-    snapshot(&env, &src, &[&new_sk, &env.sk]);
+    let (new_pk, v1_manifest, new_id) = rotate(&env, true);
     assert!(env
         .store
         .join(format!("{v1_manifest}.{new_id}.minisig"))
