@@ -18,27 +18,20 @@
 #        BENCH_LIMITED_MIB=1024 BENCH_RATE=20m BENCH_DIR=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/nginx-conf.sh
+. scripts/bench-lib.sh
 
 FILES=${BENCH_FILES:-50000}
 LARGE_MIB=${BENCH_LARGE_MIB:-2048}
 LIMITED_MIB=${BENCH_LIMITED_MIB:-1024}
 RATE=${BENCH_RATE:-20m}
 WORK=${BENCH_DIR:-$PWD/.tmp/bench-scale}
-missing=()
-for tool in zstd curl nginx aria2c rclone; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-[ -x /usr/bin/time ] || missing+=(time)
-if [ ${#missing[@]} -gt 0 ]; then
-  pkgs=$(printf '%s\n' "${missing[@]}" | sed 's/^aria2c$/aria2/')
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
-fi
+bench_tools zstd curl nginx aria2c rclone
 cargo build --release --locked -q
 Q=$PWD/target/release/qsync
 
 rm -rf "$WORK"
 mkdir -p "$WORK/pub"
 cd "$WORK"
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 # fresh NAME: an empty directory NAME on a new ext4 (or just a new directory).
 IMG=$WORK/dest.img
 mkdir -p "$WORK/mnt"
@@ -51,11 +44,6 @@ fresh() {
     rm -rf "${WORK:?}/$1" && mkdir -p "$WORK/$1"
   fi
 }
-timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$name.time" "$@"; }
-secs() { cut -d' ' -f1 "$1.time"; }
-rss_mib() { awk '{ printf "%.0f", $2 / 1024 }' "$1.time"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-json() { sed -E "s/.*\"$2\":([0-9]+).*/\1/" "$1"; }
 "$Q" keygen --secret-key k.sec --public-key k.pub >/dev/null
 
 # One nginx for every transfer: /pub/ at full speed (autoindex for rclone),

@@ -14,7 +14,7 @@
 #        BENCH_RATE=200mbit BENCH_FIXED="8 32" BENCH_DIR=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/nginx-conf.sh
+. scripts/bench-lib.sh
 
 MIB=${BENCH_MIB:-1024}
 DELAY=${BENCH_DELAY:-25ms}
@@ -22,13 +22,7 @@ RATE=${BENCH_RATE:-}
 FIXED=${BENCH_FIXED:-8 32}
 WORK=${BENCH_DIR:-$PWD/.tmp/bench-wan}
 NS=qsync-wan-$$
-missing=()
-for tool in nginx aria2c zstd tc ip; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-[ -x /usr/bin/time ] || missing+=(time)
-if [ ${#missing[@]} -gt 0 ]; then
-  pkgs=$(printf '%s\n' "${missing[@]}" | sed -e 's/^aria2c$/aria2/' -e 's/^tc$/iproute2/' -e 's/^ip$/iproute2/' | sort -u)
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
-fi
+bench_tools nginx aria2c zstd tc ip
 cargo build --release --locked -q
 Q=$PWD/target/release/qsync
 
@@ -42,10 +36,6 @@ cleanup() {
   ip netns del "$NS" 2>/dev/null || true
 }
 trap cleanup EXIT
-timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$name.time" "$@"; }
-secs() { cut -d' ' -f1 "$1.time"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 "$Q" keygen --secret-key k.sec --public-key k.pub >/dev/null
 "$Q" sample generate --dir src --size-mib "$MIB" >gen.json

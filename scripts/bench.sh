@@ -12,28 +12,17 @@
 # Usage: BENCH_SIZE_MIB=2048 scripts/bench.sh   (BENCH_DIR to choose the scratch dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 SIZE_MIB=${BENCH_SIZE_MIB:-2048}
 WORK=${BENCH_DIR:-$PWD/.tmp/bench}
-missing=()
-for tool in zstd curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-[ -x /usr/bin/time ] || missing+=(time)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bench_tools zstd curl
 cargo build --release --locked -q
 Q=$PWD/target/release/qsync
 
 rm -rf "$WORK"
 mkdir -p "$WORK/pub"
 cd "$WORK"
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
-# timed NAME CMD...: wall seconds and peak RSS (KiB) of CMD into NAME.time
-timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$name.time" "$@"; }
-secs() { cut -d' ' -f1 "$1.time"; }
-rss_mib() { awk '{ printf "%.0f", $2 / 1024 }' "$1.time"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-json() { sed -E "s/.*\"$2\":([0-9]+).*/\1/" "$1"; }
 
 echo "generating ${SIZE_MIB} MiB of chain-like data"
 "$Q" sample generate --dir src --size-mib "$SIZE_MIB" >gen.json
