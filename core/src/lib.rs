@@ -7,6 +7,7 @@
 //! `qsync-fetcher`. docs/format.md is the normative description of what these
 //! types read and write.
 
+pub mod capped;
 pub mod chunk;
 pub mod digest;
 pub mod error;

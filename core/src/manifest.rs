@@ -13,10 +13,10 @@
 //! [`crate::pieces`].
 
 use std::collections::HashSet;
-use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
+use crate::capped::Capped;
 use crate::chunk::{ChunkerParams, ZSTD_MAGIC};
 use crate::time::Timestamp;
 use crate::{ChainName, Digest, FormatError};
@@ -169,32 +169,38 @@ impl Manifest {
     }
 
     /// Serialises for storage; the bool says whether the bytes are zstd.
+    /// The JSON is streamed into the compressor once it outgrows
+    /// [`COMPRESS_ABOVE`], so only the compressed bytes are ever held
+    /// whole (a million files' JSON is about 190 MB, its zstd 47 MB).
     pub fn encode(&self) -> (Vec<u8>, bool) {
-        let json = serde_json::to_vec(self).expect("manifest serialises");
-        if json.len() > COMPRESS_ABOVE {
-            (zstd::bulk::compress(&json, 9).expect("zstd level 9"), true)
-        } else {
-            (json, false)
+        let mut out = Spill::Plain(Vec::new());
+        serde_json::to_writer(&mut out, self).expect("manifest serialises");
+        match out {
+            Spill::Plain(json) => (json, false),
+            Spill::Zstd(z) => (z.finish().expect("zstd into memory"), true),
         }
     }
 
     /// Parses and validates stored manifest bytes. `what` names the object in errors.
+    /// Compressed bytes are parsed as they decompress: the JSON is never
+    /// held whole.
     pub fn decode(stored: &[u8], what: &str) -> Result<Manifest, FormatError> {
         let invalid = |why: String| FormatError::Invalid(format!("manifest {what}: {why}"));
-        let json = if stored.starts_with(&ZSTD_MAGIC) {
-            let mut out = Vec::new();
-            zstd::stream::read::Decoder::new(stored)
-                .and_then(|d| d.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut out))
+        let m: Manifest = if stored.starts_with(&ZSTD_MAGIC) {
+            let z = zstd::stream::read::Decoder::with_buffer(stored)
                 .map_err(|e| invalid(format!("zstd: {e}")))?;
-            if out.len() as u64 > MAX_MANIFEST_BYTES {
+            let mut capped = Capped::new(z, MAX_MANIFEST_BYTES);
+            let parsed = serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, &mut capped));
+            if capped.over() {
                 return Err(invalid("larger than 2 GiB when decompressed".into()));
             }
-            out
+            parsed.map_err(|e| match e.io_error_kind() {
+                Some(_) => invalid(format!("zstd: {e}")),
+                None => invalid(format!("not valid JSON: {e}")),
+            })?
         } else {
-            stored.to_vec()
+            serde_json::from_slice(stored).map_err(|e| invalid(format!("not valid JSON: {e}")))?
         };
-        let m: Manifest =
-            serde_json::from_slice(&json).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
         m.validate().map_err(invalid)?;
         Ok(m)
     }
@@ -282,6 +288,36 @@ impl Manifest {
                 "the pack's chunks add up to {pack_bytes} bytes but the packed files to {packed_bytes}"
             ));
         }
+        Ok(())
+    }
+}
+
+/// Where [`Manifest::encode`] writes: plain JSON up to [`COMPRESS_ABOVE`]
+/// bytes, then a zstd stream that starts with what was written so far.
+enum Spill {
+    Plain(Vec<u8>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl std::io::Write for Spill {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Spill::Plain(json) if json.len() + buf.len() <= COMPRESS_ABOVE => {
+                json.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            Spill::Plain(json) => {
+                let mut z = zstd::stream::write::Encoder::new(Vec::new(), 9)?;
+                z.write_all(json)?;
+                z.write_all(buf)?;
+                *self = Spill::Zstd(z);
+                Ok(buf.len())
+            }
+            Spill::Zstd(z) => z.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

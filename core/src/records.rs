@@ -3,7 +3,9 @@
 //! The completion and in-progress markers, the lines of the resume journal
 //! and the file index of the last completed restore: their types, their
 //! serialisation, the size each may reach, and pure parse functions
-//! (`bytes -> Result<T, FormatError>`) that can be fuzzed on their own.
+//! (`bytes -> Result<T, FormatError>`; the index, which can reach hundreds
+//! of MB, is also read and written as a stream) that can be fuzzed on
+//! their own.
 //! A destination is writable by others, so every parser treats its input
 //! as hostile: bounded, never trusted beyond what it says. Reading the
 //! bytes safely (no links, no FIFOs) is the fetcher's job
@@ -11,8 +13,12 @@
 //! `qsync_fetcher::journal`'s and `qsync_fetcher::dest`'s.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+
+use crate::capped::Capped;
 
 use crate::pointer::Pointer;
 use crate::time::Timestamp;
@@ -267,34 +273,123 @@ impl IndexEntry {
     }
 }
 
-/// The file index of the last completed restore, by path.
-#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexFile {
-    /// Each file's digest and stat after sealing.
-    pub files: HashMap<String, IndexEntry>,
-}
-
 /// Most bytes an index of `files` files with paths of `path_bytes` bytes
 /// in all may reach.
 pub fn index_limit(files: usize, path_bytes: usize) -> u64 {
     (files as u64) * 256 + path_bytes as u64 + (1 << 20)
 }
 
-/// Parses an index of at most `limit` bytes.
-pub fn parse_index(bytes: &[u8], limit: u64) -> Result<IndexFile, FormatError> {
-    if bytes.len() as u64 > limit {
-        return Err(FormatError::Invalid(format!(
-            "file index is {} bytes, over the {limit} this manifest can need",
-            bytes.len()
-        )));
+/// Writes the file index of the last completed restore,
+/// `{"files":{PATH:ENTRY,...}}`, one entry at a time (a million files'
+/// index is about 180 MB of JSON; it is never held whole).
+pub fn write_index<'a, W: Write>(
+    w: W,
+    entries: impl IntoIterator<Item = (&'a str, IndexEntry)>,
+) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
+    w.write_all(b"{\"files\":{")?;
+    for (n, (path, entry)) in entries.into_iter().enumerate() {
+        if n > 0 {
+            w.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut w, path)?;
+        w.write_all(b":")?;
+        serde_json::to_writer(&mut w, &entry)?;
     }
-    serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid(format!("file index is not valid ({e})")))
+    w.write_all(b"}}")?;
+    w.flush()
 }
 
-impl IndexFile {
-    /// The index as stored.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("serialises")
+/// Reads a file index of at most `limit` bytes as it comes, handing each
+/// path and entry to `each` in stored order. On an error some entries may
+/// have been handed over already: the caller discards them.
+pub fn read_index<R: Read>(
+    r: R,
+    limit: u64,
+    mut each: impl FnMut(String, IndexEntry),
+) -> Result<(), FormatError> {
+    let mut capped = Capped::new(r, limit);
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, &mut capped));
+    let parsed = IndexSeed(&mut each).deserialize(&mut de).and_then(|()| de.end());
+    drop(de);
+    if capped.over() {
+        return Err(FormatError::Invalid(format!(
+            "file index is over the {limit} bytes this manifest can need"
+        )));
+    }
+    parsed.map_err(|e| FormatError::Invalid(format!("file index is not valid ({e})")))
+}
+
+/// Reads a whole file index held in memory (tests and fuzzing).
+pub fn parse_index(bytes: &[u8], limit: u64) -> Result<Vec<(String, IndexEntry)>, FormatError> {
+    let mut out = Vec::new();
+    read_index(bytes, limit, |p, e| out.push((p, e)))?;
+    Ok(out)
+}
+
+/// The index object: its `files` map goes to the callback, anything
+/// else is skipped.
+struct IndexSeed<F>(F);
+
+impl<'de, F: FnMut(String, IndexEntry)> DeserializeSeed<'de> for IndexSeed<&mut F> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(String, IndexEntry)> Visitor<'de> for IndexSeed<&mut F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a file index")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut files = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "files" && !files {
+                map.next_value_seed(FilesSeed(&mut *self.0))?;
+                files = true;
+            } else if key == "files" {
+                return Err(serde::de::Error::duplicate_field("files"));
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        if files {
+            Ok(())
+        } else {
+            Err(serde::de::Error::missing_field("files"))
+        }
+    }
+}
+
+/// The `files` map of an index, entry by entry.
+struct FilesSeed<F>(F);
+
+impl<'de, F: FnMut(String, IndexEntry)> DeserializeSeed<'de> for FilesSeed<&mut F> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(String, IndexEntry)> Visitor<'de> for FilesSeed<&mut F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of paths to file entries")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some((path, entry)) = map.next_entry::<String, IndexEntry>()? {
+            (self.0)(path, entry);
+        }
+        Ok(())
     }
 }
 
@@ -343,10 +438,16 @@ mod tests {
         }
         assert!(parse_marker(&vec![b' '; MARKER_LIMIT as usize + 1]).is_err());
         assert!(parse_index(&[b' '; 100], 99).is_err());
-        let idx = IndexFile {
-            files: HashMap::from([("a".into(), IndexEntry::new(Digest::of(b"a"), st(7)))]),
-        };
-        assert_eq!(parse_index(&idx.to_bytes(), 1 << 20).unwrap(), idx);
+        let idx = vec![
+            ("a".to_string(), IndexEntry::new(Digest::of(b"a"), st(7))),
+            ("b/\"c".to_string(), IndexEntry::new(Digest::of(b"b"), st(8))),
+        ];
+        let mut bytes = Vec::new();
+        write_index(&mut bytes, idx.iter().map(|(p, e)| (p.as_str(), e.clone()))).unwrap();
+        assert_eq!(parse_index(&bytes, 1 << 20).unwrap(), idx);
+        assert!(parse_index(&bytes, bytes.len() as u64 - 1).is_err());
+        assert!(parse_index(&[bytes.as_slice(), b"x"].concat(), 1 << 20).is_err());
+        assert!(parse_index(br#"{"other":1}"#, 1 << 20).is_err());
         // An index written before ctime was recorded is not trusted.
         assert!(parse_index(
             br#"{"files":{"a":{"blake3":"00","size":1,"mtime_ns":1,"ino":1}}}"#,

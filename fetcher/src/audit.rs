@@ -192,7 +192,7 @@ fn look(root: &Root, m: &Manifest, index: &Index, i: usize) -> Result<Look, Rest
     if meta.nlink() > 1 {
         return Ok(Look::Changed("links"));
     }
-    if index.unchanged_stat(f, FileStat::of(&meta)) {
+    if index.unchanged_stat(i, f, FileStat::of(&meta)) {
         return Ok(Look::Trusted);
     }
     let file = match root.open_read(&f.path) {

@@ -26,7 +26,7 @@ use crate::root::{self, Root};
 
 /// What the snapshot has at a path.
 enum Want<'a> {
-    File(&'a FileEntry),
+    File(usize, &'a FileEntry),
     Dir(&'a DirEntry),
 }
 
@@ -47,7 +47,8 @@ pub(crate) fn already_complete(
     let mut want: HashMap<&str, Want> = manifest
         .files
         .iter()
-        .map(|f| (f.path.as_str(), Want::File(f)))
+        .enumerate()
+        .map(|(i, f)| (f.path.as_str(), Want::File(i, f)))
         .collect();
     want.extend(
         manifest
@@ -99,11 +100,11 @@ fn walk(
                 sub.metadata()?.mode() & 0o777 == d.applied_mode() & 0o777
                     && walk(&sub, &rel, want, index, seen)?
             }
-            (Some(Want::File(f)), FileType::RegularFile) => {
+            (Some(Want::File(i, f)), FileType::RegularFile) => {
                 let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
                 st.st_nlink == 1
                     && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && index.unchanged_stat(f, root::file_stat(&st))
+                    && index.unchanged_stat(*i, f, root::file_stat(&st))
             }
             _ => false,
         };

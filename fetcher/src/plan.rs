@@ -94,7 +94,7 @@ pub(crate) async fn plan(
             _ if done.is_some()
                 && now
                     .as_ref()
-                    .is_some_and(|m| index.unchanged_stat(f, FileStat::of(m))) =>
+                    .is_some_and(|m| index.unchanged_stat(i, f, FileStat::of(m))) =>
             {
                 Known::Trusted
             }

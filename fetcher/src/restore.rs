@@ -33,7 +33,7 @@ use crate::complete::already_complete;
 use crate::dest::{
     self, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL, PREALLOCATE_FROM,
 };
-use crate::journal::{Index, IndexEntry, Journal};
+use crate::journal::{Index, Journal};
 use crate::pace::Pace;
 use crate::plan::{plan, Plan};
 use crate::root::Root;
@@ -260,7 +260,7 @@ pub async fn restore(
         }
     };
     tracing::info!(elapsed = ?clock.elapsed(), "sealed: changed files verified, everything synced");
-    Index::save(&root, index)?;
+    Index::save(&root, &manifest, &index)?;
     if let Some(cmd) = &opts.verify_cmd {
         run_verify_cmd(cmd, root.path(), &manifest).await?;
         tracing::info!(elapsed = ?clock.elapsed(), "--verify-cmd accepted the restore");
@@ -446,14 +446,14 @@ async fn flush_journal(
 }
 
 /// Verifies whole-file digests of the files `touched` names, applies
-/// modes, fsyncs files and directories, and returns the index entries for
-/// the next top-up (each file's stat once sealed).
+/// modes, fsyncs files and directories, and returns each file's stat once
+/// sealed (for the index the next top-up trusts).
 async fn seal(
     root: &Arc<Root>,
     manifest: &Arc<Manifest>,
     touched: &Arc<Vec<bool>>,
     progress: &Arc<dyn Progress>,
-) -> Result<HashMap<String, IndexEntry>, RestoreError> {
+) -> Result<Vec<FileStat>, RestoreError> {
     let to_hash = manifest
         .files
         .iter()
@@ -463,7 +463,7 @@ async fn seal(
         .sum();
     progress.start("verify", to_hash);
     let (m, r, t, p) = (manifest.clone(), root.clone(), touched.clone(), progress.clone());
-    let entries: Vec<(String, IndexEntry)> = per_batch(manifest.files.len(), move |files| {
+    let entries: Vec<FileStat> = per_batch(manifest.files.len(), move |files| {
         // Most files need no more than a look: their digest was checked in
         // flight (or they were not touched), they have one link and the
         // mode they were created with. The look goes through one handle
@@ -480,7 +480,7 @@ async fn seal(
                     }
                     _ => FileStat::of(&seal_file(&r, f, t[i], p.as_ref())?),
                 };
-                Ok((f.path.clone(), IndexEntry::new(f.blake3, stat)))
+                Ok(stat)
             })
             .collect()
     })
@@ -488,7 +488,7 @@ async fn seal(
     progress.finish();
     let (root, m) = (root.clone(), manifest.clone());
     blocking(move || seal_dirs(&root, &m)).await?;
-    Ok(entries.into_iter().collect())
+    Ok(entries)
 }
 
 /// Runs the operator's check; a non-zero exit keeps the marker away.

@@ -194,8 +194,9 @@ impl ChainJob {
     /// unreadable (each record is only an optimisation or a reminder).
     fn load_state<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
         let path = self.state_dir.join(name);
-        let bytes = std::fs::read(&path).ok()?;
-        serde_json::from_slice(&bytes)
+        // Read as a stream: a million files' record is hundreds of MB of JSON.
+        let file = std::fs::File::open(&path).ok()?;
+        serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, file))
             .map_err(|e| tracing::warn!("ignoring {}: {e}", path.display()))
             .ok()
     }
@@ -206,7 +207,9 @@ impl ChainJob {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.state_dir)?;
             let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?);
+            serde_json::to_writer(&mut w, value)?;
+            std::io::Write::flush(&mut w)?;
             std::fs::rename(&tmp, &path)
         };
         if let Err(e) = write() {

@@ -25,7 +25,7 @@
 //! packed file is unchanged, and read again as a whole otherwise (its
 //! chunks then mostly exist already and are not uploaded again).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -56,11 +56,22 @@ use crate::SnapshotError;
 pub struct KnownFiles {
     /// BLAKE3 of the manifest each store's pointer named after the run.
     pub manifests: BTreeMap<StoreId, Digest>,
-    /// Per file: stat data when read, and its entry.
-    pub files: HashMap<String, (Stat, FileEntry)>,
+    /// Every file's stat data when read, in the order of [`Self::files`].
+    pub stats: Vec<Stat>,
+    /// Every file's entry, sorted by path (the manifest's table, moved,
+    /// not copied: a million entries are about 140 MB).
+    pub files: Vec<FileEntry>,
     /// The pack's chunks, for when every packed file is unchanged.
     #[serde(default)]
     pub pack: Vec<ChunkRef>,
+}
+
+impl KnownFiles {
+    /// The stat and entry recorded for the file at `rel`.
+    fn get(&self, rel: &str) -> Option<(&Stat, &FileEntry)> {
+        let i = self.files.binary_search_by(|e| e.path.as_str().cmp(rel)).ok()?;
+        Some((self.stats.get(i)?, &self.files[i]))
+    }
 }
 
 /// One store's outcome.
@@ -366,12 +377,8 @@ pub async fn publish_many(
     }
     let known = KnownFiles {
         manifests,
-        files: manifest
-            .files
-            .into_iter()
-            .zip(stats)
-            .map(|(e, s)| (e.path.clone(), (s, e)))
-            .collect(),
+        stats,
+        files: manifest.files,
         pack: manifest.pack,
     };
     Ok(Published {
@@ -429,7 +436,7 @@ fn plan_reads(
     chunker: &ChunkerParams,
 ) -> (Vec<Read>, u64, u64) {
     let packs = |f: &SourceFile| f.stat.size > 0 && f.stat.size < u64::from(chunker.min_size);
-    let known = |f: &SourceFile| match reuse.and_then(|k| k.files.get(&f.rel)) {
+    let known = |f: &SourceFile| match reuse.and_then(|k| k.get(&f.rel)) {
         Some((stat, entry)) if *stat == f.stat && entry.size == f.stat.size => Some(entry.clone()),
         _ => None,
     };
@@ -462,7 +469,7 @@ fn plan_reads(
     // The same packed files as last time, each unchanged: the same stream.
     let same_pack = reuse.filter(|k| {
         known_packed.len() == packed.len()
-            && k.files.values().filter(|(_, e)| e.packed).count() == packed.len()
+            && k.files.iter().filter(|e| e.packed).count() == packed.len()
     });
     // First, so the one long read of many small files overlaps the others.
     match same_pack {

@@ -77,7 +77,7 @@ impl Files<'_> {
 
     fn io(&self, source: std::io::Error) -> SnapshotError {
         SnapshotError::Source {
-            path: self.current().path.clone(),
+            path: self.current().path(),
             source,
         }
     }
@@ -91,7 +91,7 @@ impl Files<'_> {
 
     fn changed(&self, what: String) -> SnapshotError {
         SnapshotError::FileChanged {
-            path: self.current().path.clone(),
+            path: self.current().path(),
             what,
         }
     }
@@ -100,7 +100,7 @@ impl Files<'_> {
     fn open_next(&mut self) -> Result<(), SnapshotError> {
         let f = &self.files[self.next];
         self.next += 1;
-        let file = File::open(&f.path).map_err(|e| self.io(e))?;
+        let file = File::open(f.path()).map_err(|e| self.io(e))?;
         let opened = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
         if opened != f.stat {
             return Err(self.changed("it was replaced or modified between listing and opening".into()));
