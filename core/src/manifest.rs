@@ -162,6 +162,25 @@ impl Manifest {
         self.files.iter().map(|f| f.chunks.len()).sum::<usize>() + self.pack.len()
     }
 
+    /// About how many bytes of memory the decoded manifest takes (its
+    /// tables, paths and the pack index; not the stored bytes), for
+    /// callers that fit their buffers around it.
+    pub fn memory_estimate(&self) -> u64 {
+        let rounded = |len: usize| (len as u64).div_ceil(16) * 16;
+        let files: u64 = self
+            .files
+            .iter()
+            .map(|f| std::mem::size_of::<FileEntry>() as u64 + rounded(f.path.len()) + 8)
+            .sum();
+        let dirs: u64 = self
+            .directories
+            .iter()
+            .map(|d| std::mem::size_of::<DirEntry>() as u64 + rounded(d.path.len()))
+            .sum();
+        let chunks = self.chunk_refs() as u64 * std::mem::size_of::<ChunkRef>() as u64;
+        files + dirs + chunks
+    }
+
     /// Every chunk the snapshot references (with repeats): each file's,
     /// then the pack's.
     pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkRef> {

@@ -48,7 +48,20 @@ pub(crate) const SPACE_MARGIN: u64 = 64 << 20;
 const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Plaintext of the chunks in flight at once, MiB: each may be held whole
 /// while it decodes, so this bounds the restore's memory whatever the pace.
-const IN_FLIGHT_MIB: usize = 96;
+const IN_FLIGHT_MIB: u64 = 96;
+/// What the manifest's tables and the chunks in flight may take together,
+/// MiB: a manifest of a million small files (about 150 MiB decoded) leaves
+/// the chunks less room ([`in_flight_mib`]).
+const MEMORY_MIB: u64 = 192;
+
+/// Room for chunks in flight beside a manifest taking `manifest_bytes`:
+/// what [`MEMORY_MIB`] leaves, never more than [`IN_FLIGHT_MIB`] and never
+/// less than one largest chunk (`max_chunk` bytes), or nothing could move.
+fn in_flight_mib(manifest_bytes: u64, max_chunk: u64) -> u64 {
+    MEMORY_MIB
+        .saturating_sub(manifest_bytes >> 20)
+        .clamp(max_chunk.div_ceil(1 << 20).max(1), IN_FLIGHT_MIB.max(max_chunk.div_ceil(1 << 20)))
+}
 
 /// What to restore where.
 #[derive(Clone, Debug)]
@@ -332,13 +345,17 @@ async fn fetch_and_write(
     // compressible chunk is held whole while it decodes). Each is a task of
     // its own, so hashing, decompressing and page-cache writes run on every
     // core.
-    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MIB));
+    let room = in_flight_mib(disk.manifest().memory_estimate(), u64::from(disk.manifest().chunker.max_size));
+    if room < IN_FLIGHT_MIB {
+        tracing::info!("at most {room} MiB of chunks in flight: the manifest takes the rest of qsync's memory budget");
+    }
+    let budget = Arc::new(tokio::sync::Semaphore::new(room as usize));
     let mut pace = Pace::new(concurrency, std::time::Instant::now());
     let fetch = |(blake3, (size, slots)): (Digest, (u64, Vec<Slot>))| {
         let (fetched, tx, budget) = (fetched.clone(), tx.clone(), budget.clone());
         let (mirrors, disk, progress) = (mirrors.clone(), disk.clone(), progress.clone());
         async move {
-            let mib = (size.div_ceil(1 << 20) as u32).clamp(1, IN_FLIGHT_MIB as u32);
+            let mib = (size.div_ceil(1 << 20) as u32).clamp(1, room as u32);
             let _bytes = budget.acquire_many(mib).await.expect("never closed");
             let mut targets = disk.targets(&slots, size);
             mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
@@ -569,4 +586,18 @@ fn resolved(p: &Path) -> PathBuf {
         return out;
     }
     abs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_manifest_leaves_chunks_less_room_but_never_less_than_one() {
+        let max = 16 << 20;
+        assert_eq!(in_flight_mib(1 << 20, max), IN_FLIGHT_MIB);
+        assert_eq!(in_flight_mib(150 << 20, max), MEMORY_MIB - 150);
+        assert_eq!(in_flight_mib(2 << 30, max), 16);
+        assert_eq!(in_flight_mib(2 << 30, 200 << 20), 200);
+    }
 }

@@ -190,17 +190,17 @@ pub fn stage(source: &Path, staging: &Path, immutable: &[String]) -> Result<Stag
         std::fs::create_dir_all(&d).map_err(io(&d))?;
     }
     let mut done = Staged::default();
-    for f in &listing.files {
-        let to = staging.join(&f.rel);
-        let name = f.rel.rsplit('/').next().unwrap_or(&f.rel);
+    for (i, f) in listing.files.iter().enumerate() {
+        let to = staging.join(&f.path);
+        let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         if immutable.iter().any(|p| matches(p, name)) {
-            std::fs::hard_link(f.path(), &to).map_err(|e| {
+            std::fs::hard_link(listing.path(i), &to).map_err(|e| {
                 if e.raw_os_error() == Some(18) {
                     SnapshotError::Unsupported {
                         path: to.clone(),
                         what: format!(
                             "cannot hard-link {} across filesystems; set freeze.staging to a directory on the source's filesystem",
-                            f.path().display()
+                            listing.path(i).display()
                         ),
                     }
                 } else {
@@ -209,7 +209,7 @@ pub fn stage(source: &Path, staging: &Path, immutable: &[String]) -> Result<Stag
             })?;
             done.linked += 1;
         } else {
-            done.bytes_copied += std::fs::copy(f.path(), &to).map_err(io(&f.path()))?;
+            done.bytes_copied += std::fs::copy(listing.path(i), &to).map_err(io(&listing.path(i)))?;
             done.copied += 1;
         }
     }

@@ -46,7 +46,7 @@ use crate::commit::{finish_store, plain_trees, Expiry, NewSnapshot};
 use crate::lease;
 use crate::options::{SnapshotOptions, SnapshotSummary};
 use crate::read::read_stream;
-use crate::scan::{scan, SourceFile, Stat};
+use crate::scan::{scan, Scan, Stat};
 use crate::upload::{Target, Uploader};
 use crate::SnapshotError;
 
@@ -232,7 +232,7 @@ pub async fn publish_many(
     let listing = tokio::task::spawn_blocking(move || scan(&root))
         .await
         .expect("scan does not panic")?;
-    let total: u64 = listing.files.iter().map(|f| f.stat.size).sum();
+    let total: u64 = listing.stats.iter().map(|st| st.size).sum();
     progress.start("snapshot", total);
 
     // At least one maximal chunk must fit, or the run could not make progress.
@@ -249,23 +249,32 @@ pub async fn publish_many(
         progress: progress.clone(),
         uploads: Mutex::new(tokio::task::JoinSet::new()),
     });
-    let stats: Vec<Stat> = listing.files.iter().map(|f| f.stat.clone()).collect();
-    let (work, files_unchanged, bytes_unchanged) = plan_reads(listing.files, reuse, &opts.chunker);
+    let (work, files_unchanged, bytes_unchanged) = plan_reads(&listing, reuse, &opts.chunker);
+    // Read-only while the reads run; then each read's results are filled
+    // into the listing's own entries, which become the manifest's table.
+    let listing = Arc::new(listing);
     let read_all = async {
         let done: Vec<Done> = futures::stream::iter(work)
             .map(|w| {
-                let up = up.clone();
+                let (up, listing) = (up.clone(), listing.clone());
                 let params = opts.chunker.clone();
                 async move {
                     match w {
-                        Read::Solo(i, f) => Ok(Done {
-                            files: vec![(i, publish_file(f, params, up).await?)],
-                            pack: None,
-                        }),
-                        Read::Pack(files) => publish_pack(files, params, up).await,
-                        Read::Known(done) => {
-                            up.progress.advance(done.files.iter().map(|(_, e)| e.size).sum());
-                            Ok(done)
+                        Read::Solo(i) => {
+                            let (digests, chunks) = upload_stream(listing, vec![i], params, up).await?;
+                            Ok::<_, SnapshotError>(Done::Solo(i, digests[0], chunks))
+                        }
+                        Read::Pack(which) => {
+                            let (digests, pack) = upload_stream(listing, which.clone(), params, up).await?;
+                            Ok(Done::Pack(which, digests, pack))
+                        }
+                        Read::Known(i, entry) => {
+                            up.progress.advance(entry.size);
+                            Ok(Done::Known(i, entry))
+                        }
+                        Read::KnownPack(entries, pack) => {
+                            up.progress.advance(entries.iter().map(|(_, e)| e.size).sum());
+                            Ok(Done::KnownPack(entries, pack))
                         }
                     }
                 }
@@ -277,13 +286,10 @@ pub async fn publish_many(
         while let Some(done) = uploads.join_next().await {
             done.expect("upload task does not panic")?;
         }
-        let pack = done.iter().find_map(|d| d.pack.clone()).unwrap_or_default();
-        let mut files: Vec<(usize, FileEntry)> = done.into_iter().flat_map(|d| d.files).collect();
-        files.sort_unstable_by_key(|(i, _)| *i);
-        Ok::<_, SnapshotError>((files.into_iter().map(|(_, e)| e).collect::<Vec<_>>(), pack))
+        Ok::<_, SnapshotError>(done)
     };
     // Cancelling here is clean: no manifest or pointer has been written.
-    let (files, pack) = tokio::select! {
+    let done = tokio::select! {
         biased;
         () = cancelled(cancel.clone()) => {
             up.uploads.lock().expect("not poisoned").abort_all();
@@ -291,6 +297,36 @@ pub async fn publish_many(
         }
         r = read_all => r?,
     };
+    let mut listing = Arc::into_inner(listing).expect("every read has finished");
+    let mut pack = Vec::new();
+    for d in done {
+        match d {
+            Done::Solo(i, blake3, chunks) => {
+                let e = &mut listing.files[i];
+                (e.blake3, e.chunks) = (blake3, chunks);
+            }
+            Done::Pack(which, digests, chunks) => {
+                for (i, blake3) in which.into_iter().zip(digests) {
+                    let e = &mut listing.files[i];
+                    (e.blake3, e.packed) = (blake3, true);
+                }
+                pack = chunks;
+            }
+            Done::Known(i, entry) => listing.files[i] = entry,
+            Done::KnownPack(entries, chunks) => {
+                for (i, entry) in entries {
+                    listing.files[i] = entry;
+                }
+                pack = chunks;
+            }
+        }
+    }
+    let Scan {
+        dirs,
+        files,
+        stats,
+        ..
+    } = listing;
     progress.finish();
     if let Some(gate) = gate {
         gate.await.map_err(SnapshotError::Thaw)?;
@@ -322,8 +358,7 @@ pub async fn publish_many(
         created_at: now,
         expires_at: when.manifest_expires_at,
         chunker: opts.chunker.clone(),
-        directories: listing
-            .dirs
+        directories: dirs
             .into_iter()
             .map(|(path, mode)| DirEntry { path, mode })
             .collect(),
@@ -410,34 +445,34 @@ fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
     }
 }
 
-/// What one read gives: entries with their places in the listing, and the
-/// pack's chunks from the read of the pack.
-struct Done {
-    files: Vec<(usize, FileEntry)>,
-    pack: Option<Vec<ChunkRef>>,
+/// What one read gives, by the files' numbers in the listing: a file's
+/// digest and chunks, the pack's digests and chunks, or entries the last
+/// run recorded.
+enum Done {
+    Solo(usize, Digest, Vec<ChunkRef>),
+    Pack(Vec<usize>, Vec<Digest>, Vec<ChunkRef>),
+    Known(usize, FileEntry),
+    KnownPack(Vec<(usize, FileEntry)>, Vec<ChunkRef>),
 }
 
-/// What the run reads: a file on its own, the pack (every packed file,
-/// read as one stream), or what the last run knew (files, or the pack
-/// with its chunks). Each carries its files' places in the listing.
+/// What the run reads, by the files' numbers in the listing: a file on
+/// its own, the pack (every packed file, read as one stream), or what the
+/// last run knew (a file, or every packed file with the pack's chunks).
 enum Read {
-    Solo(usize, SourceFile),
-    Pack(Vec<(usize, SourceFile)>),
-    Known(Done),
+    Solo(usize),
+    Pack(Vec<usize>),
+    Known(usize, FileEntry),
+    KnownPack(Vec<(usize, FileEntry)>, Vec<ChunkRef>),
 }
 
 /// Sorts the listing into reads: files below the chunker's minimum chunk
 /// go into the pack, files `reuse` knows unchanged are not read (the pack
 /// only when every packed file is). Returns the reads, and the files and
 /// bytes known unchanged.
-fn plan_reads(
-    listing: Vec<SourceFile>,
-    reuse: Option<&KnownFiles>,
-    chunker: &ChunkerParams,
-) -> (Vec<Read>, u64, u64) {
-    let packs = |f: &SourceFile| f.stat.size > 0 && f.stat.size < u64::from(chunker.min_size);
-    let known = |f: &SourceFile| match reuse.and_then(|k| k.get(&f.rel)) {
-        Some((stat, entry)) if *stat == f.stat && entry.size == f.stat.size => Some(entry.clone()),
+fn plan_reads(listing: &Scan, reuse: Option<&KnownFiles>, chunker: &ChunkerParams) -> (Vec<Read>, u64, u64) {
+    let packs = |st: &Stat| st.size > 0 && st.size < u64::from(chunker.min_size);
+    let known = |i: usize| match reuse.and_then(|k| k.get(&listing.files[i].path)) {
+        Some((stat, entry)) if *stat == listing.stats[i] && entry.size == stat.size => Some(entry.clone()),
         _ => None,
     };
     let (mut reads, mut packed, mut known_packed) = (Vec::new(), Vec::new(), Vec::new());
@@ -446,24 +481,21 @@ fn plan_reads(
         files_unchanged += 1;
         bytes_unchanged += e.size;
     };
-    for (i, f) in listing.into_iter().enumerate() {
-        let entry = known(&f);
-        if packs(&f) {
+    for (i, st) in listing.stats.iter().enumerate() {
+        let entry = known(i);
+        if packs(st) {
             if let Some(e) = entry.filter(|e| e.packed) {
                 known_packed.push((i, e));
             }
-            packed.push((i, f));
+            packed.push(i);
             continue;
         }
         match entry.filter(|e| !e.packed) {
             Some(e) => {
                 unchanged(&e);
-                reads.push(Read::Known(Done {
-                    files: vec![(i, e)],
-                    pack: None,
-                }));
+                reads.push(Read::Known(i, e));
             }
-            None => reads.push(Read::Solo(i, f)),
+            None => reads.push(Read::Solo(i)),
         }
     }
     // The same packed files as last time, each unchanged: the same stream.
@@ -476,13 +508,7 @@ fn plan_reads(
         _ if packed.is_empty() => {}
         Some(k) => {
             known_packed.iter().for_each(|(_, e)| unchanged(e));
-            reads.insert(
-                0,
-                Read::Known(Done {
-                    files: known_packed,
-                    pack: Some(k.pack.clone()),
-                }),
-            );
+            reads.insert(0, Read::KnownPack(known_packed, k.pack.clone()));
         }
         None => reads.insert(0, Read::Pack(packed)),
     }
@@ -495,15 +521,13 @@ fn plan_reads(
 /// and the byte budget, so many small chunks keep the store busy while
 /// only two streams are read at a time; [`publish`] awaits them all.
 async fn upload_stream(
-    files: Vec<SourceFile>,
+    listing: Arc<Scan>,
+    which: Vec<usize>,
     params: ChunkerParams,
     up: Arc<Uploader>,
-) -> Result<(Vec<SourceFile>, Vec<Digest>, Vec<ChunkRef>), SnapshotError> {
+) -> Result<(Vec<Digest>, Vec<ChunkRef>), SnapshotError> {
     let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(1);
-    let reader = tokio::task::spawn_blocking(move || {
-        let digests = read_stream(&files, &params, tx);
-        (files, digests)
-    });
+    let reader = tokio::task::spawn_blocking(move || read_stream(&listing, &which, &params, tx));
     let mut chunks = Vec::new();
     while let Some((d, plain)) = rx.recv().await {
         chunks.push(ChunkRef {
@@ -530,48 +554,8 @@ async fn upload_stream(
             done.expect("upload task does not panic")?;
         }
     }
-    let (files, digests) = reader.await.expect("reader does not panic");
-    Ok((files, digests?, chunks))
-}
-
-/// The entry of a file read on its own.
-fn entry(f: SourceFile, blake3: Digest, chunks: Vec<ChunkRef>, packed: bool) -> FileEntry {
-    FileEntry {
-        path: f.rel,
-        size: f.stat.size,
-        mode: f.stat.mode,
-        blake3,
-        chunks,
-        packed,
-    }
-}
-
-/// Reads, chunks and uploads one file on its own.
-async fn publish_file(
-    file: SourceFile,
-    params: ChunkerParams,
-    up: Arc<Uploader>,
-) -> Result<FileEntry, SnapshotError> {
-    let (mut files, digests, chunks) = upload_stream(vec![file], params, up).await?;
-    Ok(entry(files.remove(0), digests[0], chunks, false))
-}
-
-/// Reads, chunks and uploads the packed files as one stream.
-async fn publish_pack(
-    files: Vec<(usize, SourceFile)>,
-    params: ChunkerParams,
-    up: Arc<Uploader>,
-) -> Result<Done, SnapshotError> {
-    let (places, files): (Vec<usize>, Vec<SourceFile>) = files.into_iter().unzip();
-    let (files, digests, pack) = upload_stream(files, params, up).await?;
-    Ok(Done {
-        files: places
-            .into_iter()
-            .zip(files.into_iter().zip(digests))
-            .map(|(i, (f, d))| (i, entry(f, d, Vec::new(), true)))
-            .collect(),
-        pack: Some(pack),
-    })
+    let digests = reader.await.expect("reader does not panic")?;
+    Ok((digests, chunks))
 }
 
 #[cfg(test)]

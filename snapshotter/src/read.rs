@@ -18,22 +18,24 @@ use qsync_core::chunk::ChunkerParams;
 use qsync_core::Digest;
 use tokio::sync::mpsc;
 
-use crate::scan::{SourceFile, Stat};
+use crate::scan::{Scan, Stat};
 use crate::SnapshotError;
 
-/// Blocking: cuts the concatenation of `files` into chunks and sends them
-/// with their digests; returns each file's digest after checking that it
-/// did not change while it was read.
+/// Blocking: cuts the concatenation of the listed files `which` into
+/// chunks and sends them with their digests; returns each file's digest
+/// after checking that it did not change while it was read.
 pub(crate) fn read_stream(
-    files: &[SourceFile],
+    listing: &Scan,
+    which: &[usize],
     params: &ChunkerParams,
     tx: mpsc::Sender<(Digest, Vec<u8>)>,
 ) -> Result<Vec<Digest>, SnapshotError> {
     let mut stream = Files {
-        files,
+        listing,
+        files: which,
         next: 0,
         open: None,
-        digests: Vec::with_capacity(files.len()),
+        digests: Vec::with_capacity(which.len()),
         failed: None,
     };
     let mut stopped = None;
@@ -56,9 +58,10 @@ pub(crate) fn read_stream(
     }
 }
 
-/// `files` read front to back as one [`Read`].
+/// The listed files `files` read front to back as one [`Read`].
 struct Files<'a> {
-    files: &'a [SourceFile],
+    listing: &'a Scan,
+    files: &'a [usize],
     /// The next file to open.
     next: usize,
     /// The file being read: its handle, stat when opened, digest so far
@@ -70,14 +73,14 @@ struct Files<'a> {
 }
 
 impl Files<'_> {
-    /// The file being read, or the last one opened.
-    fn current(&self) -> &SourceFile {
-        &self.files[self.next.saturating_sub(1)]
+    /// The listing's number for the file being read, or the last one opened.
+    fn current(&self) -> usize {
+        self.files[self.next.saturating_sub(1)]
     }
 
     fn io(&self, source: std::io::Error) -> SnapshotError {
         SnapshotError::Source {
-            path: self.current().path(),
+            path: self.listing.path(self.current()),
             source,
         }
     }
@@ -91,18 +94,18 @@ impl Files<'_> {
 
     fn changed(&self, what: String) -> SnapshotError {
         SnapshotError::FileChanged {
-            path: self.current().path(),
+            path: self.listing.path(self.current()),
             what,
         }
     }
 
     /// Opens the next file, checking it is the one listed.
     fn open_next(&mut self) -> Result<(), SnapshotError> {
-        let f = &self.files[self.next];
+        let f = self.files[self.next];
         self.next += 1;
-        let file = File::open(f.path()).map_err(|e| self.io(e))?;
+        let file = File::open(self.listing.path(f)).map_err(|e| self.io(e))?;
         let opened = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
-        if opened != f.stat {
+        if opened != self.listing.stats[f] {
             return Err(self.changed("it was replaced or modified between listing and opening".into()));
         }
         self.open = Some((file, opened, blake3::Hasher::new(), 0));
@@ -113,7 +116,7 @@ impl Files<'_> {
     /// long as listed.
     fn close(&mut self) -> Result<(), SnapshotError> {
         let (file, opened, whole, read) = self.open.take().expect("a file is open");
-        let before = &self.current().stat;
+        let before = &self.listing.stats[self.current()];
         let after = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
         if after != opened || read != before.size {
             return Err(self.changed(format!(
@@ -142,7 +145,7 @@ impl Read for Files<'_> {
                 continue;
             };
             // Never past the listed size: a file that grew fails at close.
-            let left = self.files[self.next - 1].stat.size - *read;
+            let left = self.listing.stats[self.files[self.next - 1]].size - *read;
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             if want == 0 {
                 if let Err(e) = self.close() {
@@ -176,24 +179,17 @@ impl Read for Files<'_> {
 mod tests {
     use super::*;
 
-    fn listed(dir: &std::path::Path, names: &[(&str, &[u8])]) -> Vec<SourceFile> {
-        names
-            .iter()
-            .map(|(name, body)| {
-                let path = dir.join(name);
-                std::fs::write(&path, body).unwrap();
-                SourceFile {
-                    rel: name.to_string(),
-                    stat: Stat::of(&std::fs::metadata(&path).unwrap()),
-                    path,
-                }
-            })
-            .collect()
+    fn listed(dir: &std::path::Path, names: &[(&str, &[u8])]) -> Scan {
+        for (name, body) in names {
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+        crate::scan::scan(dir).unwrap()
     }
 
-    fn read_all(files: &[SourceFile]) -> (Result<Vec<Digest>, SnapshotError>, Vec<u8>) {
+    fn read_all(listing: &Scan) -> (Result<Vec<Digest>, SnapshotError>, Vec<u8>) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let r = read_stream(files, &ChunkerParams::with_average_kib(256).unwrap(), tx);
+        let all: Vec<usize> = (0..listing.files.len()).collect();
+        let r = read_stream(listing, &all, &ChunkerParams::with_average_kib(256).unwrap(), tx);
         let mut stream = Vec::new();
         while let Ok((d, c)) = rx.try_recv() {
             assert_eq!(Digest::of(&c), d);

@@ -8,30 +8,11 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use qsync_core::manifest::RESERVED_NAMES;
+use qsync_core::manifest::{FileEntry, RESERVED_NAMES};
+use qsync_core::Digest;
 
 use crate::SnapshotError;
-
-/// A regular file to publish.
-#[derive(Clone, Debug)]
-pub struct SourceFile {
-    /// Path relative to the source root, `/`-separated.
-    pub rel: String,
-    /// The source root, shared by every file of a listing (a million
-    /// files' absolute paths took about 60 MB).
-    pub root: Arc<Path>,
-    /// Stat data before reading.
-    pub stat: Stat,
-}
-
-impl SourceFile {
-    /// Absolute path.
-    pub fn path(&self) -> PathBuf {
-        self.root.join(&self.rel)
-    }
-}
 
 /// The stat fields that must not change while a file is read, and that
 /// identify a file as unchanged since an earlier cycle.
@@ -41,8 +22,8 @@ pub struct Stat {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
-    /// Modification time, nanoseconds.
-    pub mtime_ns: i128,
+    /// Modification time, nanoseconds since 1970 (saturating).
+    pub mtime_ns: i64,
     /// Inode number.
     pub ino: u64,
     /// Device number of the filesystem.
@@ -55,7 +36,7 @@ impl Stat {
         Stat {
             size: m.len(),
             mode: m.mode() & 0o7777,
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
             ino: m.ino(),
             dev: m.dev(),
         }
@@ -63,12 +44,28 @@ impl Stat {
 }
 
 /// Everything under a source root.
+///
+/// The files are listed as the manifest's own table, so a million small
+/// files are held once: [`crate::publish`] fills in each entry's digest
+/// and chunks as it reads, and moves the table into the manifest.
 #[derive(Debug, Default)]
 pub struct Scan {
+    /// The directory listed.
+    pub root: PathBuf,
     /// Directories (relative path, mode), sorted.
     pub dirs: Vec<(String, u32)>,
-    /// Regular files, sorted by relative path.
-    pub files: Vec<SourceFile>,
+    /// Regular files, sorted by relative path, with path, size and mode
+    /// set (digest zero and no chunks until they are read).
+    pub files: Vec<FileEntry>,
+    /// Each file's stat data when listed, in the order of `files`.
+    pub stats: Vec<Stat>,
+}
+
+impl Scan {
+    /// Absolute path of file `i`.
+    pub fn path(&self, i: usize) -> PathBuf {
+        self.root.join(&self.files[i].path)
+    }
 }
 
 /// Walks `root`.
@@ -83,18 +80,31 @@ pub fn scan(root: &Path) -> Result<Scan, SnapshotError> {
             what: "is not a directory; --source must be the chain's data directory".into(),
         });
     }
-    let mut out = Scan::default();
-    walk(root, "", &root.into(), &mut out)?;
+    let mut out = Scan {
+        root: root.to_path_buf(),
+        ..Scan::default()
+    };
+    walk(root, "", &mut out)?;
     out.dirs.sort();
-    out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    // The walk lists files in path order (see `walk`); checked, not assumed.
+    if !out.files.windows(2).all(|w| w[0].path < w[1].path) {
+        let mut both: Vec<(FileEntry, Stat)> = out.files.drain(..).zip(out.stats.drain(..)).collect();
+        both.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        (out.files, out.stats) = both.into_iter().unzip();
+    }
     Ok(out)
 }
 
-fn walk(dir: &Path, prefix: &str, root: &Arc<Path>, out: &mut Scan) -> Result<(), SnapshotError> {
+/// Lists `dir` (at `prefix`) into `out`, depth first, siblings sorted by
+/// name with a directory's name followed by `/`: each directory's files
+/// then come out exactly in the order of their full paths (`a.b` before
+/// `a/x`, as `.` sorts before `/`), with no sort of the whole listing.
+fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SnapshotError::Source { path, source }
     };
+    let mut here = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let path = entry.path();
@@ -108,23 +118,9 @@ fn walk(dir: &Path, prefix: &str, root: &Arc<Path>, out: &mut Scan) -> Result<()
         if prefix.is_empty() && RESERVED_NAMES.contains(&name.as_str()) {
             continue;
         }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
         let m = std::fs::symlink_metadata(&path).map_err(io(&path))?;
         let ft = m.file_type();
-        if ft.is_dir() {
-            out.dirs.push((rel.clone(), m.mode() & 0o7777));
-            walk(&path, &rel, root, out)?;
-        } else if ft.is_file() {
-            out.files.push(SourceFile {
-                rel,
-                root: root.clone(),
-                stat: Stat::of(&m),
-            });
-        } else {
+        if !ft.is_dir() && !ft.is_file() {
             let kind = if ft.is_symlink() {
                 "a symbolic link"
             } else {
@@ -134,6 +130,31 @@ fn walk(dir: &Path, prefix: &str, root: &Arc<Path>, out: &mut Scan) -> Result<()
                 path,
                 what: format!("is {kind}; qsync publishes regular files and directories only. Point --source at the real directory (or a checkpoint) instead"),
             });
+        }
+        let key = if ft.is_dir() { format!("{name}/") } else { name.clone() };
+        here.push((key, name, path, m));
+    }
+    here.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, name, path, m) in here {
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if m.is_dir() {
+            out.dirs.push((rel.clone(), m.mode() & 0o7777));
+            walk(&path, &rel, out)?;
+        } else {
+            let stat = Stat::of(&m);
+            out.files.push(FileEntry {
+                path: rel,
+                size: stat.size,
+                mode: stat.mode,
+                blake3: Digest([0; 32]),
+                chunks: Vec::new(),
+                packed: false,
+            });
+            out.stats.push(stat);
         }
     }
     Ok(())
@@ -151,10 +172,21 @@ mod tests {
         std::fs::write(d.path().join("a"), b"a").unwrap();
         std::fs::write(d.path().join(".qsync-restore.json"), b"{}").unwrap();
         let s = scan(d.path()).unwrap();
-        let files: Vec<_> = s.files.iter().map(|f| f.rel.as_str()).collect();
+        let files: Vec<_> = s.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(files, ["a", "b/z"]);
+        assert_eq!(s.stats.len(), 2);
         let dirs: Vec<_> = s.dirs.iter().map(|d| d.0.as_str()).collect();
         assert_eq!(dirs, ["b", "b/empty"]);
+        // Names that sort differently with and without the `/`: the walk
+        // must still list in full-path order.
+        for name in ["c.b", "c-c/y", "c/x", "c0", "b/z.0", "b.d/q/r"] {
+            let p = d.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let s = scan(d.path()).unwrap();
+        let files: Vec<_> = s.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(files, ["a", "b.d/q/r", "b/z", "b/z.0", "c-c/y", "c.b", "c/x", "c0"]);
         std::os::unix::fs::symlink("/etc", d.path().join("link")).unwrap();
         assert!(scan(d.path()).unwrap_err().to_string().contains("symbolic link"));
     }
