@@ -43,15 +43,16 @@ pub(crate) struct Plan {
 }
 
 /// How planning learned what a file holds, piece by piece
-/// ([`qsync_core::pieces`]).
+/// ([`qsync_core::pieces`]). One per file of the manifest at once, so the
+/// rare large variants are boxed: 16 bytes a file, not 72.
 enum Known {
     /// Every piece, from the journal or the index: nothing read.
     Trusted,
     /// These pieces, from the journal of this very manifest: nothing read.
-    Journaled(HashSet<u32>),
+    Journaled(Box<HashSet<u32>>),
     /// These pieces, by hashing the file's current contents (with the
     /// file's stat as it was read).
-    Hashed(Vec<bool>, Option<FileStat>),
+    Hashed(Box<(Vec<bool>, Option<FileStat>)>),
     /// Nothing: layout found no file there.
     Absent,
 }
@@ -98,10 +99,10 @@ pub(crate) async fn plan(
             {
                 Known::Trusted
             }
-            Some(Some(set)) => Known::Journaled(set.clone()),
+            Some(Some(set)) => Known::Journaled(Box::new(set.clone())),
             _ => {
                 let (ok, meta) = hash_existing(&root, f, &m.pieces(i))?;
-                Known::Hashed(ok, meta.as_ref().map(FileStat::of))
+                Known::Hashed(Box::new((ok, meta.as_ref().map(FileStat::of))))
             }
         };
         Ok((known, have))
@@ -121,7 +122,7 @@ pub(crate) async fn plan(
         let ok = |c: usize| match &known {
             Known::Trusted => true,
             Known::Journaled(set) => set.contains(&(c as u32)),
-            Known::Hashed(ok, _) => ok[c],
+            Known::Hashed(h) => h.0[c],
             Known::Absent => false,
         };
         plan.growth += f.size.saturating_sub(have.unwrap_or(0));
@@ -150,7 +151,8 @@ pub(crate) async fn plan(
         plan.whole[i] = good.is_empty() && !pieces.is_empty();
         // What hashing proved goes into the journal; a file that was not
         // there proved nothing.
-        if let Known::Hashed(_, Some(st)) = known {
+        if let Known::Hashed(h) = known {
+            let (_, Some(st)) = *h else { continue };
             let all = good.len() == pieces.len();
             plan.verified.push((i as u32, (!all).then_some(good), Some(st)));
         }
