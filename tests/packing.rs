@@ -80,9 +80,9 @@ fn restored_packed_files_are_what_b3sum_and_the_manifest_say() {
     env.restore("eth", &dest);
     let m = manifest(&env);
     assert!(m.files.iter().any(|f| !f.packed && !f.chunks.is_empty()));
-    let sums = b3sums(&dest, m.files.iter().map(|f| f.path.as_str()));
+    let sums = b3sums(&dest, m.files.iter().map(|f| f.path.as_ref()));
     for f in &m.files {
-        assert_eq!(sums[&f.path], f.blake3.to_hex(), "{}", f.path);
+        assert_eq!(sums[&*f.path], f.blake3.to_hex(), "{}", f.path);
     }
 }
 

@@ -69,7 +69,7 @@ pub struct ChunkRef {
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
     /// Relative `/`-separated path.
-    pub path: String,
+    pub path: Box<str>,
     /// Length in bytes.
     pub size: u64,
     /// Unix permission bits (`0o7777` at most; readers apply `0o777` of it).
@@ -77,7 +77,7 @@ pub struct FileEntry {
     /// BLAKE3 of the whole file.
     pub blake3: Digest,
     /// Chunks in order; their sizes add up to `size`. Empty for a packed file.
-    pub chunks: Vec<ChunkRef>,
+    pub chunks: Box<[ChunkRef]>,
     /// The file's bytes lie in the pack stream ([`Manifest::pack`]), after
     /// those of every packed file before it (format 2).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -240,7 +240,7 @@ impl Manifest {
             ));
         }
         self.chunker.validate().map_err(|e| e.to_string())?;
-        let files: HashSet<&str> = self.files.iter().map(|f| f.path.as_str()).collect();
+        let files: HashSet<&str> = self.files.iter().map(|f| f.path.as_ref()).collect();
         if files.len() != self.files.len() {
             return Err("a file path is listed twice".into());
         }

@@ -160,7 +160,7 @@ pub async fn audit(
     };
     for (f, l) in manifest.files.iter().zip(looks) {
         match l {
-            Look::Missing => a.missing.push(f.path.clone()),
+            Look::Missing => a.missing.push(f.path.to_string()),
             Look::Changed(why) => {
                 a.hashed += u64::from(why == "contents");
                 a.changed.push(format!("{} ({why})", f.path));

@@ -48,7 +48,7 @@ pub(crate) fn already_complete(
         .files
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.path.as_str(), Want::File(i, f)))
+        .map(|(i, f)| (f.path.as_ref(), Want::File(i, f)))
         .collect();
     want.extend(
         manifest

@@ -221,7 +221,7 @@ pub fn list_extras(root: &Root, manifest: &Manifest) -> Result<Vec<String>, Rest
 type Extra<'a> = dyn FnMut(&File, &std::ffi::CStr, &str) -> Result<(), RestoreError> + 'a;
 
 fn walk_extras(root: &Root, manifest: &Manifest, extra: &mut Extra<'_>) -> Result<(), RestoreError> {
-    let mut keep: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let mut keep: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_ref()).collect();
     keep.extend(manifest.directories.iter().map(|d| d.path.as_str()));
     keep.extend(RESERVED_NAMES);
     let dir = root.open_dir("").map_err(RestoreError::io(root.path()))?;
@@ -279,7 +279,7 @@ pub(crate) fn layout(root: &Root, m: &Manifest) -> Result<(u64, Vec<bool>), Rest
     let mut parent: Option<(&str, File)> = None;
     let mut present = Vec::with_capacity(m.files.len());
     for f in &m.files {
-        let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", f.path.as_str()));
+        let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", f.path.as_ref()));
         let handle = match parent.take() {
             Some((d, h)) if d == dir => h,
             _ => ensure_dir_or_root(root, dir)?,

@@ -144,7 +144,7 @@ impl Journal {
             // A few thousand at a time: the kernel's stat is 144 bytes, the
             // one kept 40.
             for part in written.chunks(4096) {
-                let rels = part.iter().map(|(f, _)| files[*f as usize].path.as_str());
+                let rels = part.iter().map(|(f, _)| files[*f as usize].path.as_ref());
                 let raw = self.root.stat_files(rels).map_err(io())?;
                 // A file on another filesystem (a disk mounted inside DEST)
                 // is not covered by the syncfs: it is synced on its own.
@@ -235,8 +235,10 @@ impl Index {
         let mut next = 0;
         let read = read_index(file, limit, |path, entry| {
             let at = match files.get(next) {
-                Some(f) if f.path == path => Some(next),
-                _ => files.binary_search_by(|f| f.path.as_str().cmp(&path)).ok(),
+                Some(f) if *f.path == *path => Some(next),
+                _ => files
+                    .binary_search_by(|f| f.path.as_ref().cmp(path.as_str()))
+                    .ok(),
             };
             if let Some(i) = at {
                 marks[i] = fingerprint(&entry.blake3, entry.stat());
@@ -272,7 +274,7 @@ impl Index {
             .files
             .iter()
             .zip(sealed)
-            .map(|(f, st)| (f.path.as_str(), IndexEntry::new(f.blake3, *st)));
+            .map(|(f, st)| (f.path.as_ref(), IndexEntry::new(f.blake3, *st)));
         root.replace_with(INDEX, false, |f| write_index(f, all))
             .map(drop)
             .map_err(RestoreError::io(root.display(INDEX)))

@@ -164,7 +164,7 @@ pub async fn preview(
     let (r, m) = (root.clone(), manifest.clone());
     let (remove, present) = crate::batch::blocking(move || {
         let remove = in_the_way(&r, &m, dest::list_extras(&r, &m)?)?;
-        let rels = m.files.iter().map(|f| f.path.as_str());
+        let rels = m.files.iter().map(|f| f.path.as_ref());
         let present: Vec<bool> = r
             .stat_files(rels)
             .map_err(RestoreError::io(r.path()))?
@@ -203,7 +203,7 @@ fn distinct_chunks(m: &qsync_core::manifest::Manifest) -> (u64, u64) {
 fn in_the_way(root: &Root, m: &Manifest, extras: Vec<String>) -> Result<Vec<String>, RestoreError> {
     let mut remove = Vec::new();
     let dirs = m.directories.iter().map(|d| (d.path.as_str(), true));
-    for (path, dir) in dirs.chain(m.files.iter().map(|f| (f.path.as_str(), false))) {
+    for (path, dir) in dirs.chain(m.files.iter().map(|f| (f.path.as_ref(), false))) {
         let meta = root.stat(path).map_err(RestoreError::io(root.display(path)))?;
         if meta.is_some_and(|meta| if dir { !meta.is_dir() } else { !meta.is_file() }) {
             remove.push(path.to_string());

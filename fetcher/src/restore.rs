@@ -58,9 +58,10 @@ const MEMORY_MIB: u64 = 192;
 /// what [`MEMORY_MIB`] leaves, never more than [`IN_FLIGHT_MIB`] and never
 /// less than one largest chunk (`max_chunk` bytes), or nothing could move.
 fn in_flight_mib(manifest_bytes: u64, max_chunk: u64) -> u64 {
-    MEMORY_MIB
-        .saturating_sub(manifest_bytes >> 20)
-        .clamp(max_chunk.div_ceil(1 << 20).max(1), IN_FLIGHT_MIB.max(max_chunk.div_ceil(1 << 20)))
+    MEMORY_MIB.saturating_sub(manifest_bytes >> 20).clamp(
+        max_chunk.div_ceil(1 << 20).max(1),
+        IN_FLIGHT_MIB.max(max_chunk.div_ceil(1 << 20)),
+    )
 }
 
 /// What to restore where.
@@ -345,9 +346,14 @@ async fn fetch_and_write(
     // compressible chunk is held whole while it decodes). Each is a task of
     // its own, so hashing, decompressing and page-cache writes run on every
     // core.
-    let room = in_flight_mib(disk.manifest().memory_estimate(), u64::from(disk.manifest().chunker.max_size));
+    let room = in_flight_mib(
+        disk.manifest().memory_estimate(),
+        u64::from(disk.manifest().chunker.max_size),
+    );
     if room < IN_FLIGHT_MIB {
-        tracing::info!("at most {room} MiB of chunks in flight: the manifest takes the rest of qsync's memory budget");
+        tracing::info!(
+            "at most {room} MiB of chunks in flight: the manifest takes the rest of qsync's memory budget"
+        );
     }
     let budget = Arc::new(tokio::sync::Semaphore::new(room as usize));
     let mut pace = Pace::new(concurrency, std::time::Instant::now());
@@ -485,7 +491,7 @@ async fn seal(
         // flight (or they were not touched), they have one link and the
         // mode they were created with. The look goes through one handle
         // per directory; anything else is opened and sealed in full.
-        let rels = files.clone().map(|i| m.files[i].path.as_str());
+        let rels = files.clone().map(|i| m.files[i].path.as_ref());
         let stats = r.stat_files(rels).map_err(RestoreError::io(r.path()))?;
         files
             .zip(stats)

@@ -191,7 +191,7 @@ pub fn stage(source: &Path, staging: &Path, immutable: &[String]) -> Result<Stag
     }
     let mut done = Staged::default();
     for (i, f) in listing.files.iter().enumerate() {
-        let to = staging.join(&f.path);
+        let to = staging.join(&*f.path);
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         if immutable.iter().any(|p| matches(p, name)) {
             std::fs::hard_link(listing.path(i), &to).map_err(|e| {

@@ -69,7 +69,7 @@ pub struct KnownFiles {
 impl KnownFiles {
     /// The stat and entry recorded for the file at `rel`.
     fn get(&self, rel: &str) -> Option<(&Stat, &FileEntry)> {
-        let i = self.files.binary_search_by(|e| e.path.as_str().cmp(rel)).ok()?;
+        let i = self.files.binary_search_by(|e| e.path.as_ref().cmp(rel)).ok()?;
         Some((self.stats.get(i)?, &self.files[i]))
     }
 }
@@ -303,7 +303,7 @@ pub async fn publish_many(
         match d {
             Done::Solo(i, blake3, chunks) => {
                 let e = &mut listing.files[i];
-                (e.blake3, e.chunks) = (blake3, chunks);
+                (e.blake3, e.chunks) = (blake3, chunks.into());
             }
             Done::Pack(which, digests, chunks) => {
                 for (i, blake3) in which.into_iter().zip(digests) {
@@ -322,10 +322,7 @@ pub async fn publish_many(
         }
     }
     let Scan {
-        dirs,
-        files,
-        stats,
-        ..
+        dirs, files, stats, ..
     } = listing;
     progress.finish();
     if let Some(gate) = gate {
@@ -500,8 +497,7 @@ fn plan_reads(listing: &Scan, reuse: Option<&KnownFiles>, chunker: &ChunkerParam
     }
     // The same packed files as last time, each unchanged: the same stream.
     let same_pack = reuse.filter(|k| {
-        known_packed.len() == packed.len()
-            && k.files.iter().filter(|e| e.packed).count() == packed.len()
+        known_packed.len() == packed.len() && k.files.iter().filter(|e| e.packed).count() == packed.len()
     });
     // First, so the one long read of many small files overlaps the others.
     match same_pack {

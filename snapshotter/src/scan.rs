@@ -36,7 +36,10 @@ impl Stat {
         Stat {
             size: m.len(),
             mode: m.mode() & 0o7777,
-            mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
             ino: m.ino(),
             dev: m.dev(),
         }
@@ -64,7 +67,7 @@ pub struct Scan {
 impl Scan {
     /// Absolute path of file `i`.
     pub fn path(&self, i: usize) -> PathBuf {
-        self.root.join(&self.files[i].path)
+        self.root.join(&*self.files[i].path)
     }
 }
 
@@ -131,7 +134,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
                 what: format!("is {kind}; qsync publishes regular files and directories only. Point --source at the real directory (or a checkpoint) instead"),
             });
         }
-        let key = if ft.is_dir() { format!("{name}/") } else { name.clone() };
+        let key = if ft.is_dir() {
+            format!("{name}/")
+        } else {
+            name.clone()
+        };
         here.push((key, name, path, m));
     }
     here.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -147,11 +154,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
         } else {
             let stat = Stat::of(&m);
             out.files.push(FileEntry {
-                path: rel,
+                path: rel.into(),
                 size: stat.size,
                 mode: stat.mode,
                 blake3: Digest([0; 32]),
-                chunks: Vec::new(),
+                chunks: Box::default(),
                 packed: false,
             });
             out.stats.push(stat);
@@ -172,7 +179,7 @@ mod tests {
         std::fs::write(d.path().join("a"), b"a").unwrap();
         std::fs::write(d.path().join(".qsync-restore.json"), b"{}").unwrap();
         let s = scan(d.path()).unwrap();
-        let files: Vec<_> = s.files.iter().map(|f| f.path.as_str()).collect();
+        let files: Vec<_> = s.files.iter().map(|f| f.path.as_ref()).collect();
         assert_eq!(files, ["a", "b/z"]);
         assert_eq!(s.stats.len(), 2);
         let dirs: Vec<_> = s.dirs.iter().map(|d| d.0.as_str()).collect();
@@ -185,8 +192,11 @@ mod tests {
             std::fs::write(p, b"x").unwrap();
         }
         let s = scan(d.path()).unwrap();
-        let files: Vec<_> = s.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(files, ["a", "b.d/q/r", "b/z", "b/z.0", "c-c/y", "c.b", "c/x", "c0"]);
+        let files: Vec<_> = s.files.iter().map(|f| f.path.as_ref()).collect();
+        assert_eq!(
+            files,
+            ["a", "b.d/q/r", "b/z", "b/z.0", "c-c/y", "c.b", "c/x", "c0"]
+        );
         std::os::unix::fs::symlink("/etc", d.path().join("link")).unwrap();
         assert!(scan(d.path()).unwrap_err().to_string().contains("symbolic link"));
     }

@@ -99,7 +99,7 @@ impl IpfsStore {
         let files: Vec<_> = (manifest.files.iter().filter(|f| !f.packed))
             .map(|f| {
                 let memory = &memory;
-                async move { Ok::<_, StoreError>((f.path.as_str(), self.file(f, memory).await?)) }
+                async move { Ok::<_, StoreError>((f.path.as_ref(), self.file(f, memory).await?)) }
             })
             .collect();
         let mut parts: Vec<(&str, Part)> = futures::stream::iter(files)
@@ -405,14 +405,14 @@ impl IpfsStore {
             if Digest::of(&bytes) != f.blake3 {
                 return Err(StoreError::Corrupt {
                     location: self.location(),
-                    key: f.path.clone(),
+                    key: f.path.to_string(),
                     reason: "the packed file cut from the pack chunks does not match its digest".into(),
                 });
             }
             if adding.len() == FILES_AT_ONCE {
                 parts.push(adding.next().await.expect("not empty")?);
             }
-            let path = f.path.as_str();
+            let path = f.path.as_ref();
             adding
                 .push(async move { Ok::<_, StoreError>((path, self.add(Bytes::from(bytes), path).await?)) });
         }
