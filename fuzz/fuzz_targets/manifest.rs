@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     if m.format == MANIFEST_FORMAT {
         assert!(m.pack.is_empty() && m.files.iter().all(|f| !f.packed));
     }
-    let files: HashSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    let files: HashSet<&str> = m.files.iter().map(|f| f.path.as_ref()).collect();
     assert_eq!(files.len(), m.files.len(), "a file is listed twice");
     let mut seen = files.clone();
     for d in &m.directories {
@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for f in &m.files {
         check_path(&f.path);
-        let mut parent = f.path.as_str();
+        let mut parent = f.path.as_ref();
         while let Some((p, _)) = parent.rsplit_once('/') {
             assert!(!files.contains(p), "{:?} lies under the file {p:?}", f.path);
             parent = p;
