@@ -98,20 +98,24 @@ impl Journal {
 
     /// Appends `entries` durably. The caller has already synced the data.
     pub fn record(&mut self, entries: &[Record]) -> Result<(), RestoreError> {
-        let mut text = String::new();
-        for (f, c, st) in entries {
-            text.push_str(
-                &JournalLine::Done {
+        // Line by line through a buffer: a batch of a million small files
+        // is tens of MB of lines, never held whole.
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &self.file);
+        entries
+            .iter()
+            .try_for_each(|(f, c, st)| {
+                let line = JournalLine::Done {
                     f: *f,
                     c: c.clone(),
                     st: *st,
-                }
-                .to_line(),
-            );
-        }
-        self.file
-            .write_all(text.as_bytes())
-            .and_then(|_| self.file.sync_data())
+                };
+                w.write_all(line.to_line().as_bytes())
+            })
+            .and_then(|()| w.flush())
+            .and_then(|()| {
+                drop(w);
+                self.file.sync_data()
+            })
             .map_err(RestoreError::io(self.root.display(JOURNAL)))
     }
 
