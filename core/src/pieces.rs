@@ -163,11 +163,11 @@ mod tests {
         for (n, size) in sizes.iter().enumerate() {
             let bytes = &stream[at..at + *size as usize];
             m.files.push(FileEntry {
-                path: format!("p/{n:03}"),
+                path: format!("p/{n:03}").into(),
                 size: *size,
                 mode: 0o644,
                 blake3: Digest::of(bytes),
-                chunks: Vec::new(),
+                chunks: Box::default(),
                 packed: true,
             });
             at += *size as usize;

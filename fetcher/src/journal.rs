@@ -299,11 +299,11 @@ mod tests {
             size: 1,
         };
         let file = |i: usize| FileEntry {
-            path: format!("f{i}"),
+            path: format!("f{i}").into(),
             size: 10,
             mode: 0o644,
             blake3: Digest::of(b"f"),
-            chunks: vec![chunk.clone(); 10],
+            chunks: vec![chunk.clone(); 10].into(),
             packed: false,
         };
         Arc::new(Manifest {

@@ -4,7 +4,7 @@
 //! pointer, the manifest and every signature a trusted key made of them)
 //! in the state directory, as a store of that one snapshot, one per
 //! destination: `<state>/peer/<chain>/<BLAKE3 of the destination's
-//! canonical path>/` ([`keep_signed`]). The destination itself stays
+//! canonical path>/` ([`stage_signed`], then [`Staged::commit`]). The destination itself stays
 //! exactly the snapshot's files. [`DataDir`] serves those signed objects
 //! from memory and each chunk out of the restored files: read at the
 //! offsets the manifest gives, hashed, and handed out only when its BLAKE3
@@ -66,19 +66,25 @@ pub struct Signed<'a> {
     pub manifest: &'a Bytes,
 }
 
-/// Keeps `s` (with every signature `keys` verify, fetched from `mirrors`)
-/// as the one-snapshot store [`kept_store`] of destination `dest`,
-/// replacing what the destination's previous restore kept. Written beside
-/// it and renamed into place, so a reader sees a whole store or none.
-pub async fn keep_signed(
+/// Signed objects written beside the kept store of a destination, not yet
+/// in its place ([`Staged::commit`]). A restore stages them as soon as it
+/// holds the destination, so it need not hold the manifest's stored bytes
+/// (47 MB for a million files) until it completes.
+pub struct Staged {
+    tmp: PathBuf,
+    dir: PathBuf,
+}
+
+/// Writes `s` and its signatures to `<kept store>.tmp` (what a failed run
+/// left there is removed first); [`Staged::commit`] puts it in place.
+pub async fn stage_signed(
     mirrors: &Mirrors,
     keys: &TrustedKeys,
     state_dir: &Path,
     dest: &Path,
     s: Signed<'_>,
-) -> Result<PathBuf, RestoreError> {
+) -> Result<Staged, RestoreError> {
     let dir = kept_store(state_dir, s.chain, dest);
-    let io = |e| RestoreError::io(&dir)(e);
     let tmp = dir.with_extension("tmp");
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     let store = LocalStore::new(&tmp);
@@ -95,12 +101,20 @@ pub async fn keep_signed(
             store.put(&k, b, PutOptions::for_key(&k)).await?;
         }
     }
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    tokio::fs::rename(&tmp, &dir).await.map_err(io)?;
-    std::fs::File::open(dir.parent().expect("has a parent"))
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    Ok(dir)
+    Ok(Staged { tmp, dir })
+}
+
+impl Staged {
+    /// Replaces the kept store with the staged one; returns its path.
+    pub async fn commit(self) -> Result<PathBuf, RestoreError> {
+        let io = |e| RestoreError::io(&self.dir)(e);
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        tokio::fs::rename(&self.tmp, &self.dir).await.map_err(io)?;
+        std::fs::File::open(self.dir.parent().expect("has a parent"))
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        Ok(self.dir)
+    }
 }
 
 /// Where a stretch of a chunk lies: `len` bytes at `offset` of file `file`.

@@ -161,3 +161,13 @@ pub(crate) async fn plan(
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    /// One per manifest file is held while planning: a million files'
+    /// took 72 MB more before the rare large cases were boxed.
+    #[test]
+    fn what_planning_knows_of_a_file_is_small() {
+        assert!(std::mem::size_of::<super::Known>() <= 16);
+    }
+}

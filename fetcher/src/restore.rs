@@ -169,6 +169,9 @@ pub async fn restore(
         })
         .await?
     };
+    // Staged now, so the manifest's stored bytes are not held through the
+    // restore; put in place when it completes.
+    let staged = stage_for_peers(mirrors, keys, opts, root.path(), &pointer, signed).await;
     let index = Arc::new(if opts.verify_existing {
         Index::default()
     } else {
@@ -202,7 +205,7 @@ pub async fn restore(
             pointer.current.version
         );
         trust.advance(&opts.chain, &pointer.current, &signed_by)?;
-        keep_for_peers(mirrors, keys, opts, root.path(), &pointer, &signed).await;
+        keep_for_peers(staged).await;
         summary.mirrors = mirrors.report();
         return Ok(summary);
     }
@@ -285,7 +288,7 @@ pub async fn restore(
     dest::write_marker(&root, MARKER, &Marker::new(&pointer, signed_by))?;
     dest::remove_marker(&root, PARTIAL)?;
     journal.remove()?;
-    keep_for_peers(mirrors, keys, opts, root.path(), &pointer, &signed).await;
+    keep_for_peers(staged).await;
 
     summary.bytes_fetched = bytes_fetched;
     summary.bytes_reused = reused;
@@ -295,27 +298,43 @@ pub async fn restore(
     Ok(summary)
 }
 
-/// Keeps the snapshot's signed objects in the state directory, so that
-/// `qsync serve --data` can serve the destination to peers. The pointer is
-/// kept only when it names this snapshot as current (not after
-/// `--snapshot-version` took an older one). The restore is complete
-/// whatever happens here: a failure is only logged.
-async fn keep_for_peers(
+/// Stages the snapshot's signed objects beside the destination's kept
+/// store in the state directory ([`crate::peer::stage_signed`]), so that
+/// `qsync serve --data` can serve the destination to peers once the
+/// restore completes ([`keep_for_peers`]), and the stored bytes need not
+/// be held until then. The pointer is kept only when it names this
+/// snapshot as current (not after `--snapshot-version` took an older one).
+/// The restore goes on whatever happens here: a failure is only logged.
+async fn stage_for_peers(
     mirrors: &Mirrors,
     keys: &TrustedKeys,
     opts: &RestoreOptions,
     dest: &Path,
     pointer: &qsync_core::pointer::Pointer,
-    (pointer_bytes, manifest_bytes): &(Option<bytes::Bytes>, bytes::Bytes),
-) {
+    (pointer_bytes, manifest_bytes): (Option<bytes::Bytes>, bytes::Bytes),
+) -> Option<crate::peer::Staged> {
     let signed = crate::peer::Signed {
         chain: &opts.chain,
         pointer: pointer_bytes.as_ref(),
         manifest_key: &pointer.current.manifest_key,
-        manifest: manifest_bytes,
+        manifest: &manifest_bytes,
     };
-    if let Err(e) = crate::peer::keep_signed(mirrors, keys, &opts.state_dir, dest, signed).await {
-        tracing::warn!("the restore is complete, but its signed objects could not be kept for serving peers (qsync serve --data): {e}");
+    crate::peer::stage_signed(mirrors, keys, &opts.state_dir, dest, signed)
+        .await
+        .map_err(|e| {
+            tracing::warn!(
+                "the snapshot's signed objects could not be kept for serving peers (qsync serve --data): {e}"
+            )
+        })
+        .ok()
+}
+
+/// Puts what [`stage_for_peers`] staged in place: the restore is complete.
+async fn keep_for_peers(staged: Option<crate::peer::Staged>) {
+    if let Some(staged) = staged {
+        if let Err(e) = staged.commit().await {
+            tracing::warn!("the restore is complete, but its signed objects could not be kept for serving peers (qsync serve --data): {e}");
+        }
     }
 }
 

@@ -476,7 +476,7 @@ mod tests {
                 size: (chunks as u64) << 20,
                 mode: 0o4755,
                 blake3: whole.finalize().into(),
-                chunks: refs,
+                chunks: refs.into(),
                 packed: false,
             }],
             pack: Vec::new(),
