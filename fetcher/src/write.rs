@@ -96,13 +96,13 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    /// `whole[i]`: file `i` is written entirely by this run, so its digest
-    /// can be assembled in flight.
     /// The manifest being restored.
     pub(crate) fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
+    /// `whole[i]`: file `i` is written entirely by this run, so its digest
+    /// can be assembled in flight.
     pub(crate) fn new(manifest: Arc<Manifest>, root: Arc<Root>, whole: Vec<bool>) -> Self {
         let n = manifest.files.len();
         Disk {
