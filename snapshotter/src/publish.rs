@@ -261,11 +261,11 @@ pub async fn publish_many(
                 async move {
                     match w {
                         Read::Solo(i) => {
-                            let (digests, chunks) = upload_stream(listing, vec![i], params, up).await?;
+                            let (_, digests, chunks) = upload_stream(listing, vec![i], params, up).await?;
                             Ok::<_, SnapshotError>(Done::Solo(i, digests[0], chunks))
                         }
                         Read::Pack(which) => {
-                            let (digests, pack) = upload_stream(listing, which.clone(), params, up).await?;
+                            let (which, digests, pack) = upload_stream(listing, which, params, up).await?;
                             Ok(Done::Pack(which, digests, pack))
                         }
                         Read::Known(i, entry) => {
@@ -511,9 +511,10 @@ fn plan_reads(listing: &Scan, reuse: Option<&KnownFiles>, chunker: &ChunkerParam
     (reads, files_unchanged, bytes_unchanged)
 }
 
-/// Reads `files` as one stream ([`read_stream`]), starting the uploads of
-/// its chunks as they are cut; returns the digests of the files and the
-/// stream's chunks once it is read. Uploads run on, bounded by the slots
+/// Reads the listed files `which` as one stream ([`read_stream`]),
+/// starting the uploads of its chunks as they are cut; returns `which`
+/// (handed back, not copied: the pack lists every small file), the
+/// files' digests and the stream's chunks once it is read. Uploads run on, bounded by the slots
 /// and the byte budget, so many small chunks keep the store busy while
 /// only two streams are read at a time; [`publish`] awaits them all.
 async fn upload_stream(
@@ -521,9 +522,12 @@ async fn upload_stream(
     which: Vec<usize>,
     params: ChunkerParams,
     up: Arc<Uploader>,
-) -> Result<(Vec<Digest>, Vec<ChunkRef>), SnapshotError> {
+) -> Result<(Vec<usize>, Vec<Digest>, Vec<ChunkRef>), SnapshotError> {
     let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(1);
-    let reader = tokio::task::spawn_blocking(move || read_stream(&listing, &which, &params, tx));
+    let reader = tokio::task::spawn_blocking(move || {
+        let digests = read_stream(&listing, &which, &params, tx);
+        (which, digests)
+    });
     let mut chunks = Vec::new();
     while let Some((d, plain)) = rx.recv().await {
         chunks.push(ChunkRef {
@@ -550,8 +554,8 @@ async fn upload_stream(
             done.expect("upload task does not panic")?;
         }
     }
-    let digests = reader.await.expect("reader does not panic")?;
-    Ok((digests, chunks))
+    let (which, digests) = reader.await.expect("reader does not panic");
+    Ok((which, digests?, chunks))
 }
 
 #[cfg(test)]
