@@ -102,6 +102,11 @@ pub fn scan(root: &Path) -> Result<Scan, SnapshotError> {
 /// name with a directory's name followed by `/`: each directory's files
 /// then come out exactly in the order of their full paths (`a.b` before
 /// `a/x`, as `.` sorts before `/`), with no sort of the whole listing.
+/// The sort goes by the directory entry's own type; each entry is
+/// `lstat`ed right before it is listed or walked into, so a directory
+/// swapped for a link has no more time to do it than an unsorted walk
+/// gave (an entry whose type changed in between can only break the order,
+/// which [`scan`] checks).
 fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -110,48 +115,34 @@ fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
     let mut here = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
-        let path = entry.path();
         let name = entry
             .file_name()
             .into_string()
             .map_err(|_| SnapshotError::Unsupported {
-                path: path.clone(),
+                path: entry.path(),
                 what: "file name is not UTF-8; qsync manifests carry UTF-8 paths".into(),
             })?;
         if prefix.is_empty() && RESERVED_NAMES.contains(&name.as_str()) {
             continue;
         }
-        let m = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-        let ft = m.file_type();
-        if !ft.is_dir() && !ft.is_file() {
-            let kind = if ft.is_symlink() {
-                "a symbolic link"
-            } else {
-                "a special file"
-            };
-            return Err(SnapshotError::Unsupported {
-                path,
-                what: format!("is {kind}; qsync publishes regular files and directories only. Point --source at the real directory (or a checkpoint) instead"),
-            });
-        }
-        let key = if ft.is_dir() {
-            format!("{name}/")
-        } else {
-            name.clone()
-        };
-        here.push((key, name, path, m));
+        // The entry's own type (never follows a link).
+        let is_dir = entry.file_type().map_err(io(&entry.path()))?.is_dir();
+        here.push((if is_dir { format!("{name}/") } else { name.clone() }, name));
     }
     here.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (_, name, path, m) in here {
+    for (_, name) in here {
+        let path = dir.join(&name);
+        let m = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+        let ft = m.file_type();
         let rel = if prefix.is_empty() {
             name
         } else {
             format!("{prefix}/{name}")
         };
-        if m.is_dir() {
+        if ft.is_dir() {
             out.dirs.push((rel.clone(), m.mode() & 0o7777));
             walk(&path, &rel, out)?;
-        } else {
+        } else if ft.is_file() {
             let stat = Stat::of(&m);
             out.files.push(FileEntry {
                 path: rel.into(),
@@ -162,6 +153,16 @@ fn walk(dir: &Path, prefix: &str, out: &mut Scan) -> Result<(), SnapshotError> {
                 packed: false,
             });
             out.stats.push(stat);
+        } else {
+            let kind = if ft.is_symlink() {
+                "a symbolic link"
+            } else {
+                "a special file"
+            };
+            return Err(SnapshotError::Unsupported {
+                path,
+                what: format!("is {kind}; qsync publishes regular files and directories only. Point --source at the real directory (or a checkpoint) instead"),
+            });
         }
     }
     Ok(())
