@@ -1,4 +1,4 @@
-# Sourced by the benchmark scripts (bench.sh, bench-scale.sh, bench-wan.sh):
+# Sourced by the benchmark scripts (bench.sh, bench-scale.sh, bench-wan.sh, bench-million.sh):
 # the tools they compare against, timing, and a private nginx.
 
 # bench_tools TOOL...: installs from Debian what is missing among TOOL...

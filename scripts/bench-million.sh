@@ -19,7 +19,8 @@ Q=$PWD/target/release/qsync
 rm -rf "$WORK"
 mkdir -p "$WORK/mnt"
 cd "$WORK"
-trap 'kill $server 2>/dev/null || true; umount "$WORK/mnt" 2>/dev/null || true' EXIT
+server=
+trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; umount "$WORK/mnt" 2>/dev/null || true' EXIT
 truncate -s 12G dest.img
 mkfs.ext4 -q -F -N $((FILES + FILES / 4 + 10000)) dest.img
 mount -o loop dest.img mnt

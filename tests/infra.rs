@@ -218,12 +218,47 @@ fn the_init_container_is_configured_by_env_vars_qsync_knows() {
         .iter()
         .find(|c| c["args"][0] == "serve")
         .expect("no qsync serve --data sidecar");
-    assert!(sidecar["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["name"] == "QSYNC_DATA"));
+    // The sidecar finds what the restore kept by chain, state dir and the
+    // destination's path: all three must be the init container's, on the
+    // same volume at the same place.
+    let var = |c: &serde_json::Value, name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_string)
+    };
+    assert!(
+        var(sidecar, "QSYNC_DATA").is_some(),
+        "the sidecar serves no --data"
+    );
+    assert_eq!(var(sidecar, "QSYNC_DATA"), var(init, "QSYNC_DEST"));
+    assert_eq!(var(sidecar, "QSYNC_STATE_DIR"), var(init, "QSYNC_STATE_DIR"));
+    assert_eq!(var(sidecar, "QSYNC_CHAIN"), var(init, "QSYNC_CHAIN"));
+    let mount = |c: &serde_json::Value| {
+        (
+            c["volumeMounts"][0]["name"].clone(),
+            c["volumeMounts"][0]["mountPath"].clone(),
+        )
+    };
+    assert_eq!(
+        mount(sidecar),
+        mount(init),
+        "the sidecar must see the data volume where the restore wrote it"
+    );
     assert_eq!(sidecar["volumeMounts"][0]["readOnly"], true);
+    // The port the restore asks is the one the sidecar listens on.
+    let port = peers_dns["value"].as_str().unwrap().rsplit(':').next().unwrap();
+    assert!(
+        sidecar["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.ends_with(&format!(":{port}")))),
+        "QSYNC_PEERS_DNS asks port {port}, which the sidecar does not listen on"
+    );
     // Every QSYNC_* variable anywhere in infra/ is one the binary reads.
     let help: String = ["restore", "serve", "snapshot", "agent", "gc"]
         .iter()
