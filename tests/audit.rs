@@ -148,3 +148,31 @@ fn an_audit_sees_setuid_bits_hard_links_and_directories_out_of_place() {
     assert!(changed.contains(&"empty/ (mode)".to_string()), "{r}");
     assert!(names(&r["missing"]).contains(&"empty/inner/".to_string()), "{r}");
 }
+
+/// A directory that took the setgid bit from its parent (what a volume
+/// with a Kubernetes `fsGroup` does to everything under it) is as a
+/// restore leaves it: no restore removes the bit, so the audit must not
+/// call it changed and send the operator to a restore that changes
+/// nothing.
+#[test]
+fn a_directory_with_an_inherited_setgid_bit_is_not_changed() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 8);
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+    let dirs: Vec<_> = tree(&dest)
+        .into_iter()
+        .filter(|(_, (_, h))| h == "dir")
+        .map(|(rel, _)| dest.join(rel))
+        .collect();
+    assert!(!dirs.is_empty());
+    for d in &dirs {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o2000)).unwrap();
+    }
+    let (code, r, err) = audit(&env, &dest, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["changed"], Value::Array(vec![]), "{r}");
+}

@@ -109,6 +109,13 @@ impl DirEntry {
     pub fn applied_mode(&self) -> u32 {
         (self.mode & 0o777) | 0o700
     }
+
+    /// Whether a directory with mode `on_disk` is as a reader leaves it:
+    /// permission bits only, for a setgid parent passes its bit on (as
+    /// volumes with a Kubernetes `fsGroup` do) and no restore removes it.
+    pub fn mode_matches(&self, on_disk: u32) -> bool {
+        on_disk & 0o777 == self.applied_mode()
+    }
 }
 
 /// One snapshot of one chain.

@@ -221,7 +221,7 @@ fn look_dirs(root: &Root, m: &Manifest) -> Result<(Vec<String>, Vec<String>), Re
     for d in &m.directories {
         match root.stat(&d.path) {
             Ok(Some(meta)) if meta.is_dir() => {
-                if meta.mode() & 0o7777 != d.applied_mode() {
+                if !d.mode_matches(meta.mode()) {
                     changed.push(format!("{}/ (mode)", d.path));
                 }
             }

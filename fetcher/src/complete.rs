@@ -97,8 +97,7 @@ fn walk(
             (Some(Want::Dir(d)), FileType::Directory) => {
                 let sub = root::open_dir_at(dir, name)?;
                 // Permission bits only: a setgid parent passes its bit on.
-                sub.metadata()?.mode() & 0o777 == d.applied_mode() & 0o777
-                    && walk(&sub, &rel, want, index, seen)?
+                d.mode_matches(sub.metadata()?.mode()) && walk(&sub, &rel, want, index, seen)?
             }
             (Some(Want::File(i, f)), FileType::RegularFile) => {
                 let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;

@@ -442,7 +442,7 @@ pub(crate) fn seal_dirs(root: &Root, m: &Manifest) -> Result<(), RestoreError> {
         let dir = root.open_dir(&d.path).map_err(io())?;
         let meta = dir.metadata().map_err(io())?;
         // Keep the owner able to write, or a later top-up could not update it.
-        if meta.permissions().mode() & 0o777 != d.applied_mode() {
+        if !d.mode_matches(meta.permissions().mode()) {
             dir.set_permissions(std::fs::Permissions::from_mode(d.applied_mode()))
                 .map_err(io())?;
         }
