@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::manifest::{ChainMeta, ChunkRef, DirEntry, FileEntry, Manifest};
-use qsync_core::pointer::{self, Pointer};
+use qsync_core::pointer::{self, Pointer, SnapshotRef};
 use qsync_core::progress::Progress;
 use qsync_core::sign::SigningKeys;
 use qsync_core::time::Timestamp;
@@ -378,10 +378,16 @@ pub async fn publish_many(
             mirrors.push(hint);
         }
     }
+    // Encoded once: every store gets the same bytes (one lineage).
+    let (stored, compressed) = manifest.encode();
+    let manifest_key = ObjectKey::manifest(&opts.chain, manifest.version, &Digest::of(&stored), compressed);
+    let current = SnapshotRef::new(&manifest, manifest_key, &stored);
     let snapshot = NewSnapshot {
         signer,
         opts,
         manifest: &manifest,
+        stored: &stored,
+        current: &current,
         when,
         total,
         mirrors: &mirrors,
