@@ -386,7 +386,7 @@ async fn manifest(
             sink.location()
         ))
         .into()),
-        r => Ok(r?.0),
+        r => Ok(r?),
     }
 }
 

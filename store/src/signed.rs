@@ -52,20 +52,20 @@ pub async fn get_signed(
 
 /// The manifest `snap` names, read from `source`: its signature verified
 /// over the stored bytes, its digest checked against the pointer's, then
-/// decoded (on a blocking thread; a large manifest takes a while). With it,
-/// the id of the trusted key whose signature verified.
+/// decoded (on a blocking thread; a large manifest takes a while).
 pub async fn get_manifest(
     source: &dyn ObjectSource,
     snap: &SnapshotRef,
     keys: &TrustedKeys,
-) -> Result<(Manifest, KeyId), SignedReadError> {
+) -> Result<Manifest, SignedReadError> {
     get_manifest_and_bytes(source, snap, keys)
         .await
-        .map(|(m, signer, _)| (m, signer))
+        .map(|(m, _, _)| m)
 }
 
-/// [`get_manifest`], with the stored bytes it was decoded from (which a
-/// restore keeps, so that the node can serve its snapshot to peers).
+/// [`get_manifest`], with the id of the trusted key whose signature
+/// verified and the stored bytes it was decoded from (which a restore
+/// keeps, so that the node can serve its snapshot to peers).
 pub async fn get_manifest_and_bytes(
     source: &dyn ObjectSource,
     snap: &SnapshotRef,
@@ -84,6 +84,8 @@ pub async fn get_manifest_and_bytes(
         }
         Err(e) => return Err(e.into()),
     };
+    // The signature first: an edited manifest is reported as a rejected
+    // signature (exit 3), whatever its digest.
     let signer = verify_body(source, key, &bytes, keys).await?;
     let actual = Digest::of(&bytes);
     if actual != snap.manifest_blake3 {

@@ -105,7 +105,7 @@ pub async fn handler(
         );
     };
     let manifest = match get_manifest(store.as_ref(), &snap, &keys).await {
-        Ok((m, _)) => m,
+        Ok(m) => m,
         Err(e) => {
             tracing::error!("tar {chain} v{}: manifest unusable: {e}", snap.version);
             return fail(
