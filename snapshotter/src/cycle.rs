@@ -406,7 +406,7 @@ impl ChainJob {
         // With the hooks strategy the node thaws once the chunks are up,
         // before any pointer moves.
         let run = PublishRun {
-            known: known.as_ref(),
+            known,
             cancel: Some(cancel),
             gate: Some(Box::pin(thaw())),
             ..PublishRun::new(&read_from, &self.signer, &opts, progress)

@@ -66,14 +66,6 @@ pub struct KnownFiles {
     pub pack: Vec<ChunkRef>,
 }
 
-impl KnownFiles {
-    /// The stat and entry recorded for the file at `rel`.
-    fn get(&self, rel: &str) -> Option<(&Stat, &FileEntry)> {
-        let i = self.files.binary_search_by(|e| e.path.as_ref().cmp(rel)).ok()?;
-        Some((self.stats.get(i)?, &self.files[i]))
-    }
-}
-
 /// One store's outcome.
 #[derive(Debug)]
 pub struct StoreOutcome {
@@ -143,7 +135,7 @@ pub struct PublishRun<'a> {
     pub progress: Arc<dyn Progress>,
     /// Files the last cycle recorded (skip-unchanged): reused when their
     /// stat data are the same.
-    pub known: Option<&'a KnownFiles>,
+    pub known: Option<KnownFiles>,
     /// Stops the run before any pointer moves when it turns true.
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
     /// Runs between reading and committing (the agent's thaw).
@@ -249,7 +241,14 @@ pub async fn publish_many(
         progress: progress.clone(),
         uploads: Mutex::new(tokio::task::JoinSet::new()),
     });
-    let (work, files_unchanged, bytes_unchanged) = plan_reads(&listing, reuse, &opts.chunker);
+    let mut listing = listing;
+    let Planned {
+        reads: work,
+        pack: known_pack,
+        files_unchanged,
+        bytes_unchanged,
+    } = plan_reads(&mut listing, reuse, &opts.chunker);
+    progress.advance(bytes_unchanged);
     // Read-only while the reads run; then each read's results are filled
     // into the listing's own entries, which become the manifest's table.
     let listing = Arc::new(listing);
@@ -267,14 +266,6 @@ pub async fn publish_many(
                         Read::Pack(which) => {
                             let (which, digests, pack) = upload_stream(listing, which, params, up).await?;
                             Ok(Done::Pack(which, digests, pack))
-                        }
-                        Read::Known(i, entry) => {
-                            up.progress.advance(entry.size);
-                            Ok(Done::Known(i, entry))
-                        }
-                        Read::KnownPack(entries, pack) => {
-                            up.progress.advance(entries.iter().map(|(_, e)| e.size).sum());
-                            Ok(Done::KnownPack(entries, pack))
                         }
                     }
                 }
@@ -298,7 +289,7 @@ pub async fn publish_many(
         r = read_all => r?,
     };
     let mut listing = Arc::into_inner(listing).expect("every read has finished");
-    let mut pack = Vec::new();
+    let mut pack = known_pack.unwrap_or_default();
     for d in done {
         match d {
             Done::Solo(i, blake3, chunks) => {
@@ -309,13 +300,6 @@ pub async fn publish_many(
                 for (i, blake3) in which.into_iter().zip(digests) {
                     let e = &mut listing.files[i];
                     (e.blake3, e.packed) = (blake3, true);
-                }
-                pack = chunks;
-            }
-            Done::Known(i, entry) => listing.files[i] = entry,
-            Done::KnownPack(entries, chunks) => {
-                for (i, entry) in entries {
-                    listing.files[i] = entry;
                 }
                 pack = chunks;
             }
@@ -449,43 +433,50 @@ fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
 }
 
 /// What one read gives, by the files' numbers in the listing: a file's
-/// digest and chunks, the pack's digests and chunks, or entries the last
-/// run recorded.
+/// digest and chunks, or the pack's digests and chunks.
 enum Done {
     Solo(usize, Digest, Vec<ChunkRef>),
     Pack(Vec<usize>, Vec<Digest>, Vec<ChunkRef>),
-    Known(usize, FileEntry),
-    KnownPack(Vec<(usize, FileEntry)>, Vec<ChunkRef>),
 }
 
 /// What the run reads, by the files' numbers in the listing: a file on
-/// its own, the pack (every packed file, read as one stream), or what the
-/// last run knew (a file, or every packed file with the pack's chunks).
+/// its own, or the pack (every packed file, read as one stream).
 enum Read {
     Solo(usize),
     Pack(Vec<usize>),
-    Known(usize, FileEntry),
-    KnownPack(Vec<(usize, FileEntry)>, Vec<ChunkRef>),
+}
+
+/// The reads a run needs, once what the last run knew is taken over.
+struct Planned {
+    reads: Vec<Read>,
+    /// The pack's chunks, when the last run's pack is taken over whole.
+    pack: Option<Vec<ChunkRef>>,
+    files_unchanged: u64,
+    bytes_unchanged: u64,
 }
 
 /// Sorts the listing into reads: files below the chunker's minimum chunk
-/// go into the pack, files `reuse` knows unchanged are not read (the pack
-/// only when every packed file is). Returns the reads, and the files and
-/// bytes known unchanged.
-fn plan_reads(listing: &Scan, reuse: Option<&KnownFiles>, chunker: &ChunkerParams) -> (Vec<Read>, u64, u64) {
+/// go into the pack; files `reuse` knows unchanged (same stat) are not
+/// read, their entries moved into the listing (the pack's only when every
+/// packed file is unchanged, with the pack's chunks). Both lists are in
+/// path order, so one pass over them pairs the files: the last run's
+/// entries are moved, never copied.
+fn plan_reads(listing: &mut Scan, reuse: Option<KnownFiles>, chunker: &ChunkerParams) -> Planned {
     let packs = |st: &Stat| st.size > 0 && st.size < u64::from(chunker.min_size);
-    let known = |i: usize| match reuse.and_then(|k| k.get(&listing.files[i].path)) {
-        Some((stat, entry)) if *stat == listing.stats[i] && entry.size == stat.size => Some(entry.clone()),
-        _ => None,
+    let (known_files, known_stats, known_pack) = match reuse {
+        Some(k) => (k.files, k.stats, Some(k.pack)),
+        None => Default::default(),
     };
+    let known_packed_total = known_files.iter().filter(|e| e.packed).count();
+    let mut known = known_files.into_iter().zip(known_stats).peekable();
     let (mut reads, mut packed, mut known_packed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut files_unchanged, mut bytes_unchanged) = (0, 0);
-    let mut unchanged = |e: &FileEntry| {
-        files_unchanged += 1;
-        bytes_unchanged += e.size;
-    };
     for (i, st) in listing.stats.iter().enumerate() {
-        let entry = known(i);
+        let path = &listing.files[i].path;
+        while known.next_if(|(e, _)| e.path < *path).is_some() {}
+        let entry = known
+            .next_if(|(e, kst)| e.path == *path && kst == st && e.size == st.size)
+            .map(|(e, _)| e);
         if packs(st) {
             if let Some(e) = entry.filter(|e| e.packed) {
                 known_packed.push((i, e));
@@ -495,26 +486,37 @@ fn plan_reads(listing: &Scan, reuse: Option<&KnownFiles>, chunker: &ChunkerParam
         }
         match entry.filter(|e| !e.packed) {
             Some(e) => {
-                unchanged(&e);
-                reads.push(Read::Known(i, e));
+                files_unchanged += 1;
+                bytes_unchanged += e.size;
+                listing.files[i] = e;
             }
             None => reads.push(Read::Solo(i)),
         }
     }
+    drop(known);
     // The same packed files as last time, each unchanged: the same stream.
-    let same_pack = reuse.filter(|k| {
-        known_packed.len() == packed.len() && k.files.iter().filter(|e| e.packed).count() == packed.len()
-    });
-    // First, so the one long read of many small files overlaps the others.
-    match same_pack {
-        _ if packed.is_empty() => {}
-        Some(k) => {
-            known_packed.iter().for_each(|(_, e)| unchanged(e));
-            reads.insert(0, Read::KnownPack(known_packed, k.pack.clone()));
+    let same_pack = known_packed.len() == packed.len() && known_packed_total == packed.len();
+    let mut pack = None;
+    if !packed.is_empty() {
+        match known_pack.filter(|_| same_pack) {
+            Some(chunks) => {
+                for (i, e) in known_packed {
+                    files_unchanged += 1;
+                    bytes_unchanged += e.size;
+                    listing.files[i] = e;
+                }
+                pack = Some(chunks);
+            }
+            // First, so the one long read of many small files overlaps the others.
+            None => reads.insert(0, Read::Pack(packed)),
         }
-        None => reads.insert(0, Read::Pack(packed)),
     }
-    (reads, files_unchanged, bytes_unchanged)
+    Planned {
+        reads,
+        pack,
+        files_unchanged,
+        bytes_unchanged,
+    }
 }
 
 /// Reads the listed files `which` as one stream ([`read_stream`]),
