@@ -211,6 +211,16 @@ fn killing_the_peer_half_way_leaves_the_restore_to_the_origin() {
 /// `qsync serve --data` of `dir` with state dir `state`; its stderr (where
 /// it says why it serves nothing) collected as it runs.
 fn serve_data(f: &Fleet, dir: &Path, state: &str) -> (Server, std::sync::Arc<std::sync::Mutex<String>>) {
+    serve_data_with(f, dir, state, &[])
+}
+
+/// [`serve_data`] with `extra` flags.
+fn serve_data_with(
+    f: &Fleet,
+    dir: &Path,
+    state: &str,
+    extra: &[&str],
+) -> (Server, std::sync::Arc<std::sync::Mutex<String>>) {
     use std::io::BufRead;
     let mut c = qsync();
     c.args(["serve", "--listen", "127.0.0.1:0", "--chain", "eth", "--data"])
@@ -219,6 +229,7 @@ fn serve_data(f: &Fleet, dir: &Path, state: &str) -> (Server, std::sync::Arc<std
         .arg(&f.env.pk)
         .arg("--state-dir")
         .arg(f.env.path(state))
+        .args(extra)
         .stderr(std::process::Stdio::piped());
     let mut child = c.stdout(std::process::Stdio::piped()).spawn().unwrap();
     let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -422,4 +433,70 @@ fn a_malformed_peer_name_is_an_error_not_a_restore_without_peers() {
         assert!(err.contains("--peers-dns"), "{bad}: {err}");
         assert!(!env.path("dest").exists(), "{bad}: the restore went ahead");
     }
+}
+
+/// A kept signature changed after the restore kept it (a bad disk, a
+/// hand edit, anything writing the state dir) is not handed to peers: the
+/// additional signatures of a key rotation, which loading the directory
+/// does not otherwise check, are each checked against the trusted keys.
+#[test]
+fn a_kept_signature_that_no_longer_verifies_is_not_served() {
+    require("curl");
+    let f = fleet();
+    let (new_sk, new_pk) = (f.env.path("new.sec"), f.env.path("new.pub"));
+    let mut c = qsync();
+    c.args(["keygen", "--secret-key"])
+        .arg(&new_sk)
+        .arg("--public-key")
+        .arg(&new_pk);
+    assert_eq!(run(c).0, 0);
+    // Version 2 signed by both keys; node A, trusting both, keeps both.
+    std::fs::write(f.src.join("newer"), b"v2").unwrap();
+    f.env.snapshot(
+        &f.src,
+        "eth",
+        &["--chunk-size", "256", "--secret-key", new_sk.to_str().unwrap()],
+    );
+    let mut c = restore_as(&f.env, "state-a", &f.a, &f.origin.url, None);
+    c.arg("--public-key").arg(&new_pk);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut additional = Vec::new();
+    let mut stack = vec![f.env.path("state-a").join("peer")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.to_string_lossy().to_string();
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.contains("/manifests/")
+                && name.matches('.').count() >= 4
+                && name.ends_with(".minisig")
+            {
+                additional.push(p);
+            }
+        }
+    }
+    assert_eq!(
+        additional.len(),
+        1,
+        "one additional signature kept: {additional:?}"
+    );
+    let kept = &additional[0];
+    let name = kept.to_string_lossy().to_string();
+    let url = |peer: &Server| format!("{}/{}", peer.url, &name[name.find("chains/").unwrap()..]);
+    let both = ["--public-key", new_pk.to_str().unwrap()];
+    let (peer, _) = serve_data_with(&f, &f.a, "state-a", &both);
+    assert_eq!(status(&url(&peer)), "200");
+    drop(peer);
+    let mut sig = std::fs::read(kept).unwrap();
+    let at = sig.len() / 2;
+    sig[at] ^= 0x01;
+    std::fs::write(kept, sig).unwrap();
+    let (peer, _) = serve_data_with(&f, &f.a, "state-a", &both);
+    assert_eq!(
+        status(&url(&peer)),
+        "404",
+        "a signature that no longer verifies was served"
+    );
 }

@@ -304,6 +304,16 @@ impl TrustedKeys {
         list_ids(self.ids())
     }
 
+    /// Everywhere a signature of `body` stored at `key` that these keys
+    /// verify may lie: the primary one ([`ObjectKey::signature_for`],
+    /// whichever key made it), then each trusted key's additional one
+    /// ([`ObjectKey::signature_by`]).
+    pub fn signature_keys(&self, key: &ObjectKey, body: &[u8]) -> Vec<ObjectKey> {
+        std::iter::once(key.signature_for(body))
+            .chain(self.ids().map(|id| key.signature_by(body, id)))
+            .collect()
+    }
+
     /// Checks `signature` over `bytes` of object `key` with the trusted key
     /// the signature names; the id of that key. A signature by a key not in
     /// the set is refused, naming both.

@@ -28,7 +28,7 @@ use qsync_core::pointer::{Pointer, SnapshotRef};
 use qsync_core::sign::{KeyId, TrustedKeys};
 use qsync_core::trust::rank;
 use qsync_core::{ChainName, FormatError, ObjectKey};
-use qsync_store::signed::{get_manifest_and_bytes, get_signed, SignedReadError};
+use qsync_store::signed::{get_manifest_and_bytes, get_signed, SignedReadError, MAX_SIGNATURE_BYTES};
 use qsync_store::{ObjectSource, StoreError};
 use serde::Serialize;
 
@@ -441,9 +441,7 @@ impl Mirrors {
         body: &[u8],
         keys: &TrustedKeys,
     ) -> Result<Vec<(ObjectKey, Bytes)>, RestoreError> {
-        let wanted: Vec<ObjectKey> = std::iter::once(key.signature_for(body))
-            .chain(keys.ids().map(|id| key.signature_by(body, id)))
-            .collect();
+        let wanted = keys.signature_keys(key, body);
         let mut last: Option<RestoreError> = None;
         // Each request within --timeout, demoted mirrors skipped: a mirror
         // that stalls must not hold up the end of a completed restore.
@@ -717,9 +715,6 @@ impl Mirrors {
         }
     }
 }
-
-/// Largest `.minisig` read (real ones are about 300 bytes).
-const MAX_SIGNATURE_BYTES: u64 = 16 << 10;
 
 /// `d` scaled by a random factor in [0.5, 1.5), so retries do not synchronise.
 fn jittered(d: Duration) -> Duration {

@@ -30,7 +30,7 @@ use qsync_core::manifest::Manifest;
 use qsync_core::sign::TrustedKeys;
 use qsync_core::{ChainName, Digest, ObjectKey};
 use qsync_store::local::LocalStore;
-use qsync_store::signed::verify_body;
+use qsync_store::signed::{verify_body, MAX_SIGNATURE_BYTES};
 use qsync_store::{ObjectMeta, ObjectSink, ObjectSource, PutOptions, StoreError, StoreId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -259,10 +259,14 @@ impl DataDir {
             signed.push((pointer_key, p));
         }
         for (key, body) in signed {
-            let sigs = std::iter::once(key.signature_for(&body))
-                .chain(i.keys.ids().map(|id| key.signature_by(&body, id)));
-            for sig_key in sigs {
-                if let Some(sig) = read(&sig_key) {
+            // Each signature bounded and checked before it is served: the
+            // kept store is only ever what a restore verified, but a file
+            // changed there since must not reach a peer.
+            for sig_key in i.keys.signature_keys(&key, &body) {
+                let sig = handle
+                    .block_on(local.get_limited(&sig_key, MAX_SIGNATURE_BYTES))
+                    .ok();
+                if let Some(sig) = sig.filter(|s| i.keys.verify(&key, &body, s).is_ok()) {
                     objects.insert(sig_key, sig);
                 }
             }

@@ -31,7 +31,7 @@ pub enum SignedReadError {
 }
 
 /// Largest `.minisig` a reader accepts (real ones are about 300 bytes).
-const MAX_SIGNATURE_BYTES: u64 = 16 << 10;
+pub const MAX_SIGNATURE_BYTES: u64 = 16 << 10;
 
 /// The verified bytes of `key` from `source`, or `None` when the object is
 /// absent. Objects longer than `limit` bytes are refused unread.
