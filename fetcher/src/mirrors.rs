@@ -505,10 +505,19 @@ impl Mirrors {
     fn pick(&self, tried: &[usize], size: u64) -> Option<usize> {
         // Peers first: they exist to spare the origins. A slow one is
         // raced against an origin by the hedge ([`Self::pick_hedge`]).
+        // But at most PEERS_PER_CHUNK of them before the origins: peers
+        // still on an older snapshot lack every new chunk, and sixteen of
+        // them must not cost sixteen 404s per chunk.
+        let peers_tried = tried.iter().filter(|i| self.mirrors[**i].peer).count();
+        let order = match peers_tried < PEERS_PER_CHUNK {
+            true => [true, false],
+            false => [false, true],
+        };
         for respect_cooldown in [true, false] {
-            let peer = self.best(tried, size, Some(true), respect_cooldown);
-            if let Some(i) = peer.or_else(|| self.best(tried, size, Some(false), respect_cooldown)) {
-                return Some(i);
+            for peer in order {
+                if let Some(i) = self.best(tried, size, Some(peer), respect_cooldown) {
+                    return Some(i);
+                }
             }
         }
         None
@@ -716,6 +725,9 @@ impl Mirrors {
     }
 }
 
+/// Peers asked for one chunk before the origins are ([`Mirrors::pick`]).
+const PEERS_PER_CHUNK: usize = 2;
+
 /// `d` scaled by a random factor in [0.5, 1.5), so retries do not synchronise.
 fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + fastrand::f64())
@@ -768,6 +780,25 @@ mod tests {
 
     fn plain() -> Vec<u8> {
         (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[tokio::test]
+    async fn peers_that_lack_a_chunk_cost_at_most_two_requests_before_an_origin() {
+        let origin = MemoryStore::new("origin");
+        let c = publish(&[&origin], &plain()).await;
+        let peers: Vec<Arc<Faulty>> = (0..5)
+            .map(|i| Arc::new(Faulty::new(Arc::new(MemoryStore::new(&format!("peer{i}"))))))
+            .collect();
+        let m = Mirrors::with_peers(
+            peers.iter().map(|p| p.clone() as Arc<dyn ObjectSource>).collect(),
+            vec![Arc::new(origin)],
+            fast(),
+        );
+        let mut got = Buffer(Vec::new());
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0, plain());
+        let asked: u64 = peers.iter().map(|p| p.reads()).sum();
+        assert_eq!(asked, PEERS_PER_CHUNK as u64, "peers asked before the origin");
     }
 
     #[tokio::test]
