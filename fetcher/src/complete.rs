@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 
 use qsync_core::manifest::{DirEntry, FileEntry, Manifest, RESERVED_NAMES};
 use qsync_core::Digest;
@@ -23,6 +24,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType};
 use crate::dest::{read_marker, JOURNAL, MARKER, PARTIAL};
 use crate::journal::Index;
 use crate::root::{self, Root};
+use crate::RestoreError;
 
 /// What the snapshot has at a path.
 enum Want<'a> {
@@ -30,14 +32,31 @@ enum Want<'a> {
     Dir(&'a DirEntry),
 }
 
+/// The index of the destination's last completed restore (none under
+/// `--verify-existing`, which trusts nothing), and whether the destination
+/// already is the snapshot of `manifest` (stored with digest `digest`):
+/// what a restore and its dry run both start from.
+pub(crate) async fn index_and_complete(
+    root: &Arc<Root>,
+    manifest: &Arc<Manifest>,
+    digest: Digest,
+    verify_existing: bool,
+) -> Result<(Arc<Index>, bool), RestoreError> {
+    if verify_existing {
+        return Ok((Arc::new(Index::default()), false));
+    }
+    let index = Arc::new(Index::load(root, manifest));
+    let (r, m, i) = (root.clone(), manifest.clone(), index.clone());
+    let complete = crate::batch::blocking(move || {
+        already_complete(&r, &m, &digest, &i).map_err(RestoreError::io(r.path()))
+    })
+    .await?;
+    Ok((index, complete))
+}
+
 /// True when `root` holds exactly the snapshot of `manifest` (stored with
 /// digest `digest`), as the last completed restore left it.
-pub(crate) fn already_complete(
-    root: &Root,
-    manifest: &Manifest,
-    digest: &Digest,
-    index: &Index,
-) -> io::Result<bool> {
+fn already_complete(root: &Root, manifest: &Manifest, digest: &Digest, index: &Index) -> io::Result<bool> {
     let marked = read_marker(root, MARKER).is_some_and(|m| m.manifest_blake3 == digest.to_hex());
     // A journal beside the marker is a restore killed before its last
     // step: the full path finishes it.

@@ -118,12 +118,7 @@ pub fn check_owner(root: &Root, pointer: &Pointer, foreign: ForeignDest) -> Resu
             // qsync's own records, or the temporary a record is written to
             // first, are what a restore killed while claiming leaves: they
             // make no directory foreign.
-            let io = io_at(root, "");
-            let empty = root::entries(&root.open_dir("").map_err(&io)?)
-                .map_err(io)?
-                .iter()
-                .all(|name| is_qsync_record(name.to_bytes()));
-            if !empty && !force {
+            if !holds_only_records(root)? && !force {
                 return Err(refuse(
                     "is not empty and carries no qsync marker; refusing to touch data qsync did not write. Pick an empty --dest, or pass --force to make it exactly the snapshot (files not in the snapshot are deleted)".into(),
                 ));
@@ -135,7 +130,18 @@ pub fn check_owner(root: &Root, pointer: &Pointer, foreign: ForeignDest) -> Resu
 
 /// Whether `name`, at the root of a destination, is one of qsync's records
 /// or the temporary one is written to before it is renamed into place.
-pub(crate) fn is_qsync_record(name: &[u8]) -> bool {
+/// Whether the destination holds nothing but qsync's own records (or the
+/// temporaries they are written to first): what a restore killed while
+/// claiming leaves, which makes no directory foreign.
+pub(crate) fn holds_only_records(root: &Root) -> Result<bool, RestoreError> {
+    let io = io_at(root, "");
+    Ok(root::entries(&root.open_dir("").map_err(&io)?)
+        .map_err(io)?
+        .iter()
+        .all(|name| is_qsync_record(name.to_bytes())))
+}
+
+fn is_qsync_record(name: &[u8]) -> bool {
     let name = name.strip_suffix(b".tmp").unwrap_or(name);
     RESERVED_NAMES.iter().any(|r| r.as_bytes() == name)
 }

@@ -19,9 +19,9 @@ use qsync_core::trust::TrustStore;
 use serde::Serialize;
 
 use crate::choose::choose;
-use crate::complete::already_complete;
+use crate::complete::index_and_complete;
 use crate::dest::{self, read_marker, MARKER, PARTIAL};
-use crate::journal::{Index, Journal};
+use crate::journal::Journal;
 use crate::plan::plan;
 use crate::restore::{RestoreOptions, SPACE_MARGIN};
 use crate::root::Root;
@@ -143,18 +143,9 @@ pub async fn preview(
         Err(RestoreError::Dest { reason, .. }) => Some(reason),
         Err(e) => Some(e.to_string()),
     };
-    let index = Arc::new(if opts.verify_existing {
-        Index::default()
-    } else {
-        Index::load(&root, &manifest)
-    });
     let digest = pointer.current.manifest_blake3;
-    let (r, m, i) = (root.clone(), manifest.clone(), index.clone());
-    p.already_complete = !opts.verify_existing
-        && crate::batch::blocking(move || {
-            already_complete(&r, &m, &digest, &i).map_err(RestoreError::io(r.path()))
-        })
-        .await?;
+    let (index, complete) = index_and_complete(&root, &manifest, digest, opts.verify_existing).await?;
+    p.already_complete = complete;
     p.space_available = dest::free_space(root.path())?;
     if p.already_complete {
         p.bytes_kept = p.bytes_total;
@@ -209,7 +200,10 @@ fn in_the_way(root: &Root, m: &Manifest, extras: Vec<String>) -> Result<Vec<Stri
             remove.push(path.to_string());
         }
     }
-    let under = |e: &str| remove.iter().any(|r| e.starts_with(&format!("{r}/")));
+    // An extra under an entry already listed goes with it: looked up by
+    // its ancestors, not by a scan of the list per extra.
+    let listed: std::collections::HashSet<&str> = remove.iter().map(String::as_str).collect();
+    let under = |e: &str| e.match_indices('/').any(|(at, _)| listed.contains(&e[..at]));
     let extras: Vec<String> = extras.into_iter().filter(|e| !under(e)).collect();
     remove.extend(extras);
     remove.sort();
@@ -237,9 +231,10 @@ fn describe(root: &Root) -> Result<String, RestoreError> {
         return Ok(format!("complete (chain {} version {})", m.chain, m.version));
     }
     // qsync's own records make no directory foreign, as for the claim.
-    let empty = crate::root::entries(&root.open_dir("").map_err(RestoreError::io(root.path()))?)
-        .map_err(RestoreError::io(root.path()))?
-        .iter()
-        .all(|name| dest::is_qsync_record(name.to_bytes()));
-    Ok(if empty { "empty" } else { "foreign" }.into())
+    Ok(if dest::holds_only_records(root)? {
+        "empty"
+    } else {
+        "foreign"
+    }
+    .into())
 }

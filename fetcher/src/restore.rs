@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::batch::{blocking, per_batch, per_file};
 use crate::choose::choose;
-use crate::complete::already_complete;
+use crate::complete::index_and_complete;
 use crate::dest::{
     self, layout, presize, seal_dirs, seal_file, ForeignDest, Marker, MARKER, PARTIAL, PREALLOCATE_FROM,
 };
@@ -172,11 +172,13 @@ pub async fn restore(
     // Staged now, so the manifest's stored bytes are not held through the
     // restore; put in place when it completes.
     let staged = stage_for_peers(mirrors, keys, opts, root.path(), &pointer, signed).await;
-    let index = Arc::new(if opts.verify_existing {
-        Index::default()
-    } else {
-        Index::load(&root, &manifest)
-    });
+    let (index, complete) = index_and_complete(
+        &root,
+        &manifest,
+        pointer.current.manifest_blake3,
+        opts.verify_existing,
+    )
+    .await?;
     let mut summary = RestoreSummary {
         chain: opts.chain.to_string(),
         version: pointer.current.version,
@@ -190,12 +192,6 @@ pub async fn restore(
         manifest_blake3: pointer.current.manifest_blake3.to_hex(),
         pointer_from,
         mirrors: Vec::new(),
-    };
-    let complete = !opts.verify_existing && {
-        let (root, m, index) = (root.clone(), manifest.clone(), index.clone());
-        let digest = pointer.current.manifest_blake3;
-        blocking(move || already_complete(&root, &m, &digest, &index).map_err(RestoreError::io(root.path())))
-            .await?
     };
     if complete {
         tracing::info!(
