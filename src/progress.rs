@@ -132,7 +132,7 @@ impl Drop for Ticker {
 
 impl Progress for Ticker {
     fn start(&self, stage: &str, total: u64) {
-        tracing::info!("{stage}: {total} bytes to process");
+        Log.start(stage, total);
         let now = std::time::Instant::now();
         *self.state.lock().expect("not poisoned") = Stage {
             name: Some(stage.to_string()),
@@ -152,12 +152,12 @@ impl Progress for Ticker {
     }
 }
 
-/// For a restore: a bar on a terminal (unless `quiet`), otherwise a
-/// [`Ticker`] every `every` (never for `every` of zero), warning of a
+/// For a restore: on a terminal a bar (nothing when `quiet`), otherwise
+/// a [`Ticker`] every `every` (never for `every` of zero), warning of a
 /// stall after `stall`.
 pub fn for_restore(quiet: bool, every: std::time::Duration, stall: std::time::Duration) -> Arc<dyn Progress> {
-    if std::io::stderr().is_terminal() && !quiet {
-        Arc::new(Bar(Mutex::new(None)))
+    if std::io::stderr().is_terminal() {
+        for_terminal(quiet)
     } else if every.is_zero() {
         Arc::new(NoProgress)
     } else {
