@@ -62,8 +62,7 @@ impl ObjectKey {
     /// Whether the object is rewritten in place (a pointer or the catalog);
     /// every other object is written once and never changes.
     pub fn is_mutable(&self) -> bool {
-        self.0 == "catalog.json"
-            || (self.0.starts_with("chains/") && self.0.ends_with("/latest.json"))
+        self.is_rewritten_signed()
             || self.0.starts_with("locks/")
             || self.0.starts_with("gc/")
             || self.0.starts_with("probes/")
@@ -127,14 +126,18 @@ impl ObjectKey {
         }
         let (object, key_id) = split_id(stem);
         let object = ObjectKey::new(object).ok()?;
-        let manifest = object.0.starts_with("chains/")
-            && object.0.contains("/manifests/")
-            && (object.0.ends_with(".json") || object.0.ends_with(".json.zst"));
-        manifest.then_some(SignatureOf {
+        object.is_manifest().then_some(SignatureOf {
             object,
             version: None,
             key_id,
         })
+    }
+
+    /// Whether this is a manifest ([`ObjectKey::manifest`]'s shape).
+    pub fn is_manifest(&self) -> bool {
+        self.0.starts_with("chains/")
+            && self.0.contains("/manifests/")
+            && (self.0.ends_with(".json") || self.0.ends_with(".json.zst"))
     }
 
     /// A pointer or the catalog: rewritten in place, and signed.
