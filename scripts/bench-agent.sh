@@ -11,14 +11,15 @@
 # Usage: BENCH_SIZES="1024 4096" scripts/bench-agent.sh   (BENCH_DIR for the scratch dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 SIZES=${BENCH_SIZES:-"1024 4096"}
 WORK=${BENCH_DIR:-$PWD/.tmp/bench-agent}
 cargo build --release --locked -q
 Q=$PWD/target/release/qsync
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d$2)" "$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+# Three decimals: the agent's ratios are often near zero.
+ratio3() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 config() { # NAME STRATEGY
   cat >"$1.toml" <<EOF
@@ -68,8 +69,8 @@ for SIZE in $SIZES; do
   CHANGED=$(field mutate.json "['bytes_changed']")
   NEW=$(field second.json "['bytes_new']")
   PER100=$(awk -v f="$LF" -v b="$IMMUTABLE" 'BEGIN { printf "%.2f", f / (b / 1e9) * 100 }')
-  printf "%-8s %-12.3f %-12.3f %-14s %-14s %-10.2f %-10s %-12s\n" "$SIZE" "$HF" "$LF" "$(ratio "$LF" "$HF")" "$PER100" \
-    "$(awk -v b="$IMMUTABLE" 'BEGIN { print b / 2^30 }')" "$(ratio "$T2" "$T1")" "$(ratio "$NEW" "$CHANGED")"
+  printf "%-8s %-12.3f %-12.3f %-14s %-14s %-10.2f %-10s %-12s\n" "$SIZE" "$HF" "$LF" "$(ratio3 "$LF" "$HF")" "$PER100" \
+    "$(awk -v b="$IMMUTABLE" 'BEGIN { print b / 2^30 }')" "$(ratio3 "$T2" "$T1")" "$(ratio3 "$NEW" "$CHANGED")"
   echo "  first cycle ${T1}s, incremental ${T2}s ($(field second.json "['files_unchanged']") files unchanged, not read); uploaded ${NEW} new bytes for ${CHANGED} changed" >&2
   cd - >/dev/null
 done

@@ -1,4 +1,5 @@
-# Sourced by the benchmark scripts (bench.sh, bench-scale.sh, bench-wan.sh, bench-million.sh):
+# Sourced by the benchmark scripts (bench.sh, bench-scale.sh, bench-wan.sh, bench-million.sh,
+# bench-agent.sh, bench-rss.sh):
 # the tools they compare against, timing, and a private nginx.
 
 # bench_tools TOOL...: installs from Debian what is missing among TOOL...

@@ -5,7 +5,8 @@
 # Usage: scripts/bench-rss.sh 2 20   (sizes in GiB; needs ~3x the largest free)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
+. scripts/bench-lib.sh
+bench_tools
 cargo build --release --locked -q
 Q=$PWD/target/release/qsync
 WORK=${BENCH_DIR:-$PWD/.tmp/bench-rss}
