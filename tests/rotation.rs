@@ -106,6 +106,16 @@ fn restore_trusts_any_of_several_public_keys() {
     let (code, _, err) = run(c);
     assert_eq!(code, 0, "QSYNC_PUBLIC_KEY=OLD,NEW: {err}");
     assert_eq!(files(&env.path("dest-env")), files(&src));
+    // The signing key first: neither the first nor the last key alone is
+    // what is trusted.
+    let r = restore(
+        &env,
+        &env.path("dest-rev"),
+        &env.path("state-rev"),
+        &[&new_pk, &env.pk],
+    );
+    assert_eq!(r["version"], 1);
+    assert_eq!(files(&env.path("dest-rev")), files(&src));
 }
 
 #[test]
