@@ -28,6 +28,17 @@ pub enum FormatError {
         /// What minisign reported.
         reason: String,
     },
+    /// A signature made by a key that is not trusted here, and no
+    /// signature by a trusted one: rejected like any bad signature, but a
+    /// publisher reading back its own objects can tell a key change from
+    /// damage.
+    #[error("{what}: signature rejected ({reason}); check that --public-key is the publisher's key (repeat it to trust both keys during a key rotation) and that the store was not tampered with")]
+    UntrustedKey {
+        /// The signed object.
+        what: String,
+        /// Which key made it, and which are trusted.
+        reason: String,
+    },
     /// A key file that cannot be read or parsed.
     #[error("{path}: {reason}")]
     Key {

@@ -319,7 +319,7 @@ impl TrustedKeys {
     /// the set is refused, naming both.
     pub fn verify(&self, key: &ObjectKey, bytes: &[u8], signature: &[u8]) -> Result<KeyId, FormatError> {
         let vk = match KeyId::of_signature(signature) {
-            Some(id) => self.get(id).ok_or_else(|| FormatError::BadSignature {
+            Some(id) => self.get(id).ok_or_else(|| FormatError::UntrustedKey {
                 what: key.to_string(),
                 reason: format!(
                     "made by key {id}, which is not trusted here (trusted: {})",

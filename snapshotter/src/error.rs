@@ -84,9 +84,7 @@ impl SnapshotError {
         so_far: &str,
     ) -> SnapshotError {
         match e {
-            SignedReadError::Format(FormatError::BadSignature { what, reason })
-                if reason.contains("which is not trusted here") =>
-            {
+            SignedReadError::Format(FormatError::UntrustedKey { what, reason }) => {
                 SnapshotError::Format(FormatError::Invalid(format!(
                     "{what} is not signed by a key this publisher signs with ({}): {reason}. {so_far} To move to a new key without a gap, sign with the old and the new key together for a while (--secret-key OLD --secret-key NEW, or secret-key = [OLD, NEW] in the agent configuration; docs/deploy.md, \"Rotate the signing key\")",
                     signer.describe()

@@ -137,6 +137,9 @@ pub async fn verify_body(
             FormatError::BadSignature { reason, .. } => {
                 FormatError::BadSignature { what: what(), reason }.into()
             }
+            FormatError::UntrustedKey { reason, .. } => {
+                FormatError::UntrustedKey { what: what(), reason }.into()
+            }
             e => e.into(),
         }
     };
@@ -164,13 +167,15 @@ pub async fn verify_body(
     if let Some(e) = refused {
         return Err(located(e));
     }
-    let primary_said = match (&primary, primary_id) {
-        (None, _) => format!(
-            "its signature {primary_key} is missing (the store is incomplete or was not published by qsync)"
+    let (primary_said, untrusted) = match (&primary, primary_id) {
+        (None, _) => (
+            format!("its signature {primary_key} is missing (the store is incomplete or was not published by qsync)"),
+            false,
         ),
-        (Some(_), Some(id)) => {
-            format!("its signature {primary_key} is by key {id}, which is not trusted here")
-        }
+        (Some(_), Some(id)) => (
+            format!("its signature {primary_key} is by key {id}, which is not trusted here"),
+            true,
+        ),
         // Unreadable: minisign's own words say best what is wrong with it.
         (Some(sig), None) => return keys.verify(key, body, sig).map_err(located),
     };
@@ -179,7 +184,12 @@ pub async fn verify_body(
         keys.describe(),
         tried.join(", ")
     );
-    Err(FormatError::BadSignature { what: what(), reason }.into())
+    let what = what();
+    Err(match untrusted {
+        true => FormatError::UntrustedKey { what, reason },
+        false => FormatError::BadSignature { what, reason },
+    }
+    .into())
 }
 
 /// The signature at `sig_key`, or `None` when the store lacks it.
