@@ -71,14 +71,7 @@ fn restore_b(f: &Fleet, origin: &str, peers: &str, extra: &[&str]) -> Value {
 
 /// `qsync serve --data` of node A.
 fn serve_a(f: &Fleet) -> Server {
-    let mut c = qsync();
-    c.args(["serve", "--listen", "127.0.0.1:0", "--chain", "eth", "--data"])
-        .arg(&f.a)
-        .arg("--public-key")
-        .arg(&f.env.pk)
-        .arg("--state-dir")
-        .arg(f.env.path("state-a"));
-    Server::spawn(c)
+    serve_data(f, &f.a, "state-a").0
 }
 
 fn mirror(report: &Value, peer: bool) -> Vec<&Value> {
