@@ -29,16 +29,32 @@ pub(crate) async fn per_batch<T: Send + 'static>(
     n: usize,
     f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>, RestoreError> + Send + Sync + 'static,
 ) -> Result<Vec<T>, RestoreError> {
+    let mut all = Vec::with_capacity(n);
+    in_order(n, f, |_, t| all.push(t)).await?;
+    Ok(all)
+}
+
+/// [`per_batch`] with each result handed to `take` (with its file's index,
+/// in order) as its batch completes, so a caller that folds them holds no
+/// table of a million results.
+pub(crate) async fn in_order<T: Send + 'static>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>, RestoreError> + Send + Sync + 'static,
+    mut take: impl FnMut(usize, T),
+) -> Result<(), RestoreError> {
     let f = Arc::new(f);
-    let batches: Vec<Vec<T>> = futures::stream::iter((0..n).step_by(FILES_PER_TASK))
+    let mut batches = futures::stream::iter((0..n).step_by(FILES_PER_TASK))
         .map(|start| {
             let f = f.clone();
-            blocking(move || f(start..(start + FILES_PER_TASK).min(n)))
+            blocking(move || Ok((start, f(start..(start + FILES_PER_TASK).min(n))?)))
         })
-        .buffered(2)
-        .try_collect()
-        .await?;
-    Ok(batches.into_iter().flatten().collect())
+        .buffered(2);
+    while let Some((start, results)) = batches.try_next().await? {
+        for (k, t) in results.into_iter().enumerate() {
+            take(start + k, t);
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(

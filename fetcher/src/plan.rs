@@ -15,7 +15,7 @@ use qsync_core::manifest::Manifest;
 use qsync_core::records::{FileStat, JournalState};
 use qsync_core::Digest;
 
-use crate::batch::per_file;
+use crate::batch::in_order;
 use crate::dest::hash_existing;
 use crate::journal::{Index, Record};
 use crate::root::Root;
@@ -73,7 +73,8 @@ pub(crate) async fn plan(
     present: Arc<Vec<bool>>,
 ) -> Result<Plan, RestoreError> {
     let (m, root) = (manifest.clone(), root.clone());
-    let checked: Vec<(Known, Option<u64>)> = per_file(manifest.files.len(), move |i| {
+    let n = manifest.files.len();
+    let look = move |i: usize| -> Result<(Known, Option<u64>), RestoreError> {
         let f = &m.files[i];
         if !present[i] {
             // Layout found nothing there: nothing to look at.
@@ -108,19 +109,33 @@ pub(crate) async fn plan(
             }
         };
         Ok((known, have))
-    })
-    .await?;
+    };
     let mut plan = Plan {
         needed: HashMap::new(),
         reused: 0,
         growth: 0,
-        existed: checked.iter().map(|(_, have)| have.is_some()).collect(),
-        touched: vec![false; manifest.files.len()],
-        whole: vec![false; manifest.files.len()],
+        existed: vec![false; n],
+        touched: vec![false; n],
+        whole: vec![false; n],
         verified: Vec::new(),
     };
-    for (i, (known, have)) in checked.into_iter().enumerate() {
+    // Each file's look is folded in as its batch completes: a million
+    // files' looks (32 bytes each) are never held at once.
+    in_order(
+        n,
+        move |files| files.map(&look).collect(),
+        |i, (known, have)| plan.add(manifest, i, known, have),
+    )
+    .await?;
+    Ok(plan)
+}
+
+impl Plan {
+    /// Adds what planning found of file `i`.
+    fn add(&mut self, manifest: &Manifest, i: usize, known: Known, have: Option<u64>) {
+        let plan = self;
         let f = &manifest.files[i];
+        plan.existed[i] = have.is_some();
         let ok = |c: usize| match &known {
             Known::Trusted => true,
             Known::Journaled(set) => set.contains(&(c as u32)),
@@ -141,25 +156,18 @@ pub(crate) async fn plan(
                     .needed
                     .entry(p.chunk.blake3)
                     .or_insert((p.chunk.size, Vec::new()));
-                entry.1.push(Slot {
-                    file: i as u32,
-                    piece: c as u32,
-                    offset: p.offset,
-                    at: p.at,
-                    len: p.len,
-                });
+                entry.1.push(Slot::of(i, c, p));
             }
         }
         plan.whole[i] = good.is_empty() && !pieces.is_empty();
         // What hashing proved goes into the journal; a file that was not
         // there proved nothing.
         if let Known::Hashed(h) = known {
-            let (_, Some(st)) = *h else { continue };
+            let (_, Some(st)) = *h else { return };
             let all = good.len() == pieces.len();
             plan.verified.push((i as u32, (!all).then_some(good), Some(st)));
         }
     }
-    Ok(plan)
 }
 
 #[cfg(test)]

@@ -49,16 +49,17 @@ const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Plaintext of the chunks in flight at once, MiB: each may be held whole
 /// while it decodes, so this bounds the restore's memory whatever the pace.
 const IN_FLIGHT_MIB: u64 = 96;
-/// What the manifest's tables and the chunks in flight may take together,
-/// MiB: a manifest of a million small files (about 150 MiB decoded) leaves
-/// the chunks less room ([`in_flight_mib`]).
-const MEMORY_MIB: u64 = 192;
+/// What the manifest's tables, the plan's slots and the chunks in flight
+/// may take together, MiB: a million small files' manifest (about 130 MiB
+/// decoded) and slots (24 MiB) leave the chunks less room
+/// ([`in_flight_mib`]).
+const MEMORY_MIB: u64 = 160;
 
-/// Room for chunks in flight beside a manifest taking `manifest_bytes`:
+/// Room for chunks in flight beside a manifest and plan taking `held` bytes:
 /// what [`MEMORY_MIB`] leaves, never more than [`IN_FLIGHT_MIB`] and never
 /// less than one largest chunk (`max_chunk` bytes), or nothing could move.
-fn in_flight_mib(manifest_bytes: u64, max_chunk: u64) -> u64 {
-    MEMORY_MIB.saturating_sub(manifest_bytes >> 20).clamp(
+fn in_flight_mib(held: u64, max_chunk: u64) -> u64 {
+    MEMORY_MIB.saturating_sub(held >> 20).clamp(
         max_chunk.div_ceil(1 << 20).max(1),
         IN_FLIGHT_MIB.max(max_chunk.div_ceil(1 << 20)),
     )
@@ -348,13 +349,20 @@ async fn fetch_and_write(
     let to_write: u64 = plan
         .needed
         .values()
-        .flat_map(|(_, slots)| slots.iter().map(|s| s.len))
+        .flat_map(|(_, slots)| slots.iter().map(Slot::len))
         .sum();
     progress.start("restore", to_write);
     let fetched = Arc::new(AtomicU64::new(0));
     let chunks = plan.needed.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
     let flusher = tokio::spawn(flush_journal(rx, journal));
+    let slot_bytes: usize = plan
+        .needed
+        .values()
+        .map(|(_, slots)| {
+            std::mem::size_of::<(Digest, (u64, Vec<Slot>))>() + slots.capacity() * std::mem::size_of::<Slot>()
+        })
+        .sum();
     let needed = shuffle_in_windows(plan.needed, 64 * 16);
     // Chunks in flight: as many as the mirrors reward ([`Pace`]), at most
     // `concurrency`, and never more than IN_FLIGHT_MIB of them (a
@@ -362,12 +370,12 @@ async fn fetch_and_write(
     // its own, so hashing, decompressing and page-cache writes run on every
     // core.
     let room = in_flight_mib(
-        disk.manifest().memory_estimate(),
+        disk.manifest().memory_estimate() + slot_bytes as u64,
         u64::from(disk.manifest().chunker.max_size),
     );
     if room < IN_FLIGHT_MIB {
         tracing::info!(
-            "at most {room} MiB of chunks in flight: the manifest takes the rest of qsync's memory budget"
+            "at most {room} MiB of chunks in flight: the manifest and the plan take the rest of qsync's memory budget"
         );
     }
     let budget = Arc::new(tokio::sync::Semaphore::new(room as usize));
@@ -382,7 +390,7 @@ async fn fetch_and_write(
             mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
             targets.landed().await?;
             fetched.fetch_add(size, Ordering::Relaxed);
-            progress.advance(slots.iter().map(|s| s.len).sum());
+            progress.advance(slots.iter().map(Slot::len).sum());
             let _ = tx.send(slots);
             Ok::<_, RestoreError>(())
         }
@@ -617,7 +625,7 @@ mod tests {
     fn a_large_manifest_leaves_chunks_less_room_but_never_less_than_one() {
         let max = 16 << 20;
         assert_eq!(in_flight_mib(1 << 20, max), IN_FLIGHT_MIB);
-        assert_eq!(in_flight_mib(150 << 20, max), MEMORY_MIB - 150);
+        assert_eq!(in_flight_mib(120 << 20, max), MEMORY_MIB - 120);
         assert_eq!(in_flight_mib(2 << 30, max), 16);
         assert_eq!(in_flight_mib(2 << 30, 200 << 20), 200);
     }

@@ -59,18 +59,42 @@ const FANOUT: usize = 4;
 
 /// Where bytes of one chunk go: `len` bytes from `at` in the chunk, to
 /// `offset` in a file (by index into the manifest), as its piece `piece`.
+/// A plan holds one per file piece still to write, so it is 24 bytes: a
+/// chunk is at most `u32::MAX` bytes (the chunker's `max_size`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
     pub(crate) file: u32,
     pub(crate) piece: u32,
     pub(crate) offset: u64,
-    pub(crate) at: u64,
-    pub(crate) len: u64,
+    at: u32,
+    len: u32,
 }
 
 impl Slot {
+    /// The slot of `piece` (number `c`) of file `file`.
+    pub(crate) fn of(file: usize, c: usize, piece: &qsync_core::pieces::Piece) -> Slot {
+        let small = |n: u64| u32::try_from(n).expect("a validated manifest's chunks fit u32");
+        Slot {
+            file: file as u32,
+            piece: c as u32,
+            offset: piece.offset,
+            at: small(piece.at),
+            len: small(piece.len),
+        }
+    }
+
+    /// Where the bytes start in the chunk.
+    pub(crate) fn at(&self) -> u64 {
+        self.at.into()
+    }
+
+    /// How many bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len.into()
+    }
+
     fn range(&self) -> (u64, u64) {
-        (self.at, self.at + self.len)
+        (self.at(), self.at() + self.len())
     }
 }
 
@@ -173,19 +197,19 @@ impl Disk {
             .root
             .open_create(&f.path, f.applied_mode() | 0o600)
             .map_err(|e| RestoreError::io(self.path(slot.file))(e))?;
-        let direct = if slot.at == 0 && slot.len == size {
+        let direct = if slot.range() == (0, size) {
             self.open_direct(&f.path)?
         } else {
             None
         };
-        Ok(RangeWriter::new(file, direct, slot.offset, slot.len))
+        Ok(RangeWriter::new(file, direct, slot.offset, slot.len()))
     }
 
     /// A fresh in-flight digest of `slot`, for a file hashed in flight.
     fn span(&self, slot: Slot) -> Option<SpanHasher> {
         let file_len = self.manifest.files[slot.file as usize].size;
         self.hashes(slot.file as usize)
-            .then(|| SpanHasher::new(slot.offset, slot.len, file_len))
+            .then(|| SpanHasher::new(slot.offset, slot.len(), file_len))
     }
 
     fn open_direct(&self, rel: &str) -> Result<Option<std::fs::File>, RestoreError> {
@@ -371,13 +395,13 @@ impl Targets<'_> {
                 .root
                 .open_read(self.disk.rel(from.file))
                 .map_err(RestoreError::io(&path))?;
-            buf.resize(STAGE.min(slot.len as usize), 0);
+            buf.resize(STAGE.min(slot.len() as usize), 0);
             let mut writer = self.disk.open(slot, self.size)?;
             let mut span = self.disk.span(slot);
             let to = self.disk.path(slot.file);
             let mut done = 0u64;
-            while done < slot.len {
-                let n = buf.len().min((slot.len - done) as usize);
+            while done < slot.len() {
+                let n = buf.len().min((slot.len() - done) as usize);
                 source
                     .read_exact_at(&mut buf[..n], from.offset + done)
                     .map_err(RestoreError::io(&path))?;
@@ -408,7 +432,7 @@ impl ChunkSink for Targets<'_> {
         // Places are sorted by where their range starts: none after the
         // first that starts past this piece can overlap it.
         let end = at + plain.len() as u64;
-        for p in self.places.iter_mut().take_while(|p| p.slot.at < end) {
+        for p in self.places.iter_mut().take_while(|p| p.slot.at() < end) {
             p.write(self.disk, self.size, at, plain).await?;
         }
         Ok(())
