@@ -224,7 +224,7 @@ pub async fn publish_many(
     let listing = tokio::task::spawn_blocking(move || scan(&root))
         .await
         .expect("scan does not panic")?;
-    let total: u64 = listing.stats.iter().map(|st| st.size).sum();
+    let total: u64 = listing.files.iter().map(|f| f.size).sum();
     progress.start("snapshot", total);
 
     // At least one maximal chunk must fit, or the run could not make progress.
@@ -364,6 +364,7 @@ pub async fn publish_many(
     }
     // Encoded once: every store gets the same bytes (one lineage).
     let (stored, compressed) = manifest.encode();
+    let stored = bytes::Bytes::from(stored);
     let manifest_key = ObjectKey::manifest(&opts.chain, manifest.version, &Digest::of(&stored), compressed);
     let current = SnapshotRef::new(&manifest, manifest_key, &stored);
     let snapshot = NewSnapshot {
@@ -462,7 +463,7 @@ struct Planned {
 /// path order, so one pass over them pairs the files: the last run's
 /// entries are moved, never copied.
 fn plan_reads(listing: &mut Scan, reuse: Option<KnownFiles>, chunker: &ChunkerParams) -> Planned {
-    let packs = |st: &Stat| st.size > 0 && st.size < u64::from(chunker.min_size);
+    let packs = |size: u64| size > 0 && size < u64::from(chunker.min_size);
     let (known_files, known_stats, known_pack) = match reuse {
         Some(k) => (k.files, k.stats, Some(k.pack)),
         None => Default::default(),
@@ -472,12 +473,14 @@ fn plan_reads(listing: &mut Scan, reuse: Option<KnownFiles>, chunker: &ChunkerPa
     let (mut reads, mut packed, mut known_packed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut files_unchanged, mut bytes_unchanged) = (0, 0);
     for (i, st) in listing.stats.iter().enumerate() {
-        let path = &listing.files[i].path;
-        while known.next_if(|(e, _)| e.path < *path).is_some() {}
+        let listed = &listing.files[i];
+        while known.next_if(|(e, _)| e.path < listed.path).is_some() {}
         let entry = known
-            .next_if(|(e, kst)| e.path == *path && kst == st && e.size == st.size)
+            .next_if(|(e, kst)| {
+                e.path == listed.path && kst == st && e.size == listed.size && e.mode == listed.mode
+            })
             .map(|(e, _)| e);
-        if packs(st) {
+        if packs(listed.size) {
             if let Some(e) = entry.filter(|e| e.packed) {
                 known_packed.push((i, e));
             }

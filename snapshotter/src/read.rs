@@ -18,7 +18,7 @@ use qsync_core::chunk::ChunkerParams;
 use qsync_core::Digest;
 use tokio::sync::mpsc;
 
-use crate::scan::{Scan, Stat};
+use crate::scan::{unchanged, Scan, Stat};
 use crate::SnapshotError;
 
 /// Blocking: cuts the concatenation of the listed files `which` into
@@ -64,9 +64,9 @@ struct Files<'a> {
     files: &'a [usize],
     /// The next file to open.
     next: usize,
-    /// The file being read: its handle, stat when opened, digest so far
-    /// and bytes read.
-    open: Option<(File, Stat, blake3::Hasher, u64)>,
+    /// The file being read: its handle, digest so far and bytes read
+    /// (its stat when opened was the listed one).
+    open: Option<(File, blake3::Hasher, u64)>,
     digests: Vec<Digest>,
     /// Why reading stopped, in its own type (the chunker sees an `io::Error`).
     failed: Option<SnapshotError>,
@@ -104,24 +104,30 @@ impl Files<'_> {
         let f = self.files[self.next];
         self.next += 1;
         let file = File::open(self.listing.path(f)).map_err(|e| self.io(e))?;
-        let opened = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
-        if opened != self.listing.stats[f] {
+        let opened = file.metadata().map_err(|e| self.io(e))?;
+        if !unchanged(&self.listing.files[f], &self.listing.stats[f], &opened) {
             return Err(self.changed("it was replaced or modified between listing and opening".into()));
         }
-        self.open = Some((file, opened, blake3::Hasher::new(), 0));
+        self.open = Some((file, blake3::Hasher::new(), 0));
         Ok(())
     }
 
-    /// Finishes the open file: it must still be as it was opened, and as
-    /// long as listed.
+    /// Finishes the open file: it must still be as listed (so as it was
+    /// opened), and as long as listed.
     fn close(&mut self) -> Result<(), SnapshotError> {
-        let (file, opened, whole, read) = self.open.take().expect("a file is open");
-        let before = &self.listing.stats[self.current()];
-        let after = Stat::of(&file.metadata().map_err(|e| self.io(e))?);
-        if after != opened || read != before.size {
+        let (file, whole, read) = self.open.take().expect("a file is open");
+        let (listed, before) = (
+            &self.listing.files[self.current()],
+            &self.listing.stats[self.current()],
+        );
+        let after = file.metadata().map_err(|e| self.io(e))?;
+        if !unchanged(listed, before, &after) || read != listed.size {
             return Err(self.changed(format!(
                 "size {} -> {}, read {read} bytes, mtime {} -> {}",
-                before.size, after.size, before.mtime_ns, after.mtime_ns
+                listed.size,
+                after.len(),
+                before.mtime_ns,
+                Stat::of(&after).mtime_ns
             )));
         }
         self.digests.push(whole.finalize().into());
@@ -135,7 +141,7 @@ impl Read for Files<'_> {
             return Err(std::io::Error::other("reading stopped"));
         }
         loop {
-            let Some((file, _, whole, read)) = &mut self.open else {
+            let Some((file, whole, read)) = &mut self.open else {
                 if self.next == self.files.len() {
                     return Ok(0);
                 }
@@ -145,7 +151,7 @@ impl Read for Files<'_> {
                 continue;
             };
             // Never past the listed size: a file that grew fails at close.
-            let left = self.listing.stats[self.files[self.next - 1]].size - *read;
+            let left = self.listing.files[self.files[self.next - 1]].size - *read;
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             if want == 0 {
                 if let Err(e) = self.close() {

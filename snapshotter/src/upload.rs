@@ -66,10 +66,11 @@ impl Target {
     pub(crate) async fn put_signed(
         &self,
         key: &ObjectKey,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
         signer: &SigningKeys,
         expect: Option<&Expect>,
     ) -> Result<(), StoreError> {
+        let body: Bytes = body.into();
         let sigs = signer.sign_all(key, &body);
         let n = body.len() as u64 + sigs.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
         futures::future::try_join_all(sigs.into_iter().map(|(sig_key, sig)| async move {
@@ -77,7 +78,7 @@ impl Target {
             self.sink.put(&sig_key, Bytes::from(sig), sig_opts).await
         }))
         .await?;
-        let (body, opts) = (Bytes::from(body), PutOptions::for_key(key));
+        let opts = PutOptions::for_key(key);
         match expect {
             Some(expect) => match self.sink.put_if(key, body.clone(), opts, expect).await {
                 // Retried (here or in the backend) after a lost answer, the
