@@ -1,60 +1,39 @@
-//! The allocator and its settings.
+//! The allocator's settings: glibc's malloc, told to hand every block of
+//! 256 KiB or more straight back to the OS when it is freed.
 //!
-//! mimalloc returns freed multi-MiB chunk buffers to the OS, where glibc's
-//! per-thread arenas kept them (its mmap threshold rises after the first
-//! large free) and tripled peak RSS. But mimalloc 3 waits before it does:
-//! 1 s, times 10 for its arenas. A restore frees hundreds of MiB a second,
-//! so a 50,000-file restore from a directory store peaked at 547 MiB of
-//! RSS by default and 270 MiB with the delay cut to 10 ms; over HTTP,
-//! 220-243 MiB by default, 186 MiB at 100 ms. Purging sooner costs
-//! `madvise` calls: at once, a tenth of a restore's time. 300 ms (the
-//! restore's setting here) was as fast as the default and peaked at
-//! 150-160 MiB instead of 181 (docs/benchmarks.md, "Memory"). A snapshot
-//! (and the agent, which runs snapshots for weeks) purges at once: at
-//! 300 ms its peak grew with the data (245, 380, 544 MiB at 2, 8, 20 GiB),
-//! at once it is 150-170, 215-225 and 290 MiB, with no time lost that two
-//! runs each could show, on large files or on 50,000 small ones.
+//! By default glibc raises its mmap threshold after the first large free
+//! (up to 32 MiB), so multi-MiB chunk buffers then come from its per-thread
+//! arenas, which keep them: snapshot RSS tripled. mimalloc, used before for
+//! that reason, kept other memory instead: its purge delay (RSS grew with
+//! the data: 260-267 MiB for a 20 GiB snapshot, where heaptrack found
+//! 103 MiB live) and partly used pages of every size class in every
+//! thread (a million-file restore peaked at 283-287 MiB beside a 190 MiB
+//! heap). A fixed threshold (`glibc.malloc.mmap_threshold`) stops the
+//! raise, so chunk buffers are mapped and unmapped, and two arenas
+//! (`glibc.malloc.arena_max`) bound what small blocks strand across
+//! threads: the same runs peaked at 116 and 229-236 MiB, at the same speed
+//! within noise except the 20 GiB snapshot, about a sixth slower (fresh
+//! pages for every chunk buffer; docs/benchmarks.md, "Memory").
 //!
-//! mimalloc reads its settings from the environment once, before `main`,
-//! and changing them later takes a call the workspace does not allow
-//! (`unsafe`). So a process started without them replaces itself, before
-//! doing anything else, with the same program and arguments and the
-//! settings added: `exec`, which keeps the process id (what an init
-//! system, a shell waiting on it or a test sending signals sees).
-//! Settings the operator gave are kept; a failed `exec` (no
-//! `/proc/self/exe`, say) only costs the memory.
+//! glibc reads its tunables from the environment once, at start, so a
+//! process started without them replaces itself, before doing anything
+//! else, with the same program and arguments and the setting added:
+//! `exec`, which keeps the process id (what an init system, a shell waiting
+//! on it or a test sending signals sees). A setting the operator gave is
+//! kept; a failed `exec` (no `/proc/self/exe`, say) only costs the memory.
 
 use std::os::unix::process::CommandExt;
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The environment variable glibc reads its tunables from.
+const TUNABLES: &str = "GLIBC_TUNABLES";
 
-/// What qsync sets unless the environment already does, for a process
-/// started with `args` (program name first).
-fn settings(args: &[std::ffi::OsString]) -> [(&'static str, &'static str); 2] {
-    // The command: the first argument that is not a flag (a global flag's
-    // value before it only makes this the restore's setting).
-    let command = args
-        .iter()
-        .skip(1)
-        .find(|a| !a.to_string_lossy().starts_with('-'));
-    let snapshots = command.is_some_and(|c| c == "snapshot" || c == "agent");
-    let delay = if snapshots { "0" } else { "300" };
-    [
-        ("MIMALLOC_PURGE_DELAY", delay),
-        ("MIMALLOC_ARENA_PURGE_MULT", "1"),
-    ]
-}
+/// What qsync sets unless the environment already sets [`TUNABLES`].
+const SETTINGS: &str = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1";
 
-/// Re-executes this process with [`settings`] in its environment, unless
-/// they are all there already; returns only when nothing was done.
+/// Re-executes this process with [`SETTINGS`] in its environment, unless
+/// it sets glibc's tunables already; returns only when nothing was done.
 pub fn settle() {
-    let all: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let missing: Vec<_> = settings(&all)
-        .into_iter()
-        .filter(|(name, _)| std::env::var_os(name).is_none())
-        .collect();
-    if missing.is_empty() {
+    if std::env::var_os(TUNABLES).is_some() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -66,28 +45,7 @@ pub fn settle() {
         cmd.arg0(arg0);
     }
     cmd.args(args);
-    for (name, value) in missing {
-        cmd.env(name, value);
-    }
+    cmd.env(TUNABLES, SETTINGS);
     // Only returns on failure; then carry on with the defaults.
     let _ = cmd.exec();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::settings;
-
-    fn delay(args: &[&str]) -> &'static str {
-        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-        settings(&args)[0].1
-    }
-
-    #[test]
-    fn snapshots_purge_at_once_and_everything_else_after_300_ms() {
-        assert_eq!(delay(&["qsync", "snapshot", "--source", "x"]), "0");
-        assert_eq!(delay(&["qsync", "-v", "agent", "--config", "c"]), "0");
-        assert_eq!(delay(&["qsync", "restore", "--from", "snapshot"]), "300");
-        assert_eq!(delay(&["qsync", "serve"]), "300");
-        assert_eq!(delay(&["qsync"]), "300");
-    }
 }
