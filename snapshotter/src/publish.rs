@@ -249,9 +249,10 @@ pub async fn publish_many(
         bytes_unchanged,
     } = plan_reads(&mut listing, reuse, &opts.chunker);
     progress.advance(bytes_unchanged);
-    // Read-only while the reads run; then each read's results are filled
-    // into the listing's own entries, which become the manifest's table.
-    let listing = Arc::new(listing);
+    // Shared by the reads, which set each file's digest in its entry as
+    // they finish it; then each read's chunks are filled in, and the
+    // entries become the manifest's table.
+    let listing = Arc::new(Mutex::new(listing));
     let read_all = async {
         let done: Vec<Done> = futures::stream::iter(work)
             .map(|w| {
@@ -260,12 +261,12 @@ pub async fn publish_many(
                 async move {
                     match w {
                         Read::Solo(i) => {
-                            let (_, digests, chunks) = upload_stream(listing, vec![i], params, up).await?;
-                            Ok::<_, SnapshotError>(Done::Solo(i, digests[0], chunks))
+                            let (_, chunks) = upload_stream(listing, vec![i as u32], params, up).await?;
+                            Ok::<_, SnapshotError>(Done::Solo(i, chunks))
                         }
                         Read::Pack(which) => {
-                            let (which, digests, pack) = upload_stream(listing, which, params, up).await?;
-                            Ok(Done::Pack(which, digests, pack))
+                            let (which, pack) = upload_stream(listing, which, params, up).await?;
+                            Ok(Done::Pack(which, pack))
                         }
                     }
                 }
@@ -288,18 +289,17 @@ pub async fn publish_many(
         }
         r = read_all => r?,
     };
-    let mut listing = Arc::into_inner(listing).expect("every read has finished");
+    let mut listing = Arc::into_inner(listing)
+        .expect("every read has finished")
+        .into_inner()
+        .expect("not poisoned");
     let mut pack = known_pack.unwrap_or_default();
     for d in done {
         match d {
-            Done::Solo(i, blake3, chunks) => {
-                let e = &mut listing.files[i];
-                (e.blake3, e.chunks) = (blake3, chunks.into());
-            }
-            Done::Pack(which, digests, chunks) => {
-                for (i, blake3) in which.into_iter().zip(digests) {
-                    let e = &mut listing.files[i];
-                    (e.blake3, e.packed) = (blake3, true);
+            Done::Solo(i, chunks) => listing.files[i].chunks = chunks.into(),
+            Done::Pack(which, chunks) => {
+                for i in which {
+                    listing.files[i as usize].packed = true;
                 }
                 pack = chunks;
             }
@@ -433,18 +433,19 @@ fn finish_failed(targets: Vec<Arc<Target>>) -> Published {
     }
 }
 
-/// What one read gives, by the files' numbers in the listing: a file's
-/// digest and chunks, or the pack's digests and chunks.
+/// What one read gives besides the digests it set in the listing, by the
+/// files' numbers in it: a file's chunks, or the pack's files and chunks.
 enum Done {
-    Solo(usize, Digest, Vec<ChunkRef>),
-    Pack(Vec<usize>, Vec<Digest>, Vec<ChunkRef>),
+    Solo(usize, Vec<ChunkRef>),
+    Pack(Vec<u32>, Vec<ChunkRef>),
 }
 
 /// What the run reads, by the files' numbers in the listing: a file on
-/// its own, or the pack (every packed file, read as one stream).
+/// its own, or the pack (every packed file, read as one stream; `u32`, as
+/// a million are listed).
 enum Read {
     Solo(usize),
-    Pack(Vec<usize>),
+    Pack(Vec<u32>),
 }
 
 /// The reads a run needs, once what the last run knew is taken over.
@@ -484,7 +485,7 @@ fn plan_reads(listing: &mut Scan, reuse: Option<KnownFiles>, chunker: &ChunkerPa
             if let Some(e) = entry.filter(|e| e.packed) {
                 known_packed.push((i, e));
             }
-            packed.push(i);
+            packed.push(i as u32);
             continue;
         }
         match entry.filter(|e| !e.packed) {
@@ -522,22 +523,22 @@ fn plan_reads(listing: &mut Scan, reuse: Option<KnownFiles>, chunker: &ChunkerPa
     }
 }
 
-/// Reads the listed files `which` as one stream ([`read_stream`]),
-/// starting the uploads of its chunks as they are cut; returns `which`
-/// (handed back, not copied: the pack lists every small file), the
-/// files' digests and the stream's chunks once it is read. Uploads run on, bounded by the slots
+/// Reads the listed files `which` as one stream ([`read_stream`], which
+/// sets their digests in the listing), starting the uploads of its chunks
+/// as they are cut; returns `which` (handed back, not copied: the pack
+/// lists every small file) and the stream's chunks once it is read. Uploads run on, bounded by the slots
 /// and the byte budget, so many small chunks keep the store busy while
 /// only two streams are read at a time; [`publish`] awaits them all.
 async fn upload_stream(
-    listing: Arc<Scan>,
-    which: Vec<usize>,
+    listing: Arc<Mutex<Scan>>,
+    which: Vec<u32>,
     params: ChunkerParams,
     up: Arc<Uploader>,
-) -> Result<(Vec<usize>, Vec<Digest>, Vec<ChunkRef>), SnapshotError> {
+) -> Result<(Vec<u32>, Vec<ChunkRef>), SnapshotError> {
     let (tx, mut rx) = mpsc::channel::<(Digest, Vec<u8>)>(1);
     let reader = tokio::task::spawn_blocking(move || {
-        let digests = read_stream(&listing, &which, &params, tx);
-        (which, digests)
+        let read = read_stream(&listing, &which, &params, tx);
+        (which, read)
     });
     let mut chunks = Vec::new();
     while let Some((d, plain)) = rx.recv().await {
@@ -565,8 +566,9 @@ async fn upload_stream(
             done.expect("upload task does not panic")?;
         }
     }
-    let (which, digests) = reader.await.expect("reader does not panic");
-    Ok((which, digests?, chunks))
+    let (which, read) = reader.await.expect("reader does not panic");
+    read?;
+    Ok((which, chunks))
 }
 
 #[cfg(test)]
