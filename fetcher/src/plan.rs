@@ -133,39 +133,38 @@ pub(crate) async fn plan(
 impl Plan {
     /// Adds what planning found of file `i`.
     fn add(&mut self, manifest: &Manifest, i: usize, known: Known, have: Option<u64>) {
-        let plan = self;
         let f = &manifest.files[i];
-        plan.existed[i] = have.is_some();
+        self.existed[i] = have.is_some();
         let ok = |c: usize| match &known {
             Known::Trusted => true,
             Known::Journaled(set) => set.contains(&(c as u32)),
             Known::Hashed(h) => h.0[c],
             Known::Absent => false,
         };
-        plan.growth += f.size.saturating_sub(have.unwrap_or(0));
-        plan.touched[i] = have != Some(f.size);
+        self.growth += f.size.saturating_sub(have.unwrap_or(0));
+        self.touched[i] = have != Some(f.size);
         let pieces = manifest.pieces(i);
         let mut good = Vec::new();
         for (c, p) in pieces.iter().enumerate() {
             if ok(c) {
-                plan.reused += p.len;
+                self.reused += p.len;
                 good.push(c as u32);
             } else {
-                plan.touched[i] = true;
-                let entry = plan
+                self.touched[i] = true;
+                let entry = self
                     .needed
                     .entry(p.chunk.blake3)
                     .or_insert((p.chunk.size, Vec::new()));
                 entry.1.push(Slot::of(i, c, p));
             }
         }
-        plan.whole[i] = good.is_empty() && !pieces.is_empty();
+        self.whole[i] = good.is_empty() && !pieces.is_empty();
         // What hashing proved goes into the journal; a file that was not
         // there proved nothing.
         if let Known::Hashed(h) = known {
             let (_, Some(st)) = *h else { return };
             let all = good.len() == pieces.len();
-            plan.verified.push((i as u32, (!all).then_some(good), Some(st)));
+            self.verified.push((i as u32, (!all).then_some(good), Some(st)));
         }
     }
 }
