@@ -1,19 +1,23 @@
 //! The allocator's settings: glibc's malloc, told to hand every block of
-//! 256 KiB or more straight back to the OS when it is freed.
+//! 4 MiB or more straight back to the OS when it is freed.
 //!
 //! By default glibc raises its mmap threshold after the first large free
 //! (up to 32 MiB), so multi-MiB chunk buffers then come from its per-thread
 //! arenas, which keep them: snapshot RSS tripled. mimalloc, used before for
-//! that reason, kept other memory instead: its purge delay (RSS grew with
-//! the data: 260-267 MiB for a 20 GiB snapshot, where heaptrack found
-//! 103 MiB live) and partly used pages of every size class in every
-//! thread (a million-file restore peaked at 283-287 MiB beside a 190 MiB
-//! heap). A fixed threshold (`glibc.malloc.mmap_threshold`) stops the
-//! raise, so chunk buffers are mapped and unmapped, and two arenas
+//! that reason, kept other memory instead: its purge delay (259-279 MiB for
+//! a 20 GiB snapshot, where heaptrack found 103 MiB live) and partly used
+//! pages of every size class in every thread (a million-file restore
+//! peaked at 283-287 MiB beside a 190 MiB heap). A fixed threshold
+//! (`glibc.malloc.mmap_threshold`) stops the raise, so chunk-sized blocks
+//! are mapped and unmapped; 4 MiB, because at 256 KiB the 1 MiB staging
+//! and 256 KiB inflate buffers were mapped afresh for every chunk and a
+//! 20 GiB restore took a third longer. Two arenas
 //! (`glibc.malloc.arena_max`) bound what small blocks strand across
-//! threads: the same runs peaked at 116 and 229-236 MiB, at the same speed
-//! within noise except the 20 GiB snapshot, about a sixth slower (fresh
-//! pages for every chunk buffer; docs/benchmarks.md, "Memory").
+//! threads, and transparent huge pages on mapped blocks
+//! (`glibc.malloc.hugetlb=1`) take most page faults out of fresh chunk
+//! buffers. The same runs peaked at 136 and 243 MiB, within a tenth of
+//! mimalloc's time on 20 GiB and within noise elsewhere
+//! (docs/benchmarks.md, "Memory").
 //!
 //! glibc reads its tunables from the environment once, at start, so a
 //! process started without them replaces itself, before doing anything
