@@ -146,3 +146,36 @@ fn usage_mistakes_get_actionable_errors() {
         "{err}"
     );
 }
+
+/// Every command runs with glibc's malloc told to unmap freed chunk-sized
+/// blocks (`src/alloc.rs`): without it glibc's arenas keep them and RSS
+/// grows with the data. The setting is made by re-executing the same
+/// process (the pid a supervisor waits on stays the one it started), and
+/// an operator's own `GLIBC_TUNABLES` is left alone.
+#[test]
+fn qsync_runs_with_the_allocator_settings_in_the_process_it_was_started_as() {
+    let env = Env::new();
+    let environ = |server: &Server| {
+        let raw = std::fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
+        raw.split(|b| *b == 0)
+            .filter_map(|v| {
+                std::str::from_utf8(v)
+                    .ok()?
+                    .strip_prefix("GLIBC_TUNABLES=")
+                    .map(String::from)
+            })
+            .collect::<Vec<_>>()
+    };
+    // glibc rewrites the variable in the process's own memory as it
+    // parses it, so /proc shows at least its first tunable, not always all.
+    let settings = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1";
+    let ours = environ(&Server::start(&env.store));
+    assert!(
+        matches!(&ours[..], [v] if v.starts_with("glibc.malloc.mmap_threshold=4194304") && settings.starts_with(v.as_str())),
+        "{ours:?}"
+    );
+    let mut theirs = Server::command(&env.store, &[]);
+    theirs.env("GLIBC_TUNABLES", "glibc.malloc.arena_max=4");
+    let theirs = Server::spawn(theirs);
+    assert_eq!(environ(&theirs), ["glibc.malloc.arena_max=4"]);
+}

@@ -450,6 +450,11 @@ impl Server {
 }
 
 impl Server {
+    /// The process id of the `qsync serve` child.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         Command::new("kill")
