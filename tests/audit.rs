@@ -22,6 +22,17 @@ fn audit(env: &Env, dest: &Path, extra: &[&str]) -> (i32, Value, String) {
     (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
 }
 
+/// A node's data directory restored from 8 MiB of sample data, as chain
+/// `eth`.
+fn restored(env: &Env) -> std::path::PathBuf {
+    let src = env.path("src");
+    sample(&src, 8);
+    env.snapshot(&src, "eth", &[]);
+    let dest = env.path("dest");
+    env.restore("eth", &dest);
+    dest
+}
+
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -33,11 +44,7 @@ fn names(v: &Value) -> Vec<String> {
 #[test]
 fn an_audit_names_every_missing_changed_and_extra_file_and_trusts_nothing_a_link_points_at() {
     let env = Env::new();
-    let src = env.path("src");
-    sample(&src, 8);
-    env.snapshot(&src, "eth", &[]);
-    let dest = env.path("dest");
-    env.restore("eth", &dest);
+    let dest = restored(&env);
 
     let (code, r, err) = audit(&env, &dest, &[]);
     assert_eq!(code, 0, "{err}");
@@ -157,11 +164,7 @@ fn an_audit_sees_setuid_bits_hard_links_and_directories_out_of_place() {
 #[test]
 fn a_directory_with_an_inherited_setgid_bit_is_not_changed() {
     let env = Env::new();
-    let src = env.path("src");
-    sample(&src, 8);
-    env.snapshot(&src, "eth", &[]);
-    let dest = env.path("dest");
-    env.restore("eth", &dest);
+    let dest = restored(&env);
     let dirs: Vec<_> = tree(&dest)
         .into_iter()
         .filter(|(_, (_, h))| h == "dir")
