@@ -25,11 +25,19 @@
 //! `exec`, which keeps the process id (what an init system, a shell waiting
 //! on it or a test sending signals sees). A setting the operator gave is
 //! kept; a failed `exec` (no `/proc/self/exe`, say) only costs the memory.
+//! The re-executed process takes its own setting out of its environment
+//! again once glibc has read it: programs qsync starts (freeze hooks that
+//! restart the node, `--verify-command`) get the environment the operator
+//! gave, not two malloc arenas.
 
 use std::os::unix::process::CommandExt;
 
 /// The environment variable glibc reads its tunables from.
 const TUNABLES: &str = "GLIBC_TUNABLES";
+
+/// Marks the process [`settle`] re-executed, so that it knows the
+/// tunables are its own to remove.
+const SETTLED: &str = "QSYNC_ALLOCATOR_SETTLED";
 
 /// What qsync sets unless the environment already sets [`TUNABLES`].
 const SETTINGS: &str = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1";
@@ -37,6 +45,12 @@ const SETTINGS: &str = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.arena_m
 /// Re-executes this process with [`SETTINGS`] in its environment, unless
 /// it sets glibc's tunables already; returns only when nothing was done.
 pub fn settle() {
+    if std::env::var_os(SETTLED).is_some() {
+        // glibc has read them; no child inherits them. One thread yet.
+        std::env::remove_var(SETTLED);
+        std::env::remove_var(TUNABLES);
+        return;
+    }
     if std::env::var_os(TUNABLES).is_some() {
         return;
     }
@@ -49,7 +63,7 @@ pub fn settle() {
         cmd.arg0(arg0);
     }
     cmd.args(args);
-    cmd.env(TUNABLES, SETTINGS);
+    cmd.env(TUNABLES, SETTINGS).env(SETTLED, "1");
     // Only returns on failure; then carry on with the defaults.
     let _ = cmd.exec();
 }

@@ -179,3 +179,43 @@ fn qsync_runs_with_the_allocator_settings_in_the_process_it_was_started_as() {
     let theirs = Server::spawn(theirs);
     assert_eq!(environ(&theirs), ["glibc.malloc.arena_max=4"]);
 }
+
+/// The allocator settings are qsync's own: a freeze hook (which may well
+/// restart the node) runs with the environment the operator gave, without
+/// them, and with the operator's own `GLIBC_TUNABLES` when there is one.
+#[test]
+fn hooks_do_not_inherit_qsyncs_allocator_settings() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample(&src, 1);
+    let seen = env.path("hook-env");
+    let script = format!("env > {:?}", seen.display().to_string());
+    let cfg = env.agent_config(
+        "eth",
+        &src,
+        &[env.store.display().to_string()],
+        &format!(
+            "[chain.freeze]\nstrategy = \"hooks\"\npre = [\"sh\", \"-c\", {script:?}]\npost = [\"true\"]"
+        ),
+    );
+    let hook_saw = |tunables: Option<&str>| {
+        let mut c = qsync();
+        c.args(["snapshot", "--once", "--json", "--chain", "eth", "--config"])
+            .arg(&cfg);
+        if let Some(t) = tunables {
+            c.env("GLIBC_TUNABLES", t);
+        }
+        let (code, out, err) = run_bounded(c, std::time::Duration::from_secs(120), "a cycle");
+        assert_eq!(code, 0, "{out}\n{err}");
+        let env = std::fs::read_to_string(&seen).unwrap();
+        env.lines()
+            .filter(|l| l.starts_with("GLIBC_TUNABLES=") || l.starts_with("QSYNC_ALLOCATOR"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hook_saw(None), Vec::<String>::new());
+    assert_eq!(
+        hook_saw(Some("glibc.malloc.arena_max=4")),
+        ["GLIBC_TUNABLES=glibc.malloc.arena_max=4"]
+    );
+}
