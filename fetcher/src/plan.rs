@@ -43,8 +43,9 @@ pub(crate) struct Plan {
 }
 
 /// How planning learned what a file holds, piece by piece
-/// ([`qsync_core::pieces`]). One per file of the manifest at once, so the
-/// rare large variants are boxed: 16 bytes a file, not 72.
+/// ([`qsync_core::pieces`]). Made for a batch of files at a time and folded
+/// into the [`Plan`] at once; the rare large variants stay boxed, so a
+/// batch of the common ones is 16 bytes a file, not 72.
 enum Known {
     /// Every piece, from the journal or the index: nothing read.
     Trusted,
@@ -171,8 +172,8 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    /// One per manifest file is held while planning: a million files'
-    /// took 72 MB more before the rare large cases were boxed.
+    /// A batch of these is held while planning (once a million files',
+    /// 72 MB more before the rare large cases were boxed).
     #[test]
     fn what_planning_knows_of_a_file_is_small() {
         assert!(std::mem::size_of::<super::Known>() <= 16);

@@ -346,23 +346,22 @@ async fn fetch_and_write(
     concurrency: usize,
     progress: &Arc<dyn Progress>,
 ) -> Result<(u64, u64, Journal), RestoreError> {
-    let to_write: u64 = plan
+    // Bytes to write, and what the plan's slots take of the memory budget.
+    let (to_write, slot_bytes) = plan
         .needed
         .values()
-        .flat_map(|(_, slots)| slots.iter().map(Slot::len))
-        .sum();
+        .fold((0u64, 0usize), |(bytes, held), (_, slots)| {
+            (
+                bytes + slots.iter().map(Slot::len).sum::<u64>(),
+                held + std::mem::size_of::<(Digest, (u64, Vec<Slot>))>()
+                    + slots.capacity() * std::mem::size_of::<Slot>(),
+            )
+        });
     progress.start("restore", to_write);
     let fetched = Arc::new(AtomicU64::new(0));
     let chunks = plan.needed.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Slot>>();
     let flusher = tokio::spawn(flush_journal(rx, journal));
-    let slot_bytes: usize = plan
-        .needed
-        .values()
-        .map(|(_, slots)| {
-            std::mem::size_of::<(Digest, (u64, Vec<Slot>))>() + slots.capacity() * std::mem::size_of::<Slot>()
-        })
-        .sum();
     let needed = shuffle_in_windows(plan.needed, 64 * 16);
     // Chunks in flight: as many as the mirrors reward ([`Pace`]), at most
     // `concurrency`, and never more than IN_FLIGHT_MIB of them (a

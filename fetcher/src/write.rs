@@ -70,6 +70,8 @@ pub(crate) struct Slot {
     len: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Slot>() == 24);
+
 impl Slot {
     /// The slot of `piece` (number `c`) of file `file`.
     pub(crate) fn of(file: usize, c: usize, piece: &qsync_core::pieces::Piece) -> Slot {
