@@ -19,7 +19,7 @@ use qsync_core::chunk::ChunkerParams;
 use qsync_core::Digest;
 use tokio::sync::mpsc;
 
-use crate::scan::{unchanged, Scan, Stat};
+use crate::scan::{Listed, Scan};
 use crate::SnapshotError;
 
 /// Blocking: cuts the concatenation of the listed files `which` into
@@ -69,7 +69,7 @@ struct Files<'a> {
     next: usize,
     /// The file being read: its handle, digest so far, bytes read and
     /// bytes listed (its stat when opened was the listed one).
-    open: Option<(File, blake3::Hasher, u64, u64)>,
+    open: Option<(File, blake3::Hasher, u64, Listed)>,
     /// Why reading stopped, in its own type (the chunker sees an `io::Error`).
     failed: Option<SnapshotError>,
 }
@@ -109,40 +109,33 @@ impl Files<'_> {
     fn open_next(&mut self) -> Result<(), SnapshotError> {
         let f = self.files[self.next] as usize;
         self.next += 1;
-        let path = self.listing().path(f);
+        // One short hold of the lock the other reads share, and no I/O under it.
+        let (path, listed) = {
+            let l = self.listing();
+            (l.path(f), l.listed(f))
+        };
         let file = File::open(path).map_err(|e| self.io(e))?;
         let opened = file.metadata().map_err(|e| self.io(e))?;
-        let (same, size) = {
-            let l = self.listing();
-            (unchanged(&l.files[f], &l.stats[f], &opened), l.files[f].size)
-        };
-        if !same {
+        if Listed::of(&opened) != listed {
             return Err(self.changed("it was replaced or modified between listing and opening".into()));
         }
-        self.open = Some((file, blake3::Hasher::new(), 0, size));
+        self.open = Some((file, blake3::Hasher::new(), 0, listed));
         Ok(())
     }
 
     /// Finishes the open file: it must still be as listed (so as it was
     /// opened), and as long as listed.
     fn close(&mut self) -> Result<(), SnapshotError> {
-        let (file, whole, read, _) = self.open.take().expect("a file is open");
-        let after = file.metadata().map_err(|e| self.io(e))?;
-        let f = self.current();
-        let mut l = self.listing();
-        let (listed, before) = (&l.files[f], &l.stats[f]);
-        if !unchanged(listed, before, &after) || read != listed.size {
-            let what = format!(
+        let (file, whole, read, listed) = self.open.take().expect("a file is open");
+        let after = Listed::of(&file.metadata().map_err(|e| self.io(e))?);
+        if after != listed || read != listed.size {
+            return Err(self.changed(format!(
                 "size {} -> {}, read {read} bytes, mtime {} -> {}",
-                listed.size,
-                after.len(),
-                before.mtime_ns,
-                Stat::of(&after).mtime_ns
-            );
-            drop(l);
-            return Err(self.changed(what));
+                listed.size, after.size, listed.stat.mtime_ns, after.stat.mtime_ns
+            )));
         }
-        l.files[f].blake3 = whole.finalize().into();
+        let f = self.current();
+        self.listing().files[f].blake3 = whole.finalize().into();
         Ok(())
     }
 }
@@ -153,7 +146,7 @@ impl Read for Files<'_> {
             return Err(std::io::Error::other("reading stopped"));
         }
         loop {
-            let Some((file, whole, read, size)) = &mut self.open else {
+            let Some((file, whole, read, listed)) = &mut self.open else {
                 if self.next == self.files.len() {
                     return Ok(0);
                 }
@@ -163,7 +156,7 @@ impl Read for Files<'_> {
                 continue;
             };
             // Never past the listed size: a file that grew fails at close.
-            let left = *size - *read;
+            let left = listed.size - *read;
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             if want == 0 {
                 if let Err(e) = self.close() {

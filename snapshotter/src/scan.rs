@@ -28,6 +28,8 @@ pub struct Stat {
     pub dev: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<Stat>() == 24);
+
 impl Stat {
     /// Stat fields of `m`.
     pub fn of(m: &std::fs::Metadata) -> Stat {
@@ -42,10 +44,27 @@ impl Stat {
     }
 }
 
-/// Whether `m` is still the file listed as `entry` with `stat`: the same
-/// size, permission bits and stat data.
-pub fn unchanged(entry: &FileEntry, stat: &Stat, m: &std::fs::Metadata) -> bool {
-    m.len() == entry.size && m.mode() & 0o7777 == entry.mode && Stat::of(m) == *stat
+/// A file as listed: size, permission bits and stat data, what must not
+/// change from listing to the last byte read ([`Scan::listed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Length.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// The rest.
+    pub stat: Stat,
+}
+
+impl Listed {
+    /// What `m` says of its file.
+    pub fn of(m: &std::fs::Metadata) -> Listed {
+        Listed {
+            size: m.len(),
+            mode: m.mode() & 0o7777,
+            stat: Stat::of(m),
+        }
+    }
 }
 
 /// Everything under a source root.
@@ -70,6 +89,16 @@ impl Scan {
     /// Absolute path of file `i`.
     pub fn path(&self, i: usize) -> PathBuf {
         self.root.join(&*self.files[i].path)
+    }
+
+    /// File `i` as listed.
+    pub fn listed(&self, i: usize) -> Listed {
+        let f = &self.files[i];
+        Listed {
+            size: f.size,
+            mode: f.mode,
+            stat: self.stats[i].clone(),
+        }
     }
 }
 
