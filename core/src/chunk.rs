@@ -169,8 +169,8 @@ fn expand<'a>(stored: &'a [u8], max: u64, digest: &Digest) -> Result<Cow<'a, [u8
     if !stored.starts_with(&ZSTD_MAGIC) {
         return Ok(Cow::Borrowed(stored));
     }
-    // The streaming decoder, run to the end: the same decoder (and the same
-    // refusals) as a restore's StreamDecoder.
+    // A streaming decoder, run to the end, with the window limit of a
+    // restore's StreamDecoder (whose size is known; here only a bound is).
     let mut decoder = zstd_decoder(digest)?;
     let mut input = zstd::stream::raw::InBuffer::around(stored);
     let mut out = Vec::new();
@@ -235,6 +235,12 @@ fn inflate_into(
     }
 }
 
+fn too_long(digest: &Digest, size: u64) -> FormatError {
+    FormatError::Invalid(format!(
+        "chunk {digest}: more than the {size} bytes the manifest declares; the copy is corrupt, fetch it from another mirror"
+    ))
+}
+
 fn undecodable(digest: &Digest, why: impl std::fmt::Display) -> FormatError {
     FormatError::Invalid(format!(
         "chunk {digest}: zstd frame does not decode ({why}); the copy is corrupt, fetch it from another mirror"
@@ -281,9 +287,9 @@ pub type Plaintext<'a> = (u64, Cow<'a, [u8]>);
 /// Decodes a stored chunk object as it arrives, with the guarantees of
 /// [`decode`]. A raw object's plaintext is handed back piece by piece while
 /// it is still in the CPU cache, so it is hashed and written without a
-/// second trip through memory; a zstd frame is expanded as it arrives, by
-/// a streaming decoder whose window may not exceed the largest chunk, so a
-/// compressible chunk costs its window, not two copies of itself. Nothing
+/// second trip through memory; a zstd frame is expanded as it arrives,
+/// in place into one buffer of the declared size (zstd's stable output), so a
+/// compressible chunk costs one copy of itself, not two. Nothing
 /// handed back is trusted until [`Self::finish`] returns `Ok`: a caller
 /// writing pieces as they come must treat them as unverified until then.
 pub struct StreamDecoder {
@@ -297,9 +303,20 @@ pub struct StreamDecoder {
     /// The stored bytes while the encoding is unknown (fewer than four seen).
     held: Vec<u8>,
     encoding: Option<Encoding>,
-    /// The frame's decoder, and whether the frame has ended.
-    zstd: Option<Box<zstd::stream::raw::Decoder<'static>>>,
+    /// The frame's decoder and the plaintext decoded so far, and whether
+    /// the frame has ended.
+    zstd: Option<Box<Inflating>>,
     frame_done: bool,
+}
+
+/// A zstd frame being expanded in place: zstd's stable output buffer mode
+/// decodes straight into `out`, which holds the whole chunk (its declared
+/// size, never grown, as the mode requires), so the decoder keeps no
+/// window of its own and nothing is copied out of one. A window would be
+/// the chunk's size anyway: a frame's window never exceeds its content.
+struct Inflating {
+    decoder: zstd::stream::raw::Decoder<'static>,
+    out: Vec<u8>,
 }
 
 /// Largest window a chunk's zstd frame may ask for: 2^24 bytes, the
@@ -326,7 +343,7 @@ impl StreamDecoder {
 
     /// Takes the next piece of the stored object; returns the plaintext it
     /// completes, with its offset within the chunk, in order.
-    pub fn feed<'a>(&mut self, piece: &'a [u8]) -> Result<Option<Plaintext<'a>>, FormatError> {
+    pub fn feed<'a>(&'a mut self, piece: &'a [u8]) -> Result<Option<Plaintext<'a>>, FormatError> {
         self.stored += piece.len() as u64;
         if self.stored > stored_limit(self.size) {
             return Err(FormatError::Invalid(format!(
@@ -347,7 +364,12 @@ impl StreamDecoder {
                 let held = std::mem::take(&mut self.held);
                 if held.starts_with(&ZSTD_MAGIC) {
                     self.encoding = Some(Encoding::Zstd);
-                    self.zstd = Some(Box::new(zstd_decoder(&self.digest)?));
+                    let mut decoder = zstd_decoder(&self.digest)?;
+                    decoder
+                        .set_parameter(zstd::stream::raw::DParameter::StableOutBuffer(true))
+                        .map_err(|e| self.corrupt(e))?;
+                    let out = Vec::with_capacity(usize::try_from(self.size).map_err(|_| self.too_long())?);
+                    self.zstd = Some(Box::new(Inflating { decoder, out }));
                     return Ok(self
                         .inflate(&held)?
                         .map(|(at, p)| (at, Cow::Owned(p.into_owned()))));
@@ -385,7 +407,7 @@ impl StreamDecoder {
     }
 
     /// Expands the next piece of the frame; its plaintext, if any.
-    fn inflate<'a>(&mut self, piece: &[u8]) -> Result<Option<Plaintext<'a>>, FormatError> {
+    fn inflate(&mut self, piece: &[u8]) -> Result<Option<Plaintext<'_>>, FormatError> {
         if self.frame_done {
             return if piece.is_empty() {
                 Ok(None)
@@ -393,23 +415,47 @@ impl StreamDecoder {
                 Err(self.corrupt("bytes follow the zstd frame"))
             };
         }
-        let decoder = self
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let z = self
             .zstd
             .as_mut()
             .expect("a zstd decoder once the magic was seen");
-        let mut input = zstd::stream::raw::InBuffer::around(piece);
-        let mut out = Vec::new();
-        self.frame_done = inflate_into(
-            decoder,
-            &mut input,
-            &mut out,
-            self.size - self.produced,
-            &self.digest,
-        )?;
-        if out.is_empty() {
+        let start = z.out.len();
+        let mut input = InBuffer::around(piece);
+        loop {
+            let before = (input.pos(), z.out.len());
+            let hint = {
+                // The same buffer every call, as the stable mode requires;
+                // a frame expanding past it (the declared size) fails here.
+                let len = z.out.len();
+                let mut output = OutBuffer::around_pos(&mut z.out, len);
+                z.decoder
+                    .run(&mut input, &mut output)
+                    .map_err(|e| undecodable(&self.digest, e))?
+            };
+            if hint == 0 {
+                if input.pos() < input.src.len() {
+                    return Err(undecodable(&self.digest, "bytes follow the zstd frame"));
+                }
+                self.frame_done = true;
+                break;
+            }
+            if input.pos() == input.src.len() || before == (input.pos(), z.out.len()) {
+                break;
+            }
+        }
+        let plain = &z.out[start..];
+        if plain.is_empty() {
             return Ok(None);
         }
-        self.pass(Cow::Owned(out)).map(Some)
+        // What [`Self::pass`] does, on fields apart from the buffer.
+        if self.produced + plain.len() as u64 > self.size {
+            return Err(too_long(&self.digest, self.size));
+        }
+        self.hasher.update(plain);
+        let at = self.produced;
+        self.produced += plain.len() as u64;
+        Ok(Some((at, Cow::Borrowed(plain))))
     }
 
     fn corrupt(&self, why: impl std::fmt::Display) -> FormatError {
@@ -417,10 +463,7 @@ impl StreamDecoder {
     }
 
     fn too_long(&self) -> FormatError {
-        FormatError::Invalid(format!(
-            "chunk {}: more than the {} bytes the manifest declares; the copy is corrupt, fetch it from another mirror",
-            self.digest, self.size
-        ))
+        too_long(&self.digest, self.size)
     }
 
     /// Hashes plaintext and hands it back at its offset, refusing any
