@@ -154,29 +154,77 @@ fn io_at<'a>(root: &'a Root, rel: &'a str) -> impl Fn(std::io::Error) -> Restore
     }
 }
 
-/// Makes `rel` a real directory, replacing files or links in the way, and
-/// returns it open. Each component is opened relative to its parent and
-/// never through a link.
-pub fn ensure_dir(root: &Root, rel: &str) -> Result<File, RestoreError> {
-    let mut cur = root.open_dir("").map_err(RestoreError::io(root.path()))?;
-    let mut at = String::new();
-    for comp in rel.split('/') {
-        if !at.is_empty() {
-            at.push('/');
-        }
-        at.push_str(comp);
-        let io = io_at(root, &at);
-        match root::stat_at(&cur, comp).map_err(&io)? {
-            Some((FileType::Directory, _)) => {}
-            Some(_) => {
-                root::remove_at(&cur, comp).map_err(&io)?;
-                root::mkdir_at(&cur, comp).map_err(&io)?;
-            }
-            None => root::mkdir_at(&cur, comp).map_err(&io)?,
-        }
-        cur = root::open_dir_at(&cur, comp).map_err(io)?;
+/// Opens the destination's directories in path order, creating them, and
+/// keeps the chain of the last one's ancestors open: a directory costs an
+/// open of its own, not a walk down from the root.
+struct Dirs<'r> {
+    root: &'r Root,
+    /// The open directories from the root ("") down to the last entered.
+    chain: Vec<(String, File)>,
+}
+
+impl<'r> Dirs<'r> {
+    fn new(root: &'r Root) -> Result<Self, RestoreError> {
+        let top = root.open_dir("").map_err(RestoreError::io(root.path()))?;
+        Ok(Dirs {
+            root,
+            chain: vec![(String::new(), top)],
+        })
     }
-    Ok(cur)
+
+    /// Makes `rel` ("" for the destination) a real directory, replacing
+    /// files or links in the way, and leaves it open as the last entered.
+    /// Each component is opened relative to its parent and never through a
+    /// link. Returns whether this call created `rel` (it is then empty).
+    fn enter(&mut self, rel: &str) -> Result<bool, RestoreError> {
+        let within = |dir: &str| {
+            dir.is_empty() || rel == dir || rel.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+        };
+        while !within(&self.chain.last().expect("the root stays").0) {
+            self.chain.pop();
+        }
+        let mut created = false;
+        let done = self.chain.last().expect("the root stays").0.len();
+        let rest = rel[done..].trim_start_matches('/');
+        if rest.is_empty() {
+            return Ok(false);
+        }
+        for comp in rest.split('/') {
+            let (at, cur) = self.chain.last().expect("the root stays");
+            let at = if at.is_empty() {
+                comp.to_string()
+            } else {
+                format!("{at}/{comp}")
+            };
+            let io = io_at(self.root, &at);
+            // Nothing is in a directory this walk just created.
+            let there = if created {
+                None
+            } else {
+                root::stat_at(cur, comp).map_err(&io)?
+            };
+            created = match there {
+                Some((FileType::Directory, _)) => false,
+                Some(_) => {
+                    root::remove_at(cur, comp).map_err(&io)?;
+                    root::mkdir_at(cur, comp).map_err(&io)?;
+                    true
+                }
+                None => {
+                    root::mkdir_at(cur, comp).map_err(&io)?;
+                    true
+                }
+            };
+            let dir = root::open_dir_at(cur, comp).map_err(io)?;
+            self.chain.push((at, dir));
+        }
+        Ok(created)
+    }
+
+    /// The directory last entered, open.
+    fn last(&self) -> &File {
+        &self.chain.last().expect("the root stays").1
+    }
 }
 
 /// Prepares `name` in the open directory `parent` (at `rel`) to be a
@@ -279,30 +327,27 @@ pub fn free_space(dir: &Path) -> Result<u64, RestoreError> {
 /// are checked through one handle of it.
 pub(crate) fn layout(root: &Root, m: &Manifest) -> Result<(u64, Vec<bool>), RestoreError> {
     let removed = remove_extras(root, m)?;
+    let mut dirs = Dirs::new(root)?;
+    // A directory this run creates is empty: its files need no look (one
+    // planted meanwhile is still refused when it is opened for writing,
+    // see `Root::open_create`).
+    let mut created = HashSet::new();
     for d in &m.directories {
-        ensure_dir(root, &d.path)?;
+        if dirs.enter(&d.path)? {
+            created.insert(d.path.as_ref());
+        }
     }
-    let mut parent: Option<(&str, File)> = None;
     let mut present = Vec::with_capacity(m.files.len());
     for f in &m.files {
         let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", f.path.as_ref()));
-        let handle = match parent.take() {
-            Some((d, h)) if d == dir => h,
-            _ => ensure_dir_or_root(root, dir)?,
-        };
-        present.push(file_slot_at(root, &handle, &f.path, name)?);
-        parent = Some((dir, handle));
+        if created.contains(dir) {
+            present.push(false);
+            continue;
+        }
+        dirs.enter(dir)?;
+        present.push(file_slot_at(root, dirs.last(), &f.path, name)?);
     }
     Ok((removed, present))
-}
-
-/// [`ensure_dir`], or the destination itself for "".
-fn ensure_dir_or_root(root: &Root, rel: &str) -> Result<File, RestoreError> {
-    if rel.is_empty() {
-        root.open_dir("").map_err(RestoreError::io(root.path()))
-    } else {
-        ensure_dir(root, rel)
-    }
 }
 
 /// For each piece of `f` ([`qsync_core::pieces`]): does the file already
@@ -461,4 +506,88 @@ pub(crate) fn seal_dirs(root: &Root, m: &Manifest) -> Result<(), RestoreError> {
         root.sync_filesystem().map_err(RestoreError::io(root.path()))?;
     }
     root.sync().map_err(RestoreError::io(root.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsync_core::chunk::ChunkerParams;
+    use qsync_core::manifest::{ChainMeta, DirEntry, MANIFEST_FORMAT};
+    use qsync_core::time::Timestamp;
+
+    fn manifest(dirs: &[&str], files: &[&str]) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            chain: ChainMeta {
+                name: qsync_core::ChainName::new("eth").unwrap(),
+                height: None,
+                block_hash: None,
+            },
+            version: 1,
+            created_at: Timestamp(1),
+            expires_at: Timestamp(2),
+            chunker: ChunkerParams::default(),
+            directories: dirs
+                .iter()
+                .map(|d| DirEntry {
+                    path: d.to_string(),
+                    mode: 0o755,
+                })
+                .collect(),
+            files: files
+                .iter()
+                .map(|f| FileEntry {
+                    path: f.to_string().into(),
+                    size: 0,
+                    mode: 0o644,
+                    blake3: Digest::of(b""),
+                    chunks: Vec::new().into(),
+                    packed: false,
+                })
+                .collect(),
+            pack: Vec::new(),
+            pack_index: Default::default(),
+        }
+    }
+
+    /// Directories that share a prefix ("a", "a-b", "a/b"), that existed or
+    /// not, and in the way (a file, a link): each is made a real directory
+    /// through its own parent, and a file is reported present exactly when
+    /// a regular file is there; those in directories the run created are
+    /// not looked at, and nothing outside is touched.
+    #[test]
+    fn layout_walks_sibling_prefixes_and_finds_exactly_the_files_there() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        std::fs::create_dir_all(dest.join("a/b")).unwrap();
+        std::fs::write(dest.join("a/b/kept"), b"x").unwrap();
+        std::fs::write(dest.join("top"), b"x").unwrap();
+        // In the way of directory "a-b": a file; of "z": a link outside.
+        std::fs::write(dest.join("a-b"), b"not a dir").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dest.join("z")).unwrap();
+        let root = Root::create_locked(&dest).unwrap();
+        let dirs = ["a", "a-b", "a/b", "a/b/c", "a/bc", "ab", "z", "z/y"];
+        let files = [
+            "a-b/new",
+            "a/b/c/new",
+            "a/b/kept",
+            "a/bc/new",
+            "a/x",
+            "top",
+            "z/y/new",
+        ];
+        let m = manifest(&dirs, &files);
+        let (_, present) = layout(&root, &m).unwrap();
+        assert_eq!(present, [false, false, true, false, false, true, false]);
+        for dir in dirs {
+            let meta = std::fs::symlink_metadata(dest.join(dir)).unwrap();
+            assert!(meta.is_dir(), "{dir} is a real directory");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // Again, with everything in place: every file is looked at.
+        std::fs::write(dest.join("a/bc/new"), b"x").unwrap();
+        let (_, present) = layout(&root, &m).unwrap();
+        assert_eq!(present, [false, false, true, true, false, true, false]);
+    }
 }
