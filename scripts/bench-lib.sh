@@ -20,6 +20,27 @@ timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$name.time" "$@"; }
 secs() { cut -d' ' -f1 "$1.time"; }
 rss_mib() { awk '{ printf "%.0f", $2 / 1024 }' "$1.time"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# median VALUE...: the middle value (the mean of the two middle ones).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# Over the rounds NAME.1 ... NAME.$ROUNDS timed by `rounds`:
+# msecs NAME: the median time; mratio A B: the median of the rounds'
+# A/B ratios, with their range; mrss NAME: the largest peak RSS, MiB.
+msecs() { local r v=(); for r in $(seq "$ROUNDS"); do v+=("$(secs "$1.$r")"); done; median "${v[@]}"; }
+mratio() {
+  local r v=()
+  for r in $(seq "$ROUNDS"); do v+=("$(ratio "$(secs "$1.$r")" "$(secs "$2.$r")")"); done
+  printf '%s (%s-%s)' "$(median "${v[@]}")" "$(printf '%s\n' "${v[@]}" | sort -g | head -1)" "$(printf '%s\n' "${v[@]}" | sort -g | tail -1)"
+}
+mrss() { local r m=0 v; for r in $(seq "$ROUNDS"); do v=$(rss_mib "$1.$r"); [ "$v" -gt "$m" ] && m=$v; done; echo "$m"; }
+# rounds A B: runs the bench functions A and B (each given its timing
+# name) $ROUNDS times, alternating which goes first: these VMs drift by a
+# quarter within minutes, so one pair of runs proves little.
+rounds() {
+  local r
+  for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then "$1" "$1.$r"; "$2" "$2.$r"; else "$2" "$2.$r"; "$1" "$1.$r"; fi
+  done
+}
 # json FILE FIELD: an integer field of a one-line JSON document.
 json() { sed -E "s/.*\"$2\":([0-9]+).*/\1/" "$1"; }
 
