@@ -107,6 +107,10 @@ pub(crate) struct Uploader {
     /// One permit per MiB (rounded up) of chunk plaintext in flight.
     pub(crate) budget: Arc<Semaphore>,
     pub(crate) budget_mib: u32,
+    /// One permit per chunk being compressed: one per core. More would not
+    /// compress faster, and each holds a compressed copy and a zstd
+    /// context beside the plaintext the budget counts.
+    pub(crate) encoders: Semaphore,
     pub(crate) level: i32,
     pub(crate) progress: Arc<dyn Progress>,
     /// Chunk uploads not yet awaited.
@@ -138,9 +142,11 @@ impl Uploader {
         }
         if !lacking.is_empty() {
             let level = self.level;
+            let encoding = self.encoders.acquire().await.expect("never closed");
             let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
                 .await
                 .expect("encoder does not panic");
+            drop(encoding);
             let stored = Bytes::from(stored);
             let stored_len = stored.len() as u64;
             let puts = lacking.iter().map(|t| {
