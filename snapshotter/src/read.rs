@@ -10,13 +10,22 @@
 //! object per chunk size, not a million objects, and one changed file
 //! changes about one chunk (content-defined cuts find their place again
 //! after it).
+//!
+//! A stream of many files is read ahead ([`prefetch`]): a second thread
+//! asks the kernel to start reading the next files while this one hashes
+//! and cuts, so the disk works on many small files at once instead of one
+//! at a time.
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use qsync_core::chunk::ChunkerParams;
 use qsync_core::Digest;
+use rustix::fs::OFlags;
 use tokio::sync::mpsc;
 
 use crate::scan::{Listed, Scan};
@@ -34,10 +43,79 @@ pub(crate) fn read_stream(
     params: &ChunkerParams,
     tx: mpsc::Sender<(Digest, Vec<u8>)>,
 ) -> Result<(), SnapshotError> {
+    let (opened, over) = (AtomicUsize::new(0), AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        if which.len() > 1 {
+            scope.spawn(|| prefetch(listing, which, &opened, &over));
+        }
+        let result = read_files(listing, which, params, tx, &opened);
+        over.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+/// Files the prefetch may be ahead of the reader, and bytes.
+const AHEAD_FILES: usize = 1024;
+const AHEAD_BYTES: u64 = 64 << 20;
+
+/// Asks the kernel to read the files `which` into the page cache ahead of
+/// the reader (`opened`: how many it has opened), at most [`AHEAD_FILES`]
+/// files and [`AHEAD_BYTES`] ahead, until the read is `over`. Small files
+/// read one after another each wait for the disk (3.8 of 9 s of a 50,000-
+/// file snapshot from a cold cache); asked ahead, their reads are in
+/// flight together. Only a hint: the reader opens and checks every file
+/// itself, so what happens here (a file gone, replaced, unreadable) does
+/// not matter, and a file is opened without following a link or waiting
+/// on a device.
+fn prefetch(listing: &Mutex<Scan>, which: &[u32], opened: &AtomicUsize, over: &AtomicBool) {
+    use rustix::fs::{fadvise, open, Advice, Mode};
+    // `sizes[k % AHEAD_FILES]`: the size of the k-th file asked for.
+    let mut sizes = vec![0u64; AHEAD_FILES];
+    let (mut next, mut ahead) = (0usize, 0u64);
+    let mut passed = 0;
+    while next < which.len() && !over.load(Ordering::Relaxed) {
+        let reader = opened.load(Ordering::Relaxed);
+        while passed < reader.min(next) {
+            ahead -= sizes[passed % AHEAD_FILES];
+            passed += 1;
+        }
+        if next < reader {
+            // Behind the reader: nothing asked for is ahead of it.
+            (next, passed) = (reader, reader);
+            continue;
+        }
+        if next >= passed + AHEAD_FILES || ahead >= AHEAD_BYTES {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let (path, size) = {
+            let l = listing.lock().expect("not poisoned");
+            let f = which[next] as usize;
+            (l.path(f), l.files[f].size)
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        if let Ok(fd) = open(&path, flags, Mode::empty()) {
+            let _ = fadvise(&fd, 0, None, Advice::WillNeed);
+        }
+        sizes[next % AHEAD_FILES] = size;
+        ahead += size;
+        next += 1;
+    }
+}
+
+/// [`read_stream`]'s reading: counts the files it opened in `opened`.
+fn read_files(
+    listing: &Mutex<Scan>,
+    which: &[u32],
+    params: &ChunkerParams,
+    tx: mpsc::Sender<(Digest, Vec<u8>)>,
+    opened: &AtomicUsize,
+) -> Result<(), SnapshotError> {
     let mut stream = Files {
         listing,
         files: which,
         next: 0,
+        opened,
         open: None,
         failed: None,
     };
@@ -67,6 +145,8 @@ struct Files<'a> {
     files: &'a [u32],
     /// The next file to open.
     next: usize,
+    /// `next`, for the prefetch.
+    opened: &'a AtomicUsize,
     /// The file being read: its handle, digest so far, bytes read and
     /// bytes listed (its stat when opened was the listed one).
     open: Option<(File, blake3::Hasher, u64, Listed)>,
@@ -109,12 +189,19 @@ impl Files<'_> {
     fn open_next(&mut self) -> Result<(), SnapshotError> {
         let f = self.files[self.next] as usize;
         self.next += 1;
+        self.opened.store(self.next, Ordering::Relaxed);
         // One short hold of the lock the other reads share, and no I/O under it.
         let (path, listed) = {
             let l = self.listing();
             (l.path(f), l.listed(f))
         };
-        let file = File::open(path).map_err(|e| self.io(e))?;
+        // Not waiting for a writer, should a FIFO have replaced the file
+        // (the stat below then refuses it).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(i32::try_from((OFlags::NONBLOCK | OFlags::NOCTTY).bits()).expect("open flags fit"))
+            .open(path)
+            .map_err(|e| self.io(e))?;
         let opened = file.metadata().map_err(|e| self.io(e))?;
         if Listed::of(&opened) != listed {
             return Err(self.changed("it was replaced or modified between listing and opening".into()));
@@ -240,6 +327,32 @@ mod tests {
         let files = listed(d.path(), &[("a", b"alpha"), ("b", b"bravo")]);
         std::fs::write(d.path().join("b"), b"bravo, longer now").unwrap();
         let (r, _) = read_all(files);
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::FileChanged { ref path, .. } if path.ends_with("b")),
+            "{e}"
+        );
+    }
+
+    /// A listed file replaced by a FIFO before it is read (by whoever can
+    /// write the node's data directory) fails the stream, naming it: it
+    /// must not hang the snapshot, nor the agent's next cycles, waiting for
+    /// a writer. The read ahead opens it too.
+    #[test]
+    fn a_file_replaced_by_a_fifo_fails_the_stream_instead_of_hanging() {
+        let d = tempfile::tempdir().unwrap();
+        let files = listed(d.path(), &[("a", b"alpha"), ("b", b"bravo"), ("c", b"charlie")]);
+        std::fs::remove_file(d.path().join("b")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(d.path().join("b"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_all(files).0.map(|_| ())));
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("reading a FIFO hung the stream");
         let e = r.unwrap_err();
         assert!(
             matches!(e, SnapshotError::FileChanged { ref path, .. } if path.ends_with("b")),
