@@ -380,6 +380,21 @@ impl StreamDecoder {
         }
     }
 
+    /// Whether `piece`, fed next, starts a zstd frame: the object's first
+    /// four bytes (with those held) are the zstd magic. The whole chunk is
+    /// then held while it expands, so a caller counting memory makes room
+    /// first; a raw chunk streams through.
+    pub fn starts_frame(&self, piece: &[u8]) -> bool {
+        self.encoding.is_none()
+            && self.held.len() + piece.len() >= ZSTD_MAGIC.len()
+            && self
+                .held
+                .iter()
+                .chain(piece)
+                .take(ZSTD_MAGIC.len())
+                .eq(ZSTD_MAGIC.iter())
+    }
+
     /// Ends the object: returns what plaintext is left (a raw chunk shorter
     /// than the zstd magic), after checking that a frame ended, the size
     /// and the digest of everything handed back.
@@ -573,6 +588,24 @@ mod tests {
             collect(at, &plain);
         }
         Ok(out)
+    }
+
+    /// A frame is announced before it is expanded, whatever the cut of its
+    /// first bytes; a raw chunk never is.
+    #[test]
+    fn a_frame_is_announced_before_it_expands_and_a_raw_chunk_never() {
+        let plain: Vec<u8> = b"abc".repeat(10_000);
+        let (_, framed) = encode(plain.clone(), 3);
+        let d = Digest::of(&plain);
+        let mut dec = StreamDecoder::new(plain.len() as u64, d);
+        assert!(!dec.starts_frame(&framed[..2]));
+        assert!(dec.feed(&framed[..2]).unwrap().is_none());
+        assert!(!dec.starts_frame(&framed[2..3]) && dec.starts_frame(&framed[2..4]));
+        assert!(dec.feed(&framed[2..]).unwrap().is_some());
+        assert!(!dec.starts_frame(b"more"));
+        let raw = vec![7u8; 100];
+        let dec = StreamDecoder::new(100, Digest::of(&raw));
+        assert!(!dec.starts_frame(&raw));
     }
 
     #[test]

@@ -136,6 +136,13 @@ pub struct Mirrors {
 pub trait ChunkSink: Send {
     /// Writes `plain` at offset `at` within the chunk.
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError>;
+
+    /// Called before a stored chunk that is a zstd frame starts expanding:
+    /// its whole plaintext is held from then until the chunk is done, where
+    /// a raw one streams through.
+    async fn expanding(&mut self) -> Result<(), RestoreError> {
+        Ok(())
+    }
 }
 
 /// Checks chunks without keeping them (`qsync verify`).
@@ -569,6 +576,9 @@ impl Mirrors {
             while let Some(piece) = body.next().await {
                 let piece = piece.map_err(Fault::Store)?;
                 wire += piece.len() as u64;
+                if decoder.starts_frame(&piece) {
+                    sink.expanding().await.map_err(Fault::Local)?;
+                }
                 if let Some((at, plain)) = decoder.feed(&piece)? {
                     sink.write(at, &plain).await.map_err(Fault::Local)?;
                 }

@@ -37,7 +37,7 @@ use crate::journal::{Index, Journal};
 use crate::pace::Pace;
 use crate::plan::{plan, Plan};
 use crate::root::Root;
-use crate::write::{Disk, Slot};
+use crate::write::{Disk, Held, Slot};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
@@ -46,8 +46,10 @@ pub(crate) const SPACE_MARGIN: u64 = 64 << 20;
 /// most this much work, and each sync forces out what is dirty, so more
 /// often costs the restore throughput.
 const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-/// Plaintext of the chunks in flight at once, MiB: each may be held whole
-/// while it decodes, so this bounds the restore's memory whatever the pace.
+/// Memory of the chunks in flight at once, MiB: a compressed chunk holds
+/// its whole plaintext while it decodes, a raw one a few MiB of staging as
+/// it streams ([`crate::write::Targets::streaming_mib`]); this bounds the restore's
+/// memory whatever the pace.
 const IN_FLIGHT_MIB: u64 = 96;
 /// What the manifest's tables, the plan's slots and the chunks in flight
 /// may take together, MiB: a million small files' manifest (about 130 MiB
@@ -383,9 +385,18 @@ async fn fetch_and_write(
         let (fetched, tx, budget) = (fetched.clone(), tx.clone(), budget.clone());
         let (mirrors, disk, progress) = (mirrors.clone(), disk.clone(), progress.clone());
         async move {
+            // A raw chunk streams through in a few MiB; a compressed one
+            // takes its whole size once it starts expanding
+            // ([`crate::write::Targets::expanding`]).
             let mib = (size.div_ceil(1 << 20) as u32).clamp(1, room as u32);
-            let _bytes = budget.acquire_many(mib).await.expect("never closed");
             let mut targets = disk.targets(&slots, size);
+            let streaming = targets.streaming_mib().min(mib);
+            let permits = budget
+                .clone()
+                .acquire_many_owned(streaming)
+                .await
+                .expect("never closed");
+            targets.hold(Held::new(budget, permits, mib));
             mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
             targets.landed().await?;
             fetched.fetch_add(size, Ordering::Relaxed);

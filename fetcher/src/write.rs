@@ -185,6 +185,7 @@ impl Disk {
             places,
             rest,
             size,
+            held: None,
         }
     }
 
@@ -286,6 +287,32 @@ pub(crate) struct Targets<'a> {
     places: Vec<Place>,
     rest: Vec<(usize, Slot)>,
     size: u64,
+    held: Option<Held>,
+}
+
+/// What a chunk in flight holds of the restore's memory budget (one permit
+/// per MiB): what streaming it takes, until it turns out to be a zstd
+/// frame, which is expanded whole and then holds `whole`.
+pub(crate) struct Held {
+    budget: Arc<tokio::sync::Semaphore>,
+    permits: Option<tokio::sync::OwnedSemaphorePermit>,
+    whole: u32,
+}
+
+impl Held {
+    /// `permits` taken from `budget` to stream a chunk that would take
+    /// `whole` expanded.
+    pub(crate) fn new(
+        budget: Arc<tokio::sync::Semaphore>,
+        permits: tokio::sync::OwnedSemaphorePermit,
+        whole: u32,
+    ) -> Self {
+        Held {
+            budget,
+            permits: Some(permits),
+            whole,
+        }
+    }
 }
 
 struct Place {
@@ -422,8 +449,46 @@ impl Targets<'_> {
     }
 }
 
+impl Targets<'_> {
+    /// MiB of memory streaming the chunk takes: its network and hashing
+    /// state, and a staging buffer ([`STAGE`] and its alignment) for each
+    /// place that gets the whole chunk through `O_DIRECT`.
+    pub(crate) fn streaming_mib(&self) -> u32 {
+        let staged = self
+            .places
+            .iter()
+            .filter(|p| p.slot.range() == (0, self.size))
+            .count();
+        1 + 2 * staged as u32
+    }
+
+    /// Keeps `held` until the chunk is done.
+    pub(crate) fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+    }
+}
+
 #[async_trait::async_trait]
 impl ChunkSink for Targets<'_> {
+    async fn expanding(&mut self) -> Result<(), RestoreError> {
+        let Some(h) = &mut self.held else {
+            return Ok(());
+        };
+        if h.permits
+            .as_ref()
+            .is_some_and(|p| p.num_permits() >= h.whole as usize)
+        {
+            return Ok(());
+        }
+        // Given back first, then taken whole: a chunk never waits for more
+        // while holding part of the budget, so chunks waiting for room
+        // cannot hold each other up. Nothing is staged yet.
+        h.permits = None;
+        let whole = h.budget.clone().acquire_many_owned(h.whole).await;
+        h.permits = Some(whole.expect("the budget is never closed"));
+        Ok(())
+    }
+
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
         if at == 0 {
             // A new attempt writes every place over.
@@ -650,5 +715,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A chunk in flight holds what streaming it takes of the budget until
+    /// it turns out to be compressed, then its whole size (once, however
+    /// many attempts announce it), and gives everything back when done.
+    #[tokio::test]
+    async fn a_chunk_holds_its_streaming_share_until_it_expands() {
+        use qsync_core::chunk::ChunkerParams;
+        use qsync_core::manifest::{ChainMeta, ChunkRef, FileEntry, MANIFEST_FORMAT};
+        let size = 5 << 20;
+        let chunk = ChunkRef {
+            blake3: qsync_core::Digest::of(b"c"),
+            size,
+        };
+        let manifest = Arc::new(Manifest {
+            format: MANIFEST_FORMAT.into(),
+            chain: ChainMeta {
+                name: qsync_core::ChainName::new("eth").unwrap(),
+                height: None,
+                block_hash: None,
+            },
+            version: 1,
+            created_at: qsync_core::time::Timestamp(1),
+            expires_at: qsync_core::time::Timestamp(2),
+            chunker: ChunkerParams::default(),
+            directories: Vec::new(),
+            files: vec![FileEntry {
+                path: "f".to_string().into(),
+                size,
+                mode: 0o644,
+                blake3: qsync_core::Digest::of(b"f"),
+                chunks: vec![chunk].into(),
+                packed: false,
+            }],
+            pack: Vec::new(),
+            pack_index: Default::default(),
+        });
+        let d = tempfile::tempdir().unwrap();
+        let root = Arc::new(Root::create_locked(d.path()).unwrap());
+        let disk = Disk::new(manifest.clone(), root, vec![true]);
+        let slots: Vec<Slot> = manifest
+            .pieces(0)
+            .iter()
+            .enumerate()
+            .map(|(c, p)| Slot::of(0, c, p))
+            .collect();
+        let budget = Arc::new(tokio::sync::Semaphore::new(20));
+        let mut targets = disk.targets(&slots, size);
+        // One place gets the whole chunk through O_DIRECT: its staging and the stream's own.
+        assert_eq!(targets.streaming_mib(), 3);
+        let permits = budget.clone().acquire_many_owned(3).await.unwrap();
+        targets.hold(Held::new(budget.clone(), permits, 5));
+        assert_eq!(budget.available_permits(), 17);
+        targets.expanding().await.unwrap();
+        assert_eq!(budget.available_permits(), 15);
+        targets.expanding().await.unwrap();
+        assert_eq!(budget.available_permits(), 15);
+        drop(targets);
+        assert_eq!(budget.available_permits(), 20);
     }
 }
