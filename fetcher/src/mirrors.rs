@@ -16,7 +16,7 @@
 //! rest of the run. A chunk that no mirror delivers within the deadline
 //! fails the restore.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -565,6 +565,20 @@ impl Mirrors {
         let _guard = InFlight(m);
         let key = ObjectKey::chunk(&c.blake3);
         let started = Instant::now();
+        // Time spent waiting for room in the memory budget (a compressed
+        // chunk about to expand): local, so neither the mirror's timeout
+        // nor its measured rate counts it.
+        // Nanoseconds since `started`: waits ended, and when the wait under
+        // way began (plus one; zero when none is).
+        let (waited, waiting) = (AtomicU64::new(0), AtomicU64::new(0));
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let waited_for = || {
+            let now = waiting.load(Ordering::Relaxed);
+            let under_way = now
+                .checked_sub(1)
+                .map_or(0, |from| nanos(started.elapsed()).saturating_sub(from));
+            Duration::from_nanos(waited.load(Ordering::Relaxed).saturating_add(under_way))
+        };
         let transfer = async {
             let mut body = m
                 .source
@@ -577,7 +591,12 @@ impl Mirrors {
                 let piece = piece.map_err(Fault::Store)?;
                 wire += piece.len() as u64;
                 if decoder.starts_frame(&piece) {
-                    sink.expanding().await.map_err(Fault::Local)?;
+                    let from = nanos(started.elapsed());
+                    waiting.store(from + 1, Ordering::Relaxed);
+                    let room = sink.expanding().await;
+                    waited.fetch_add(nanos(started.elapsed()).saturating_sub(from), Ordering::Relaxed);
+                    waiting.store(0, Ordering::Relaxed);
+                    room.map_err(Fault::Local)?;
                 }
                 if let Some((at, plain)) = decoder.feed(&piece)? {
                     sink.write(at, &plain).await.map_err(Fault::Local)?;
@@ -588,7 +607,24 @@ impl Mirrors {
             }
             Ok::<_, Fault>(wire)
         };
-        let wire = match tokio::time::timeout(self.opts.attempt_timeout, transfer).await {
+        // `--timeout`, pushed back by the wait for room.
+        let timer = async {
+            loop {
+                let until = started + self.opts.attempt_timeout + waited_for();
+                if Instant::now() >= until {
+                    break;
+                }
+                // A few ms late at most; never spinning while a wait for
+                // room keeps pushing the end back.
+                let next = until.max(Instant::now() + Duration::from_millis(5));
+                tokio::time::sleep_until(next.into()).await;
+            }
+        };
+        let outcome = tokio::select! {
+            r = transfer => Ok(r),
+            () = timer => Err(()),
+        };
+        let wire = match outcome {
             Ok(Ok(wire)) => wire,
             Ok(Err(Fault::Store(e))) if m.peer && e.is_not_found() => {
                 // A peer lacks what its node rewrote, or holds an older
@@ -618,7 +654,11 @@ impl Mirrors {
                 return self.failed(i, e.into(), Failure::Transient);
             }
         };
-        let secs = started.elapsed().as_secs_f64().max(1e-4);
+        let secs = started
+            .elapsed()
+            .saturating_sub(waited_for())
+            .as_secs_f64()
+            .max(1e-4);
         let mut h = m.health.lock().expect("not poisoned");
         let sample = wire as f64 / secs;
         h.rate = Some(h.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
@@ -790,6 +830,37 @@ mod tests {
 
     fn plain() -> Vec<u8> {
         (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    /// A sink that waits, as a restore waits for room in its memory
+    /// budget, before a compressed chunk expands.
+    struct Crowded(Buffer, Duration);
+
+    #[async_trait::async_trait]
+    impl ChunkSink for Crowded {
+        async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
+            self.0.write(at, plain).await
+        }
+
+        async fn expanding(&mut self) -> Result<(), RestoreError> {
+            tokio::time::sleep(self.1).await;
+            Ok(())
+        }
+    }
+
+    /// Waiting for room in the memory budget is not the mirror's doing:
+    /// it neither times the attempt out nor counts against the mirror.
+    #[tokio::test]
+    async fn waiting_for_memory_is_not_a_mirror_timeout() {
+        let store = MemoryStore::new("a");
+        let data = plain();
+        let c = publish(&[&store], &data).await;
+        let m = Mirrors::with_options(vec![Arc::new(store)], fast());
+        let mut got = Crowded(Buffer(Vec::new()), fast().attempt_timeout * 3);
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0 .0, data);
+        let r = m.report();
+        assert_eq!((r[0].chunks, r[0].errors), (1, 0), "{r:?}");
     }
 
     #[tokio::test]
