@@ -17,6 +17,9 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     sample(&src, 96);
     env.snapshot(&src, "eth", &[]);
     let server = Server::start(&env.store);
+    // 16 MB/s: the restore lasts several journal flushes (every 2 s) on any
+    // machine; unthrottled, a fast one finished before the first.
+    let slow = Throttle::start(&server.url, 16 << 20);
     let dest = env.path("dest");
 
     // Kill at points defined by progress, not time (CI machines are slow and
@@ -25,7 +28,7 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     let mut killed_mid_flight = 0;
     for more_records in [0usize, 1, 1] {
         let before = journal_records(&dest);
-        let mut child = env.start_planned_restore(&server.url, &dest);
+        let mut child = env.start_planned_restore(&slow.url, &dest);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while journal_records(&dest) < before + more_records
             && child.try_wait().unwrap().is_none()

@@ -37,15 +37,20 @@ impl Env {
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut last = Vec::new();
             for line in stderr.lines().map_while(Result::ok) {
                 if line.contains("planned:") {
-                    let _ = tx.send(());
+                    let _ = tx.send(Ok(()));
                 }
+                last.push(line);
             }
+            let _ = tx.send(Err(last.split_off(last.len().saturating_sub(5)).join("\n")));
         });
-        rx.recv_timeout(std::time::Duration::from_secs(60))
-            .expect("restore ended before planning finished");
-        child
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(())) => child,
+            Ok(Err(tail)) => panic!("restore ended before planning finished:\n{tail}"),
+            Err(e) => panic!("restore did not plan within a minute: {e}"),
+        }
     }
 
     pub fn new() -> Env {
@@ -403,6 +408,57 @@ pub fn require(tool: &str) {
         ok,
         "{tool} is not installed; run ./scripts/test.sh, which installs it (apt-get install {tool})"
     );
+}
+
+/// A TCP proxy in front of a mirror that passes its answers at most
+/// `bytes_per_sec` per connection: a restore from it lasts long enough to
+/// be interrupted at points defined by its progress, however fast the
+/// machine. Its threads end with the test process.
+pub struct Throttle {
+    pub url: String,
+}
+
+impl Throttle {
+    pub fn start(upstream_url: &str, bytes_per_sec: u64) -> Throttle {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let upstream = upstream_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut asks, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut asks, &mut to_server);
+                    let _ = to_server.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut answers, mut to_client) = (server, client);
+                    let mut buf = [0u8; 16 << 10];
+                    while let Ok(n @ 1..) = answers.read(&mut buf) {
+                        if to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs_f64(
+                            n as f64 / bytes_per_sec as f64,
+                        ));
+                    }
+                    let _ = to_client.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        let slash = if upstream_url.ends_with('/') { "/" } else { "" };
+        Throttle {
+            url: format!("http://127.0.0.1:{port}{slash}"),
+        }
+    }
 }
 
 /// A `qsync serve` child process; killed on drop.
