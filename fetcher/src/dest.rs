@@ -511,43 +511,13 @@ pub(crate) fn seal_dirs(root: &Root, m: &Manifest) -> Result<(), RestoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qsync_core::chunk::ChunkerParams;
-    use qsync_core::manifest::{ChainMeta, DirEntry, MANIFEST_FORMAT};
-    use qsync_core::time::Timestamp;
 
     fn manifest(dirs: &[&str], files: &[&str]) -> Manifest {
-        Manifest {
-            format: MANIFEST_FORMAT.into(),
-            chain: ChainMeta {
-                name: qsync_core::ChainName::new("eth").unwrap(),
-                height: None,
-                block_hash: None,
-            },
-            version: 1,
-            created_at: Timestamp(1),
-            expires_at: Timestamp(2),
-            chunker: ChunkerParams::default(),
-            directories: dirs
-                .iter()
-                .map(|d| DirEntry {
-                    path: d.to_string(),
-                    mode: 0o755,
-                })
-                .collect(),
-            files: files
-                .iter()
-                .map(|f| FileEntry {
-                    path: f.to_string().into(),
-                    size: 0,
-                    mode: 0o644,
-                    blake3: Digest::of(b""),
-                    chunks: Vec::new().into(),
-                    packed: false,
-                })
-                .collect(),
-            pack: Vec::new(),
-            pack_index: Default::default(),
-        }
+        let files = files
+            .iter()
+            .map(|f| crate::testing::file(f, 0, Vec::new()))
+            .collect();
+        crate::testing::manifest(dirs, files)
     }
 
     /// Directories that share a prefix ("a", "a-b", "a/b"), that existed or

@@ -291,37 +291,12 @@ mod tests {
     use qsync_core::records::FileStat;
 
     fn manifest() -> Arc<Manifest> {
-        use qsync_core::chunk::ChunkerParams;
-        use qsync_core::manifest::{ChainMeta, ChunkRef, MANIFEST_FORMAT};
-        use qsync_core::time::Timestamp;
-        let chunk = ChunkRef {
+        let chunk = qsync_core::manifest::ChunkRef {
             blake3: Digest::of(b"c"),
             size: 1,
         };
-        let file = |i: usize| FileEntry {
-            path: format!("f{i}").into(),
-            size: 10,
-            mode: 0o644,
-            blake3: Digest::of(b"f"),
-            chunks: vec![chunk.clone(); 10].into(),
-            packed: false,
-        };
-        Arc::new(Manifest {
-            format: MANIFEST_FORMAT.into(),
-            chain: ChainMeta {
-                name: qsync_core::ChainName::new("eth").unwrap(),
-                height: None,
-                block_hash: None,
-            },
-            version: 1,
-            created_at: Timestamp(1),
-            expires_at: Timestamp(2),
-            chunker: ChunkerParams::default(),
-            directories: Vec::new(),
-            files: (0..10).map(file).collect(),
-            pack: Vec::new(),
-            pack_index: Default::default(),
-        })
+        let file = |i: usize| crate::testing::file(&format!("f{i}"), 10, vec![chunk.clone(); 10]);
+        Arc::new(crate::testing::manifest(&[], (0..10).map(file).collect()))
     }
 
     #[test]

@@ -22,6 +22,8 @@ mod plan;
 pub mod preview;
 pub mod restore;
 pub mod root;
+#[cfg(test)]
+mod testing;
 mod write;
 
 pub use dest::ForeignDest;
