@@ -37,7 +37,7 @@ use crate::journal::{Index, Journal};
 use crate::pace::Pace;
 use crate::plan::{plan, Plan};
 use crate::root::Root;
-use crate::write::{Disk, Held, Slot};
+use crate::write::{streaming_mib, Disk, Held, Slot};
 use crate::{Mirrors, RestoreError};
 
 /// Space kept free beyond what the restore needs.
@@ -48,7 +48,7 @@ pub(crate) const SPACE_MARGIN: u64 = 64 << 20;
 const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Memory of the chunks in flight at once, MiB: a compressed chunk holds
 /// its whole plaintext while it decodes, a raw one a few MiB of staging as
-/// it streams ([`crate::write::Targets::streaming_mib`]); this bounds the restore's
+/// it streams ([`crate::write::streaming_mib`]); this bounds the restore's
 /// memory whatever the pace.
 const IN_FLIGHT_MIB: u64 = 96;
 /// What the manifest's tables, the plan's slots and the chunks in flight
@@ -387,15 +387,23 @@ async fn fetch_and_write(
         async move {
             // A raw chunk streams through in a few MiB; a compressed one
             // takes its whole size once it starts expanding
-            // ([`crate::write::Targets::expanding`]).
+            // ([`crate::write::Targets::expanding`]). Only while the
+            // budget has its full room: a chunk waiting to expand keeps its
+            // connection and places outside the budget, which a large
+            // manifest's restore has no room for (a million files went
+            // from 232 to 288 MiB), so there every chunk is charged whole.
             let mib = (size.div_ceil(1 << 20) as u32).clamp(1, room as u32);
-            let mut targets = disk.targets(&slots, size);
-            let streaming = targets.streaming_mib().min(mib);
+            let streaming = if room >= IN_FLIGHT_MIB {
+                streaming_mib(&slots, size).min(mib)
+            } else {
+                mib
+            };
             let permits = budget
                 .clone()
                 .acquire_many_owned(streaming)
                 .await
                 .expect("never closed");
+            let mut targets = disk.targets(&slots, size);
             targets.hold(Held::new(budget, permits, mib));
             mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
             targets.landed().await?;

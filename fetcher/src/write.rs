@@ -449,19 +449,21 @@ impl Targets<'_> {
     }
 }
 
-impl Targets<'_> {
-    /// MiB of memory streaming the chunk takes: its network and hashing
-    /// state, and a staging buffer ([`STAGE`] and its alignment) for each
-    /// place that gets the whole chunk through `O_DIRECT`.
-    pub(crate) fn streaming_mib(&self) -> u32 {
-        let staged = self
-            .places
-            .iter()
-            .filter(|p| p.slot.range() == (0, self.size))
-            .count();
-        1 + 2 * staged as u32
-    }
+/// MiB of memory streaming a chunk of `size` bytes to `slots` takes: its
+/// network and hashing state, and a staging buffer ([`STAGE`] and its
+/// alignment) for each place that gets the whole chunk through `O_DIRECT`
+/// (at most [`FANOUT`] stream at once). Known before the chunk's places are
+/// built, so a chunk waiting for room holds nothing.
+pub(crate) fn streaming_mib(slots: &[Slot], size: u64) -> u32 {
+    let staged = slots
+        .iter()
+        .filter(|s| s.range() == (0, size))
+        .count()
+        .min(FANOUT);
+    1 + 2 * staged as u32
+}
 
+impl Targets<'_> {
     /// Keeps `held` until the chunk is done.
     pub(crate) fn hold(&mut self, held: Held) {
         self.held = Some(held);
@@ -722,36 +724,13 @@ mod tests {
     /// many attempts announce it), and gives everything back when done.
     #[tokio::test]
     async fn a_chunk_holds_its_streaming_share_until_it_expands() {
-        use qsync_core::chunk::ChunkerParams;
-        use qsync_core::manifest::{ChainMeta, ChunkRef, FileEntry, MANIFEST_FORMAT};
         let size = 5 << 20;
-        let chunk = ChunkRef {
+        let chunk = qsync_core::manifest::ChunkRef {
             blake3: qsync_core::Digest::of(b"c"),
             size,
         };
-        let manifest = Arc::new(Manifest {
-            format: MANIFEST_FORMAT.into(),
-            chain: ChainMeta {
-                name: qsync_core::ChainName::new("eth").unwrap(),
-                height: None,
-                block_hash: None,
-            },
-            version: 1,
-            created_at: qsync_core::time::Timestamp(1),
-            expires_at: qsync_core::time::Timestamp(2),
-            chunker: ChunkerParams::default(),
-            directories: Vec::new(),
-            files: vec![FileEntry {
-                path: "f".to_string().into(),
-                size,
-                mode: 0o644,
-                blake3: qsync_core::Digest::of(b"f"),
-                chunks: vec![chunk].into(),
-                packed: false,
-            }],
-            pack: Vec::new(),
-            pack_index: Default::default(),
-        });
+        let file = crate::testing::file("f", size, vec![chunk]);
+        let manifest = Arc::new(crate::testing::manifest(&[], vec![file]));
         let d = tempfile::tempdir().unwrap();
         let root = Arc::new(Root::create_locked(d.path()).unwrap());
         let disk = Disk::new(manifest.clone(), root, vec![true]);
@@ -764,7 +743,7 @@ mod tests {
         let budget = Arc::new(tokio::sync::Semaphore::new(20));
         let mut targets = disk.targets(&slots, size);
         // One place gets the whole chunk through O_DIRECT: its staging and the stream's own.
-        assert_eq!(targets.streaming_mib(), 3);
+        assert_eq!(streaming_mib(&slots, size), 3);
         let permits = budget.clone().acquire_many_owned(3).await.unwrap();
         targets.hold(Held::new(budget.clone(), permits, 5));
         assert_eq!(budget.available_permits(), 17);
