@@ -370,9 +370,8 @@ impl StreamDecoder {
                         .map_err(|e| self.corrupt(e))?;
                     let out = Vec::with_capacity(usize::try_from(self.size).map_err(|_| self.too_long())?);
                     self.zstd = Some(Box::new(Inflating { decoder, out }));
-                    return Ok(self
-                        .inflate(&held)?
-                        .map(|(at, p)| (at, Cow::Owned(p.into_owned()))));
+                    // What it expands lies in the decoder's buffer, not in `held`.
+                    return self.inflate(&held);
                 }
                 self.encoding = Some(Encoding::Raw);
                 self.pass(Cow::Owned(held)).map(Some)
