@@ -48,10 +48,20 @@ pub(crate) fn read_stream(
         if which.len() > 1 {
             scope.spawn(|| prefetch(listing, which, &opened, &over));
         }
-        let result = read_files(listing, which, params, tx, &opened);
-        over.store(true, Ordering::Relaxed);
-        result
+        // Set however the read ends, a panic included: the scope waits for
+        // the prefetch, which would otherwise wait for a reader that is gone.
+        let _over = Over(&over);
+        read_files(listing, which, params, tx, &opened)
     })
+}
+
+/// Tells the prefetch the read is over when dropped.
+struct Over<'a>(&'a AtomicBool);
+
+impl Drop for Over<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Files the prefetch may be ahead of the reader, and bytes.
@@ -65,8 +75,8 @@ const AHEAD_BYTES: u64 = 64 << 20;
 /// file snapshot from a cold cache); asked ahead, their reads are in
 /// flight together. Only a hint: the reader opens and checks every file
 /// itself, so what happens here (a file gone, replaced, unreadable) does
-/// not matter, and a file is opened without following a link or waiting
-/// on a device.
+/// not matter; a file is opened as the reader opens it, without following
+/// a link in its own place or waiting on a FIFO or device.
 fn prefetch(listing: &Mutex<Scan>, which: &[u32], opened: &AtomicUsize, over: &AtomicBool) {
     use rustix::fs::{fadvise, open, Advice, Mode};
     // `sizes[k % AHEAD_FILES]`: the size of the k-th file asked for.
@@ -195,11 +205,16 @@ impl Files<'_> {
             let l = self.listing();
             (l.path(f), l.listed(f))
         };
-        // Not waiting for a writer, should a FIFO have replaced the file
-        // (the stat below then refuses it).
+        // Not waiting for a writer, should a FIFO have replaced the file,
+        // nor following a link put in its place (the scan refuses links;
+        // the stat below refuses a FIFO). Links in its directories are
+        // followed: the stat then refuses whatever they lead to.
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(i32::try_from((OFlags::NONBLOCK | OFlags::NOCTTY).bits()).expect("open flags fit"))
+            .custom_flags(
+                i32::try_from((OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::NOFOLLOW).bits())
+                    .expect("open flags fit"),
+            )
             .open(path)
             .map_err(|e| self.io(e))?;
         let opened = file.metadata().map_err(|e| self.io(e))?;
@@ -358,5 +373,46 @@ mod tests {
             matches!(e, SnapshotError::FileChanged { ref path, .. } if path.ends_with("b")),
             "{e}"
         );
+    }
+
+    /// A reader that panics (a poisoned listing here) while the read-ahead
+    /// waits at its bound ends the read with the panic: the read-ahead is
+    /// told the read is over however it ends, instead of the scope waiting
+    /// for it forever.
+    #[test]
+    fn a_reader_that_panics_does_not_leave_the_read_ahead_waiting() {
+        let d = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..3000).map(|i| format!("f{i:04}")).collect();
+        let body = vec![7u8; 1024];
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &body[..])).collect();
+        let listing = std::sync::Arc::new(Mutex::new(listed(d.path(), &files)));
+        let all: Vec<u32> = (0..3000).collect();
+        let (tx, mut rx) = mpsc::channel(1);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let reading = listing.clone();
+        std::thread::spawn(move || {
+            let params = ChunkerParams::with_average_kib(64).unwrap();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read_stream(&reading, &all, &params, tx)
+            }));
+            let _ = done_tx.send(r.is_err());
+        });
+        // The reader is held at its first chunks; the read-ahead runs to
+        // its bound of 1,024 files and waits there.
+        let first = rx.blocking_recv().expect("a first chunk");
+        assert!(!first.1.is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let poison = listing.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = poison.lock().unwrap();
+            panic!("poisoning the listing");
+        })
+        .join();
+        // Let the reader go on: its next file's lock panics.
+        std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+        let panicked = done
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the read hung after its reader panicked");
+        assert!(panicked);
     }
 }
