@@ -237,7 +237,9 @@ pub async fn publish_many(
         slots: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         budget: Arc::new(Semaphore::new(budget_mib as usize)),
         budget_mib,
-        encoders: Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from)),
+        encoders: Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, usize::from),
+        )),
         level: opts.zstd_level,
         progress: progress.clone(),
         uploads: Mutex::new(tokio::task::JoinSet::new()),

@@ -108,9 +108,9 @@ pub(crate) struct Uploader {
     pub(crate) budget: Arc<Semaphore>,
     pub(crate) budget_mib: u32,
     /// One permit per chunk being compressed: one per core. More would not
-    /// compress faster, and each holds a compressed copy and a zstd
-    /// context beside the plaintext the budget counts.
-    pub(crate) encoders: Semaphore,
+    /// compress faster, and each holds a zstd context and its output
+    /// buffer beside the plaintext the budget counts.
+    pub(crate) encoders: Arc<Semaphore>,
     pub(crate) level: i32,
     pub(crate) progress: Arc<dyn Progress>,
     /// Chunk uploads not yet awaited.
@@ -142,11 +142,15 @@ impl Uploader {
         }
         if !lacking.is_empty() {
             let level = self.level;
-            let encoding = self.encoders.acquire().await.expect("never closed");
-            let (_, stored) = tokio::task::spawn_blocking(move || chunk::encode(plain, level))
-                .await
-                .expect("encoder does not panic");
-            drop(encoding);
+            // The permit goes with the work: a cancelled upload leaves the
+            // blocking task running, and it still holds one.
+            let encoding = self.encoders.clone().acquire_owned().await.expect("never closed");
+            let (_, stored) = tokio::task::spawn_blocking(move || {
+                let _encoding = encoding;
+                chunk::encode(plain, level)
+            })
+            .await
+            .expect("encoder does not panic");
             let stored = Bytes::from(stored);
             let stored_len = stored.len() as u64;
             let puts = lacking.iter().map(|t| {
