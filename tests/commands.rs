@@ -199,16 +199,14 @@ fn hooks_do_not_inherit_qsyncs_allocator_settings() {
         ),
     );
     let hook_saw = |tunables: Option<&str>| {
-        let mut c = qsync();
-        c.args(["snapshot", "--once", "--json", "--chain", "eth", "--config"])
-            .arg(&cfg);
-        if let Some(t) = tunables {
-            c.env("GLIBC_TUNABLES", t);
-        }
-        let (code, out, err) = run_bounded(c, std::time::Duration::from_secs(120), "a cycle");
-        assert_eq!(code, 0, "{out}\n{err}");
-        let env = std::fs::read_to_string(&seen).unwrap();
-        env.lines()
+        env.cycle(&cfg, "eth", |c| {
+            if let Some(t) = tunables {
+                c.env("GLIBC_TUNABLES", t);
+            }
+        });
+        std::fs::read_to_string(&seen)
+            .unwrap()
+            .lines()
             .filter(|l| l.starts_with("GLIBC_TUNABLES=") || l.starts_with("QSYNC_ALLOCATOR"))
             .map(String::from)
             .collect::<Vec<_>>()

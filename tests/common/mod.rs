@@ -37,14 +37,17 @@ impl Env {
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut last = Vec::new();
+            let mut last = std::collections::VecDeque::new();
             for line in stderr.lines().map_while(Result::ok) {
                 if line.contains("planned:") {
                     let _ = tx.send(Ok(()));
                 }
-                last.push(line);
+                if last.len() == 5 {
+                    last.pop_front();
+                }
+                last.push_back(line);
             }
-            let _ = tx.send(Err(last.split_off(last.len().saturating_sub(5)).join("\n")));
+            let _ = tx.send(Err(Vec::from(last).join("\n")));
         });
         match rx.recv_timeout(std::time::Duration::from_secs(60)) {
             Ok(Ok(())) => child,
