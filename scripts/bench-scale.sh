@@ -26,6 +26,7 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 
 ROUNDS=${BENCH_ROUNDS:-3}
+[ "$ROUNDS" -ge 1 ] || { echo "BENCH_ROUNDS must be at least 1" >&2; exit 2; }
 FILES=${BENCH_FILES:-50000}
 LARGE_MIB=${BENCH_LARGE_MIB:-2048}
 LIMITED_MIB=${BENCH_LIMITED_MIB:-1024}
@@ -136,6 +137,7 @@ m_rest() {
 m_rest16() {
   fresh m-q16 && drop_caches
   timed "$1" sh -c "'$Q' restore --from $URL/slow/lim --public-key k.pub --chain lim --dest m-q16/d --state-dir m-q16/state --concurrency 16 --json >m_rest16.json && sync"
+  same_tree "$1.1" lim-src m-q16/d
 }
 rounds m_rest m_aria
 m_rest16 m_rest16
@@ -143,6 +145,7 @@ m_rest16 m_rest16
 u_rest() {
   fresh u-q && drop_caches
   timed "$1" sh -c "RUST_LOG=info '$Q' restore --from $URL/pub/lim --public-key k.pub --chain lim --dest u-q/d --state-dir u-q/state --json >u_rest.json 2>u_rest.log && sync"
+  same_tree "$1" lim-src u-q/d
 }
 u_rest8() {
   fresh u-q8 && drop_caches
