@@ -154,6 +154,9 @@ fn io_at<'a>(root: &'a Root, rel: &'a str) -> impl Fn(std::io::Error) -> Restore
     }
 }
 
+/// Most directories [`Dirs`] keeps open at once.
+const OPEN_ANCESTORS: usize = 64;
+
 /// Opens the destination's directories in path order, creating them, and
 /// keeps the chain of the last one's ancestors open: a directory costs an
 /// open of its own, not a walk down from the root.
@@ -217,6 +220,12 @@ impl<'r> Dirs<'r> {
             };
             let dir = root::open_dir_at(cur, comp).map_err(io)?;
             self.chain.push((at, dir));
+            if self.chain.len() > OPEN_ANCESTORS {
+                // Deep paths hold no more descriptors than this: the root
+                // and the deepest stay, what lies between is reopened
+                // (from the root) if the walk comes back to it.
+                self.chain.drain(1..self.chain.len() - 1);
+            }
         }
         Ok(created)
     }
@@ -555,6 +564,17 @@ mod tests {
             assert!(meta.is_dir(), "{dir} is a real directory");
         }
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // A path deeper than the descriptors kept open: still one real
+        // directory per level, through a handful of descriptors.
+        let deep: Vec<String> = (1..=200).map(|n| vec!["d"; n].join("/")).collect();
+        let mut dirs = Dirs::new(&root).unwrap();
+        for d in &deep {
+            dirs.enter(d).unwrap();
+            assert!(dirs.chain.len() <= OPEN_ANCESTORS, "{} open", dirs.chain.len());
+        }
+        dirs.enter("d/d/x").unwrap();
+        assert!(std::fs::symlink_metadata(dest.join(&deep[199])).unwrap().is_dir());
+        assert!(dest.join("d/d/x").is_dir());
         // Again, with everything in place: every file is looked at.
         std::fs::write(dest.join("a/bc/new"), b"x").unwrap();
         let (_, present) = layout(&root, &m).unwrap();
