@@ -392,19 +392,21 @@ async fn fetch_and_write(
             // connection and places outside the budget, which a large
             // manifest's restore has no room for (a million files went
             // from 232 to 288 MiB), so there every chunk is charged whole.
-            let mib = (size.div_ceil(1 << 20) as u32).clamp(1, room as u32);
-            let streaming = if room >= IN_FLIGHT_MIB {
-                streaming_mib(&slots, size).min(mib)
+            // Expanded, a chunk still stages what it streams to.
+            let streaming = streaming_mib(&slots, size);
+            let whole = (size.div_ceil(1 << 20) as u32 + streaming - 1).clamp(1, room as u32);
+            let first = if room >= IN_FLIGHT_MIB {
+                streaming.min(whole)
             } else {
-                mib
+                whole
             };
             let permits = budget
                 .clone()
-                .acquire_many_owned(streaming)
+                .acquire_many_owned(first)
                 .await
                 .expect("never closed");
             let mut targets = disk.targets(&slots, size);
-            targets.hold(Held::new(budget, permits, mib));
+            targets.hold(Held::new(budget, permits, whole));
             mirrors.chunk(&ChunkRef { blake3, size }, &mut targets).await?;
             targets.landed().await?;
             fetched.fetch_add(size, Ordering::Relaxed);
