@@ -389,6 +389,9 @@ fn presized<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FileEntry>, D:
             while let Some(f) = seq.next_element()? {
                 files.push(f);
             }
+            // The hint counts chunk digests too: a manifest of a few large
+            // files in many chunks would keep a reservation of millions.
+            files.shrink_to_fit();
             Ok(files)
         }
     }
