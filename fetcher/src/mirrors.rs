@@ -16,7 +16,7 @@
 //! rest of the run. A chunk that no mirror delivers within the deadline
 //! fails the restore.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -559,26 +559,15 @@ impl Mirrors {
 
     /// One request for chunk `c` to mirror `i`, streamed into `sink` and
     /// verified.
-    async fn attempt(&self, i: usize, c: &ChunkRef, sink: &mut dyn ChunkSink) -> Attempt {
+    /// `paused` keeps the time the sink waits on the restore itself (for
+    /// room in its memory budget), which `--timeout` and the mirror's rate
+    /// do not count.
+    async fn attempt(&self, i: usize, c: &ChunkRef, sink: &mut dyn ChunkSink, paused: &Paused) -> Attempt {
         let m = &self.mirrors[i];
         m.in_flight.fetch_add(1, Ordering::Relaxed);
         let _guard = InFlight(m);
         let key = ObjectKey::chunk(&c.blake3);
         let started = Instant::now();
-        // Time spent waiting for room in the memory budget (a compressed
-        // chunk about to expand): local, so neither the mirror's timeout
-        // nor its measured rate counts it.
-        // Nanoseconds since `started`: waits ended, and when the wait under
-        // way began (plus one; zero when none is).
-        let (waited, waiting) = (AtomicU64::new(0), AtomicU64::new(0));
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let waited_for = || {
-            let now = waiting.load(Ordering::Relaxed);
-            let under_way = now
-                .checked_sub(1)
-                .map_or(0, |from| nanos(started.elapsed()).saturating_sub(from));
-            Duration::from_nanos(waited.load(Ordering::Relaxed).saturating_add(under_way))
-        };
         let transfer = async {
             let mut body = m
                 .source
@@ -591,12 +580,7 @@ impl Mirrors {
                 let piece = piece.map_err(Fault::Store)?;
                 wire += piece.len() as u64;
                 if decoder.starts_frame(&piece) {
-                    let from = nanos(started.elapsed());
-                    waiting.store(from + 1, Ordering::Relaxed);
-                    let room = sink.expanding().await;
-                    waited.fetch_add(nanos(started.elapsed()).saturating_sub(from), Ordering::Relaxed);
-                    waiting.store(0, Ordering::Relaxed);
-                    room.map_err(Fault::Local)?;
+                    paused.during(sink.expanding()).await.map_err(Fault::Local)?;
                 }
                 if let Some((at, plain)) = decoder.feed(&piece)? {
                     sink.write(at, &plain).await.map_err(Fault::Local)?;
@@ -608,18 +592,7 @@ impl Mirrors {
             Ok::<_, Fault>(wire)
         };
         // `--timeout`, pushed back by the wait for room.
-        let timer = async {
-            loop {
-                let until = started + self.opts.attempt_timeout + waited_for();
-                if Instant::now() >= until {
-                    break;
-                }
-                // A few ms late at most; never spinning while a wait for
-                // room keeps pushing the end back.
-                let next = until.max(Instant::now() + Duration::from_millis(5));
-                tokio::time::sleep_until(next.into()).await;
-            }
-        };
+        let timer = paused.sleep_past(started, self.opts.attempt_timeout);
         let outcome = tokio::select! {
             r = transfer => Ok(r),
             () = timer => Err(()),
@@ -656,7 +629,7 @@ impl Mirrors {
         };
         let secs = started
             .elapsed()
-            .saturating_sub(waited_for())
+            .saturating_sub(paused.total())
             .as_secs_f64()
             .max(1e-4);
         let mut h = m.health.lock().expect("not poisoned");
@@ -670,8 +643,14 @@ impl Mirrors {
     }
 
     /// [`Self::attempt`], tagged with the mirror, for racing attempts.
-    async fn attempt_at(&self, i: usize, c: &ChunkRef, sink: &mut dyn ChunkSink) -> (usize, Attempt) {
-        (i, self.attempt(i, c, sink).await)
+    async fn attempt_at(
+        &self,
+        i: usize,
+        c: &ChunkRef,
+        sink: &mut dyn ChunkSink,
+        paused: &Paused,
+    ) -> (usize, Attempt) {
+        (i, self.attempt(i, c, sink, paused).await)
     }
 
     fn failed(&self, i: usize, e: RestoreError, kind: Failure) -> Attempt {
@@ -740,9 +719,13 @@ impl Mirrors {
             let hedge_after = Duration::from_secs_f64((4.0 * self.expected_secs(first, c.size)).max(2.0));
             let mut held = Vec::new();
             let mut hedge_sink = Some(&mut held);
+            // The first attempt's waits for room in the memory budget hold
+            // off the hedge too: a hedge then would hold the whole chunk
+            // outside the budget. The hedge's sink (memory) never waits.
+            let (paused, never) = (Paused::default(), Paused::default());
             let mut racing = FuturesUnordered::new();
-            racing.push(self.attempt_at(first, c, &mut *sink));
-            let hedge = tokio::time::sleep(hedge_after);
+            racing.push(self.attempt_at(first, c, &mut *sink, &paused));
+            let hedge = paused.sleep_past(Instant::now(), hedge_after);
             tokio::pin!(hedge);
             let mut hedged = false;
             while !racing.is_empty() {
@@ -751,6 +734,9 @@ impl Mirrors {
                         Attempt::Good if i == first => return Ok(()),
                         Attempt::Good => {
                             drop(racing);
+                            // Held whole: charged so (the first attempt
+                            // may have been dropped before it was).
+                            sink.expanding().await?;
                             return sink.write(0, &held).await;
                         }
                         Attempt::Local(e) => return Err(e),
@@ -766,11 +752,50 @@ impl Mirrors {
                         if let (Some(second), Some(h)) = (self.pick_hedge(&tried, c.size, first), hedge_sink.take()) {
                             tracing::debug!("hedging chunk {} on {}", c.blake3, self.mirrors[second].source.location());
                             tried.push(second);
-                            racing.push(self.attempt_at(second, c, h));
+                            racing.push(self.attempt_at(second, c, h, &never));
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Time an attempt spent waiting on the restore itself (for room in its
+/// memory budget), and since when it is waiting now: no deadline set for
+/// a mirror counts it.
+#[derive(Default)]
+struct Paused(std::sync::Mutex<(Duration, Option<Instant>)>);
+
+impl Paused {
+    /// Runs `wait`, counting its time.
+    async fn during<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
+        self.0.lock().expect("not poisoned").1 = Some(Instant::now());
+        let out = wait.await;
+        let mut p = self.0.lock().expect("not poisoned");
+        if let Some(since) = p.1.take() {
+            p.0 += since.elapsed();
+        }
+        out
+    }
+
+    /// Time waited so far.
+    fn total(&self) -> Duration {
+        let p = self.0.lock().expect("not poisoned");
+        p.0 + p.1.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// Returns once `after` has passed since `from`, not counting the
+    /// waits: a few ms late at most, and never spinning while a wait keeps
+    /// pushing the end back.
+    async fn sleep_past(&self, from: Instant, after: Duration) {
+        loop {
+            let until = from + after + self.total();
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep_until(until.max(now + Duration::from_millis(5)).into()).await;
         }
     }
 }
@@ -861,6 +886,26 @@ mod tests {
         assert_eq!(got.0 .0, data);
         let r = m.report();
         assert_eq!((r[0].chunks, r[0].errors), (1, 0), "{r:?}");
+    }
+
+    /// Nor does it hedge: a second request then would hold the whole
+    /// chunk outside the budget the first is waiting for.
+    #[tokio::test]
+    async fn waiting_for_memory_does_not_hedge() {
+        let (a, b) = (Arc::new(MemoryStore::new("a")), Arc::new(MemoryStore::new("b")));
+        let data = plain();
+        let c = publish(&[&a, &b], &data).await;
+        let (a, b) = (Arc::new(Faulty::new(a)), Arc::new(Faulty::new(b)));
+        let opts = MirrorOptions {
+            attempt_timeout: Duration::from_secs(10),
+            ..fast()
+        };
+        let m = Mirrors::with_options(vec![a.clone(), b.clone()], opts);
+        // Longer than the soonest hedge (2 s).
+        let mut got = Crowded(Buffer(Vec::new()), Duration::from_millis(2600));
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0 .0, data);
+        assert_eq!((a.reads(), b.reads()), (1, 0), "asked of each mirror");
     }
 
     #[tokio::test]
