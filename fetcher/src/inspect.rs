@@ -62,8 +62,14 @@ pub async fn verify_store(
     let unique: BTreeMap<_, _> = manifest.all_chunks().map(|c| (c.blake3, c.size)).collect();
     let chunks_checked = unique.len() as u64;
     let bytes_checked = unique.values().sum();
+    // A compressed chunk is expanded whole, so chunks in flight share the
+    // restore's budget: `--concurrency 64` of 16 MiB chunks would be 1 GiB.
+    let budget = tokio::sync::Semaphore::new(crate::restore::IN_FLIGHT_MIB as usize);
+    let budget = &budget;
     let results: Vec<Option<String>> = futures::stream::iter(unique)
         .map(|(blake3, size)| async move {
+            let mib = size.div_ceil(1 << 20).clamp(1, crate::restore::IN_FLIGHT_MIB) as u32;
+            let _held = budget.acquire_many(mib).await.expect("never closed");
             match mirrors.chunk(&ChunkRef { blake3, size }, &mut ()).await {
                 Ok(_) => None,
                 Err(e) => Some(format!("{}: {e}", ObjectKey::chunk(&blake3))),

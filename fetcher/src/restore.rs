@@ -50,7 +50,7 @@ const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// its whole plaintext while it decodes, a raw one a few MiB of staging as
 /// it streams ([`crate::write::streaming_mib`]); this bounds the restore's
 /// memory whatever the pace.
-const IN_FLIGHT_MIB: u64 = 96;
+pub(crate) const IN_FLIGHT_MIB: u64 = 96;
 /// What the manifest's tables, the plan's slots and the chunks in flight
 /// may take together, MiB: a million small files' manifest (about 130 MiB
 /// decoded) and slots (24 MiB) leave the chunks less room
