@@ -25,6 +25,24 @@ fn ganache() -> PathBuf {
     p
 }
 
+/// Whether the node on `port` answers a JSON-RPC call.
+fn answers(port: u16) -> bool {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
+    Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn rpc(port: u16, method: &str, params: &str) -> Value {
     let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
     let out = Command::new("curl")
@@ -80,6 +98,16 @@ impl Ganache {
             .unwrap();
         let node = Ganache { child, port };
         wait_for_port(port, "ganache", Duration::from_secs(60));
+        // The port opens before the node answers RPC (seen failing once in a
+        // loaded suite): wait until it does.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !answers(port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ganache on :{port} never answered RPC"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         node
     }
 
