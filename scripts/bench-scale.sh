@@ -17,10 +17,17 @@
 # (a loop device, when this runs as root): creating files right after tens
 # of thousands were deleted costs ext4 seconds of inode-table scanning
 # (`recently_deleted`), which would make whichever tool runs second look
-# slow. Caches are dropped before every timed run.
+# slow. The loop device does direct I/O on its image, so it writes to the
+# disk as a disk would; a buffered one caches every byte twice and turns
+# each flush into an fsync through a second filesystem.
+# Caches are dropped before every timed run. The files a restore reads
+# are then read into memory again (BENCH_MIRROR=warm, the default): the
+# mirror is another machine, and a cold mirror on this one reads from the
+# very disk the restore writes to, so both tools would measure that disk
+# (BENCH_MIRROR=cold keeps it cold; docs/benchmarks.md reports both).
 # Usage: scripts/bench-scale.sh   (BENCH_ROUNDS=3 BENCH_FILES=50000
 #        BENCH_LARGE_MIB=2048 BENCH_LIMITED_MIB=1024 BENCH_RATE=20m
-#        BENCH_DIR=... to change)
+#        BENCH_MIRROR=warm BENCH_DIR=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -31,6 +38,8 @@ FILES=${BENCH_FILES:-50000}
 LARGE_MIB=${BENCH_LARGE_MIB:-2048}
 LIMITED_MIB=${BENCH_LIMITED_MIB:-1024}
 RATE=${BENCH_RATE:-20m}
+MIRROR=${BENCH_MIRROR:-warm}
+case $MIRROR in warm | cold) ;; *) echo "BENCH_MIRROR must be warm or cold" >&2; exit 2 ;; esac
 WORK=${BENCH_DIR:-$PWD/.tmp/bench-scale}
 bench_tools zstd curl nginx aria2c rclone
 cargo build --release --locked -q
@@ -42,15 +51,29 @@ cd "$WORK"
 # fresh NAME: an empty directory NAME on a new ext4 (or just a new directory).
 IMG=$WORK/dest.img
 mkdir -p "$WORK/mnt"
-fresh() {
+release() {
   umount "$WORK/mnt" 2>/dev/null || true
+  local dev
+  for dev in $(losetup -j "$IMG" -n -O NAME 2>/dev/null); do losetup -d "$dev"; done
+}
+fresh() {
+  release
   rm -f "$IMG"
   rm -rf "${WORK:?}/$1"
-  if truncate -s 12G "$IMG" && mkfs.ext4 -q -F "$IMG" 2>/dev/null && mount -o loop "$IMG" "$WORK/mnt" 2>/dev/null; then
+  local dev
+  if truncate -s 12G "$IMG" && mkfs.ext4 -q -F "$IMG" 2>/dev/null &&
+    dev=$(losetup -f --show --direct-io=on "$IMG" 2>/dev/null) && mount "$dev" "$WORK/mnt" 2>/dev/null; then
     mkdir -p "$WORK/mnt/$1" && ln -sfn "$WORK/mnt/$1" "$WORK/$1"
   else
+    release
     mkdir -p "$WORK/$1"
   fi
+}
+# mirror PATH...: drops the caches, then reads what the mirror serves
+# from PATH back into memory (BENCH_MIRROR=warm).
+mirror() {
+  drop_caches
+  [ "$MIRROR" = cold ] || find "$@" -type f -exec cat {} + >/dev/null
 }
 "$Q" keygen --secret-key k.sec --public-key k.pub >/dev/null
 
@@ -64,7 +87,7 @@ nginx_conf "$WORK" "server {
     location /slow/ { alias $WORK/pub/; limit_rate $RATE; }
   }"
 nginx -c "$WORK/nginx/nginx.conf"
-trap 'nginx -c "$WORK/nginx/nginx.conf" -s stop 2>/dev/null || true; umount "$WORK/mnt" 2>/dev/null || true' EXIT
+trap 'nginx -c "$WORK/nginx/nginx.conf" -s stop 2>/dev/null || true; release' EXIT
 URL=http://127.0.0.1:$PORT
 # same_tree NAME SOURCE RESTORED: after the first round's restore (NAME.1),
 # checks that it restored SOURCE exactly.
@@ -92,12 +115,12 @@ s_tar() {
 rounds s_snap s_tar
 OBJECTS=$(find pub/small/chunks -type f | wc -l)
 s_curl() {
-  fresh s-curl && drop_caches
+  fresh s-curl && mirror pub/small.tar.zst
   timed "$1" sh -c "curl -sf $URL/pub/small.tar.zst | zstd -dc | tar -x -C s-curl/ && sync"
 }
 # ... and, right after each, the same restore into the complete directory.
 s_rest() {
-  fresh s-q && drop_caches
+  fresh s-q && mirror pub/small
   timed "$1" sh -c "'$Q' restore --from $URL/pub/small --public-key k.pub --chain small --dest s-q/d --state-dir s-q/state --json >s_rest.json && sync"
   same_tree "$1" small s-q/d
   timed "s_again.${1#*.}" "$Q" restore --from "$URL/pub/small" --public-key k.pub --chain small --dest s-q/d --state-dir s-q/state --json >s_again.json
@@ -109,11 +132,11 @@ echo "generating $LARGE_MIB MiB of large files"
 "$Q" sample generate --dir pub/large-src --size-mib "$LARGE_MIB" >large.json
 "$Q" snapshot --source pub/large-src --store pub/large --secret-key k.sec --chain large --json >l_snap.json
 l_rclone() {
-  fresh l-rclone && drop_caches
+  fresh l-rclone && mirror pub/large-src
   timed "$1" sh -c "rclone copy --transfers 16 --http-url $URL/pub/large-src/ :http: l-rclone/ && sync"
 }
 l_rest() {
-  fresh l-q && drop_caches
+  fresh l-q && mirror pub/large
   timed "$1" sh -c "'$Q' restore --from $URL/pub/large --public-key k.pub --chain large --dest l-q/d --state-dir l-q/state --json >l_rest.json && sync"
   same_tree "$1" pub/large-src l-q/d
 }
@@ -126,16 +149,16 @@ echo "generating $LIMITED_MIB MiB behind $RATE per connection"
 "$Q" snapshot --source lim-src --store pub/lim --secret-key k.sec --chain lim --json >m_snap.json
 tar -C lim-src -cf - . | zstd -T0 -3 -q -o pub/lim.tar.zst
 m_aria() {
-  fresh m-aria && drop_caches
+  fresh m-aria && mirror pub/lim.tar.zst
   timed "$1" sh -c "aria2c -q -x16 -s16 -k1M -d m-aria -o lim.tar.zst $URL/slow/lim.tar.zst && mkdir -p m-aria/x && zstd -dc m-aria/lim.tar.zst | tar -x -C m-aria/x && sync"
 }
 m_rest() {
-  fresh m-q && drop_caches
+  fresh m-q && mirror pub/lim
   timed "$1" sh -c "RUST_LOG=info '$Q' restore --from $URL/slow/lim --public-key k.pub --chain lim --dest m-q/d --state-dir m-q/state --json >m_rest.json 2>m_rest.log && sync"
   same_tree "$1" lim-src m-q/d
 }
 m_rest16() {
-  fresh m-q16 && drop_caches
+  fresh m-q16 && mirror pub/lim
   timed "$1" sh -c "'$Q' restore --from $URL/slow/lim --public-key k.pub --chain lim --dest m-q16/d --state-dir m-q16/state --concurrency 16 --json >m_rest16.json && sync"
   same_tree "$1.1" lim-src m-q16/d
 }
@@ -143,12 +166,12 @@ rounds m_rest m_aria
 m_rest16 m_rest16
 # The same restore from nginx at full speed: the pace must not cost there.
 u_rest() {
-  fresh u-q && drop_caches
+  fresh u-q && mirror pub/lim
   timed "$1" sh -c "RUST_LOG=info '$Q' restore --from $URL/pub/lim --public-key k.pub --chain lim --dest u-q/d --state-dir u-q/state --json >u_rest.json 2>u_rest.log && sync"
   same_tree "$1" lim-src u-q/d
 }
 u_rest8() {
-  fresh u-q8 && drop_caches
+  fresh u-q8 && mirror pub/lim
   timed "$1" sh -c "'$Q' restore --from $URL/pub/lim --public-key k.pub --chain lim --dest u-q8/d --state-dir u-q8/state --concurrency 8 --json >u_rest8.json && sync"
 }
 rounds u_rest u_rest8
@@ -169,5 +192,5 @@ $ROUNDS rounds per pair, alternating which runs first; times are medians, ratios
 | same data, unlimited: restore paced, s (the fixed default before, --concurrency 8) | $(msecs u_rest) | $(msecs u_rest8) | $(mratio u_rest u_rest8) |
 | peak RSS (largest of the rounds): small snapshot / small restore / large restore, MiB | $(mrss s_snap) / $(mrss s_rest) / $(mrss l_rest) | tar\|zstd $(mrss s_tar) | |
 
-data: $SMALL_BYTES bytes in $FILES small files; $(json large.json bytes_total) bytes in $(json large.json files) files; $(nproc) cores; qsync $("$Q" --version | cut -d' ' -f2)
+mirror: $MIRROR; data: $SMALL_BYTES bytes in $FILES small files; $(json large.json bytes_total) bytes in $(json large.json files) files; $(nproc) cores; qsync $("$Q" --version | cut -d' ' -f2)
 REPORT
