@@ -294,9 +294,7 @@ pub type Plaintext<'a> = (u64, Cow<'a, [u8]>);
 pub struct StreamDecoder {
     size: u64,
     digest: Digest,
-    hasher: blake3::Hasher,
-    /// Plaintext bytes handed back so far.
-    produced: u64,
+    handed: Handed,
     /// Stored bytes taken in so far (a frame is bounded like [`decode`]'s).
     stored: u64,
     /// The stored bytes while the encoding is unknown (fewer than four seen).
@@ -321,8 +319,7 @@ impl StreamDecoder {
         StreamDecoder {
             size,
             digest,
-            hasher: blake3::Hasher::new(),
-            produced: 0,
+            handed: Handed::default(),
             stored: 0,
             held: Vec::new(),
             encoding: None,
@@ -397,10 +394,10 @@ impl StreamDecoder {
                 Some(self.pass(Cow::Owned(held))?)
             }
         };
-        if self.produced != self.size {
-            return Err(wrong_size(&self.digest, self.produced, self.size));
+        if self.handed.bytes != self.size {
+            return Err(wrong_size(&self.digest, self.handed.bytes, self.size));
         }
-        let actual: Digest = self.hasher.finalize().into();
+        let actual: Digest = self.handed.hasher.finalize().into();
         if actual != self.digest {
             return Err(wrong_digest(&self.digest, actual));
         }
@@ -427,13 +424,7 @@ impl StreamDecoder {
         if plain.is_empty() {
             return Ok(None);
         }
-        // What [`Self::pass`] does, on fields apart from the buffer.
-        if self.produced + plain.len() as u64 > self.size {
-            return Err(too_long(&self.digest, self.size));
-        }
-        self.hasher.update(plain);
-        let at = self.produced;
-        self.produced += plain.len() as u64;
+        let at = self.handed.take(plain, self.size, &self.digest)?;
         Ok(Some((at, Cow::Borrowed(plain))))
     }
 
@@ -448,13 +439,31 @@ impl StreamDecoder {
     /// Hashes plaintext and hands it back at its offset, refusing any
     /// beyond the declared size.
     fn pass<'a>(&mut self, plain: Cow<'a, [u8]>) -> Result<Plaintext<'a>, FormatError> {
-        if self.produced + plain.len() as u64 > self.size {
-            return Err(self.too_long());
-        }
-        self.hasher.update(&plain);
-        let at = self.produced;
-        self.produced += plain.len() as u64;
+        let at = self.handed.take(&plain, self.size, &self.digest)?;
         Ok((at, plain))
+    }
+}
+
+/// The plaintext a [`StreamDecoder`] has handed back: its digest so far
+/// and its length. Apart from the decoder's buffer, so that plaintext
+/// borrowed from that buffer can be counted.
+#[derive(Default)]
+struct Handed {
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl Handed {
+    /// Counts `plain` as handed back next, refusing it past the chunk's
+    /// declared `size`; returns its offset in the chunk.
+    fn take(&mut self, plain: &[u8], size: u64, digest: &Digest) -> Result<u64, FormatError> {
+        if self.bytes + plain.len() as u64 > size {
+            return Err(too_long(digest, size));
+        }
+        self.hasher.update(plain);
+        let at = self.bytes;
+        self.bytes += plain.len() as u64;
+        Ok(at)
     }
 }
 
