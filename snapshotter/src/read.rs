@@ -64,6 +64,13 @@ impl Drop for Over<'_> {
     }
 }
 
+/// How a source file is opened, by the reader and the read-ahead alike:
+/// not waiting for a writer, should a FIFO have replaced the file, nor
+/// following a link put in its place (the scan refuses links; the
+/// reader's stat refuses a FIFO). Links in its directories are followed:
+/// the stat then refuses whatever they lead to.
+const SOURCE_OPEN: OFlags = OFlags::NONBLOCK.union(OFlags::NOCTTY).union(OFlags::NOFOLLOW);
+
 /// Files the prefetch may be ahead of the reader, and bytes.
 const AHEAD_FILES: usize = 1024;
 const AHEAD_BYTES: u64 = 64 << 20;
@@ -75,8 +82,7 @@ const AHEAD_BYTES: u64 = 64 << 20;
 /// file snapshot from a cold cache); asked ahead, their reads are in
 /// flight together. Only a hint: the reader opens and checks every file
 /// itself, so what happens here (a file gone, replaced, unreadable) does
-/// not matter; a file is opened as the reader opens it, without following
-/// a link in its own place or waiting on a FIFO or device.
+/// not matter; a file is opened as the reader opens it ([`SOURCE_OPEN`]).
 fn prefetch(listing: &Mutex<Scan>, which: &[u32], opened: &AtomicUsize, over: &AtomicBool) {
     use rustix::fs::{fadvise, open, Advice, Mode};
     // `sizes[k % AHEAD_FILES]`: the size of the k-th file asked for.
@@ -103,8 +109,11 @@ fn prefetch(listing: &Mutex<Scan>, which: &[u32], opened: &AtomicUsize, over: &A
             let f = which[next] as usize;
             (l.path(f), l.files[f].size)
         };
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        if let Ok(fd) = open(&path, flags, Mode::empty()) {
+        if let Ok(fd) = open(
+            &path,
+            SOURCE_OPEN | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             let _ = fadvise(&fd, 0, None, Advice::WillNeed);
         }
         sizes[next % AHEAD_FILES] = size;
@@ -205,16 +214,9 @@ impl Files<'_> {
             let l = self.listing();
             (l.path(f), l.listed(f))
         };
-        // Not waiting for a writer, should a FIFO have replaced the file,
-        // nor following a link put in its place (the scan refuses links;
-        // the stat below refuses a FIFO). Links in its directories are
-        // followed: the stat then refuses whatever they lead to.
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(
-                i32::try_from((OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::NOFOLLOW).bits())
-                    .expect("open flags fit"),
-            )
+            .custom_flags(i32::try_from(SOURCE_OPEN.bits()).expect("open flags fit"))
             .open(path)
             .map_err(|e| self.io(e))?;
         let opened = file.metadata().map_err(|e| self.io(e))?;
