@@ -380,6 +380,11 @@ impl Place {
 }
 
 impl Targets<'_> {
+    /// Keeps `held` until the chunk is done.
+    pub(crate) fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+    }
+
     /// After [`crate::Mirrors::chunk`] succeeded: copies the verified chunk
     /// into the places it did not stream into, one at a time, records it
     /// in the in-flight file digests and checks every file it completed.
@@ -461,13 +466,6 @@ pub(crate) fn streaming_mib(slots: &[Slot], size: u64) -> u32 {
         .count()
         .min(FANOUT);
     1 + 2 * staged as u32
-}
-
-impl Targets<'_> {
-    /// Keeps `held` until the chunk is done.
-    pub(crate) fn hold(&mut self, held: Held) {
-        self.held = Some(held);
-    }
 }
 
 #[async_trait::async_trait]
