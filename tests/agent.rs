@@ -25,33 +25,24 @@ fn ganache() -> PathBuf {
     p
 }
 
-/// Whether the node on `port` answers a JSON-RPC call.
-fn answers(port: u16) -> bool {
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
-    Command::new("curl")
-        .args([
-            "-sf",
-            "-o",
-            "/dev/null",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            body,
-        ])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn rpc(port: u16, method: &str, params: &str) -> Value {
+/// The result of a JSON-RPC call to the node on `port`; `None` when it
+/// does not answer with JSON.
+fn try_rpc(port: u16, method: &str, params: &str) -> Option<Value> {
     let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
     let out = Command::new("curl")
         .args(["-sf", "-H", "content-type: application/json", "-d", &body])
         .arg(format!("http://127.0.0.1:{port}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{method} on :{port} failed");
-    serde_json::from_slice::<Value>(&out.stdout).unwrap()["result"].clone()
+    if !out.status.success() {
+        return None;
+    }
+    let reply = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+    Some(reply["result"].clone())
+}
+
+fn rpc(port: u16, method: &str, params: &str) -> Value {
+    try_rpc(port, method, params).unwrap_or_else(|| panic!("{method} on :{port} failed"))
 }
 
 fn head(port: u16) -> (u64, String) {
@@ -101,7 +92,7 @@ impl Ganache {
         // The port opens before the node answers RPC (seen failing once in a
         // loaded suite): wait until it does.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !answers(port) {
+        while try_rpc(port, "eth_blockNumber", "[]").is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "ganache on :{port} never answered RPC"
