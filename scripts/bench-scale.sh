@@ -98,6 +98,13 @@ same_tree() {
 
 # Each bench function times one run into the timing name it is given; the
 # store a restore reads was published once, before its rounds.
+# q_restore NAME.ROUND DIR STORE CHAIN [ARG...]: times a qsync restore from
+# $URL/STORE into DIR/d, and sync, its summary and log in NAME.json and NAME.log.
+q_restore() {
+  local name=${1%.*} timing=$1 dir=$2 store=$3 chain=$4
+  shift 4
+  timed "$timing" sh -c "RUST_LOG=info '$Q' restore --from $URL/$store --public-key k.pub --chain $chain --dest $dir/d --state-dir $dir/state --json $* >$name.json 2>$name.log && sync"
+}
 # --- small files ---------------------------------------------------------
 echo "generating $FILES small files"
 "$Q" sample generate --dir small --small-files "$FILES" >small.json
@@ -121,7 +128,7 @@ s_curl() {
 # ... and, right after each, the same restore into the complete directory.
 s_rest() {
   fresh s-q && mirror pub/small
-  timed "$1" sh -c "'$Q' restore --from $URL/pub/small --public-key k.pub --chain small --dest s-q/d --state-dir s-q/state --json >s_rest.json && sync"
+  q_restore "$1" s-q pub/small small
   same_tree "$1" small s-q/d
   timed "s_again.${1#*.}" "$Q" restore --from "$URL/pub/small" --public-key k.pub --chain small --dest s-q/d --state-dir s-q/state --json >s_again.json
 }
@@ -137,7 +144,7 @@ l_rclone() {
 }
 l_rest() {
   fresh l-q && mirror pub/large
-  timed "$1" sh -c "'$Q' restore --from $URL/pub/large --public-key k.pub --chain large --dest l-q/d --state-dir l-q/state --json >l_rest.json && sync"
+  q_restore "$1" l-q pub/large large
   same_tree "$1" pub/large-src l-q/d
 }
 rounds l_rest l_rclone
@@ -154,12 +161,12 @@ m_aria() {
 }
 m_rest() {
   fresh m-q && mirror pub/lim
-  timed "$1" sh -c "RUST_LOG=info '$Q' restore --from $URL/slow/lim --public-key k.pub --chain lim --dest m-q/d --state-dir m-q/state --json >m_rest.json 2>m_rest.log && sync"
+  q_restore "$1" m-q slow/lim lim
   same_tree "$1" lim-src m-q/d
 }
 m_rest16() {
   fresh m-q16 && mirror pub/lim
-  timed "$1" sh -c "'$Q' restore --from $URL/slow/lim --public-key k.pub --chain lim --dest m-q16/d --state-dir m-q16/state --concurrency 16 --json >m_rest16.json && sync"
+  q_restore "$1" m-q16 slow/lim lim --concurrency 16
   same_tree "$1.1" lim-src m-q16/d
 }
 rounds m_rest m_aria
@@ -167,12 +174,12 @@ m_rest16 m_rest16
 # The same restore from nginx at full speed: the pace must not cost there.
 u_rest() {
   fresh u-q && mirror pub/lim
-  timed "$1" sh -c "RUST_LOG=info '$Q' restore --from $URL/pub/lim --public-key k.pub --chain lim --dest u-q/d --state-dir u-q/state --json >u_rest.json 2>u_rest.log && sync"
+  q_restore "$1" u-q pub/lim lim
   same_tree "$1" lim-src u-q/d
 }
 u_rest8() {
   fresh u-q8 && mirror pub/lim
-  timed "$1" sh -c "'$Q' restore --from $URL/pub/lim --public-key k.pub --chain lim --dest u-q8/d --state-dir u-q8/state --concurrency 8 --json >u_rest8.json && sync"
+  q_restore "$1" u-q8 pub/lim lim --concurrency 8
 }
 # Each run takes about a second from a warm mirror, which these VMs vary
 # by a tenth from run to run: three times the rounds.
