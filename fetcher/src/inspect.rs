@@ -6,6 +6,7 @@
 //! first, so the publisher can repair the store in one pass.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use qsync_core::manifest::ChunkRef;
@@ -16,6 +17,8 @@ use qsync_core::{ChainName, ObjectKey};
 use qsync_store::signed::get_signed;
 use serde::Serialize;
 
+use crate::mirrors::ChunkSink;
+use crate::write::Held;
 use crate::{Mirrors, RestoreError};
 
 /// Result of `qsync verify`.
@@ -64,13 +67,17 @@ pub async fn verify_store(
     let bytes_checked = unique.values().sum();
     // A compressed chunk is expanded whole, so chunks in flight share the
     // restore's budget: `--concurrency 64` of 16 MiB chunks would be 1 GiB.
-    let budget = tokio::sync::Semaphore::new(crate::restore::IN_FLIGHT_MIB as usize);
+    // A raw one streams through in one MiB, as in a restore.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        crate::restore::IN_FLIGHT_MIB as usize,
+    ));
     let budget = &budget;
     let results: Vec<Option<String>> = futures::stream::iter(unique)
         .map(|(blake3, size)| async move {
-            let mib = size.div_ceil(1 << 20).clamp(1, crate::restore::IN_FLIGHT_MIB) as u32;
-            let _held = budget.acquire_many(mib).await.expect("never closed");
-            match mirrors.chunk(&ChunkRef { blake3, size }, &mut ()).await {
+            let whole = size.div_ceil(1 << 20).clamp(1, crate::restore::IN_FLIGHT_MIB) as u32;
+            let streaming = budget.clone().acquire_many_owned(1).await.expect("never closed");
+            let mut checked = Checked(Held::new(budget.clone(), streaming, whole));
+            match mirrors.chunk(&ChunkRef { blake3, size }, &mut checked).await {
                 Ok(_) => None,
                 Err(e) => Some(format!("{}: {e}", ObjectKey::chunk(&blake3))),
             }
@@ -114,4 +121,25 @@ pub async fn list(
         out.push(mirrors.pointer(c, keys).await?);
     }
     Ok(out)
+}
+
+/// Where `verify` streams a chunk: nowhere, but a compressed chunk, which
+/// its decoder expands whole, holds its size of the memory budget, and so
+/// does a hedge's copy.
+struct Checked(Held);
+
+#[async_trait::async_trait]
+impl ChunkSink for Checked {
+    async fn write(&mut self, _: u64, _: &[u8]) -> Result<(), RestoreError> {
+        Ok(())
+    }
+
+    async fn expanding(&mut self) -> Result<(), RestoreError> {
+        self.0.expand().await;
+        Ok(())
+    }
+
+    fn hedge_room(&self) -> Option<(Arc<tokio::sync::Semaphore>, u32)> {
+        Some(self.0.hedge_room())
+    }
 }

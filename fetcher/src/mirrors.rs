@@ -143,24 +143,30 @@ pub trait ChunkSink: Send {
     async fn expanding(&mut self) -> Result<(), RestoreError> {
         Ok(())
     }
-}
 
-/// Checks chunks without keeping them (`qsync verify`).
-#[async_trait::async_trait]
-impl ChunkSink for () {
-    async fn write(&mut self, _: u64, _: &[u8]) -> Result<(), RestoreError> {
-        Ok(())
+    /// The memory budget a hedged attempt's copy of the chunk is charged
+    /// to, and how many of its permits; `None`: not counted. A hedge that
+    /// finds no room is not started.
+    fn hedge_room(&self) -> Option<(Arc<tokio::sync::Semaphore>, u32)> {
+        None
     }
 }
 
 /// A hedged attempt's copy, held in memory: while the first attempt may
 /// still be writing to the real sink, a second writer there could leave a
-/// mix of the two behind.
+/// mix of the two behind. It holds its charge of the memory budget
+/// ([`ChunkSink::hedge_room`]) until the chunk is done.
+#[derive(Default)]
+struct HedgeCopy {
+    bytes: Vec<u8>,
+    charge: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 #[async_trait::async_trait]
-impl ChunkSink for Vec<u8> {
+impl ChunkSink for HedgeCopy {
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
-        self.truncate(at as usize);
-        self.extend_from_slice(plain);
+        self.bytes.truncate(at as usize);
+        self.bytes.extend_from_slice(plain);
         Ok(())
     }
 }
@@ -692,6 +698,8 @@ impl Mirrors {
         let mut exhausted: Vec<usize> = Vec::new();
         let mut last: Option<RestoreError> = None;
         let mut pause = Duration::from_millis(200);
+        // Taken before an attempt borrows the sink.
+        let room = sink.hedge_room();
         loop {
             let Some(first) = self.pick(&tried, c.size) else {
                 // Every usable mirror failed this round: back off, then retry.
@@ -717,7 +725,7 @@ impl Mirrors {
             };
             tried.push(first);
             let hedge_after = Duration::from_secs_f64((4.0 * self.expected_secs(first, c.size)).max(2.0));
-            let mut held = Vec::new();
+            let mut held = HedgeCopy::default();
             let mut hedge_sink = Some(&mut held);
             // The first attempt's waits for room in the memory budget hold
             // off the hedge too: a hedge then would hold the whole chunk
@@ -734,10 +742,9 @@ impl Mirrors {
                         Attempt::Good if i == first => return Ok(()),
                         Attempt::Good => {
                             drop(racing);
-                            // Held whole: charged so (the first attempt
-                            // may have been dropped before it was).
-                            sink.expanding().await?;
-                            return sink.write(0, &held).await;
+                            // Its charge covers the copy and what writing
+                            // it stages.
+                            return sink.write(0, &held.bytes).await;
                         }
                         Attempt::Local(e) => return Err(e),
                         Attempt::Failed { error, permanent } => {
@@ -749,7 +756,18 @@ impl Mirrors {
                     },
                     _ = &mut hedge, if !hedged => {
                         hedged = true;
+                        let charge = match &room {
+                            Some((budget, n)) => match budget.clone().try_acquire_many_owned(*n) {
+                                Ok(p) => Some(p),
+                                Err(_) => {
+                                    tracing::debug!("no room in the memory budget to hedge chunk {}", c.blake3);
+                                    continue;
+                                }
+                            },
+                            None => None,
+                        };
                         if let (Some(second), Some(h)) = (self.pick_hedge(&tried, c.size, first), hedge_sink.take()) {
+                            h.charge = charge;
                             tracing::debug!("hedging chunk {} on {}", c.blake3, self.mirrors[second].source.location());
                             tried.push(second);
                             racing.push(self.attempt_at(second, c, h, &never));
@@ -906,6 +924,54 @@ mod tests {
         m.chunk(&c, &mut got).await.unwrap();
         assert_eq!(got.0 .0, data);
         assert_eq!((a.reads(), b.reads()), (1, 0), "asked of each mirror");
+    }
+
+    /// A sink whose hedges are charged to a memory budget, as a
+    /// restore's are.
+    struct Budgeted(Buffer, Arc<tokio::sync::Semaphore>, u32);
+
+    #[async_trait::async_trait]
+    impl ChunkSink for Budgeted {
+        async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
+            self.0.write(at, plain).await
+        }
+
+        fn hedge_room(&self) -> Option<(Arc<tokio::sync::Semaphore>, u32)> {
+            Some((self.1.clone(), self.2))
+        }
+    }
+
+    /// A hedge holds a copy of the chunk in memory: it is charged to the
+    /// restore's budget while it lasts, and not started without room there
+    /// (a raw chunk holds only its streaming share, so an uncharged hedge
+    /// of each chunk in flight could hold a gigabyte beside the budget).
+    #[tokio::test]
+    async fn a_hedge_is_charged_to_the_memory_budget_and_not_started_without_room() {
+        let (a, b) = (Arc::new(MemoryStore::new("a")), Arc::new(MemoryStore::new("b")));
+        let data = plain();
+        let c = publish(&[&a, &b], &data).await;
+        let stalling = Arc::new(Faulty::new(a));
+        stalling.set(None, Fault::Stall);
+        // The hedge comes after 2 s, the timeout after 3.
+        let opts = || MirrorOptions {
+            attempt_timeout: Duration::from_secs(3),
+            ..fast()
+        };
+        let budget = Arc::new(tokio::sync::Semaphore::new(10));
+        let m = Mirrors::with_options(vec![stalling.clone(), b.clone()], opts());
+        let mut got = Budgeted(Buffer(Vec::new()), budget.clone(), 4);
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0 .0, data);
+        assert_eq!(m.report()[0].errors, 0, "the hedge did not serve the chunk");
+        assert_eq!(budget.available_permits(), 10, "the hedge's charge was kept");
+        // Three permits free where the hedge needs four: the stalled
+        // request times out, and only then is the other mirror asked.
+        let crowded = Arc::new(tokio::sync::Semaphore::new(3));
+        let m = Mirrors::with_options(vec![stalling, b], opts());
+        let mut got = Budgeted(Buffer(Vec::new()), crowded, 4);
+        m.chunk(&c, &mut got).await.unwrap();
+        assert_eq!(got.0 .0, data);
+        assert_eq!(m.report()[0].errors, 1, "hedged outside the budget");
     }
 
     #[tokio::test]

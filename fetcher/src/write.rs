@@ -313,6 +313,30 @@ impl Held {
             whole,
         }
     }
+
+    /// Holds the chunk's whole share, once it turns out to be a zstd frame.
+    pub(crate) async fn expand(&mut self) {
+        if self
+            .permits
+            .as_ref()
+            .is_some_and(|p| p.num_permits() >= self.whole as usize)
+        {
+            return;
+        }
+        // Given back first, then taken whole: a chunk never waits for more
+        // while holding part of the budget, so chunks waiting for room
+        // cannot hold each other up. (An earlier attempt's staging, at most
+        // the streaming share, is held until this one's first write.)
+        self.permits = None;
+        let whole = self.budget.clone().acquire_many_owned(self.whole).await;
+        self.permits = Some(whole.expect("the budget is never closed"));
+    }
+
+    /// What a hedge of the chunk takes of the budget: its copy in memory
+    /// and its own decoder's expansion, each up to the whole share.
+    pub(crate) fn hedge_room(&self) -> (Arc<tokio::sync::Semaphore>, u32) {
+        (self.budget.clone(), 2 * self.whole)
+    }
 }
 
 struct Place {
@@ -471,22 +495,14 @@ pub(crate) fn streaming_mib(slots: &[Slot], size: u64) -> u32 {
 #[async_trait::async_trait]
 impl ChunkSink for Targets<'_> {
     async fn expanding(&mut self) -> Result<(), RestoreError> {
-        let Some(h) = &mut self.held else {
-            return Ok(());
-        };
-        if h.permits
-            .as_ref()
-            .is_some_and(|p| p.num_permits() >= h.whole as usize)
-        {
-            return Ok(());
+        if let Some(h) = &mut self.held {
+            h.expand().await;
         }
-        // Given back first, then taken whole: a chunk never waits for more
-        // while holding part of the budget, so chunks waiting for room
-        // cannot hold each other up. Nothing is staged yet.
-        h.permits = None;
-        let whole = h.budget.clone().acquire_many_owned(h.whole).await;
-        h.permits = Some(whole.expect("the budget is never closed"));
         Ok(())
+    }
+
+    fn hedge_room(&self) -> Option<(Arc<tokio::sync::Semaphore>, u32)> {
+        self.held.as_ref().map(Held::hedge_room)
     }
 
     async fn write(&mut self, at: u64, plain: &[u8]) -> Result<(), RestoreError> {
