@@ -17,9 +17,9 @@ fn restore_killed_with_sigkill_then_rerun_completes() {
     sample(&src, 96);
     env.snapshot(&src, "eth", &[]);
     let server = Server::start(&env.store);
-    // 16 MiB/s: the restore lasts several journal flushes (every 2 s; its
-    // 96 MiB never reach the 128 MiB that flush sooner) on any machine;
-    // unthrottled, a fast one finished before the first.
+    // 16 MiB/s in all: the restore lasts about 6 s, several journal flushes
+    // (every 2 s; its 96 MiB never reach the 128 MiB that flush sooner), on
+    // any machine; unthrottled, a fast one finished before the first.
     let slow = Throttle::start(&server.url, 16 << 20);
     let dest = env.path("dest");
 

@@ -185,7 +185,8 @@ impl Env {
         c.args(["snapshot", "--once", "--json", "--chain", chain, "--config"])
             .arg(config);
         adjust(&mut c);
-        let (code, out, err) = run(c);
+        // A hook or a node that hangs fails the test instead of the suite.
+        let (code, out, err) = run_bounded(c, std::time::Duration::from_secs(300), "an agent cycle");
         assert_eq!(code, 0, "cycle of {chain} failed: {err}\n{out}");
         serde_json::from_str(&out).unwrap()
     }
@@ -414,9 +415,10 @@ pub fn require(tool: &str) {
 }
 
 /// A TCP proxy in front of a mirror that passes its answers at most
-/// `bytes_per_sec` per connection: a restore from it lasts long enough to
-/// be interrupted at points defined by its progress, however fast the
-/// machine. Its threads end with the test process.
+/// `bytes_per_sec` in all, however many connections share it: a restore
+/// from it lasts long enough to be interrupted at points defined by its
+/// progress, however fast the machine. Its threads end with the test
+/// process.
 pub struct Throttle {
     pub url: String,
 }
@@ -431,6 +433,8 @@ impl Throttle {
             .to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        // When the link is free again: each write books its time on it.
+        let free_at = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -442,16 +446,21 @@ impl Throttle {
                     let _ = std::io::copy(&mut asks, &mut to_server);
                     let _ = to_server.shutdown(Shutdown::Write);
                 });
+                let free_at = free_at.clone();
                 std::thread::spawn(move || {
                     let (mut answers, mut to_client) = (server, client);
                     let mut buf = [0u8; 16 << 10];
                     while let Ok(n @ 1..) = answers.read(&mut buf) {
+                        let send_at = {
+                            let mut free = free_at.lock().unwrap();
+                            let at = (*free).max(std::time::Instant::now());
+                            *free = at + std::time::Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+                            at
+                        };
+                        std::thread::sleep(send_at.saturating_duration_since(std::time::Instant::now()));
                         if to_client.write_all(&buf[..n]).is_err() {
                             break;
                         }
-                        std::thread::sleep(std::time::Duration::from_secs_f64(
-                            n as f64 / bytes_per_sec as f64,
-                        ));
                     }
                     let _ = to_client.shutdown(Shutdown::Write);
                 });
